@@ -1,0 +1,216 @@
+// Argument validation helpers (see arrays.h).
+#include "bindings/arrays.h"
+
+#include <sstream>
+
+namespace fastmlp {
+namespace bind {
+
+void value_error(const std::string& msg) { throw py::value_error(msg); }
+void type_error(const std::string& msg) { throw py::type_error(msg); }
+
+const char* dtype_name(DType d) { return d == DType::f64 ? "float64" : "float32"; }
+
+std::string shape_str(const std::vector<int64_t>& shape) {
+  std::ostringstream s;
+  s << "(";
+  for (size_t i = 0; i < shape.size(); ++i) {
+    if (i) s << ", ";
+    s << shape[i];
+  }
+  if (shape.size() == 1) s << ",";
+  s << ")";
+  return s.str();
+}
+
+namespace {
+std::vector<int64_t> shape_of(const py::array& a) {
+  std::vector<int64_t> s(static_cast<size_t>(a.ndim()));
+  for (size_t i = 0; i < s.size(); ++i) s[i] = static_cast<int64_t>(a.shape(static_cast<py::ssize_t>(i)));
+  return s;
+}
+std::string dtype_str(const py::array& a) { return py::str(a.dtype()).cast<std::string>(); }
+std::string prefix(const char* fn) { return std::string(fn) + ": "; }
+}  // namespace
+
+std::string describe(const py::array& a) { return "shape " + shape_str(shape_of(a)) + " and dtype " + dtype_str(a); }
+
+py::array require_ndarray(py::handle h, const char* fn, const char* name) {
+  if (h.is_none()) type_error(prefix(fn) + name + " must be a numpy.ndarray, got None");
+  if (!py::isinstance<py::array>(h)) {
+    const std::string type = py::str(py::type::handle_of(h).attr("__name__")).cast<std::string>();
+    if (py::hasattr(h, "__cuda_array_interface__"))
+      type_error(prefix(fn) + name + " is a device array (" + type +
+                 "); this build of fastmlp runs on the CPU only, pass a numpy.ndarray");
+    type_error(prefix(fn) + name + " must be a numpy.ndarray, got " + type);
+  }
+  return py::reinterpret_borrow<py::array>(h);
+}
+
+FloatArray float_arg(py::handle h, const char* fn, const char* name, bool writeable) {
+  py::array a = require_ndarray(h, fn, name);
+  FloatArray f;
+  const char kind = a.dtype().kind();
+  const auto itemsize = a.dtype().itemsize();
+  if (kind == 'f' && itemsize == 4 && a.dtype().is(py::dtype::of<float>())) f.dtype = DType::f32;
+  else if (kind == 'f' && itemsize == 8 && a.dtype().is(py::dtype::of<double>())) f.dtype = DType::f64;
+  else if (kind == 'f' && itemsize == 4) f.dtype = DType::f32;
+  else if (kind == 'f' && itemsize == 8) f.dtype = DType::f64;
+  else type_error(prefix(fn) + name + " has dtype " + dtype_str(a) + "; expected float32 or float64");
+  if (!a.dtype().attr("isnative").cast<bool>())
+    type_error(prefix(fn) + name + " has non-native byte order (" + dtype_str(a) + "); use native float32 or float64");
+  if (!(a.flags() & py::array::c_style))
+    value_error(prefix(fn) + name + " with " + describe(a) +
+                " is not C-contiguous; pass numpy.ascontiguousarray(" + name + ")");
+  if (writeable && !a.writeable()) value_error(prefix(fn) + name + " is read-only; it is written in place");
+  f.arr = a;
+  f.shape = shape_of(a);
+  f.size = static_cast<int64_t>(a.size());
+  f.name = name;
+  return f;
+}
+
+void require_same_dtype(const FloatArray& ref, const FloatArray& other, const char* fn) {
+  if (ref.dtype != other.dtype)
+    type_error(prefix(fn) + other.name + " has dtype " + dtype_name(other.dtype) + " but " + ref.name + " has dtype " +
+               dtype_name(ref.dtype) + "; all float arguments must share one dtype");
+}
+
+void require_ndim(const FloatArray& a, size_t ndim, const char* fn) {
+  if (a.ndim() != ndim)
+    value_error(prefix(fn) + a.name + " must be " + std::to_string(ndim) + "-D, got shape " + shape_str(a.shape));
+}
+
+void require_shape(const FloatArray& a, const std::vector<int64_t>& expected, const char* fn, const std::string& why) {
+  if (a.shape != expected)
+    value_error(prefix(fn) + a.name + " has shape " + shape_str(a.shape) + " but " + shape_str(expected) +
+                " is required" + (why.empty() ? "" : " (" + why + ")"));
+}
+
+void require_no_overlap(const FloatArray& a, const FloatArray& b, const char* fn, bool allow_identical) {
+  if (a.size == 0 || b.size == 0) return;
+  const char* a0 = static_cast<const char*>(a.begin());
+  const char* b0 = static_cast<const char*>(b.begin());
+  const char* a1 = a0 + a.nbytes();
+  const char* b1 = b0 + b.nbytes();
+  if (a0 < b1 && b0 < a1) {
+    if (allow_identical && a0 == b0 && a.nbytes() == b.nbytes()) return;
+    value_error(prefix(fn) + a.name + " and " + b.name + " share memory; " + a.name +
+                (allow_identical ? " must be either the same array as " + std::string(b.name) + " or not overlap it"
+                                 : " must not overlap " + std::string(b.name)));
+  }
+}
+
+FloatArray new_float_array(DType dtype, const std::vector<int64_t>& shape, const char* name) {
+  std::vector<py::ssize_t> s(shape.begin(), shape.end());
+  py::array a = dtype == DType::f64 ? py::array(py::array_t<double>(s)) : py::array(py::array_t<float>(s));
+  FloatArray f;
+  f.arr = a;
+  f.dtype = dtype;
+  f.shape = shape;
+  f.size = static_cast<int64_t>(a.size());
+  f.name = name;
+  return f;
+}
+
+FloatArray out_arg(py::handle out, const char* fn, const char* name, DType dtype, const std::vector<int64_t>& shape) {
+  if (out.is_none()) return new_float_array(dtype, shape, name);
+  FloatArray o = float_arg(out, fn, name, /*writeable=*/true);
+  if (o.dtype != dtype)
+    type_error(prefix(fn) + name + " has dtype " + dtype_name(o.dtype) + " but the result has dtype " +
+               dtype_name(dtype));
+  require_shape(o, shape, fn, "the shape of the result");
+  return o;
+}
+
+std::vector<int64_t> labels_arg(py::handle h, const char* fn, const char* name, int64_t rows, int64_t n_classes) {
+  py::array a = require_ndarray(h, fn, name);
+  const char kind = a.dtype().kind();
+  const auto itemsize = a.dtype().itemsize();
+  if (!((kind == 'i') && (itemsize == 4 || itemsize == 8)))
+    type_error(prefix(fn) + name + " has dtype " + dtype_str(a) + "; expected int32 or int64 class indices");
+  if (!a.dtype().attr("isnative").cast<bool>())
+    type_error(prefix(fn) + name + " has non-native byte order (" + dtype_str(a) + ")");
+  if (!(a.flags() & py::array::c_style)) value_error(prefix(fn) + name + " is not C-contiguous");
+  if (a.ndim() != 1 || a.shape(0) != rows)
+    value_error(prefix(fn) + name + " has shape " + shape_str(shape_of(a)) + " but logits have " +
+                std::to_string(rows) + " rows; expected shape (" + std::to_string(rows) + ",)");
+  std::vector<int64_t> labels(static_cast<size_t>(rows));
+  for (int64_t i = 0; i < rows; ++i) {
+    const int64_t v = itemsize == 4 ? static_cast<const int32_t*>(a.data())[i] : static_cast<const int64_t*>(a.data())[i];
+    if (v < 0 || v >= n_classes)
+      value_error(prefix(fn) + name + "[" + std::to_string(i) + "] = " + std::to_string(v) +
+                  " is out of range for " + std::to_string(n_classes) + " classes (expected 0 <= label < " +
+                  std::to_string(n_classes) + ")");
+    labels[static_cast<size_t>(i)] = v;
+  }
+  return labels;
+}
+
+double finite_arg(double v, const char* fn, const char* name) {
+  if (!std::isfinite(v)) value_error(prefix(fn) + name + " must be finite, got " + std::to_string(v));
+  return v;
+}
+
+double nonneg_arg(double v, const char* fn, const char* name) {
+  if (!std::isfinite(v) || v < 0.0)
+    value_error(prefix(fn) + name + " must be a finite number >= 0, got " + std::to_string(v));
+  return v;
+}
+
+double prob_arg(double p, const char* fn, const char* name) {
+  if (!(p >= 0.0 && p < 1.0)) value_error(prefix(fn) + name + " must satisfy 0 <= " + name + " < 1, got " + std::to_string(p));
+  return p;
+}
+
+uint64_t seed_arg(py::handle h, const char* fn, const char* name) {
+  if (!py::isinstance<py::int_>(h) || py::isinstance<py::bool_>(h)) {
+    // numpy integers are accepted through __index__
+    if (!py::hasattr(h, "__index__") || py::isinstance<py::bool_>(h))
+      type_error(prefix(fn) + name + " must be an integer, got " +
+                 py::str(py::type::handle_of(h).attr("__name__")).cast<std::string>());
+  }
+  py::int_ v = py::reinterpret_steal<py::int_>(PyNumber_Index(h.ptr()));
+  if (!v) throw py::error_already_set();
+  if (v < py::int_(0) || v >= py::int_(py::module_::import("builtins").attr("pow")(2, 64)))
+    value_error(prefix(fn) + name + " must be in [0, 2**64), got " + py::str(v).cast<std::string>());
+  return v.cast<uint64_t>();
+}
+
+std::vector<int64_t> shape_arg(py::handle h, const char* fn, const char* name) {
+  std::vector<int64_t> shape;
+  if (py::hasattr(h, "__index__") && !py::isinstance<py::bool_>(h)) {
+    shape.push_back(py::cast<int64_t>(py::reinterpret_steal<py::object>(PyNumber_Index(h.ptr()))));
+  } else if (py::isinstance<py::sequence>(h) && !py::isinstance<py::str>(h)) {
+    for (py::handle item : py::reinterpret_borrow<py::sequence>(h)) {
+      if (!py::hasattr(item, "__index__") || py::isinstance<py::bool_>(item))
+        type_error(prefix(fn) + name + " must be an int or a sequence of ints, got an element of type " +
+                   py::str(py::type::handle_of(item).attr("__name__")).cast<std::string>());
+      shape.push_back(py::cast<int64_t>(py::reinterpret_steal<py::object>(PyNumber_Index(item.ptr()))));
+    }
+  } else {
+    type_error(prefix(fn) + name + " must be an int or a sequence of ints");
+  }
+  for (int64_t d : shape)
+    if (d < 0) value_error(prefix(fn) + name + " " + shape_str(shape) + " has a negative dimension");
+  return shape;
+}
+
+DType dtype_arg(py::handle h, const char* fn) {
+  py::dtype d = py::dtype::from_args(py::reinterpret_borrow<py::object>(h));
+  if (d.kind() == 'f' && d.itemsize() == 4) return DType::f32;
+  if (d.kind() == 'f' && d.itemsize() == 8) return DType::f64;
+  type_error(prefix(fn) + "dtype must be float32 or float64, got " + py::str(d).cast<std::string>());
+}
+
+cpu::Act activation_arg(const std::string& kind, const char* fn, const char* name) {
+  if (kind == "identity" || kind == "linear") return cpu::Act::identity;
+  if (kind == "relu") return cpu::Act::relu;
+  if (kind == "sigmoid" || kind == "logistic") return cpu::Act::sigmoid;
+  if (kind == "tanh") return cpu::Act::tanh;
+  value_error(prefix(fn) + name + " must be one of 'identity', 'relu', 'sigmoid' (or 'logistic'), 'tanh'; got '" +
+              kind + "'");
+}
+
+}  // namespace bind
+}  // namespace fastmlp

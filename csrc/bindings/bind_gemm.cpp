@@ -1,0 +1,62 @@
+// Binding of gemm: validates shapes, dtypes, aliasing and the epilogue, then runs the kernel
+// without the GIL.
+#include "bindings/arrays.h"
+
+namespace fastmlp {
+namespace bind {
+
+namespace {
+
+py::object gemm(py::handle a_obj, py::handle b_obj, bool trans_a, bool trans_b, double alpha, double beta,
+                py::handle out_obj, py::handle bias_obj, const std::string& activation) {
+  const char* fn = "gemm";
+  FloatArray a = float_arg(a_obj, fn, "a");
+  FloatArray b = float_arg(b_obj, fn, "b");
+  require_same_dtype(a, b, fn);
+  require_ndim(a, 2, fn);
+  require_ndim(b, 2, fn);
+  const int64_t M = trans_a ? a.dim(1) : a.dim(0);
+  const int64_t K = trans_a ? a.dim(0) : a.dim(1);
+  const int64_t Kb = trans_b ? b.dim(1) : b.dim(0);
+  const int64_t N = trans_b ? b.dim(0) : b.dim(1);
+  if (K != Kb)
+    value_error(std::string("gemm: a has shape ") + shape_str(a.shape) + " but b has shape " + shape_str(b.shape) +
+                "; with trans_a=" + (trans_a ? "True" : "False") + " and trans_b=" + (trans_b ? "True" : "False") +
+                " the inner dimensions must match (" + std::to_string(K) + " != " + std::to_string(Kb) + ")");
+  finite_arg(alpha, fn, "alpha");
+  finite_arg(beta, fn, "beta");
+  const cpu::Act act = activation_arg(activation, fn, "activation");
+  if (beta != 0.0 && out_obj.is_none())
+    value_error("gemm: beta=" + std::to_string(beta) + " reads out, but out was not given");
+  FloatArray out = out_arg(out_obj, fn, "out", a.dtype, {M, N});
+  require_no_overlap(out, a, fn, false);
+  require_no_overlap(out, b, fn, false);
+  FloatArray bias;
+  const bool has_bias = !bias_obj.is_none();
+  if (has_bias) {
+    bias = float_arg(bias_obj, fn, "bias");
+    require_same_dtype(a, bias, fn);
+    require_shape(bias, {N}, fn, "one value per output column");
+    require_no_overlap(out, bias, fn, false);
+  }
+  dispatch(a.dtype, [&](auto zero) {
+    using T = decltype(zero);
+    cpu::GemmArgs<T> g{M, N, K, a.data<T>(), b.data<T>(), out.data<T>(), has_bias ? bias.data<T>() : nullptr,
+                       trans_a, trans_b, alpha, beta, act};
+    py::gil_scoped_release release;
+    cpu::active_for<T>().gemm(g);
+    return 0;
+  });
+  return out.arr;
+}
+
+}  // namespace
+
+void register_gemm(py::module_& m) {
+  m.def("gemm", &gemm, py::arg("a"), py::arg("b"), py::kw_only(), py::arg("trans_a") = false,
+        py::arg("trans_b") = false, py::arg("alpha") = 1.0, py::arg("beta") = 0.0, py::arg("out") = py::none(),
+        py::arg("bias") = py::none(), py::arg("activation") = "identity");
+}
+
+}  // namespace bind
+}  // namespace fastmlp

@@ -1,0 +1,51 @@
+// The private extension module fastmlp._core. The public, documented API is fastmlp.kernels;
+// this file only wires the per-area binding files together and exposes threads and ISA control.
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include "bindings/arrays.h"
+#include "core/cpu_features.h"
+#include "core/parallel.h"
+#include "cpu/kernels.h"
+
+namespace py = pybind11;
+
+namespace fastmlp {
+namespace bind {
+void register_gemm(py::module_& m);
+void register_elementwise(py::module_& m);
+void register_loss(py::module_& m);
+void register_batchnorm(py::module_& m);
+void register_optim(py::module_& m);
+}  // namespace bind
+}  // namespace fastmlp
+
+PYBIND11_MODULE(_core, m) {
+  using namespace fastmlp;
+  m.doc() = "fastmlp's compiled kernels (private; use fastmlp.kernels)";
+
+  m.def("set_num_threads", [](int n) {
+    if (n < 1) throw py::value_error("set_num_threads: n must be >= 1, got " + std::to_string(n));
+    py::gil_scoped_release release;
+    set_num_threads(n);
+  }, py::arg("n"));
+  m.def("get_num_threads", &get_num_threads);
+
+  m.def("get_isa", [] { return std::string(cpu::active_isa()); });
+  m.def("set_isa", [](const std::string& name) {
+    try {
+      cpu::set_isa(name.c_str());
+    } catch (const std::invalid_argument& e) {
+      throw py::value_error(std::string("set_isa: ") + e.what());
+    }
+  }, py::arg("name"));
+  m.def("isa_supported", [](const std::string& name) { return cpu::isa_supported(name.c_str()); }, py::arg("name"));
+  m.def("isa_compiled", [](const std::string& name) { return cpu::isa_compiled(name.c_str()); }, py::arg("name"));
+  m.def("cpu_model_name", [] { return std::string(cpu_model_name()); });
+
+  bind::register_gemm(m);
+  bind::register_elementwise(m);
+  bind::register_loss(m);
+  bind::register_batchnorm(m);
+  bind::register_optim(m);
+}

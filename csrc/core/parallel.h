@@ -1,0 +1,36 @@
+// The thread pool seen from a kernel: run task indices 0..n-1, each exactly once, on the pool
+// or inline. A task's result may depend only on its index, never on which thread ran it, so
+// every kernel is bitwise the same on 1 and N threads. The pool itself is in thread_pool.cpp.
+#pragma once
+#include <cstdint>
+
+namespace fastmlp {
+
+using TaskFn = void (*)(void* ctx, int64_t task);
+
+// Runs fn(ctx, i) for i in [0, n_tasks). Falls back to the calling thread when the pool is busy
+// (another Python thread is using it) or when called from inside a task.
+void parallel_run(int64_t n_tasks, TaskFn fn, void* ctx);
+
+int get_num_threads();
+void set_num_threads(int n);  // n >= 1; throws std::invalid_argument otherwise
+
+namespace {
+template <class F>
+void parallel_for(int64_t n_tasks, const F& f) {
+  if (n_tasks <= 0) return;
+  if (n_tasks == 1) {
+    f(int64_t{0});
+    return;
+  }
+  parallel_run(
+      n_tasks, [](void* ctx, int64_t task) { (*static_cast<const F*>(ctx))(task); },
+      const_cast<void*>(static_cast<const void*>(&f)));
+}
+
+inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+inline int64_t min_i64(int64_t a, int64_t b) { return a < b ? a : b; }
+inline int64_t max_i64(int64_t a, int64_t b) { return a > b ? a : b; }
+}  // namespace
+
+}  // namespace fastmlp

@@ -1,0 +1,225 @@
+// Blocked GEMM with a fused epilogue: out = act(alpha * op(a) op(b) + beta * out + bias).
+// op(b) is packed once per call into NR-wide panels (per KC block of k); each task packs its own
+// MC x KC block of op(a) and runs an MR x NR register-tiled micro-kernel over it. Every output
+// element is one FMA chain over k = 0..K-1 in order, starting from zero (partial sums are parked
+// in a per-task tile buffer between KC blocks, never added), so row i is bitwise the same for any
+// batch composition, tile position and thread count. The epilogue is applied once per tile, as
+// the tile is stored.
+#include <cstring>
+
+#include "core/parallel.h"
+#include "core/scratch.h"
+#include "cpu/isa.h"
+#include "cpu/simd.h"
+
+namespace fastmlp {
+namespace cpu {
+namespace FASTMLP_ISA_NS {
+namespace {
+
+template <class T>
+struct Blocking {
+  static constexpr int MR = kMicroRows;          // rows of the register tile
+  static constexpr int NV = 2;                   // vectors per register-tile row
+  static constexpr int NR = NV * Simd<T>::W;     // columns of the register tile
+  static constexpr int64_t KC = 256;             // KC*NR*sizeof(float) = 16 KiB B micro-panel: half of L1 (AVX2)
+  static constexpr int64_t MC_MAX = 20 * MR;     // A block MC*KC: 120-240 KiB, in L2
+  static constexpr int64_t NC_MAX = 16 * NR;     // columns per task: the B block streams from L2/L3
+};
+
+// acc (MR x NR) = (load ? acc : 0) + sum_k A[k] (x) B[k]; A packed k-major by MR, B by NR.
+template <class T>
+void micro_kernel(int64_t kc, const T* __restrict A, const T* __restrict B, T* __restrict acc, bool load) {
+  using S = Simd<T>;
+  using V = typename S::V;
+  constexpr int MR = Blocking<T>::MR, NV = Blocking<T>::NV, W = S::W, NR = Blocking<T>::NR;
+  V c[MR][NV];
+#pragma GCC unroll 16
+  for (int i = 0; i < MR; ++i)
+#pragma GCC unroll 4
+    for (int j = 0; j < NV; ++j) c[i][j] = load ? S::load(acc + i * NR + j * W) : S::zero();
+  for (int64_t k = 0; k < kc; ++k) {
+    V b[NV];
+#pragma GCC unroll 4
+    for (int j = 0; j < NV; ++j) b[j] = S::load(B + k * NR + j * W);
+    const T* a = A + k * MR;
+#pragma GCC unroll 16
+    for (int i = 0; i < MR; ++i) {
+      const V ai = S::set1(a[i]);
+#pragma GCC unroll 4
+      for (int j = 0; j < NV; ++j) c[i][j] = S::fma(ai, b[j], c[i][j]);
+    }
+  }
+#pragma GCC unroll 16
+  for (int i = 0; i < MR; ++i)
+#pragma GCC unroll 4
+    for (int j = 0; j < NV; ++j) S::store(acc + i * NR + j * W, c[i][j]);
+}
+
+// Rows [i0, i0+rows) x cols [k0, k0+kc) of op(a), as MR-row micro-panels (zero-padded rows).
+template <class T>
+void pack_a(const GemmArgs<T>& g, int64_t i0, int64_t rows, int64_t k0, int64_t kc, T* __restrict dst) {
+  constexpr int MR = Blocking<T>::MR;
+  for (int64_t p = 0; p < rows; p += MR) {
+    const int64_t mr = min_i64(MR, rows - p);
+    T* d = dst + p * kc;
+    if (!g.trans_a) {
+      for (int r = 0; r < MR; ++r) {
+        if (r < mr) {
+          const T* src = g.a + (i0 + p + r) * g.K + k0;
+          for (int64_t k = 0; k < kc; ++k) d[k * MR + r] = src[k];
+        } else {
+          for (int64_t k = 0; k < kc; ++k) d[k * MR + r] = T(0);
+        }
+      }
+    } else {
+      for (int64_t k = 0; k < kc; ++k) {
+        const T* src = g.a + (k0 + k) * g.M + i0 + p;
+        for (int r = 0; r < MR; ++r) d[k * MR + r] = r < mr ? src[r] : T(0);
+      }
+    }
+  }
+}
+
+// NR-column panel jp of op(b) for k in [k0, k0+kc), zero-padded columns.
+template <class T>
+void pack_b_panel(const GemmArgs<T>& g, int64_t jp, int64_t k0, int64_t kc, T* __restrict dst) {
+  constexpr int NR = Blocking<T>::NR;
+  const int64_t j0 = jp * NR;
+  const int64_t nr = min_i64(NR, g.N - j0);
+  if (!g.trans_b) {
+    for (int64_t k = 0; k < kc; ++k) {
+      const T* src = g.b + (k0 + k) * g.N + j0;
+      T* d = dst + k * NR;
+      if (nr == NR) {
+        std::memcpy(d, src, NR * sizeof(T));
+      } else {
+        for (int c = 0; c < NR; ++c) d[c] = c < nr ? src[c] : T(0);
+      }
+    }
+  } else {
+    for (int c = 0; c < NR; ++c) {
+      if (c < nr) {
+        const T* src = g.b + (j0 + c) * g.K + k0;
+        for (int64_t k = 0; k < kc; ++k) dst[k * NR + c] = src[k];
+      } else {
+        for (int64_t k = 0; k < kc; ++k) dst[k * NR + c] = T(0);
+      }
+    }
+  }
+}
+
+template <Act A, bool HasBeta, bool HasBias, class T>
+void store_rows(const T* __restrict tile, int64_t ld_tile, int64_t rows, int64_t cols, T* __restrict out,
+                int64_t ld_out, const T* __restrict bias, T alpha, T beta) {
+  for (int64_t r = 0; r < rows; ++r) {
+    const T* t = tile + r * ld_tile;
+    T* o = out + r * ld_out;
+    for (int64_t c = 0; c < cols; ++c) {
+      T v = alpha * t[c];
+      if constexpr (HasBeta) v = v + beta * o[c];
+      if constexpr (HasBias) v = v + bias[c];
+      o[c] = ops::activate<A>(v);
+    }
+  }
+}
+
+template <Act A, class T>
+void store_tile_act(const T* tile, int64_t ld_tile, int64_t rows, int64_t cols, T* out, int64_t ld_out,
+                    const T* bias, T alpha, T beta) {
+  if (beta != T(0)) {
+    if (bias) store_rows<A, true, true>(tile, ld_tile, rows, cols, out, ld_out, bias, alpha, beta);
+    else store_rows<A, true, false>(tile, ld_tile, rows, cols, out, ld_out, bias, alpha, beta);
+  } else {
+    if (bias) store_rows<A, false, true>(tile, ld_tile, rows, cols, out, ld_out, bias, alpha, beta);
+    else store_rows<A, false, false>(tile, ld_tile, rows, cols, out, ld_out, bias, alpha, beta);
+  }
+}
+
+// The epilogue: out[i0.., j0..] = act(alpha * tile + beta * out + bias).
+template <class T>
+void store_tile(const GemmArgs<T>& g, const T* tile, int64_t ld_tile, int64_t i0, int64_t j0, int64_t rows,
+                int64_t cols) {
+  T* out = g.out + i0 * g.N + j0;
+  const T* bias = g.bias ? g.bias + j0 : nullptr;
+  const T alpha = static_cast<T>(g.alpha), beta = static_cast<T>(g.beta);
+  switch (g.act) {
+    case Act::relu: store_tile_act<Act::relu>(tile, ld_tile, rows, cols, out, g.N, bias, alpha, beta); break;
+    case Act::sigmoid: store_tile_act<Act::sigmoid>(tile, ld_tile, rows, cols, out, g.N, bias, alpha, beta); break;
+    case Act::tanh: store_tile_act<Act::tanh>(tile, ld_tile, rows, cols, out, g.N, bias, alpha, beta); break;
+    default: store_tile_act<Act::identity>(tile, ld_tile, rows, cols, out, g.N, bias, alpha, beta); break;
+  }
+}
+
+// Splits `total` into `parts` near-equal blocks, each a multiple of `unit` (the last may be short).
+int64_t balanced_block(int64_t total, int64_t max_block, int64_t unit) {
+  const int64_t parts = ceil_div(total, max_block);
+  return ceil_div(ceil_div(total, parts), unit) * unit;
+}
+
+}  // namespace
+
+template <class T>
+void gemm(const GemmArgs<T>& g) {
+  using B = Blocking<T>;
+  constexpr int MR = B::MR, NR = B::NR;
+  const int64_t M = g.M, N = g.N, K = g.K;
+  if (M == 0 || N == 0) return;
+
+  const int64_t n_panels = ceil_div(N, NR);
+  const int64_t n_pad = n_panels * NR;
+  const int64_t k_blocks = K == 0 ? 1 : ceil_div(K, B::KC);
+
+  // Pack all of op(b): block kb (k0, kc) starts at k0 * n_pad; panel jp inside it at jp * kc * NR.
+  T* packed_b = static_cast<T*>(thread_scratch(kScratchPackB, sizeof(T) * static_cast<size_t>(K * n_pad + 1)));
+  constexpr int64_t kPanelsPerTask = 8;
+  parallel_for(ceil_div(n_panels, kPanelsPerTask), [&](int64_t task) {
+    const int64_t jp_end = min_i64(n_panels, (task + 1) * kPanelsPerTask);
+    for (int64_t k0 = 0; k0 < K; k0 += B::KC) {
+      const int64_t kc = min_i64(B::KC, K - k0);
+      for (int64_t jp = task * kPanelsPerTask; jp < jp_end; ++jp)
+        pack_b_panel(g, jp, k0, kc, packed_b + k0 * n_pad + jp * kc * NR);
+    }
+  });
+
+  // Task grid over (row block, column block); block sizes only change how work is split.
+  const int threads = get_num_threads();
+  int64_t mc = balanced_block(M, B::MC_MAX, MR);
+  int64_t nc = balanced_block(N, B::NC_MAX, NR);
+  while (ceil_div(M, mc) * ceil_div(N, nc) < 2 * threads && (mc > MR || nc > NR)) {
+    if (nc > NR && (nc >= mc || mc <= MR)) nc = ceil_div(ceil_div(nc, 2), NR) * NR;
+    else mc = ceil_div(ceil_div(mc, 2), MR) * MR;
+  }
+  const int64_t m_blocks = ceil_div(M, mc), n_blocks = ceil_div(N, nc);
+
+  parallel_for(m_blocks * n_blocks, [&](int64_t task) {
+    const int64_t i0 = (task / n_blocks) * mc, j0 = (task % n_blocks) * nc;
+    const int64_t rows = min_i64(mc, M - i0), cols = min_i64(nc, N - j0);
+    const int64_t m_panels = ceil_div(rows, MR), c_panels = ceil_div(cols, NR);
+    T* packed_a = static_cast<T*>(thread_scratch(kScratchPackA, sizeof(T) * static_cast<size_t>(m_panels * MR * B::KC)));
+    T* acc = static_cast<T*>(thread_scratch(kScratchAcc, sizeof(T) * static_cast<size_t>(m_panels * c_panels * MR * NR)));
+    for (int64_t kb = 0; kb < k_blocks; ++kb) {
+      const int64_t k0 = kb * B::KC;
+      const int64_t kc = min_i64(B::KC, K - k0);
+      const bool first = kb == 0, last = kb == k_blocks - 1;
+      pack_a(g, i0, rows, k0, kc, packed_a);
+      for (int64_t jp = 0; jp < c_panels; ++jp) {
+        const T* bp = packed_b + k0 * n_pad + (j0 / NR + jp) * kc * NR;
+        for (int64_t ip = 0; ip < m_panels; ++ip) {
+          T* tile = acc + (ip * c_panels + jp) * MR * NR;
+          micro_kernel(kc, packed_a + ip * kc * MR, bp, tile, !first);
+          if (last)
+            store_tile(g, tile, NR, i0 + ip * MR, j0 + jp * NR, min_i64(MR, rows - ip * MR),
+                       min_i64(NR, cols - jp * NR));
+        }
+      }
+    }
+  });
+}
+
+template void gemm<float>(const GemmArgs<float>&);
+template void gemm<double>(const GemmArgs<double>&);
+
+}  // namespace FASTMLP_ISA_NS
+}  // namespace cpu
+}  // namespace fastmlp

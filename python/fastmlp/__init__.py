@@ -1,0 +1,86 @@
+"""fastmlp: fast dense neural networks with hand-written C++ kernels.
+
+The compiled kernels live in :mod:`fastmlp.kernels`. Threads and the CPU instruction-set path are
+controlled here (and by the environment variables ``FASTMLP_NUM_THREADS`` and ``FASTMLP_ISA``).
+"""
+
+from __future__ import annotations
+
+import os as _os
+
+from . import _core
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "__version__",
+    "available_isas",
+    "get_isa",
+    "get_num_threads",
+    "kernels",
+    "set_isa",
+    "set_num_threads",
+]
+
+ISAS = ("portable", "avx2", "avx512")
+
+
+def set_num_threads(n: int) -> None:
+    """Set the number of threads the CPU kernels use (``n >= 1``).
+
+    Results never depend on it: every kernel is bitwise the same on 1 and on N threads.
+    """
+    if isinstance(n, bool) or not isinstance(n, int) and not hasattr(n, "__index__"):
+        raise TypeError(f"set_num_threads: n must be an int, got {type(n).__name__}")
+    n = int(n.__index__()) if not isinstance(n, int) else n
+    if n < 1:
+        raise ValueError(f"set_num_threads: n must be >= 1, got {n}")
+    _core.set_num_threads(n)
+
+
+def get_num_threads() -> int:
+    """The number of threads the CPU kernels use."""
+    return _core.get_num_threads()
+
+
+def available_isas() -> list[str]:
+    """The CPU kernel paths this machine can run, slowest first (``portable`` is always there)."""
+    return [name for name in ISAS if _core.isa_supported(name)]
+
+
+def get_isa() -> str:
+    """The CPU kernel path in use: ``"portable"``, ``"avx2"`` or ``"avx512"``."""
+    return _core.get_isa()
+
+
+def set_isa(name: str) -> None:
+    """Force a CPU kernel path (``"portable"``, ``"avx2"``, ``"avx512"``) or ``"auto"`` for the best.
+
+    Raises ValueError when the CPU (or this build) lacks the path.
+    """
+    if not isinstance(name, str):
+        raise TypeError(f"set_isa: name must be a str, got {type(name).__name__}")
+    _core.set_isa(name)
+
+
+def _configure_from_environment() -> None:
+    threads = _os.environ.get("FASTMLP_NUM_THREADS", "").strip()
+    if threads:
+        try:
+            n = int(threads)
+        except ValueError:
+            raise RuntimeError(f"FASTMLP_NUM_THREADS={threads!r} is not an integer >= 1") from None
+        if n < 1:
+            raise RuntimeError(f"FASTMLP_NUM_THREADS={threads!r} is not an integer >= 1")
+        _core.set_num_threads(n)
+    isa = _os.environ.get("FASTMLP_ISA", "").strip().lower()
+    if isa:
+        try:
+            _core.set_isa(isa)
+        except ValueError as e:
+            raise RuntimeError(f"FASTMLP_ISA={isa!r}: {e}") from None
+
+
+_configure_from_environment()
+
+from . import kernels  # noqa: E402

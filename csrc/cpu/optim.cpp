@@ -1,13 +1,196 @@
-// STUB: replaced by the optimizer kernels.
+// Fused in-place optimizer steps (SGD, AdaGrad, RMSprop, Adam/AdamW): one pass over the flat
+// parameter arena, reading and writing each element's state once. The array is cut into fixed
+// chunks of kElementwiseChunk elements (results never depend on the thread count); inside a chunk
+// the segment table is walked range by range, so each range's coefficients are scalars and the
+// inner loop is plain element math from ops/optim.h that the compiler vectorises.
+#include <cmath>
+
+#include "core/parallel.h"
 #include "cpu/isa.h"
-namespace fastmlp { namespace cpu { namespace FASTMLP_ISA_NS {
-template <class T> void sgd_step(T*, const T*, T*, int64_t, const SgdArgs&, const Segments&) {}
-template <class T> void adagrad_step(T*, const T*, T*, int64_t, const AdagradArgs&, const Segments&) {}
-template <class T> void rmsprop_step(T*, const T*, T*, T*, T*, int64_t, const RmspropArgs&, const Segments&) {}
-template <class T> void adam_step(T*, const T*, T*, T*, int64_t, const AdamArgs&, const Segments&) {}
-#define INST(T) template void sgd_step<T>(T*, const T*, T*, int64_t, const SgdArgs&, const Segments&); \
- template void adagrad_step<T>(T*, const T*, T*, int64_t, const AdagradArgs&, const Segments&); \
- template void rmsprop_step<T>(T*, const T*, T*, T*, T*, int64_t, const RmspropArgs&, const Segments&); \
- template void adam_step<T>(T*, const T*, T*, T*, int64_t, const AdamArgs&, const Segments&);
-INST(float) INST(double)
-}}}
+#include "ops/optim.h"
+
+namespace fastmlp {
+namespace cpu {
+namespace FASTMLP_ISA_NS {
+namespace {
+
+template <class F>
+void for_chunks(int64_t n, const F& f) {
+  parallel_for(ceil_div(n, kElementwiseChunk), [&](int64_t task) {
+    const int64_t begin = task * kElementwiseChunk;
+    f(begin, min_i64(n, begin + kElementwiseChunk));
+  });
+}
+
+// Hyper-parameters of one range: a segment's row, or the scalar arguments in a gap.
+struct RangeParams {
+  double lr_scale, weight_decay, l1;
+};
+
+// Calls f(begin, end, params) for the consecutive ranges that tile [b, e): the parts of segments
+// (with their row's values) and the gaps between them (lr_scale 1 and the scalar arguments).
+template <class F>
+void for_ranges(int64_t b, int64_t e, const Segments& seg, double weight_decay, double l1, const F& f) {
+  const int64_t* bounds = seg.bounds;
+  // First segment ending after b; ends are non-decreasing because rows are sorted and disjoint.
+  int64_t lo = 0, hi = seg.count;
+  while (lo < hi) {
+    const int64_t mid = lo + (hi - lo) / 2;
+    if (bounds[2 * mid] + bounds[2 * mid + 1] <= b) lo = mid + 1;
+    else hi = mid;
+  }
+  const RangeParams gap{1.0, weight_decay, l1};
+  int64_t k = lo, pos = b;
+  while (pos < e) {
+    if (k < seg.count && bounds[2 * k] <= pos) {
+      const int64_t end = min_i64(e, bounds[2 * k] + bounds[2 * k + 1]);
+      if (end > pos) {
+        const double* v = seg.values + 3 * k;
+        f(pos, end, RangeParams{v[0], v[1], v[2]});
+        pos = end;
+      }
+      ++k;
+    } else {
+      const int64_t end = k < seg.count ? min_i64(e, bounds[2 * k]) : e;
+      f(pos, end, gap);
+      pos = end;
+    }
+  }
+}
+
+// Each range loop takes its coefficients by value (so stores to the arrays cannot alias them) and
+// fixes the structural flags at compile time, so the branches in ops/ fold away.
+
+template <bool Momentum, class T>
+void sgd_range(T* __restrict param, const T* __restrict grad, T* __restrict buf, int64_t b, int64_t e,
+               ops::SgdCoef<T> c) {
+  c.use_momentum = Momentum;
+  for (int64_t i = b; i < e; ++i) ops::sgd_update(param[i], grad[i], Momentum ? buf + i : nullptr, c);
+}
+
+template <class T>
+void adagrad_range(T* __restrict param, const T* __restrict grad, T* __restrict state_sum, int64_t b, int64_t e,
+                   const ops::AdagradCoef<T> c) {
+  for (int64_t i = b; i < e; ++i) ops::adagrad_update(param[i], grad[i], state_sum[i], c);
+}
+
+template <bool Momentum, bool Centered, class T>
+void rmsprop_range(T* __restrict param, const T* __restrict grad, T* __restrict square_avg, T* __restrict buf,
+                   T* __restrict grad_avg, int64_t b, int64_t e, ops::RmspropCoef<T> c) {
+  c.use_momentum = Momentum;
+  c.centered = Centered;
+  for (int64_t i = b; i < e; ++i)
+    ops::rmsprop_update(param[i], grad[i], square_avg[i], Momentum ? buf + i : nullptr,
+                        Centered ? grad_avg + i : nullptr, c);
+}
+
+template <bool Decoupled, class T>
+void adam_range(T* __restrict param, const T* __restrict grad, T* __restrict exp_avg, T* __restrict exp_avg_sq,
+                int64_t b, int64_t e, ops::AdamCoef<T> c) {
+  c.decoupled = Decoupled;
+  for (int64_t i = b; i < e; ++i) ops::adam_update(param[i], grad[i], exp_avg[i], exp_avg_sq[i], c);
+}
+
+}  // namespace
+
+template <class T>
+void sgd_step(T* param, const T* grad, T* momentum_buffer, int64_t n, const SgdArgs& args, const Segments& seg) {
+  const bool use_momentum = args.momentum != 0.0;
+  for_chunks(n, [&](int64_t b, int64_t e) {
+    for_ranges(b, e, seg, args.weight_decay, args.l1, [&](int64_t rb, int64_t re, const RangeParams& r) {
+      ops::SgdCoef<T> c;
+      c.lr = static_cast<T>(args.lr * r.lr_scale);
+      c.momentum = static_cast<T>(args.momentum);
+      c.one_minus_dampening = static_cast<T>(1.0 - args.dampening);
+      c.weight_decay = static_cast<T>(r.weight_decay);
+      c.l1 = static_cast<T>(r.l1);
+      c.use_momentum = use_momentum;
+      c.nesterov = args.nesterov;
+      c.first = args.step == 1;
+      if (use_momentum) sgd_range<true>(param, grad, momentum_buffer, rb, re, c);
+      else sgd_range<false>(param, grad, momentum_buffer, rb, re, c);
+    });
+  });
+}
+
+template <class T>
+void adagrad_step(T* param, const T* grad, T* state_sum, int64_t n, const AdagradArgs& args, const Segments& seg) {
+  const double decay = 1.0 + static_cast<double>(args.step - 1) * args.lr_decay;
+  for_chunks(n, [&](int64_t b, int64_t e) {
+    for_ranges(b, e, seg, args.weight_decay, args.l1, [&](int64_t rb, int64_t re, const RangeParams& r) {
+      ops::AdagradCoef<T> c;
+      c.clr = static_cast<T>(args.lr * r.lr_scale / decay);
+      c.eps = static_cast<T>(args.eps);
+      c.weight_decay = static_cast<T>(r.weight_decay);
+      c.l1 = static_cast<T>(r.l1);
+      adagrad_range(param, grad, state_sum, rb, re, c);
+    });
+  });
+}
+
+template <class T>
+void rmsprop_step(T* param, const T* grad, T* square_avg, T* momentum_buffer, T* grad_avg, int64_t n,
+                  const RmspropArgs& args, const Segments& seg) {
+  const bool use_momentum = args.momentum > 0.0;
+  for_chunks(n, [&](int64_t b, int64_t e) {
+    for_ranges(b, e, seg, args.weight_decay, args.l1, [&](int64_t rb, int64_t re, const RangeParams& r) {
+      ops::RmspropCoef<T> c;
+      c.lr = static_cast<T>(args.lr * r.lr_scale);
+      c.alpha = static_cast<T>(args.alpha);
+      c.one_minus_alpha = static_cast<T>(1.0 - args.alpha);
+      c.eps = static_cast<T>(args.eps);
+      c.momentum = static_cast<T>(args.momentum);
+      c.weight_decay = static_cast<T>(r.weight_decay);
+      c.l1 = static_cast<T>(r.l1);
+      c.use_momentum = use_momentum;
+      c.centered = args.centered;
+      if (use_momentum) {
+        if (args.centered) rmsprop_range<true, true>(param, grad, square_avg, momentum_buffer, grad_avg, rb, re, c);
+        else rmsprop_range<true, false>(param, grad, square_avg, momentum_buffer, grad_avg, rb, re, c);
+      } else {
+        if (args.centered) rmsprop_range<false, true>(param, grad, square_avg, momentum_buffer, grad_avg, rb, re, c);
+        else rmsprop_range<false, false>(param, grad, square_avg, momentum_buffer, grad_avg, rb, re, c);
+      }
+    });
+  });
+}
+
+template <class T>
+void adam_step(T* param, const T* grad, T* exp_avg, T* exp_avg_sq, int64_t n, const AdamArgs& args,
+               const Segments& seg) {
+  const double step = static_cast<double>(args.step);
+  const double bias_correction1 = 1.0 - std::pow(args.beta1, step);
+  const double bias_correction2 = 1.0 - std::pow(args.beta2, step);
+  for_chunks(n, [&](int64_t b, int64_t e) {
+    for_ranges(b, e, seg, args.weight_decay, args.l1, [&](int64_t rb, int64_t re, const RangeParams& r) {
+      const double lr = args.lr * r.lr_scale;
+      ops::AdamCoef<T> c;
+      c.step_size = static_cast<T>(lr / bias_correction1);
+      c.beta1 = static_cast<T>(args.beta1);
+      c.one_minus_beta1 = static_cast<T>(1.0 - args.beta1);
+      c.beta2 = static_cast<T>(args.beta2);
+      c.one_minus_beta2 = static_cast<T>(1.0 - args.beta2);
+      c.sqrt_bc2 = static_cast<T>(std::sqrt(bias_correction2));
+      c.eps = static_cast<T>(args.eps);
+      c.weight_decay = static_cast<T>(r.weight_decay);
+      c.l1 = static_cast<T>(r.l1);
+      c.decay = static_cast<T>(1.0 - lr * r.weight_decay);
+      c.decoupled = args.decoupled;
+      if (args.decoupled) adam_range<true>(param, grad, exp_avg, exp_avg_sq, rb, re, c);
+      else adam_range<false>(param, grad, exp_avg, exp_avg_sq, rb, re, c);
+    });
+  });
+}
+
+#define FASTMLP_INSTANTIATE(T)                                                                                   \
+  template void sgd_step<T>(T*, const T*, T*, int64_t, const SgdArgs&, const Segments&);                         \
+  template void adagrad_step<T>(T*, const T*, T*, int64_t, const AdagradArgs&, const Segments&);                 \
+  template void rmsprop_step<T>(T*, const T*, T*, T*, T*, int64_t, const RmspropArgs&, const Segments&);         \
+  template void adam_step<T>(T*, const T*, T*, T*, int64_t, const AdamArgs&, const Segments&);
+FASTMLP_INSTANTIATE(float)
+FASTMLP_INSTANTIATE(double)
+#undef FASTMLP_INSTANTIATE
+
+}  // namespace FASTMLP_ISA_NS
+}  // namespace cpu
+}  // namespace fastmlp

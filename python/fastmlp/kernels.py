@@ -125,15 +125,16 @@ def add_noise(x: Array, kind: str, level: float, *, seed: int, offset: int,
 
 
 def random_uniform(shape: Union[int, Sequence[int]], *, seed: int, offset: int, low: float = 0.0,
-                   high: float = 1.0, dtype=np.float32, out: Optional[Array] = None) -> Array:
+                   high: float = 1.0, dtype=None, out: Optional[Array] = None) -> Array:
     """Uniform numbers in ``[low, high)``: ``low + (high - low) * (u >> 8) * 2**-24`` for the
-    Philox word u of each element."""
+    Philox word u of each element. ``dtype`` is float32 unless ``out`` gives another."""
     return _core.random_uniform(shape, seed=seed, offset=offset, low=low, high=high, dtype=dtype, out=out)
 
 
 def random_normal(shape: Union[int, Sequence[int]], *, seed: int, offset: int, mean: float = 0.0,
-                  std: float = 1.0, dtype=np.float32, out: Optional[Array] = None) -> Array:
-    """Normal numbers ``mean + std * z``, z from Box-Muller on the Philox words of each block."""
+                  std: float = 1.0, dtype=None, out: Optional[Array] = None) -> Array:
+    """Normal numbers ``mean + std * z``, z from Box-Muller on the Philox words of each block
+    (computed in float32; ``dtype`` is float32 unless ``out`` gives another)."""
     return _core.random_normal(shape, seed=seed, offset=offset, mean=mean, std=std, dtype=dtype, out=out)
 
 

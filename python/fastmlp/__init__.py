@@ -13,11 +13,26 @@ from . import _core
 __version__ = "0.1.0"
 
 __all__ = [
+    "Autoencoder",
+    "DenoisingAutoencoder",
+    "History",
+    "MLP",
+    "ModelFileError",
+    "NonFiniteLossError",
+    "Trainer",
     "__version__",
     "available_isas",
+    "datasets",
+    "find_step_size",
     "get_isa",
     "get_num_threads",
+    "gradcheck",
+    "init",
     "kernels",
+    "load",
+    "nn",
+    "optim",
+    "schedules",
     "set_isa",
     "set_num_threads",
 ]
@@ -84,3 +99,10 @@ def _configure_from_environment() -> None:
 _configure_from_environment()
 
 from . import kernels  # noqa: E402
+from . import datasets, init, nn, optim, schedules  # noqa: E402
+from .autoencoder import Autoencoder, DenoisingAutoencoder  # noqa: E402
+from .gradcheck import gradcheck  # noqa: E402
+from .io import ModelFileError  # noqa: E402
+from .nn import MLP  # noqa: E402
+from .serialize import load  # noqa: E402
+from .train import History, NonFiniteLossError, Trainer, find_step_size  # noqa: E402

@@ -1,0 +1,82 @@
+"""Loss names, target preparation and output probabilities (DESIGN.md, "Losses").
+
+Losses take logits and return ``(loss, d loss / d logits)`` with the 1/batch factor included:
+
+- ``"squared"``: ½ · mean over rows of ‖pred − target‖² (regression; output "identity");
+- ``"cross_entropy"``: softmax cross-entropy with integer class labels (output "softmax");
+- ``"binary_cross_entropy"``: sigmoid cross-entropy, summed over labels, for multi-label 0/1
+  targets (output "sigmoid").
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import numpy as np
+
+from . import kernels as K
+
+__all__ = ["LOSSES", "compute", "default_loss", "prepare_target", "probabilities", "resolve"]
+
+LOSSES = ("squared", "cross_entropy", "binary_cross_entropy")
+_DEFAULT_FOR_OUTPUT = {"identity": "squared", "softmax": "cross_entropy", "sigmoid": "binary_cross_entropy"}
+_KERNELS = {"squared": K.squared_error, "cross_entropy": K.softmax_cross_entropy,
+            "binary_cross_entropy": K.sigmoid_cross_entropy}
+
+
+def default_loss(output: str) -> str:
+    return _DEFAULT_FOR_OUTPUT[output]
+
+
+def resolve(loss: Optional[str], output: str) -> str:
+    if loss is None:
+        return default_loss(output)
+    if loss not in LOSSES:
+        raise ValueError(f"loss must be one of {', '.join(repr(l) for l in LOSSES)}, got {loss!r}")
+    return loss
+
+
+def prepare_target(loss: str, y, rows: int, outputs: int, dtype) -> np.ndarray:
+    """Convert y once to what the loss kernel takes: int64 labels, or a float (rows, outputs) matrix."""
+    y = np.asarray(y)
+    if y.ndim == 0 or y.shape[0] != rows:
+        raise ValueError(f"y has {y.shape[0] if y.ndim else 0} rows but X has {rows}")
+    if loss == "cross_entropy":
+        if y.ndim == 2 and y.shape[1] == 1:
+            y = y[:, 0]
+        if y.ndim != 1:
+            raise ValueError(f"cross_entropy needs integer class labels of shape ({rows},), got shape {y.shape}")
+        if y.dtype.kind == "f":
+            if not np.all(np.isfinite(y)) or not np.all(y == np.round(y)):
+                raise ValueError("cross_entropy labels must be integers 0..classes-1")
+        elif y.dtype.kind not in "iub":
+            raise TypeError(f"cross_entropy labels must be integers, got dtype {y.dtype}")
+        labels = y.astype(np.int64)
+        if labels.size and (labels.min() < 0 or labels.max() >= outputs):
+            raise ValueError(f"labels must be in [0, {outputs}) for a model with {outputs} outputs; "
+                             f"got values in [{labels.min()}, {labels.max()}]")
+        return np.ascontiguousarray(labels)
+    if y.ndim == 1:
+        y = y.reshape(-1, 1)
+    if y.ndim != 2 or y.shape[1] != outputs:
+        raise ValueError(f"y has shape {y.shape} but the model has {outputs} outputs; expected ({rows}, {outputs})")
+    if not np.issubdtype(y.dtype, np.number) and y.dtype != np.bool_:
+        raise TypeError(f"y must be numeric, got dtype {y.dtype}")
+    return np.ascontiguousarray(y, dtype=dtype)
+
+
+def compute(loss: str, logits: np.ndarray, target: np.ndarray) -> Tuple[float, np.ndarray]:
+    """(loss, d loss / d logits) for prepared targets."""
+    return _KERNELS[loss](logits, target)
+
+
+def probabilities(output: str, logits: np.ndarray) -> np.ndarray:
+    """Softmax or sigmoid of logits, computed stably."""
+    if output == "softmax":
+        z = logits - logits.max(axis=1, keepdims=True)
+        np.exp(z, out=z)
+        z /= z.sum(axis=1, keepdims=True)
+        return z
+    if output == "sigmoid":
+        return K.activation(np.ascontiguousarray(logits), "sigmoid")
+    raise ValueError(f"no probabilities for output {output!r}")

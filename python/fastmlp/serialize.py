@@ -1,0 +1,172 @@
+"""Models to and from the file format of :mod:`fastmlp.io`: architecture and scaler statistics in
+the JSON header, parameters and buffers as arrays. ``fastmlp.load`` rebuilds any model kind."""
+
+from __future__ import annotations
+
+import math
+from typing import Dict, Tuple
+
+import numpy as np
+
+from .io import ModelFileError, read_file, write_file
+
+__all__ = ["load", "model_from_parts", "model_to_parts", "save"]
+
+
+def model_to_parts(model, prefix: str = "") -> Tuple[dict, Dict[str, np.ndarray]]:
+    """(header dict, arrays) describing ``model`` completely."""
+    from .autoencoder import Autoencoder
+
+    if isinstance(model, Autoencoder):
+        header, arrays = model_to_parts(model.model, prefix)
+        header = {"kind": "autoencoder", "autoencoder": model.config(), "network": header}
+        return header, arrays
+    arrays = {prefix + "params": model.parameters().copy()}
+    for name, buf in model.buffers().items():
+        arrays[prefix + "buffer." + name] = buf.copy()
+    scaler_keys = []
+    if model.scaler is not None:
+        for k, v in model.scaler.items():
+            arrays[prefix + "scaler." + k] = np.asarray(v)
+            scaler_keys.append(k)
+    header = {"kind": "model", "model": model.config(), "scaler": sorted(scaler_keys)}
+    return header, arrays
+
+
+def _require(cond: bool, msg: str) -> None:
+    if not cond:
+        raise ModelFileError(msg)
+
+
+def _int(v, what: str, lo: int = 0, hi: int = 1 << 40) -> int:
+    _require(isinstance(v, int) and not isinstance(v, bool) and lo <= v <= hi, f"{what} must be an int in [{lo}, {hi}]")
+    return v
+
+
+def _float(v, what: str, lo: float = -math.inf, hi: float = math.inf) -> float:
+    _require(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and lo <= v <= hi,
+             f"{what} must be a finite number in [{lo}, {hi}]")
+    return float(v)
+
+
+def _build_model(cfg: dict):
+    from . import nn
+
+    _require(isinstance(cfg, dict), "model config must be an object")
+    kind = cfg.get("kind")
+    dtype = cfg.get("dtype")
+    _require(dtype in ("float32", "float64"), f"model dtype {dtype!r} is not float32 or float64")
+    output = cfg.get("output")
+    _require(output in nn.OUTPUTS, f"model output {output!r} is invalid")
+    seed = _int(cfg.get("seed"), "seed", 0, 2**63 - 1)
+    # Parameters are overwritten from the file, so initialise cheaply.
+    init = "tiny"
+    if kind == "MLP":
+        sizes = cfg.get("sizes")
+        _require(isinstance(sizes, list) and 2 <= len(sizes) <= 1000, "MLP sizes must be a list of 2..1000 ints")
+        sizes = [_int(s, "MLP size", 1, 1 << 24) for s in sizes]
+        total = sum(a * b + b for a, b in zip(sizes[:-1], sizes[1:]))
+        _require(total <= 1 << 34, "MLP is implausibly large")
+        act = cfg.get("activation")
+        _require(act in nn.ACTIVATIONS, f"activation {act!r} is invalid")
+        drops = cfg.get("dropout")
+        _require(isinstance(drops, list) and len(drops) == len(sizes) - 2, "MLP dropout list is malformed")
+        drops = [_float(d, "dropout", 0.0, 0.999999) for d in drops]
+        return nn.MLP(sizes, activation=act, output=output, dropout=drops,
+                      input_dropout=_float(cfg.get("input_dropout"), "input_dropout", 0.0, 0.999999),
+                      batch_norm=bool(cfg.get("batch_norm")), init=init, seed=seed, dtype=dtype)
+    _require(kind == "Sequential", f"unknown model kind {kind!r}")
+    layers_cfg = cfg.get("layers")
+    _require(isinstance(layers_cfg, list) and 1 <= len(layers_cfg) <= 10000, "layers must be a non-empty list")
+    layers = []
+    for i, lc in enumerate(layers_cfg):
+        _require(isinstance(lc, dict) and lc.get("type") in nn.LAYER_TYPES, f"layer {i} is malformed")
+        t = lc["type"]
+        if t == "Dense":
+            layers.append(nn.Dense(_int(lc.get("in_features"), "in_features", 1, 1 << 24),
+                                   _int(lc.get("out_features"), "out_features", 1, 1 << 24), bool(lc.get("bias"))))
+        elif t == "Dropout":
+            layers.append(nn.Dropout(_float(lc.get("p"), "p", 0.0, 0.999999)))
+        elif t == "BatchNorm":
+            layers.append(nn.BatchNorm(_int(lc.get("features"), "features", 1, 1 << 24),
+                                       _float(lc.get("momentum"), "momentum", 0.0, 1.0),
+                                       _float(lc.get("eps"), "eps", 1e-30, 1.0)))
+        elif t == "Noise":
+            kind = lc.get("kind")
+            _require(kind in ("gaussian", "mask"), f"layer {i}: noise kind {kind!r} is invalid")
+            layers.append(nn.Noise(kind, _float(lc.get("level"), "level", 0.0, 1e6 if kind == "gaussian" else 0.999999)))
+        elif t == "TiedDense":
+            layers.append(nn.TiedDense(_int(lc.get("tied_to"), "tied_to", 0, len(layers_cfg)), bool(lc.get("bias"))))
+        else:
+            layers.append(nn.LAYER_TYPES[t]())
+    total = sum(l.in_features * l.out_features for l in layers if isinstance(l, nn.Dense))
+    _require(total <= 1 << 34, "model is implausibly large")
+    try:
+        return nn.Sequential(*layers, output=output, init=init, seed=seed, dtype=dtype)
+    except (ValueError, TypeError) as e:
+        raise ModelFileError(f"invalid architecture: {e}") from None
+
+
+def model_from_parts(header: dict, arrays: Dict[str, np.ndarray], prefix: str = ""):
+    """Rebuild a model from :func:`model_to_parts` output, validating everything."""
+    from .autoencoder import Autoencoder
+
+    _require(isinstance(header, dict), "model header must be an object")
+    if header.get("kind") == "autoencoder":
+        network = model_from_parts(header.get("network"), arrays, prefix)
+        return Autoencoder._from_network(header.get("autoencoder"), network)
+    _require(header.get("kind") == "model", f"unknown file kind {header.get('kind')!r}")
+    cfg = header.get("model")
+    # Check the stored parameter count against the architecture before building it.
+    params = arrays.get(prefix + "params")
+    _require(params is not None and params.ndim == 1, "file has no 1-D 'params' array")
+    model = _build_model(cfg)
+    _require(params.size == model.n_parameters,
+             f"file holds {params.size} parameters but the architecture needs {model.n_parameters}")
+    _require(params.dtype == model.dtype, f"params dtype {params.dtype} does not match model dtype {model.dtype}")
+    _require(bool(np.all(np.isfinite(params))), "parameters contain NaN or Inf")
+    model.parameters()[...] = params
+    for name, buf in model.buffers().items():
+        stored = arrays.get(prefix + "buffer." + name)
+        _require(stored is not None and stored.shape == buf.shape and stored.dtype == buf.dtype,
+                 f"buffer {name!r} is missing or has the wrong shape/dtype")
+        buf[...] = stored
+    keys = header.get("scaler", [])
+    _require(isinstance(keys, list) and all(k in ("x_mean", "x_scale", "y_mean", "y_scale") for k in keys),
+             "scaler keys are malformed")
+    if keys:
+        scaler = {}
+        for k in keys:
+            arr = arrays.get(prefix + "scaler." + k)
+            _require(arr is not None and arr.dtype.kind == "f" and arr.ndim == 1, f"scaler.{k} is missing or malformed")
+            width = model.in_features if k.startswith("x_") else model.out_features
+            _require(arr.size == width, f"scaler.{k} has {arr.size} values, expected {width}")
+            _require(bool(np.all(np.isfinite(arr))), f"scaler.{k} contains NaN or Inf")
+            if k.endswith("scale"):
+                _require(bool(np.all(arr > 0)), f"scaler.{k} must be positive")
+            scaler[k] = arr.astype(np.float64)
+        model.scaler = scaler
+    return model
+
+
+def save(model, path) -> None:
+    """Save a model (MLP, Sequential, Autoencoder) atomically to ``path``."""
+    header, arrays = model_to_parts(model)
+    write_file(path, header, arrays)
+
+
+def load(path):
+    """Load any fastmlp model file (never unpickles). Raises ModelFileError (a ValueError) for
+    malformed files and OSError for I/O problems."""
+    header, arrays = read_file(path)
+    kind = header.get("kind")
+    if kind == "checkpoint":
+        raise ModelFileError(f"{path} is a training checkpoint; use fastmlp.Trainer.from_checkpoint")
+    if kind == "estimator":
+        from .sklearn import _estimator_from_parts  # noqa: F401 - issue 5
+
+        return _estimator_from_parts(header, arrays)
+    try:
+        return model_from_parts(header, arrays)
+    except ModelFileError as e:
+        raise ModelFileError(f"{path}: {e}") from None

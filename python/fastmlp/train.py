@@ -1,0 +1,720 @@
+"""The Trainer: minibatch training with validation, early stopping, schedules, standardisation,
+progress bars, checkpoints, a NaN guard and clean Ctrl-C handling.
+
+Randomness (DESIGN.md): epoch ``e`` shuffles with ``numpy.random.default_rng([seed, e])`` and
+training step ``t`` (0-based, counted over the whole fit) draws dropout masks from the Philox
+streams ``t · n_streams + i``, so a run resumed from a checkpoint replays exactly the masks and
+batches it would have seen, and continues bitwise as if never stopped.
+"""
+
+from __future__ import annotations
+
+import math
+import signal
+import threading
+import time
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+from . import losses as _losses
+from . import optim as _optim
+from . import schedules as _schedules
+from .io import ModelFileError, read_file, write_file
+
+__all__ = ["Callback", "History", "NonFiniteLossError", "Trainer", "find_step_size"]
+
+
+class NonFiniteLossError(FloatingPointError):
+    """Training produced a NaN or infinite loss. The model keeps its last good weights."""
+
+
+class Callback:
+    """Hooks the Trainer calls. Return True from ``on_epoch_end`` to stop training
+    (``stop_reason`` becomes ``"callback"``)."""
+
+    def on_train_begin(self, trainer: "Trainer") -> None:
+        pass
+
+    def on_batch_end(self, trainer: "Trainer", step: int, loss: float) -> None:
+        pass
+
+    def on_epoch_end(self, trainer: "Trainer", epoch: int, logs: Dict[str, float]) -> Optional[bool]:
+        return None
+
+    def on_train_end(self, trainer: "Trainer", history: "History") -> None:
+        pass
+
+
+class History:
+    """Per-epoch records of a fit: ``epoch``, ``train_loss`` (mean data loss over the epoch's
+    batches), ``penalty`` (the regularisation term at the end of the epoch), ``val_loss``,
+    ``val_metric`` (accuracy, R² or subset accuracy), ``lr`` and ``time_s``; plus ``best_epoch``
+    and ``stop_reason`` ("completed", "early_stopping", "interrupted", "non_finite_loss",
+    "callback")."""
+
+    FIELDS = ("epoch", "train_loss", "penalty", "val_loss", "val_metric", "lr", "time_s")
+
+    def __init__(self):
+        for f in self.FIELDS:
+            setattr(self, f, [])
+        self.best_epoch: Optional[int] = None
+        self.stop_reason: Optional[str] = None
+        self.metric_name: Optional[str] = None
+
+    def append(self, **row) -> None:
+        for f in self.FIELDS:
+            getattr(self, f).append(row.get(f, float("nan")))
+
+    def __len__(self) -> int:
+        return len(self.epoch)
+
+    def as_dict(self) -> dict:
+        d = {f: list(getattr(self, f)) for f in self.FIELDS}
+        d.update(best_epoch=self.best_epoch, stop_reason=self.stop_reason, metric_name=self.metric_name)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "History":
+        h = cls()
+        for f in cls.FIELDS:
+            setattr(h, f, [float(v) if v is not None else float("nan") for v in d.get(f, [])])
+        h.epoch = [int(e) for e in h.epoch]
+        h.best_epoch = d.get("best_epoch")
+        h.stop_reason = d.get("stop_reason")
+        h.metric_name = d.get("metric_name")
+        return h
+
+    def __repr__(self) -> str:
+        return (f"History({len(self)} epochs, best_epoch={self.best_epoch}, stop_reason={self.stop_reason!r}, "
+                f"final train_loss={self.train_loss[-1] if self.train_loss else None})")
+
+    def plot(self, path=None, *, title: Optional[str] = None):
+        """Draw the learning curves (losses, and the validation metric when present) with
+        matplotlib; saves to ``path`` when given. Returns the figure."""
+        try:
+            import matplotlib
+
+            if path is not None:
+                matplotlib.use("Agg", force=False)
+            import matplotlib.pyplot as plt
+        except ImportError as e:  # pragma: no cover - optional extra
+            raise ImportError("History.plot needs matplotlib: pip install 'fastmlp[plot]'") from e
+        has_metric = any(not math.isnan(v) for v in self.val_metric)
+        fig, axes = plt.subplots(1, 2 if has_metric else 1, figsize=(10 if has_metric else 5, 4), squeeze=False)
+        ax = axes[0][0]
+        ax.plot(self.epoch, self.train_loss, label="train loss")
+        if any(not math.isnan(v) for v in self.val_loss):
+            ax.plot(self.epoch, self.val_loss, label="validation loss")
+        if self.best_epoch is not None:
+            ax.axvline(self.best_epoch, color="gray", linestyle=":", label="best epoch")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("loss")
+        ax.legend()
+        if has_metric:
+            ax2 = axes[0][1]
+            ax2.plot(self.epoch, self.val_metric, label=f"validation {self.metric_name or 'metric'}", color="C2")
+            ax2.set_xlabel("epoch")
+            ax2.set_ylabel(self.metric_name or "metric")
+            ax2.legend()
+        if title:
+            fig.suptitle(title)
+        fig.tight_layout()
+        if path is not None:
+            fig.savefig(path)
+            plt.close(fig)
+        return fig
+
+
+def metric_name(loss: str) -> str:
+    return {"cross_entropy": "accuracy", "squared": "r2", "binary_cross_entropy": "subset_accuracy"}[loss]
+
+
+def compute_metric(loss: str, logits: np.ndarray, target: np.ndarray) -> float:
+    """Accuracy (cross_entropy), R² (squared, uniform average over outputs) or subset accuracy."""
+    if target.shape[0] == 0:
+        return float("nan")
+    if loss == "cross_entropy":
+        return float(np.mean(logits.argmax(axis=1) == target))
+    if loss == "binary_cross_entropy":
+        return float(np.mean(np.all((logits > 0) == (target > 0.5), axis=1)))
+    t = target.astype(np.float64)
+    ss_res = np.sum((t - logits) ** 2, axis=0)
+    ss_tot = np.sum((t - t.mean(axis=0)) ** 2, axis=0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        r2 = np.where(ss_tot > 0, 1.0 - ss_res / np.where(ss_tot > 0, ss_tot, 1.0), np.where(ss_res > 0, 0.0, 1.0))
+    return float(np.mean(r2))
+
+
+def _stratified_split(n: int, labels: Optional[np.ndarray], fraction: float, seed: int) -> Tuple[np.ndarray, np.ndarray]:
+    """(train_idx, val_idx); stratified by ``labels`` when given. Every class keeps >= 1 training row."""
+    rng = np.random.default_rng([seed, 0x5EED])
+    if labels is None:
+        perm = rng.permutation(n)
+        n_val = min(max(1, int(round(fraction * n))), n - 1)
+        return np.sort(perm[n_val:]), np.sort(perm[:n_val])
+    val = []
+    for c in np.unique(labels):
+        idx = np.flatnonzero(labels == c)
+        idx = idx[rng.permutation(idx.size)]
+        k = int(round(fraction * idx.size))
+        k = min(k, idx.size - 1)
+        val.append(idx[:k])
+    val_idx = np.sort(np.concatenate(val)) if val else np.zeros(0, np.int64)
+    if val_idx.size == 0:
+        perm = rng.permutation(n)
+        val_idx = np.sort(perm[:1])
+    mask = np.ones(n, bool)
+    mask[val_idx] = False
+    return np.flatnonzero(mask), val_idx
+
+
+class _SigintDeferral:
+    """Turns Ctrl-C into a flag checked between steps (main thread only), so a step is never cut
+    in half. Outside the main thread, KeyboardInterrupt behaves as usual."""
+
+    def __init__(self):
+        self.requested = False
+        self._old = None
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            try:
+                self._old = signal.signal(signal.SIGINT, self._handler)
+            except ValueError:  # pragma: no cover - not the main interpreter
+                self._old = None
+        return self
+
+    def _handler(self, signum, frame):
+        if self.requested:  # second Ctrl-C: interrupt at once
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __exit__(self, *exc):
+        if self._old is not None:
+            signal.signal(signal.SIGINT, self._old)
+        return False
+
+
+class Trainer:
+    """Minibatch training of a model (``fastmlp.MLP``, ``fastmlp.nn.Sequential``).
+
+    ``Trainer(model, optimizer=fastmlp.optim.Adam(), batch_size=64, epochs=10,
+    validation=0.1, early_stopping=5).fit(X, y)`` returns a :class:`History`.
+
+    - ``loss``: "squared", "cross_entropy" (integer labels) or "binary_cross_entropy"
+      (multi-label); inferred from the model's ``output`` when None.
+    - ``validation``: None, a fraction of the training rows (stratified for classification), or
+      an ``(X_val, y_val)`` pair.
+    - ``early_stopping``: None or a patience in epochs; monitors the validation loss (the
+      training loss without validation); an epoch counts as better when it lowers the monitored
+      loss by more than ``min_delta``. ``restore_best`` puts the best epoch's weights back.
+    - ``schedule``: a :mod:`fastmlp.schedules` schedule or its name; steps once per epoch.
+    - ``standardize``: scale X (and y for regression) to zero mean and unit variance; the
+      statistics are stored in the model, which applies them in ``forward``/``predict``.
+    - ``drop_last``: drop a final partial batch (default: only when the model has batch norm and
+      the partial batch would have a single row).
+    - ``callbacks``: :class:`Callback` objects.
+    """
+
+    def __init__(self, model, *, loss: Optional[str] = None, optimizer: Optional[_optim.Optimizer] = None,
+                 batch_size: int = 64, epochs: int = 10, shuffle: bool = True,
+                 validation: Union[None, float, Tuple[Any, Any]] = None, early_stopping: Optional[int] = None,
+                 min_delta: float = 0.0, restore_best: bool = True,
+                 schedule: Union[None, str, _schedules.Schedule] = None, standardize: bool = False,
+                 progress: bool = True, seed: int = 0, callbacks: Sequence[Callback] = (),
+                 drop_last: Optional[bool] = None, check_every: int = 1):
+        self.model = model
+        self.loss = _losses.resolve(loss, model.output)
+        self.optimizer = optimizer if optimizer is not None else _optim.Adam()
+        if not isinstance(self.optimizer, _optim.Optimizer):
+            raise TypeError(f"optimizer must be a fastmlp.optim.Optimizer, got {type(self.optimizer).__name__}")
+        if isinstance(batch_size, bool) or int(batch_size) < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if isinstance(epochs, bool) or int(epochs) < 0:
+            raise ValueError(f"epochs must be >= 0, got {epochs}")
+        self.batch_size = int(batch_size)
+        self.epochs = int(epochs)
+        self.shuffle = bool(shuffle)
+        if validation is not None and not isinstance(validation, tuple):
+            fraction = float(validation)
+            if not 0.0 < fraction < 1.0:
+                raise ValueError(f"validation must be None, a fraction in (0, 1) or (X_val, y_val); got {validation!r}")
+            validation = fraction
+        self.validation = validation
+        if early_stopping is not None and (isinstance(early_stopping, bool) or int(early_stopping) < 1):
+            raise ValueError(f"early_stopping must be None or a patience >= 1, got {early_stopping!r}")
+        self.early_stopping = None if early_stopping is None else int(early_stopping)
+        self.min_delta = float(min_delta)
+        if not self.min_delta >= 0:
+            raise ValueError(f"min_delta must be >= 0, got {min_delta}")
+        self.restore_best = bool(restore_best)
+        self.schedule = _schedules.resolve(schedule)
+        self.standardize = bool(standardize)
+        self.progress = bool(progress)
+        if isinstance(seed, bool) or not 0 <= int(seed) < 2**63:
+            raise ValueError(f"seed must be an int in [0, 2**63), got {seed!r}")
+        self.seed = int(seed)
+        self.callbacks = list(callbacks)
+        self.drop_last = drop_last
+        self.check_every = max(1, int(check_every))
+        # Progress of training (saved in checkpoints).
+        self.epoch = 0
+        self.step = 0
+        self.history = History()
+        self.base_lr: Optional[float] = None if self.optimizer.lr == "auto" else float(self.optimizer.lr)
+        self._best = {"loss": math.inf, "epoch": None, "params": None, "buffers": None, "bad_epochs": 0}
+        self._bound = False
+        self._busy = threading.Lock()
+
+    # -- data -------------------------------------------------------------------------------------
+
+    def _prepare(self, X, y) -> Tuple[np.ndarray, np.ndarray]:
+        """Convert (X, y) once: scaled, contiguous, model dtype; targets as the loss needs."""
+        model = self.model
+        X = np.asarray(X)
+        if X.ndim != 2:
+            raise ValueError(f"X must be 2-D (samples, features), got shape {X.shape}")
+        x = model._as_input(X)
+        target = _losses.prepare_target(self.loss, y, x.shape[0], model.out_features, model.dtype)
+        if self.loss == "squared" and model.scaler is not None and "y_mean" in model.scaler:
+            target = np.ascontiguousarray((target - model.scaler["y_mean"]) / model.scaler["y_scale"],
+                                          dtype=model.dtype)
+        return x, target
+
+    def _fit_scaler(self, X, y) -> None:
+        X = np.asarray(X, dtype=np.float64)
+        scale = X.std(axis=0)
+        scaler = {"x_mean": X.mean(axis=0), "x_scale": np.where(scale > 0, scale, 1.0)}
+        if self.loss == "squared":
+            Y = np.asarray(y, dtype=np.float64).reshape(X.shape[0], -1)
+            ys = Y.std(axis=0)
+            scaler.update(y_mean=Y.mean(axis=0), y_scale=np.where(ys > 0, ys, 1.0))
+        self.model.scaler = scaler
+
+    def _split(self, X, y):
+        if self.validation is None:
+            return X, y, None, None
+        if isinstance(self.validation, tuple):
+            Xv, yv = self.validation
+            return X, y, np.asarray(Xv), np.asarray(yv)
+        X, y = np.asarray(X), np.asarray(y)
+        labels = y if self.loss == "cross_entropy" and y.ndim == 1 else None
+        if X.shape[0] < 2:
+            raise ValueError("a validation fraction needs at least 2 rows")
+        tr, va = _stratified_split(X.shape[0], labels, self.validation, self.seed)
+        return X[tr], y[tr], X[va], y[va]
+
+    # -- one step ---------------------------------------------------------------------------------
+
+    def _ensure_bound(self) -> None:
+        if not self._bound:
+            self.optimizer.bind(self.model)
+            self._bound = True
+        if self.optimizer.current_lr is None:
+            if self.base_lr is None:
+                raise RuntimeError("optimizer lr='auto' is resolved at the start of fit(); call fit first or "
+                                   "give a numeric lr")
+            self.optimizer.current_lr = self.base_lr
+
+    def _step(self, xb: np.ndarray, yb: np.ndarray) -> float:
+        model = self.model
+        logits = model._forward(xb, True, self.seed, self.step)
+        loss, grad = _losses.compute(self.loss, logits, yb)
+        if not math.isfinite(loss):
+            model._saved = None
+            return loss
+        model.backward(grad)
+        self.optimizer.step(model.parameters(), model.gradients())
+        self.step += 1
+        return loss
+
+    def train_step(self, X_batch, y_batch) -> float:
+        """One minibatch update with the current settings; returns its data loss. Useful for
+        custom loops and benchmarks (the step counter and dropout streams advance as in fit)."""
+        with self._busy_guard():
+            self._ensure_bound()
+            x, t = self._prepare(X_batch, y_batch)
+            loss = self._step(x, t)
+            if not math.isfinite(loss):
+                raise NonFiniteLossError(f"non-finite loss ({loss}) at step {self.step}; no update was applied")
+            return loss
+
+    def _busy_guard(self):
+        trainer = self
+
+        class _Guard:
+            def __enter__(self):
+                if not trainer._busy.acquire(blocking=False):
+                    raise RuntimeError("this Trainer is already training in another thread; a Trainer (and its "
+                                       "model) can be used by one thread at a time")
+
+            def __exit__(self, *exc):
+                trainer._busy.release()
+                return False
+
+        return _Guard()
+
+    # -- evaluation -------------------------------------------------------------------------------
+
+    def _evaluate_prepared(self, x, t) -> Tuple[float, float]:
+        if x.shape[0] == 0:
+            return float("nan"), float("nan")
+        logits = self.model._predict_chunks(x)
+        loss, _ = _losses.compute(self.loss, logits, t)
+        return float(loss), compute_metric(self.loss, logits, t)
+
+    def evaluate(self, X, y) -> Dict[str, float]:
+        """``{"loss": data loss, <metric>: value}`` on (X, y) in inference mode (losses on
+        standardised targets when y was standardised)."""
+        x, t = self._prepare(X, y)
+        loss, metric = self._evaluate_prepared(x, t)
+        return {"loss": loss, metric_name(self.loss): metric}
+
+    def penalty(self) -> float:
+        """The regularisation term ½·Σ wd_l‖W_l‖² + Σ l1_l‖W_l‖₁ at the current weights."""
+        opt = self.optimizer
+        total = 0.0
+        for info in self.model.param_layout():
+            if info.kind != "weight":
+                continue
+            wd = opt.weight_decay[info.dense_index] if isinstance(opt.weight_decay, list) else opt.weight_decay
+            l1 = opt.l1[info.dense_index] if isinstance(opt.l1, list) else opt.l1
+            if isinstance(opt, _optim.AdamW):
+                wd = 0.0  # decoupled decay is not a penalty on the loss
+            if wd or l1:
+                w = self.model.parameters()[info.start:info.start + info.size].astype(np.float64)
+                total += 0.5 * wd * float(w @ w) + l1 * float(np.abs(w).sum())
+        return total
+
+    # -- fit --------------------------------------------------------------------------------------
+
+    def fit(self, X, y) -> History:
+        """Train for the remaining epochs (all of them on a fresh Trainer; the rest after
+        :meth:`from_checkpoint`). Returns the :class:`History`."""
+        with self._busy_guard():
+            return self._fit(X, y)
+
+    def _fit(self, X, y) -> History:
+        model = self.model
+        X = np.asarray(X)
+        if X.ndim != 2 or X.shape[0] == 0:
+            raise ValueError(f"X must be a non-empty 2-D array (samples, features), got shape {X.shape}")
+        Xtr, ytr, Xva, yva = self._split(X, y)
+        resuming = self.epoch > 0 or self.step > 0
+        if self.standardize and not resuming:
+            self._fit_scaler(Xtr, ytr)
+        x, t = self._prepare(Xtr, ytr)
+        xv = tv = None
+        if Xva is not None:
+            xv, tv = self._prepare(Xva, yva)
+        self.history.metric_name = metric_name(self.loss)
+        if self.base_lr is None:  # lr="auto": the Bottou trick on a subset
+            self.base_lr, _ = find_step_size(model, x, t, loss=self.loss, optimizer=self.optimizer,
+                                             seed=self.seed, _prepared=True, batch_size=self.batch_size)
+            self.optimizer.current_lr = self.base_lr
+        self._ensure_bound()
+        self.schedule.set_horizon(self.epochs)
+        n = x.shape[0]
+        has_bn = any(type(l).__name__ == "BatchNorm" for l in model.layers)
+        drop_last = self.drop_last if self.drop_last is not None else (has_bn and n % self.batch_size == 1)
+        n_batches = n // self.batch_size if drop_last else -(-n // self.batch_size)
+        if n_batches == 0:
+            raise ValueError(f"no full batch: {n} training rows with batch_size={self.batch_size} and drop_last")
+        for cb in self.callbacks:
+            cb.on_train_begin(self)
+        bar = self._progress_bar()
+        self.history.stop_reason = None
+        try:
+            with _SigintDeferral() as sigint:
+                while self.epoch < self.epochs:
+                    reason = self._run_epoch(x, t, xv, tv, n_batches, sigint, bar)
+                    if reason is not None:
+                        self.history.stop_reason = reason
+                        break
+                else:
+                    self.history.stop_reason = "completed"
+        finally:
+            if bar is not None:
+                bar.close()
+        if self.history.stop_reason in ("early_stopping", "completed", "callback") and self.restore_best \
+                and self.early_stopping is not None and self._best["params"] is not None:
+            model.parameters()[...] = self._best["params"]
+            for k, v in model.buffers().items():
+                v[...] = self._best["buffers"][k]
+        for cb in self.callbacks:
+            cb.on_train_end(self, self.history)
+        if self.history.stop_reason == "interrupted":
+            raise KeyboardInterrupt
+        return self.history
+
+    def _progress_bar(self):
+        if not self.progress or self.epochs <= self.epoch:
+            return None
+        from tqdm.auto import tqdm
+
+        return tqdm(total=self.epochs, initial=self.epoch, desc="training", unit="epoch", leave=True,
+                    dynamic_ncols=True)
+
+    def _run_epoch(self, x, t, xv, tv, n_batches, sigint, bar) -> Optional[str]:
+        model, opt = self.model, self.optimizer
+        epoch = self.epoch
+        lr = float(self.schedule.lr(epoch, self.base_lr))
+        opt.current_lr = lr
+        n = x.shape[0]
+        order = np.random.default_rng([self.seed, epoch]).permutation(n) if self.shuffle else None
+        # Snapshot for the NaN guard: the weights and optimizer state at the start of the epoch.
+        snapshot = (model.parameters().copy(), {k: v.copy() for k, v in opt.state.items()},
+                    {k: v.copy() for k, v in model.buffers().items()}, opt.step_count, self.step)
+        start = time.perf_counter()
+        total, batches = 0.0, 0
+        bs = self.batch_size
+        contiguous = order is None
+        for b in range(n_batches):
+            lo, hi = b * bs, min(n, (b + 1) * bs)
+            if contiguous:
+                xb, tb = x[lo:hi], t[lo:hi]
+            else:
+                idx = order[lo:hi]
+                xb, tb = x[idx], t[idx]
+            loss = self._step(xb, tb)
+            if not math.isfinite(loss):
+                return self._non_finite(loss, epoch, b, snapshot)
+            total += loss
+            batches += 1
+            for cb in self.callbacks:
+                cb.on_batch_end(self, self.step, loss)
+            if sigint.requested:
+                self.history.stop_reason = "interrupted"
+                return "interrupted"
+        seconds = time.perf_counter() - start
+        train_loss = total / max(batches, 1)
+        val_loss, val_metric = (float("nan"), float("nan")) if xv is None else self._evaluate_prepared(xv, tv)
+        row = dict(epoch=epoch + 1, train_loss=train_loss, penalty=self.penalty(), val_loss=val_loss,
+                   val_metric=val_metric, lr=lr, time_s=seconds)
+        self.history.append(**row)
+        self.epoch += 1
+        monitored = train_loss if xv is None else val_loss
+        self.schedule.observe(monitored)
+        reason = None
+        if self.early_stopping is not None:
+            if monitored < self._best["loss"] - self.min_delta:
+                self._best.update(loss=monitored, epoch=epoch + 1, params=model.parameters().copy(),
+                                  buffers={k: v.copy() for k, v in model.buffers().items()}, bad_epochs=0)
+            else:
+                self._best["bad_epochs"] += 1
+                if self._best["bad_epochs"] >= self.early_stopping:
+                    reason = "early_stopping"
+            self.history.best_epoch = self._best["epoch"]
+        elif not math.isnan(monitored) and (self.history.best_epoch is None or
+                                            monitored < min(self._monitored_history()[:-1], default=math.inf)):
+            self.history.best_epoch = epoch + 1
+        if bar is not None:
+            post = {"loss": f"{train_loss:.4g}", "samples/s": f"{n / max(seconds, 1e-9):,.0f}"}
+            if xv is not None:
+                post[self.history.metric_name] = f"{val_metric:.4g}"
+            bar.set_postfix(post, refresh=False)
+            bar.update(1)
+        for cb in self.callbacks:
+            if cb.on_epoch_end(self, epoch + 1, row):
+                reason = reason or "callback"
+        return reason
+
+    def _monitored_history(self) -> List[float]:
+        h = self.history
+        return h.val_loss if any(not math.isnan(v) for v in h.val_loss) else h.train_loss
+
+    def _non_finite(self, loss, epoch, batch, snapshot) -> str:
+        model, opt = self.model, self.optimizer
+        if not np.all(np.isfinite(model.parameters())):
+            params, state, buffers, step_count, step = snapshot
+            model.parameters()[...] = params
+            for k, v in state.items():
+                opt.state[k][...] = v
+            for k, v in model.buffers().items():
+                v[...] = buffers[k]
+            opt.step_count, self.step = step_count, step
+        self.history.stop_reason = "non_finite_loss"
+        raise NonFiniteLossError(
+            f"non-finite training loss ({loss}) at epoch {epoch + 1}, step {self.step} (batch {batch + 1} of the "
+            f"epoch); training stopped and the model keeps its last good weights. Lower the learning rate, "
+            f"enable clip_norm, or standardize the inputs.")
+
+    # -- checkpoints ------------------------------------------------------------------------------
+
+    def settings(self) -> dict:
+        val = self.validation
+        return {"loss": self.loss, "batch_size": self.batch_size, "epochs": self.epochs, "shuffle": self.shuffle,
+                "validation": val if not isinstance(val, tuple) else "arrays", "early_stopping": self.early_stopping,
+                "min_delta": self.min_delta, "restore_best": self.restore_best, "standardize": self.standardize,
+                "progress": self.progress, "seed": self.seed, "drop_last": self.drop_last,
+                "check_every": self.check_every}
+
+    def save_checkpoint(self, path) -> None:
+        """Write the model, the optimizer and its state, the Trainer's settings, the epoch, step,
+        schedule, early-stopping state and History to ``path`` (atomic). Validation arrays given
+        as ``(X_val, y_val)`` are saved too."""
+        from .serialize import model_to_parts
+
+        header, arrays = model_to_parts(self.model, prefix="model.")
+        opt_state = self.optimizer.state_dict()
+        for k, v in opt_state.pop("state").items():
+            arrays["optim." + k] = v
+        best = self._best
+        if best["params"] is not None:
+            arrays["best.params"] = best["params"]
+            for k, v in best["buffers"].items():
+                arrays["best.buffer." + k] = v
+        if isinstance(self.validation, tuple):
+            arrays["validation.X"] = np.asarray(self.validation[0])
+            arrays["validation.y"] = np.asarray(self.validation[1])
+        ckpt = {"kind": "checkpoint", "model": header, "optimizer": opt_state, "settings": self.settings(),
+                "epoch": self.epoch, "step": self.step, "base_lr": self.base_lr,
+                "schedule": self.schedule.state_dict(), "history": self.history.as_dict(),
+                "best": {"loss": best["loss"], "epoch": best["epoch"], "bad_epochs": best["bad_epochs"],
+                         "has_params": best["params"] is not None}}
+        write_file(path, ckpt, arrays)
+
+    @classmethod
+    def from_checkpoint(cls, path, *, callbacks: Sequence[Callback] = (), progress: Optional[bool] = None) -> "Trainer":
+        """Rebuild a Trainer (with its model) from :meth:`save_checkpoint`; ``fit`` then continues
+        bitwise as if never stopped."""
+        from .serialize import model_from_parts
+
+        header, arrays = read_file(path)
+        if header.get("kind") != "checkpoint":
+            raise ModelFileError(f"{path} is not a training checkpoint (kind {header.get('kind')!r})")
+        try:
+            model = model_from_parts(header["model"], arrays, prefix="model.")
+            opt_state = dict(header["optimizer"])
+            opt_state["state"] = {k[len("optim."):]: v for k, v in arrays.items() if k.startswith("optim.")}
+            optimizer = _optim.optimizer_from_state(opt_state)
+            s = dict(header["settings"])
+            validation = s.pop("validation")
+            if validation == "arrays":
+                validation = (arrays["validation.X"], arrays["validation.y"])
+            if progress is not None:
+                s["progress"] = progress
+            trainer = cls(model, optimizer=optimizer, validation=validation,
+                          schedule=_schedules.from_state(header["schedule"]), callbacks=callbacks, **s)
+            trainer.epoch, trainer.step = int(header["epoch"]), int(header["step"])
+            trainer.base_lr = None if header["base_lr"] is None else float(header["base_lr"])
+            trainer.history = History.from_dict(header["history"])
+            b = header["best"]
+            trainer._best.update(loss=float(b["loss"]), epoch=b["epoch"], bad_epochs=int(b["bad_epochs"]))
+            if b["has_params"]:
+                trainer._best["params"] = arrays["best.params"]
+                trainer._best["buffers"] = {k[len("best.buffer."):]: v for k, v in arrays.items()
+                                            if k.startswith("best.buffer.")}
+            optimizer.bind(model)
+            if optimizer.state and any(v.size != model.n_parameters for v in optimizer.state.values()):
+                raise ModelFileError("optimizer state does not match the model size")
+            trainer._bound = True
+        except ModelFileError:
+            raise
+        except (KeyError, TypeError, ValueError) as e:
+            raise ModelFileError(f"{path}: malformed checkpoint ({type(e).__name__}: {e})") from None
+        return trainer
+
+
+def find_step_size(model, X, y, *, loss: Optional[str] = None, optimizer: Optional[_optim.Optimizer] = None,
+                   subset: float = 0.05, min_rows: int = 256, steps: Optional[int] = None, batch_size: int = 64,
+                   start: Optional[float] = None, max_trials: int = 20, seed: int = 0,
+                   _prepared: bool = False) -> Tuple[float, Dict[float, float]]:
+    """The Bottou trick: pick the step size on a small random subset.
+
+    Takes ``subset`` of the rows (at least ``min_rows``), and for a candidate step size trains a
+    copy of the model for ``steps`` minibatch steps (default: one pass over the subset) from the
+    current weights, then measures the loss on the subset. It brackets on a log scale — doubling
+    while the loss keeps falling, halving while it does not — and then narrows the bracket with
+    geometric midpoints, keeping the step size whose short run lowers the loss most. The model is
+    left unchanged. Returns ``(best_lr, {lr: loss after the short run})``.
+    """
+    optimizer = optimizer if optimizer is not None else _optim.SGD()
+    loss = _losses.resolve(loss, model.output)
+    if _prepared:
+        x, t = X, y
+    else:
+        x = model._as_input(X)
+        t = _losses.prepare_target(loss, y, x.shape[0], model.out_features, model.dtype)
+    n = x.shape[0]
+    rng = np.random.default_rng([seed, 0xB077])
+    k = min(n, max(int(min_rows), int(math.ceil(subset * n))))
+    idx = np.sort(rng.choice(n, size=k, replace=False))
+    xs, ts = x[idx], t[idx]
+    bs = min(batch_size, k)
+    n_steps = int(steps) if steps is not None else max(1, k // bs)
+    saved_params = model.parameters().copy()
+    saved_buffers = {name: b.copy() for name, b in model.buffers().items()}
+    tried: Dict[float, float] = {}
+
+    def trial(lr: float) -> float:
+        lr = float(lr)
+        if lr in tried:
+            return tried[lr]
+        model.parameters()[...] = saved_params
+        for name, b in model.buffers().items():
+            b[...] = saved_buffers[name]
+        hp = optimizer.hyperparameters()
+        hp["lr"] = lr
+        if "betas" in hp:
+            hp["betas"] = tuple(hp["betas"])
+        opt = type(optimizer)(**hp).bind(model)
+        trainer = Trainer(model, loss=loss, optimizer=opt, batch_size=bs, epochs=1, progress=False, seed=seed)
+        trainer._bound = True
+        order = np.random.default_rng([seed, 1]).permutation(k)
+        value = math.inf
+        with np.errstate(all="ignore"):
+            for s in range(n_steps):
+                b = order[(s * bs) % k: (s * bs) % k + bs]
+                if b.size < 2 and any(type(l).__name__ == "BatchNorm" for l in model.layers):
+                    continue
+                if not math.isfinite(trainer._step(xs[b], ts[b])) or not np.all(np.isfinite(model.parameters())):
+                    break
+            else:
+                logits = model._predict_chunks(xs)
+                value = float(_losses.compute(loss, logits, ts)[0])
+                if not math.isfinite(value):
+                    value = math.inf
+        tried[lr] = value
+        return value
+
+    try:
+        lr = float(start) if start is not None else (optimizer.default_lr if optimizer.lr == "auto"
+                                                     else float(optimizer.lr) or optimizer.default_lr)
+        best_lr, best = lr, trial(lr)
+        trials = 1
+        # Bracket: walk up while it improves, else walk down while it improves.
+        up = trial(lr * 2.0)
+        trials += 1
+        direction = 2.0 if up < best else 0.5
+        if up < best:
+            best_lr, best = lr * 2.0, up
+        cur = best_lr
+        while trials < max_trials:
+            nxt = cur * direction
+            v = trial(nxt)
+            trials += 1
+            if v < best:
+                best_lr, best, cur = nxt, v, nxt
+            else:
+                break
+        # Narrow: geometric midpoints around the best, halving the log-step each round.
+        factor = math.sqrt(2.0)
+        for _ in range(3):
+            if trials + 2 > max_trials:
+                break
+            center = best_lr
+            for cand in (center / factor, center * factor):
+                v = trial(cand)
+                trials += 1
+                if v < best:
+                    best_lr, best = cand, v
+            factor = math.sqrt(factor)
+        if not math.isfinite(best):
+            raise NonFiniteLossError("find_step_size: every step size tried diverged; standardize the inputs")
+    finally:
+        model.parameters()[...] = saved_params
+        for name, b in model.buffers().items():
+            b[...] = saved_buffers[name]
+    return best_lr, dict(sorted(tried.items()))

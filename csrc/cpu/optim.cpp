@@ -58,36 +58,79 @@ void for_ranges(int64_t b, int64_t e, const Segments& seg, double weight_decay, 
   }
 }
 
-// Each range loop takes its coefficients by value (so stores to the arrays cannot alias them) and
-// fixes the structural flags at compile time, so the branches in ops/ fold away.
+// Structural flags of a range, fixed at compile time so the branches in ops/ fold away and every
+// variant's loop vectorises: bit 0 coupled weight decay, bit 1 L1, then per optimizer.
+constexpr unsigned kDecay = 1, kL1 = 2;
+constexpr unsigned kMomentum = 4, kCentered = 8;  // SGD, RMSprop
+constexpr unsigned kDecoupled = 4;                // Adam
 
-template <bool Momentum, class T>
-void sgd_range(T* __restrict param, const T* __restrict grad, T* __restrict buf, int64_t b, int64_t e,
-               ops::SgdCoef<T> c) {
-  c.use_momentum = Momentum;
-  for (int64_t i = b; i < e; ++i) ops::sgd_update(param[i], grad[i], Momentum ? buf + i : nullptr, c);
+template <unsigned F>
+struct FlagSet {
+  static constexpr unsigned value = F;
+};
+
+// Calls fn(FlagSet<flags>{}) for a runtime flags < Count.
+template <unsigned Count, unsigned F = 0, class Fn>
+void with_flags(unsigned flags, const Fn& fn) {
+  if constexpr (F + 1 < Count) {
+    if (flags != F) return with_flags<Count, F + 1>(flags, fn);
+  }
+  fn(FlagSet<F>{});
 }
 
 template <class T>
+ops::Regularisation<T> regularisation(double weight_decay, double l1, unsigned flags) {
+  ops::Regularisation<T> r;
+  r.weight_decay = static_cast<T>(weight_decay);
+  r.l1 = static_cast<T>(l1);
+  r.use_weight_decay = (flags & kDecay) != 0;
+  r.use_l1 = (flags & kL1) != 0;
+  return r;
+}
+
+unsigned regularisation_flags(double weight_decay, double l1) {
+  return (weight_decay != 0.0 ? kDecay : 0u) | (l1 != 0.0 ? kL1 : 0u);
+}
+
+// The range loops take their coefficients by value (stores to the arrays cannot alias them).
+
+template <unsigned F, class T>
+void sgd_range(T* __restrict param, const T* __restrict grad, T* __restrict buf, int64_t b, int64_t e,
+               ops::SgdCoef<T> c) {
+  constexpr bool momentum = (F & kMomentum) != 0;
+  c.reg.use_weight_decay = (F & kDecay) != 0;
+  c.reg.use_l1 = (F & kL1) != 0;
+  c.use_momentum = momentum;
+  for (int64_t i = b; i < e; ++i) ops::sgd_update(param[i], grad[i], momentum ? buf + i : nullptr, c);
+}
+
+template <unsigned F, class T>
 void adagrad_range(T* __restrict param, const T* __restrict grad, T* __restrict state_sum, int64_t b, int64_t e,
-                   const ops::AdagradCoef<T> c) {
+                   ops::AdagradCoef<T> c) {
+  c.reg.use_weight_decay = (F & kDecay) != 0;
+  c.reg.use_l1 = (F & kL1) != 0;
   for (int64_t i = b; i < e; ++i) ops::adagrad_update(param[i], grad[i], state_sum[i], c);
 }
 
-template <bool Momentum, bool Centered, class T>
+template <unsigned F, class T>
 void rmsprop_range(T* __restrict param, const T* __restrict grad, T* __restrict square_avg, T* __restrict buf,
                    T* __restrict grad_avg, int64_t b, int64_t e, ops::RmspropCoef<T> c) {
-  c.use_momentum = Momentum;
-  c.centered = Centered;
+  constexpr bool momentum = (F & kMomentum) != 0, centered = (F & kCentered) != 0;
+  c.reg.use_weight_decay = (F & kDecay) != 0;
+  c.reg.use_l1 = (F & kL1) != 0;
+  c.use_momentum = momentum;
+  c.centered = centered;
   for (int64_t i = b; i < e; ++i)
-    ops::rmsprop_update(param[i], grad[i], square_avg[i], Momentum ? buf + i : nullptr,
-                        Centered ? grad_avg + i : nullptr, c);
+    ops::rmsprop_update(param[i], grad[i], square_avg[i], momentum ? buf + i : nullptr,
+                        centered ? grad_avg + i : nullptr, c);
 }
 
-template <bool Decoupled, class T>
+template <unsigned F, class T>
 void adam_range(T* __restrict param, const T* __restrict grad, T* __restrict exp_avg, T* __restrict exp_avg_sq,
                 int64_t b, int64_t e, ops::AdamCoef<T> c) {
-  c.decoupled = Decoupled;
+  c.reg.use_weight_decay = (F & kDecay) != 0;
+  c.reg.use_l1 = (F & kL1) != 0;
+  c.decoupled = (F & kDecoupled) != 0;
   for (int64_t i = b; i < e; ++i) ops::adam_update(param[i], grad[i], exp_avg[i], exp_avg_sq[i], c);
 }
 
@@ -95,35 +138,34 @@ void adam_range(T* __restrict param, const T* __restrict grad, T* __restrict exp
 
 template <class T>
 void sgd_step(T* param, const T* grad, T* momentum_buffer, int64_t n, const SgdArgs& args, const Segments& seg) {
-  const bool use_momentum = args.momentum != 0.0;
+  const unsigned momentum = args.momentum != 0.0 ? kMomentum : 0u;
   for_chunks(n, [&](int64_t b, int64_t e) {
     for_ranges(b, e, seg, args.weight_decay, args.l1, [&](int64_t rb, int64_t re, const RangeParams& r) {
+      const unsigned flags = regularisation_flags(r.weight_decay, r.l1) | momentum;
       ops::SgdCoef<T> c;
       c.lr = static_cast<T>(args.lr * r.lr_scale);
       c.momentum = static_cast<T>(args.momentum);
       c.one_minus_dampening = static_cast<T>(1.0 - args.dampening);
-      c.weight_decay = static_cast<T>(r.weight_decay);
-      c.l1 = static_cast<T>(r.l1);
-      c.use_momentum = use_momentum;
+      c.reg = regularisation<T>(r.weight_decay, r.l1, flags);
+      c.use_momentum = momentum != 0;
       c.nesterov = args.nesterov;
       c.first = args.step == 1;
-      if (use_momentum) sgd_range<true>(param, grad, momentum_buffer, rb, re, c);
-      else sgd_range<false>(param, grad, momentum_buffer, rb, re, c);
+      with_flags<8>(flags, [&](auto f) { sgd_range<decltype(f)::value>(param, grad, momentum_buffer, rb, re, c); });
     });
   });
 }
 
 template <class T>
 void adagrad_step(T* param, const T* grad, T* state_sum, int64_t n, const AdagradArgs& args, const Segments& seg) {
-  const double decay = 1.0 + static_cast<double>(args.step - 1) * args.lr_decay;
+  const double lr_divisor = 1.0 + static_cast<double>(args.step - 1) * args.lr_decay;
   for_chunks(n, [&](int64_t b, int64_t e) {
     for_ranges(b, e, seg, args.weight_decay, args.l1, [&](int64_t rb, int64_t re, const RangeParams& r) {
+      const unsigned flags = regularisation_flags(r.weight_decay, r.l1);
       ops::AdagradCoef<T> c;
-      c.clr = static_cast<T>(args.lr * r.lr_scale / decay);
+      c.clr = static_cast<T>(args.lr * r.lr_scale / lr_divisor);
       c.eps = static_cast<T>(args.eps);
-      c.weight_decay = static_cast<T>(r.weight_decay);
-      c.l1 = static_cast<T>(r.l1);
-      adagrad_range(param, grad, state_sum, rb, re, c);
+      c.reg = regularisation<T>(r.weight_decay, r.l1, flags);
+      with_flags<4>(flags, [&](auto f) { adagrad_range<decltype(f)::value>(param, grad, state_sum, rb, re, c); });
     });
   });
 }
@@ -131,26 +173,22 @@ void adagrad_step(T* param, const T* grad, T* state_sum, int64_t n, const Adagra
 template <class T>
 void rmsprop_step(T* param, const T* grad, T* square_avg, T* momentum_buffer, T* grad_avg, int64_t n,
                   const RmspropArgs& args, const Segments& seg) {
-  const bool use_momentum = args.momentum > 0.0;
+  const unsigned structure = (args.momentum > 0.0 ? kMomentum : 0u) | (args.centered ? kCentered : 0u);
   for_chunks(n, [&](int64_t b, int64_t e) {
     for_ranges(b, e, seg, args.weight_decay, args.l1, [&](int64_t rb, int64_t re, const RangeParams& r) {
+      const unsigned flags = regularisation_flags(r.weight_decay, r.l1) | structure;
       ops::RmspropCoef<T> c;
       c.lr = static_cast<T>(args.lr * r.lr_scale);
       c.alpha = static_cast<T>(args.alpha);
       c.one_minus_alpha = static_cast<T>(1.0 - args.alpha);
       c.eps = static_cast<T>(args.eps);
       c.momentum = static_cast<T>(args.momentum);
-      c.weight_decay = static_cast<T>(r.weight_decay);
-      c.l1 = static_cast<T>(r.l1);
-      c.use_momentum = use_momentum;
+      c.reg = regularisation<T>(r.weight_decay, r.l1, flags);
+      c.use_momentum = (flags & kMomentum) != 0;
       c.centered = args.centered;
-      if (use_momentum) {
-        if (args.centered) rmsprop_range<true, true>(param, grad, square_avg, momentum_buffer, grad_avg, rb, re, c);
-        else rmsprop_range<true, false>(param, grad, square_avg, momentum_buffer, grad_avg, rb, re, c);
-      } else {
-        if (args.centered) rmsprop_range<false, true>(param, grad, square_avg, momentum_buffer, grad_avg, rb, re, c);
-        else rmsprop_range<false, false>(param, grad, square_avg, momentum_buffer, grad_avg, rb, re, c);
-      }
+      with_flags<16>(flags, [&](auto f) {
+        rmsprop_range<decltype(f)::value>(param, grad, square_avg, momentum_buffer, grad_avg, rb, re, c);
+      });
     });
   });
 }
@@ -164,6 +202,9 @@ void adam_step(T* param, const T* grad, T* exp_avg, T* exp_avg_sq, int64_t n, co
   for_chunks(n, [&](int64_t b, int64_t e) {
     for_ranges(b, e, seg, args.weight_decay, args.l1, [&](int64_t rb, int64_t re, const RangeParams& r) {
       const double lr = args.lr * r.lr_scale;
+      // AdamW's decay is a factor on p, not a gradient term.
+      const double coupled_decay = args.decoupled ? 0.0 : r.weight_decay;
+      const unsigned flags = regularisation_flags(coupled_decay, r.l1) | (args.decoupled ? kDecoupled : 0u);
       ops::AdamCoef<T> c;
       c.step_size = static_cast<T>(lr / bias_correction1);
       c.beta1 = static_cast<T>(args.beta1);
@@ -172,12 +213,12 @@ void adam_step(T* param, const T* grad, T* exp_avg, T* exp_avg_sq, int64_t n, co
       c.one_minus_beta2 = static_cast<T>(1.0 - args.beta2);
       c.sqrt_bc2 = static_cast<T>(std::sqrt(bias_correction2));
       c.eps = static_cast<T>(args.eps);
-      c.weight_decay = static_cast<T>(r.weight_decay);
-      c.l1 = static_cast<T>(r.l1);
       c.decay = static_cast<T>(1.0 - lr * r.weight_decay);
+      c.reg = regularisation<T>(coupled_decay, r.l1, flags);
       c.decoupled = args.decoupled;
-      if (args.decoupled) adam_range<true>(param, grad, exp_avg, exp_avg_sq, rb, re, c);
-      else adam_range<false>(param, grad, exp_avg, exp_avg_sq, rb, re, c);
+      with_flags<8>(flags, [&](auto f) {
+        adam_range<decltype(f)::value>(param, grad, exp_avg, exp_avg_sq, rb, re, c);
+      });
     });
   });
 }

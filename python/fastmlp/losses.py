@@ -16,7 +16,7 @@ import numpy as np
 
 from . import kernels as K
 
-__all__ = ["LOSSES", "compute", "default_loss", "prepare_target", "probabilities", "resolve"]
+__all__ = ["LOSSES", "compute", "default_loss", "per_row", "prepare_target", "probabilities", "resolve"]
 
 LOSSES = ("squared", "cross_entropy", "binary_cross_entropy")
 _DEFAULT_FOR_OUTPUT = {"identity": "squared", "softmax": "cross_entropy", "sigmoid": "binary_cross_entropy"}
@@ -68,6 +68,18 @@ def prepare_target(loss: str, y, rows: int, outputs: int, dtype) -> np.ndarray:
 def compute(loss: str, logits: np.ndarray, target: np.ndarray) -> Tuple[float, np.ndarray]:
     """(loss, d loss / d logits) for prepared targets."""
     return _KERNELS[loss](logits, target)
+
+
+def per_row(loss: str, logits: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """Each row's loss in float64 (for sample weights), matching the kernels' definitions."""
+    z = logits.astype(np.float64)
+    if loss == "squared":
+        return 0.5 * np.sum((z - target) ** 2, axis=1)
+    if loss == "cross_entropy":
+        m = z.max(axis=1, keepdims=True)
+        lse = (m + np.log(np.sum(np.exp(z - m), axis=1, keepdims=True)))[:, 0]
+        return lse - z[np.arange(z.shape[0]), target]
+    return np.sum(np.maximum(z, 0) - z * target + np.log1p(np.exp(-np.abs(z))), axis=1)
 
 
 def probabilities(output: str, logits: np.ndarray) -> np.ndarray:

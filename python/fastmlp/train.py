@@ -223,7 +223,7 @@ class Trainer:
                  min_delta: float = 0.0, restore_best: bool = True,
                  schedule: Union[None, str, _schedules.Schedule] = None, standardize: bool = False,
                  progress: bool = True, seed: int = 0, callbacks: Sequence[Callback] = (),
-                 drop_last: Optional[bool] = None, check_every: int = 1):
+                 drop_last: Optional[bool] = None, check_every: int = 1, loss_scale: float = 1.0):
         self.model = model
         self.loss = _losses.resolve(loss, model.output)
         self.optimizer = optimizer if optimizer is not None else _optim.Adam()
@@ -258,6 +258,9 @@ class Trainer:
         self.callbacks = list(callbacks)
         self.drop_last = drop_last
         self.check_every = max(1, int(check_every))
+        self.loss_scale = float(loss_scale)
+        if not (self.loss_scale > 0 and math.isfinite(self.loss_scale)):
+            raise ValueError(f"loss_scale must be a finite number > 0, got {loss_scale}")
         # Progress of training (saved in checkpoints).
         self.epoch = 0
         self.step = 0
@@ -265,6 +268,7 @@ class Trainer:
         self.base_lr: Optional[float] = None if self.optimizer.lr == "auto" else float(self.optimizer.lr)
         self._best = {"loss": math.inf, "epoch": None, "params": None, "buffers": None, "bad_epochs": 0}
         self._bound = False
+        self._weights: Optional[np.ndarray] = None
         self._busy = threading.Lock()
 
     # -- data -------------------------------------------------------------------------------------
@@ -305,6 +309,12 @@ class Trainer:
         tr, va = _stratified_split(X.shape[0], labels, self.validation, self.seed)
         return X[tr], y[tr], X[va], y[va]
 
+    def _split_weighted(self, X, y, weights):
+        X, y = np.asarray(X), np.asarray(y)
+        labels = y if self.loss == "cross_entropy" and y.ndim == 1 else None
+        tr, va = _stratified_split(X.shape[0], labels, self.validation, self.seed)
+        return X[tr], y[tr], X[va], y[va], weights[tr]
+
     # -- one step ---------------------------------------------------------------------------------
 
     def _ensure_bound(self) -> None:
@@ -317,10 +327,18 @@ class Trainer:
                                    "give a numeric lr")
             self.optimizer.current_lr = self.base_lr
 
-    def _step(self, xb: np.ndarray, yb: np.ndarray) -> float:
+    def _step(self, xb: np.ndarray, yb: np.ndarray, wb: Optional[np.ndarray] = None) -> float:
         model = self.model
         logits = model._forward(xb, True, self.seed, self.step)
         loss, grad = _losses.compute(self.loss, logits, yb)
+        if wb is not None:  # weighted mean: sum(w_i l_i) / sum(w_i)
+            total = float(wb.sum())
+            rows = _losses.per_row(self.loss, logits, yb)
+            loss = float(rows @ wb) / total if total > 0 else 0.0
+            grad *= (wb * (xb.shape[0] / total if total > 0 else 0.0)).astype(grad.dtype)[:, None]
+        if self.loss_scale != 1.0:
+            loss *= self.loss_scale
+            grad *= grad.dtype.type(self.loss_scale)
         if not math.isfinite(loss):
             model._saved = None
             return loss
@@ -389,22 +407,36 @@ class Trainer:
 
     # -- fit --------------------------------------------------------------------------------------
 
-    def fit(self, X, y) -> History:
+    def fit(self, X, y, sample_weight=None) -> History:
         """Train for the remaining epochs (all of them on a fresh Trainer; the rest after
-        :meth:`from_checkpoint`). Returns the :class:`History`."""
+        :meth:`from_checkpoint`). ``sample_weight`` (one non-negative weight per row) makes each
+        batch's loss the weighted mean of its rows' losses. Returns the :class:`History`."""
         with self._busy_guard():
-            return self._fit(X, y)
+            return self._fit(X, y, sample_weight)
 
-    def _fit(self, X, y) -> History:
+    def _fit(self, X, y, sample_weight=None) -> History:
         model = self.model
         X = np.asarray(X)
         if X.ndim != 2 or X.shape[0] == 0:
             raise ValueError(f"X must be a non-empty 2-D array (samples, features), got shape {X.shape}")
-        Xtr, ytr, Xva, yva = self._split(X, y)
+        weights = None
+        if sample_weight is not None:
+            weights = np.asarray(sample_weight, dtype=np.float64)
+            if weights.shape != (X.shape[0],):
+                raise ValueError(f"sample_weight has shape {weights.shape} but X has {X.shape[0]} rows")
+            if not np.all(np.isfinite(weights)) or np.any(weights < 0):
+                raise ValueError("sample_weight must be finite and >= 0")
+            if np.all(weights == 1.0):
+                weights = None  # the unweighted path, bit for bit
+        if weights is not None and self.validation is not None and not isinstance(self.validation, tuple):
+            Xtr, ytr, Xva, yva, weights = self._split_weighted(X, y, weights)
+        else:
+            Xtr, ytr, Xva, yva = self._split(X, y)
         resuming = self.epoch > 0 or self.step > 0
         if self.standardize and not resuming:
             self._fit_scaler(Xtr, ytr)
         x, t = self._prepare(Xtr, ytr)
+        self._weights = weights
         xv = tv = None
         if Xva is not None:
             xv, tv = self._prepare(Xva, yva)
@@ -472,12 +504,13 @@ class Trainer:
         contiguous = order is None
         for b in range(n_batches):
             lo, hi = b * bs, min(n, (b + 1) * bs)
+            w = self._weights
             if contiguous:
-                xb, tb = x[lo:hi], t[lo:hi]
+                xb, tb, wb = x[lo:hi], t[lo:hi], (None if w is None else w[lo:hi])
             else:
                 idx = order[lo:hi]
-                xb, tb = x[idx], t[idx]
-            loss = self._step(xb, tb)
+                xb, tb, wb = x[idx], t[idx], (None if w is None else w[idx])
+            loss = self._step(xb, tb, wb)
             if not math.isfinite(loss):
                 return self._non_finite(loss, epoch, b, snapshot)
             total += loss

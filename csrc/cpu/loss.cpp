@@ -1,11 +1,156 @@
-// STUB
+// Fused losses: one pass over the logits writes d loss / d logits (with the 1/rows factor) and
+// yields each row's loss in double. Row losses are summed in fixed blocks of kReduceRowBlock rows
+// and the block partials added in block order, so the loss is bitwise the same on any thread
+// count. The gradient buffer may be the logits themselves: every element is read before its
+// slot is written.
+#include <cmath>
+
+#include "core/parallel.h"
+#include "core/scratch.h"
 #include "cpu/isa.h"
-namespace fastmlp { namespace cpu { namespace FASTMLP_ISA_NS {
-template <class T> double squared_error(const T*, const T*, T*, int64_t, int64_t) { return 0; }
-template <class T> double softmax_cross_entropy(const T*, const int64_t*, T*, int64_t, int64_t) { return 0; }
-template <class T> double sigmoid_cross_entropy(const T*, const T*, T*, int64_t, int64_t) { return 0; }
-#define INST(T) template double squared_error<T>(const T*, const T*, T*, int64_t, int64_t); \
- template double softmax_cross_entropy<T>(const T*, const int64_t*, T*, int64_t, int64_t); \
- template double sigmoid_cross_entropy<T>(const T*, const T*, T*, int64_t, int64_t);
-INST(float) INST(double)
-}}}
+#include "ops/loss.h"
+
+namespace fastmlp {
+namespace cpu {
+namespace FASTMLP_ISA_NS {
+namespace {
+
+// Independent accumulators inside a row: a fixed summation order the compiler can vectorise.
+constexpr int64_t kLanes = 8;
+
+double combine_lanes(const double* acc) {
+  return ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
+}
+
+// Sum of row_loss(r) over all rows: each block of kReduceRowBlock rows in row order, then the
+// blocks in block order. Tasks take several blocks when rows are short (about
+// kElementwiseChunk elements per task); the partials, and so the result, do not depend on it.
+template <class RowLoss>
+double sum_row_losses(int64_t rows, int64_t cols, const RowLoss& row_loss) {
+  const int64_t blocks = ceil_div(rows, kReduceRowBlock);
+  if (blocks == 0) return 0.0;
+  double* partial = static_cast<double*>(thread_scratch(kScratchReduce, sizeof(double) * static_cast<size_t>(blocks)));
+  const int64_t blocks_per_task = max_i64(1, kElementwiseChunk / (kReduceRowBlock * max_i64(cols, 1)));
+  parallel_for(ceil_div(blocks, blocks_per_task), [&](int64_t task) {
+    const int64_t b1 = min_i64(blocks, (task + 1) * blocks_per_task);
+    for (int64_t b = task * blocks_per_task; b < b1; ++b) {
+      const int64_t r1 = min_i64(rows, (b + 1) * kReduceRowBlock);
+      double s = 0.0;
+      for (int64_t r = b * kReduceRowBlock; r < r1; ++r) s += row_loss(r);
+      partial[b] = s;
+    }
+  });
+  double total = 0.0;
+  for (int64_t b = 0; b < blocks; ++b) total += partial[b];
+  return total;
+}
+
+template <class T>
+T row_max(const T* x, int64_t n) {
+  T m[kLanes];
+  for (int64_t k = 0; k < kLanes; ++k) m[k] = x[0];
+  int64_t c = 0;
+  for (; c + kLanes <= n; c += kLanes)
+    for (int64_t k = 0; k < kLanes; ++k) m[k] = x[c + k] > m[k] ? x[c + k] : m[k];
+  for (; c < n; ++c) m[0] = x[c] > m[0] ? x[c] : m[0];
+  T r = m[0];
+  for (int64_t k = 1; k < kLanes; ++k) r = m[k] > r ? m[k] : r;
+  return r;
+}
+
+template <class T>
+double row_sum(const T* x, int64_t n) {
+  double acc[kLanes] = {};
+  int64_t c = 0;
+  for (; c + kLanes <= n; c += kLanes)
+    for (int64_t k = 0; k < kLanes; ++k) acc[k] += static_cast<double>(x[c + k]);
+  for (; c < n; ++c) acc[c % kLanes] += static_cast<double>(x[c]);
+  return combine_lanes(acc);
+}
+
+}  // namespace
+
+template <class T>
+double squared_error(const T* pred, const T* target, T* grad, int64_t rows, int64_t cols) {
+  const double inv_rows = rows > 0 ? 1.0 / static_cast<double>(rows) : 0.0;
+  const double total = sum_row_losses(rows, cols, [&](int64_t r) {
+    const T* p = pred + r * cols;
+    const T* t = target + r * cols;
+    T* g = grad + r * cols;
+    double acc[kLanes] = {};
+    int64_t c = 0;
+    for (; c + kLanes <= cols; c += kLanes)
+      for (int64_t k = 0; k < kLanes; ++k) {
+        const double d = ops::squared_error_diff(p[c + k], t[c + k]);
+        g[c + k] = static_cast<T>(d * inv_rows);
+        acc[k] += d * d;
+      }
+    for (; c < cols; ++c) {
+      const double d = ops::squared_error_diff(p[c], t[c]);
+      g[c] = static_cast<T>(d * inv_rows);
+      acc[c % kLanes] += d * d;
+    }
+    return combine_lanes(acc);
+  });
+  return 0.5 * total * inv_rows;
+}
+
+// Row r: m = max(x), e = exp(x - m) (written into grad), loss = log(sum e) + m - x[label],
+// grad = e / (sum e · rows) - onehot / rows.
+template <class T>
+double softmax_cross_entropy(const T* logits, const int64_t* labels, T* grad, int64_t rows, int64_t cols) {
+  if (rows == 0 || cols == 0) return 0.0;  // cols == 0 with rows > 0 has no valid label: refused earlier
+  const double inv_rows = 1.0 / static_cast<double>(rows);
+  const T onehot = static_cast<T>(inv_rows);
+  const double total = sum_row_losses(rows, cols, [&](int64_t r) {
+    const T* x = logits + r * cols;
+    T* g = grad + r * cols;
+    const int64_t label = labels[r];
+    const T x_label = x[label];
+    const T m = row_max(x, cols);
+    for (int64_t c = 0; c < cols; ++c) g[c] = ops::loss_exp(x[c] - m);
+    const double s = row_sum(g, cols);
+    const T scale = static_cast<T>(inv_rows / s);
+    for (int64_t c = 0; c < cols; ++c) g[c] *= scale;
+    g[label] -= onehot;
+    return ops::loss_log(s) + (static_cast<double>(m) - static_cast<double>(x_label));
+  });
+  return total * inv_rows;
+}
+
+template <class T>
+double sigmoid_cross_entropy(const T* logits, const T* targets, T* grad, int64_t rows, int64_t cols) {
+  const double inv_rows = rows > 0 ? 1.0 / static_cast<double>(rows) : 0.0;
+  const double total = sum_row_losses(rows, cols, [&](int64_t r) {
+    const T* x = logits + r * cols;
+    const T* t = targets + r * cols;
+    T* g = grad + r * cols;
+    double acc[kLanes] = {};
+    int64_t c = 0;
+    for (; c + kLanes <= cols; c += kLanes)
+      for (int64_t k = 0; k < kLanes; ++k) {
+        T d;
+        acc[k] += ops::sigmoid_cross_entropy_term(x[c + k], t[c + k], d);
+        g[c + k] = static_cast<T>(static_cast<double>(d) * inv_rows);
+      }
+    for (; c < cols; ++c) {
+      T d;
+      acc[c % kLanes] += ops::sigmoid_cross_entropy_term(x[c], t[c], d);
+      g[c] = static_cast<T>(static_cast<double>(d) * inv_rows);
+    }
+    return combine_lanes(acc);
+  });
+  return total * inv_rows;
+}
+
+#define FASTMLP_INSTANTIATE(T)                                                                  \
+  template double squared_error<T>(const T*, const T*, T*, int64_t, int64_t);                    \
+  template double softmax_cross_entropy<T>(const T*, const int64_t*, T*, int64_t, int64_t);      \
+  template double sigmoid_cross_entropy<T>(const T*, const T*, T*, int64_t, int64_t);
+FASTMLP_INSTANTIATE(float)
+FASTMLP_INSTANTIATE(double)
+#undef FASTMLP_INSTANTIATE
+
+}  // namespace FASTMLP_ISA_NS
+}  // namespace cpu
+}  // namespace fastmlp

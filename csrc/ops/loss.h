@@ -1,0 +1,49 @@
+// Per-element loss math, written once for the CPU and CUDA kernels. float32 uses fastmlp's own
+// exp/log (ops/fastmath.h, vectorisable, same on CPU and GPU), float64 the C library; each loss
+// term comes back in double so the row and batch sums lose nothing to float32 accumulation.
+#pragma once
+#include <cmath>
+
+#include "core/hd.h"
+#include "ops/fastmath.h"
+
+namespace fastmlp {
+namespace ops {
+namespace {
+
+FASTMLP_HD float loss_exp(float x) { return exp_f32(x); }
+FASTMLP_HD double loss_exp(double x) { return std::exp(x); }
+
+FASTMLP_HD double loss_log(double x) { return std::log(x); }
+
+// log(1 + e) for e in [0, 1]. For float32, Goldberg's trick: the rounding of u = 1 + e is undone
+// by the factor e / (u - 1), so the result keeps full relative accuracy for tiny e.
+FASTMLP_HD float log1p_unit(float e) {
+  const float u = 1.0f + e;
+  const float d = u - 1.0f;
+  return d == 0.0f ? e : log_f32(u) * (e / d);
+}
+FASTMLP_HD double log1p_unit(double e) { return std::log1p(e); }
+
+// Squared error term: d = pred - target (exact in double for float32 inputs); the loss adds d².
+template <class T>
+FASTMLP_HD double squared_error_diff(T pred, T target) {
+  return static_cast<double>(pred) - static_cast<double>(target);
+}
+
+// Binary cross-entropy on a logit x with target t: softplus(x) - t·x, written stably as
+// max(x, 0) - t·x + log1p(exp(-|x|)); dlogit = sigmoid(x) - t from the same exp, so neither
+// overflows for |x| up to the float range. NaN in x or t propagates to both.
+template <class T>
+FASTMLP_HD double sigmoid_cross_entropy_term(T x, T t, T& dlogit) {
+  const T e = loss_exp(-std::fabs(x));  // in [0, 1]
+  const T inv = T(1) / (T(1) + e);
+  dlogit = (x >= T(0) ? inv : e * inv) - t;
+  const double xd = static_cast<double>(x);
+  const double relu = x > T(0) ? xd : 0.0;
+  return relu - static_cast<double>(t) * xd + static_cast<double>(log1p_unit(e));
+}
+
+}  // namespace
+}  // namespace ops
+}  // namespace fastmlp

@@ -142,6 +142,12 @@ py::object random_uniform(py::handle shape_obj, py::handle seed_obj, py::handle 
   const uint64_t seed = seed_arg(seed_obj, fn, "seed");
   const uint64_t offset = seed_arg(offset_obj, fn, "offset");
   FloatArray out = fill_target(fn, shape_obj, dtype_obj, out_obj);
+  if (out.dtype == DType::f32) {
+    const double fmax = 3.4028234663852886e38;
+    if (std::fabs(low) > fmax || std::fabs(high) > fmax || high - low > fmax)
+      value_error("random_uniform: low=" + std::to_string(low) + ", high=" + std::to_string(high) +
+                  " span more than float32 can represent; use dtype=float64 or a narrower range");
+  }
   dispatch(out.dtype, [&](auto zero) {
     using T = decltype(zero);
     py::gil_scoped_release release;

@@ -1,6 +1,8 @@
 // Elementwise kernels (activations, dropout, noise, random fills) and the bias gradient. Work is
 // cut into fixed chunks of kElementwiseChunk elements (a multiple of 4, so a chunk starts on a
 // Philox block): what an element gets depends only on its index, never on the thread count.
+#include <cmath>
+
 #include "core/parallel.h"
 #include "core/scratch.h"
 #include "cpu/isa.h"
@@ -128,9 +130,14 @@ void dropout_mask(uint8_t* out, int64_t n, double p, uint64_t seed, uint64_t off
 template <class T>
 void random_uniform(T* out, int64_t n, double low, double high, uint64_t seed, uint64_t offset) {
   const T lo = static_cast<T>(low), width = static_cast<T>(high - low);
+  // lo + width * u can round up to high; the largest value below high keeps [low, high).
+  const T hi = static_cast<T>(high);
+  const T below_hi = low < high ? std::nextafter(hi, lo) : lo;
   for_chunks(n, [&](int64_t b, int64_t e) {
-    for_words(b, e, seed, offset,
-              [&](int64_t i, uint32_t w) { out[i] = lo + width * static_cast<T>(ops::uniform01(w)); });
+    for_words(b, e, seed, offset, [&](int64_t i, uint32_t w) {
+      const T v = lo + width * static_cast<T>(ops::uniform01(w));
+      out[i] = v < hi ? v : below_hi;
+    });
   });
 }
 

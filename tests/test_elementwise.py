@@ -1,0 +1,250 @@
+"""activation, activation_backward and bias_grad against long-double NumPy references.
+
+Tolerances: fastmlp's float32 exp/tanh are documented at about 2 ulp, and sigmoid adds two roundings
+(1 + e, then 1 / .), so a forward activation is checked at ACT_ULPS * eps * |y| + tiny, where tiny
+is the smallest normal number: below it results are subnormal and ulps stop scaling (float32 sigmoid
+flushes to 0 below about -88.8, where its exp saturates). The backward
+formulas are two or three roundings of terms bounded by |grad_out| * M, where M is the formula
+with every term replaced by its absolute value (sigmoid: |y| (1 + |y|), tanh: 1 + y**2), so they are
+checked at BACKWARD_ROUNDINGS * eps * |grad_out| * M (+ tiny, for subnormal results). relu and
+identity are exact.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import fastmlp
+from fastmlp import kernels
+
+DTYPES = (np.float32, np.float64)
+ACTIVATIONS = ("identity", "relu", "sigmoid", "logistic", "tanh")
+ACT_ULPS = 4
+BACKWARD_ROUNDINGS = 2  # in units of eps = 2u: covers up to four roundings
+
+LD = np.longdouble
+
+
+def dtype_id(d):
+    return np.dtype(d).name
+
+
+def act_reference(x, kind):
+    x = np.asarray(x, dtype=LD)
+    if kind == "identity":
+        return x
+    if kind == "relu":
+        return np.where(x < 0, LD(0), x)
+    if kind in ("sigmoid", "logistic"):
+        with np.errstate(over="ignore"):  # exp(-x) = inf gives the right limit, 0
+            return 1 / (1 + np.exp(-x))
+    if kind == "tanh":
+        return np.tanh(x)
+    raise AssertionError(kind)
+
+
+def act_tolerance(expected, dtype):
+    return ACT_ULPS * np.finfo(dtype).eps * np.abs(expected) + np.finfo(dtype).tiny
+
+
+def backward_tolerance(scale, dtype):
+    return BACKWARD_ROUNDINGS * np.finfo(dtype).eps * scale + np.where(scale > 0, np.finfo(dtype).tiny, 0)
+
+
+def backward_reference(g, y, kind):
+    """(grad_in, error scale M) in long double."""
+    g, y = g.astype(LD), y.astype(LD)
+    if kind == "identity":
+        return g, np.zeros_like(g)
+    if kind == "relu":
+        return np.where(y > 0, g, LD(0)), np.zeros_like(g)
+    if kind in ("sigmoid", "logistic"):
+        return g * (y * (1 - y)), np.abs(g) * np.abs(y) * (1 + np.abs(y))
+    if kind == "tanh":
+        return g * (1 - y * y), np.abs(g) * (1 + y * y)
+    raise AssertionError(kind)
+
+
+def activation_inputs(rng, dtype):
+    """A grid over the interesting range, random normals at several scales, and special values."""
+    grid = np.linspace(-30, 30, 6001)
+    special = [0.0, -0.0, 1e-30, -1e-30, 1e-8, -1e-8, 0.625, -0.625, 0.6249999, 20.0, -20.0, 0.5, -0.5]
+    x = np.concatenate([grid, rng.standard_normal(3000), 5 * rng.standard_normal(3000), special])
+    return x.astype(dtype)
+
+
+def assert_close(got, expected, bound, what):
+    err = np.abs(got.astype(LD) - expected)
+    bad = ~(err <= bound)
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        pytest.fail(f"{what}: {int(bad.sum())} elements outside the bound; first at {i}: got {got.flat[i]!r}, "
+                    f"expected {float(expected.flat[i])!r}, |err| {float(err.flat[i]):.3g} > "
+                    f"{float(bound.flat[i]):.3g}")
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
+@pytest.mark.parametrize("kind", ACTIVATIONS)
+def test_activation_matches_reference_within_a_few_ulp(isa, rng, kind, dtype):
+    x = activation_inputs(rng, dtype)
+    got = kernels.activation(x, kind)
+    assert got.dtype == x.dtype and got.shape == x.shape
+    expected = act_reference(x, kind)
+    eps = np.finfo(dtype).eps
+    assert_close(got, expected, act_tolerance(expected, dtype), f"{kind} on {np.dtype(dtype).name}")
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
+def test_activation_keeps_any_shape(rng, dtype):
+    x = rng.standard_normal((3, 4, 5)).astype(dtype)
+    got = kernels.activation(x, "tanh")
+    assert got.shape == (3, 4, 5)
+    np.testing.assert_array_equal(got.reshape(-1), kernels.activation(x.reshape(-1), "tanh"))
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
+@pytest.mark.parametrize("kind", ACTIVATIONS)
+def test_activation_propagates_nan(isa, kind, dtype):
+    x = np.array([np.nan, 1.0, np.nan, -1.0, np.nan], dtype=dtype)
+    got = kernels.activation(x, kind)
+    assert np.isnan(got[[0, 2, 4]]).all(), f"{kind}(NaN) must be NaN (as in PyTorch), got {got}"
+    assert np.isfinite(got[[1, 3]]).all()
+
+
+def test_relu_of_nan_is_nan(isa):
+    for dtype in DTYPES:
+        assert np.isnan(kernels.activation(np.array([np.nan], dtype=dtype), "relu")[0])
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
+def test_sigmoid_and_tanh_saturate_without_nan_at_huge_and_infinite_inputs(isa, dtype):
+    x = np.array([1e4, -1e4, np.inf, -np.inf, 89.0, -89.0, 1e30, -1e30], dtype=dtype)
+    np.testing.assert_array_equal(kernels.activation(x, "sigmoid")[:4], np.array([1, 0, 1, 0], dtype=dtype))
+    np.testing.assert_array_equal(kernels.activation(x, "tanh"), np.array([1, -1] * 4, dtype=dtype))
+    sig = kernels.activation(x, "sigmoid")
+    assert ((sig >= 0) & (sig <= 1)).all(), sig
+    np.testing.assert_array_equal(sig[[4, 6]], 1)
+    assert (sig[[5, 7]] < 1e-30).all()
+    np.testing.assert_array_equal(kernels.activation(x, "relu"), np.where(x < 0, 0, x))
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
+@pytest.mark.parametrize("kind", ACTIVATIONS)
+def test_activation_in_place_equals_out_of_place(rng, kind, dtype):
+    x = activation_inputs(rng, dtype)
+    expected = kernels.activation(x, kind)
+    got = kernels.activation(x, kind, out=x)
+    assert got is x
+    np.testing.assert_array_equal(x, expected)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
+def test_activation_writes_and_returns_out(rng, dtype):
+    x = rng.standard_normal((7, 9)).astype(dtype)
+    out = np.full_like(x, np.nan)
+    got = kernels.activation(x, "relu", out=out)
+    assert got is out
+    np.testing.assert_array_equal(out, np.maximum(x, 0))
+
+
+def backward_inputs(rng, kind, dtype, n=20000):
+    x = np.concatenate([rng.standard_normal(n // 2) * 3, np.linspace(-12, 12, n - n // 2)])
+    y = act_reference(x, kind).astype(dtype)
+    if kind == "relu":
+        y[::7] = 0
+    g = rng.standard_normal(n).astype(dtype)
+    return g, y
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
+@pytest.mark.parametrize("kind", ACTIVATIONS)
+def test_activation_backward_matches_reference(isa, rng, kind, dtype):
+    g, y = backward_inputs(rng, kind, dtype)
+    got = kernels.activation_backward(g, y, kind)
+    assert got.dtype == g.dtype and got.shape == g.shape
+    expected, scale = backward_reference(g, y, kind)
+    assert_close(got, expected, backward_tolerance(scale, dtype), f"{kind} backward on {np.dtype(dtype).name}")
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
+def test_relu_backward_passes_gradient_only_where_output_is_positive(dtype):
+    y = np.array([0.0, -0.0, 1e-30, 2.0, 0.0, 3.0], dtype=dtype)
+    g = np.array([1.0, 2.0, 3.0, 4.0, np.nan, 5.0], dtype=dtype)
+    np.testing.assert_array_equal(kernels.activation_backward(g, y, "relu"),
+                                  np.array([0, 0, 3, 4, 0, 5], dtype=dtype))
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
+@pytest.mark.parametrize("kind", ACTIVATIONS)
+def test_activation_backward_in_place_on_grad_out(rng, kind, dtype):
+    g, y = backward_inputs(rng, kind, dtype, n=1000)
+    expected = kernels.activation_backward(g, y, kind)
+    got = kernels.activation_backward(g, y, kind, out=g)
+    assert got is g
+    np.testing.assert_array_equal(g, expected)
+    g2, y2 = backward_inputs(rng, kind, dtype, n=1000)
+    expected = kernels.activation_backward(g2, y2, kind)
+    got = kernels.activation_backward(g2, y2, kind, out=y2)
+    assert got is y2
+    np.testing.assert_array_equal(y2, expected)
+
+
+BIAS_ROWS = (0, 1, 255, 256, 257, 1000, 5000)
+
+
+def bias_grad_tolerance(grad, expected):
+    """Summed in float64 (rows * eps64 * sum |g|), then rounded once to the dtype (eps * |sum|)."""
+    rows = grad.shape[0]
+    return (np.finfo(grad.dtype).eps * np.abs(expected)
+            + rows * np.finfo(np.float64).eps * np.abs(grad).astype(LD).sum(axis=0))
+BIAS_COLS = (0, 1, 7, 1025)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
+@pytest.mark.parametrize("cols", BIAS_COLS)
+@pytest.mark.parametrize("rows", BIAS_ROWS)
+def test_bias_grad_matches_long_double_column_sums(isa, rng, rows, cols, dtype):
+    grad = rng.standard_normal((rows, cols)).astype(dtype)
+    grad[:, ::3] += 100  # a large common offset makes a sloppy float32 sum visible
+    got = kernels.bias_grad(grad)
+    assert got.shape == (cols,) and got.dtype == grad.dtype
+    expected = grad.astype(LD).sum(axis=0)
+    assert_close(got, expected, bias_grad_tolerance(grad, expected), f"bias_grad{grad.shape}")
+    if rows == 0:
+        np.testing.assert_array_equal(got, np.zeros(cols, dtype=dtype))
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
+def test_bias_grad_writes_and_returns_out(rng, dtype):
+    grad = rng.standard_normal((300, 5)).astype(dtype)
+    out = np.full(5, np.nan, dtype=dtype)
+    got = kernels.bias_grad(grad, out=out)
+    assert got is out
+    np.testing.assert_array_equal(out, kernels.bias_grad(grad))
+    out_empty_rows = np.full(5, np.nan, dtype=dtype)
+    kernels.bias_grad(np.empty((0, 5), dtype=dtype), out=out_empty_rows)
+    np.testing.assert_array_equal(out_empty_rows, 0)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
+def test_bias_grad_is_bitwise_identical_on_1_and_2_threads(isa, threads, rng, dtype):
+    for shape in [(5000, 1025), (1000, 7), (257, 3000), (100_000, 3)]:
+        grad = rng.standard_normal(shape).astype(dtype)
+        fastmlp.set_num_threads(1)
+        one = kernels.bias_grad(grad)
+        fastmlp.set_num_threads(2)
+        two = kernels.bias_grad(grad)
+        np.testing.assert_array_equal(one, two, err_msg=f"shape {shape}")
+
+
+@pytest.mark.parametrize("kind", ACTIVATIONS)
+def test_activation_is_bitwise_identical_on_1_and_2_threads(threads, rng, kind):
+    x = rng.standard_normal(200_003).astype(np.float32)
+    g = rng.standard_normal(200_003).astype(np.float32)
+    fastmlp.set_num_threads(1)
+    one = kernels.activation(x, kind), kernels.activation_backward(g, x, kind)
+    fastmlp.set_num_threads(2)
+    two = kernels.activation(x, kind), kernels.activation_backward(g, x, kind)
+    np.testing.assert_array_equal(one[0], two[0])
+    np.testing.assert_array_equal(one[1], two[1])

@@ -1,0 +1,312 @@
+"""gemm against a long-double NumPy reference, and the guarantees DESIGN.md ("GEMM") makes.
+
+Tolerance, derived from the problem rather than tuned: an FMA (or multiply-add) chain over K terms
+errs by at most K*u*|a||b| (u = eps/2), and the epilogue (alpha*, +beta*out, +bias) adds a few more
+roundings of the same magnitude. So, elementwise and before the activation,
+
+    |out - ref| <= (K + EPILOGUE_ROUNDINGS) * eps * (|alpha| |op(a)| @ |op(b)| + |beta*out| + |bias|)
+
+i.e. the constant c = 1 on K*eps (twice the worst-case bound). The activations are 1-Lipschitz,
+so the bound carries through them; the activation's own rounding adds ACT_ULPS ulp of the result
+(fastmlp's float32 exp/tanh are documented at about 2 ulp) plus the smallest normal number: below it
+results are subnormal, where ulps stop scaling, and sigmoid may flush to 0 (its exp saturates).
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+
+import fastmlp
+from fastmlp import kernels
+
+DTYPES = (np.float32, np.float64)
+TRANSPOSES = list(itertools.product((False, True), repeat=2))
+ACTIVATIONS = ("identity", "relu", "sigmoid", "logistic", "tanh")
+EPILOGUE_ROUNDINGS = 4
+ACT_ULPS = 4
+
+# (M, N, K): empty dimensions, tiny ones, primes, sizes one past a tile or block edge
+# (MR = 6/12, NR = 8..32, KC = 256, MC = 20*MR, NC = 16*NR) and tall-skinny problems.
+SHAPES = [
+    (0, 0, 0), (0, 7, 13), (7, 0, 13), (7, 13, 0), (0, 0, 5),
+    (1, 1, 1), (1, 1, 2), (2, 1, 1), (1, 2, 1), (2, 2, 2),
+    (1, 13, 7), (13, 1, 7), (7, 13, 1), (7, 7, 7),
+    (13, 31, 97), (97, 13, 31), (31, 97, 2),
+    (17, 33, 65), (33, 65, 17), (65, 17, 33),
+    (129, 33, 257), (33, 257, 129), (257, 129, 17),
+    (6, 16, 256), (12, 32, 512), (7, 17, 257), (121, 257, 1),
+    (1000, 3, 7), (3, 1000, 513), (1, 1000, 300), (1000, 1, 300),
+]
+
+
+def shape_id(shape):
+    return "M{}-N{}-K{}".format(*shape)
+
+
+def trans_id(t):
+    return f"ta{int(t[0])}-tb{int(t[1])}"
+
+
+def operands(rng, M, N, K, trans_a, trans_b, dtype):
+    """a and b such that op(a) is (M, K) and op(b) is (K, N), entries uniform in [-1, 1)."""
+    a = rng.uniform(-1, 1, size=(K, M) if trans_a else (M, K)).astype(dtype)
+    b = rng.uniform(-1, 1, size=(N, K) if trans_b else (K, N)).astype(dtype)
+    return a, b
+
+
+def act_reference(x, activation):
+    if activation == "identity":
+        return x
+    if activation == "relu":
+        return np.where(x < 0, 0, x)
+    if activation in ("sigmoid", "logistic"):
+        with np.errstate(over="ignore"):  # exp(-x) = inf gives the right limit, 0
+            return 1 / (1 + np.exp(-x))
+    if activation == "tanh":
+        return np.tanh(x)
+    raise AssertionError(activation)
+
+
+def gemm_reference(a, b, *, trans_a=False, trans_b=False, alpha=1.0, beta=0.0, out=None, bias=None,
+                   activation="identity"):
+    """(act(pre), error bound) in long double, for the arguments gemm received."""
+    ld = np.longdouble
+    eps = np.finfo(a.dtype).eps
+    opa = (a.T if trans_a else a).astype(ld)
+    opb = (b.T if trans_b else b).astype(ld)
+    K = opa.shape[1]
+    pre = ld(alpha) * (opa @ opb)
+    mag = abs(ld(alpha)) * (np.abs(opa) @ np.abs(opb))
+    if beta != 0:
+        pre = pre + ld(beta) * out.astype(ld)
+        mag = mag + np.abs(ld(beta) * out.astype(ld))
+    if bias is not None:
+        pre = pre + bias.astype(ld)
+        mag = mag + np.abs(bias.astype(ld))
+    y = act_reference(pre, activation)
+    bound = (K + EPILOGUE_ROUNDINGS) * eps * mag
+    if activation not in ("identity", "relu"):
+        bound = bound + ACT_ULPS * eps * np.abs(y) + np.finfo(a.dtype).tiny
+    return y, bound
+
+
+def assert_within(got, expected, bound, what=""):
+    assert got.shape == expected.shape
+    err = np.abs(got.astype(np.longdouble) - expected)
+    bad = ~(err <= bound)  # also catches NaN
+    if bad.any():
+        i = tuple(int(v) for v in np.argwhere(bad)[0])
+        pytest.fail(f"{what}: {int(bad.sum())} of {bad.size} elements outside the bound; first at {i}: "
+                    f"got {got[i]!r}, expected {float(expected[i])!r}, |err| {float(err[i]):.3g} > "
+                    f"bound {float(bound[i]):.3g}")
+
+
+def call_and_check(a, b, **kw):
+    out_before = None if kw.get("out") is None else kw["out"].copy()
+    ref_kw = dict(kw)
+    ref_kw["out"] = out_before
+    got = kernels.gemm(a, b, **kw)
+    assert got.dtype == a.dtype
+    assert got.flags.c_contiguous
+    expected, bound = gemm_reference(a, b, **ref_kw)
+    assert_within(got, expected, bound, f"gemm(a{a.shape}, b{b.shape}, {ref_kw | {'out': None}})")
+    return got
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("trans", TRANSPOSES, ids=trans_id)
+@pytest.mark.parametrize("shape", SHAPES, ids=shape_id)
+def test_gemm_matches_float64_reference_on_awkward_shapes(isa, rng, shape, trans, dtype):
+    M, N, K = shape
+    a, b = operands(rng, M, N, K, *trans, dtype)
+    got = call_and_check(a, b, trans_a=trans[0], trans_b=trans[1])
+    assert got.shape == (M, N)
+
+
+EPILOGUES = {
+    "plain": dict(),
+    "alpha=-0.7": dict(alpha=-0.7),
+    "bias": dict(bias=True),
+    "beta=1": dict(beta=1.0),
+    "alpha=2.5,beta=-0.75,bias": dict(alpha=2.5, beta=-0.75, bias=True),
+    "alpha=0,beta=0.5,bias": dict(alpha=0.0, beta=0.5, bias=True),
+}
+EPILOGUE_SHAPES = [(33, 17, 65), (7, 257, 13), (1, 1, 300), (130, 20, 0), (129, 40, 300)]
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("epilogue", list(EPILOGUES), ids=str)
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+def test_gemm_fused_epilogue_matches_reference(isa, rng, activation, epilogue, dtype):
+    spec = EPILOGUES[epilogue]
+    for (M, N, K), trans in zip(EPILOGUE_SHAPES, itertools.cycle(TRANSPOSES)):
+        a, b = operands(rng, M, N, K, *trans, dtype)
+        kw = dict(trans_a=trans[0], trans_b=trans[1], activation=activation)
+        if "alpha" in spec:
+            kw["alpha"] = spec["alpha"]
+        if "beta" in spec:
+            kw["beta"] = spec["beta"]
+            kw["out"] = rng.uniform(-2, 2, size=(M, N)).astype(dtype)
+        if spec.get("bias"):
+            kw["bias"] = rng.uniform(-2, 2, size=N).astype(dtype)
+        call_and_check(a, b, **kw)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+def test_gemm_with_beta_zero_never_reads_out(isa, rng, activation, dtype):
+    for (M, N, K), trans in zip([(33, 17, 65), (1, 40, 7), (9, 9, 0)], TRANSPOSES):
+        a, b = operands(rng, M, N, K, *trans, dtype)
+        bias = rng.uniform(-1, 1, size=N).astype(dtype)
+        out = np.full((M, N), np.nan, dtype=dtype)
+        out[::2] = np.inf
+        got = kernels.gemm(a, b, trans_a=trans[0], trans_b=trans[1], beta=0.0, out=out, bias=bias,
+                           activation=activation)
+        assert got is out
+        assert np.isfinite(out).all()
+        expected, bound = gemm_reference(a, b, trans_a=trans[0], trans_b=trans[1], bias=bias, activation=activation)
+        assert_within(out, expected, bound, "beta=0 with NaN/Inf in out")
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+def test_gemm_with_k_zero_gives_activation_of_beta_out_plus_bias(isa, rng, activation, dtype):
+    M, N = 13, 37
+    a = np.empty((M, 0), dtype=dtype)
+    b = np.empty((0, N), dtype=dtype)
+    out = rng.uniform(-2, 2, size=(M, N)).astype(dtype)
+    bias = rng.uniform(-2, 2, size=N).astype(dtype)
+    expected, bound = gemm_reference(a, b, alpha=3.0, beta=0.5, out=out.copy(), bias=bias, activation=activation)
+    ld = np.longdouble
+    direct = act_reference(ld(0.5) * out.astype(ld) + bias.astype(ld), activation)
+    np.testing.assert_array_equal(expected, direct)
+    got = kernels.gemm(a, b, alpha=3.0, beta=0.5, out=out, bias=bias, activation=activation)
+    assert got is out
+    assert_within(got, expected, bound, "K == 0")
+    # Nothing at all to add: act(0).
+    zero = kernels.gemm(a, b, activation=activation)
+    np.testing.assert_array_equal(zero, np.full((M, N), act_reference(np.float64(0), activation), dtype=dtype))
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+def test_gemm_returns_and_writes_out(isa, rng, dtype):
+    a, b = operands(rng, 20, 30, 40, False, True, dtype)
+    out = np.full((20, 30), np.nan, dtype=dtype)
+    got = kernels.gemm(a, b, trans_b=True, out=out)
+    assert got is out
+    fresh = kernels.gemm(a, b, trans_b=True)
+    assert fresh is not out
+    np.testing.assert_array_equal(out, fresh)
+    # beta accumulates into the given out, in place.
+    got = kernels.gemm(a, b, trans_b=True, beta=1.0, out=out)
+    assert got is out
+    expected, bound = gemm_reference(a, b, trans_b=True, beta=1.0, out=fresh)
+    assert_within(out, expected, bound, "out += a @ b.T")
+
+
+ACT_OF_INF = {"identity": (np.inf, -np.inf), "relu": (np.inf, 0.0), "sigmoid": (1.0, 0.0),
+              "logistic": (1.0, 0.0), "tanh": (1.0, -1.0)}
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+@pytest.mark.parametrize("trans", TRANSPOSES, ids=trans_id)
+def test_gemm_propagates_nan_and_inf(isa, rng, trans, activation, dtype):
+    M, N, K = 19, 23, 37
+    opa = rng.uniform(0.5, 1, size=(M, K))
+    opb = rng.uniform(0.5, 1, size=(K, N))  # positive, so inf * b keeps its sign
+    opa[3, 5] = np.nan        # row 3 -> NaN
+    opb[7, 11] = np.nan       # column 11 -> NaN
+    opa[8, 0] = np.inf        # row 8 -> +inf ...
+    opa[12, 30] = -np.inf     # row 12 -> -inf ...
+    opb[30, 4] = 0.0          # ... except -inf * 0 = NaN at (12, 4)
+    a = np.ascontiguousarray(opa.T if trans[0] else opa, dtype=dtype)
+    b = np.ascontiguousarray(opb.T if trans[1] else opb, dtype=dtype)
+    got = kernels.gemm(a, b, trans_a=trans[0], trans_b=trans[1], activation=activation)
+
+    nan = np.zeros((M, N), bool)
+    nan[3, :] = nan[:, 11] = True
+    nan[12, 4] = True
+    pos_inf = np.zeros((M, N), bool)
+    pos_inf[8, :] = True
+    neg_inf = np.zeros((M, N), bool)
+    neg_inf[12, :] = True
+    pos_inf &= ~nan
+    neg_inf &= ~nan
+    assert np.isnan(got[nan]).all(), "NaN must propagate"
+    np.testing.assert_array_equal(got[pos_inf], ACT_OF_INF[activation][0])
+    np.testing.assert_array_equal(got[neg_inf], ACT_OF_INF[activation][1])
+    finite = ~(nan | pos_inf | neg_inf)
+    clean_a, clean_b = np.nan_to_num(opa, posinf=0, neginf=0), np.nan_to_num(opb)
+    expected, bound = gemm_reference(clean_a.astype(dtype), clean_b.astype(dtype), activation=activation)
+    assert_within(got[finite], expected[finite], bound[finite], "elements untouched by NaN/Inf")
+
+
+# Shapes large enough to be split into several row blocks, column blocks and KC blocks.
+INVARIANCE_CASES = [
+    ((300, 70, 300), dict()),
+    ((130, 300, 40), dict(bias=True, activation="relu")),
+    ((250, 33, 257), dict(alpha=0.5, bias=True, activation="sigmoid")),
+    ((64, 129, 17), dict(beta=0.5, activation="tanh")),
+]
+
+
+def invariance_inputs(rng, shape, spec, trans, dtype):
+    M, N, K = shape
+    a, b = operands(rng, M, N, K, *trans, dtype)
+    kw = dict(trans_a=trans[0], trans_b=trans[1], alpha=spec.get("alpha", 1.0),
+              activation=spec.get("activation", "identity"))
+    if spec.get("bias"):
+        kw["bias"] = rng.uniform(-1, 1, size=N).astype(dtype)
+    out0 = None
+    if "beta" in spec:
+        kw["beta"] = spec["beta"]
+        out0 = rng.uniform(-1, 1, size=(M, N)).astype(dtype)
+    return a, b, kw, out0
+
+
+def rows_of_op_a(a, rows, trans_a):
+    """The a whose op(a) is op(a)[rows], C-contiguous."""
+    return np.ascontiguousarray(a[:, rows] if trans_a else a[rows])
+
+
+def gemm_with_out(a, b, kw, out0, rows=None):
+    if out0 is None:
+        return kernels.gemm(a, b, **kw)
+    out = out0.copy() if rows is None else np.ascontiguousarray(out0[rows])
+    return kernels.gemm(a, b, out=out, **kw)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("trans", TRANSPOSES, ids=trans_id)
+@pytest.mark.parametrize("case", range(len(INVARIANCE_CASES)))
+def test_gemm_row_is_bitwise_independent_of_batch_composition(isa, rng, case, trans, dtype):
+    shape, spec = INVARIANCE_CASES[case]
+    M = shape[0]
+    a, b, kw, out0 = invariance_inputs(rng, shape, spec, trans, dtype)
+    full = gemm_with_out(a, b, kw, out0)
+    for i in sorted({0, 1, M // 2, M - 1}):
+        single = gemm_with_out(rows_of_op_a(a, [i], trans[0]), b, kw, out0, [i])
+        np.testing.assert_array_equal(single[0], full[i], err_msg=f"row {i} alone")
+    window = np.arange(5, min(M, 5 + 37))
+    part = gemm_with_out(rows_of_op_a(a, window, trans[0]), b, kw, out0, window)
+    np.testing.assert_array_equal(part, full[window], err_msg="rows 5..41 as a batch")
+    perm = rng.permutation(M)
+    inverse = np.argsort(perm)
+    shuffled = gemm_with_out(rows_of_op_a(a, perm, trans[0]), b, kw, out0, perm)
+    np.testing.assert_array_equal(shuffled[inverse], full, err_msg="permuted batch")
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("trans", TRANSPOSES, ids=trans_id)
+def test_gemm_is_bitwise_identical_on_1_and_2_threads(isa, threads, rng, trans, dtype):
+    for shape, spec in INVARIANCE_CASES + [((1, 500, 700), dict(bias=True))]:
+        a, b, kw, out0 = invariance_inputs(rng, shape, spec, trans, dtype)
+        fastmlp.set_num_threads(1)
+        one = gemm_with_out(a, b, kw, out0)
+        fastmlp.set_num_threads(2)
+        two = gemm_with_out(a, b, kw, out0)
+        np.testing.assert_array_equal(one, two, err_msg=f"shape {shape}, {spec}")

@@ -47,17 +47,26 @@ py::array require_ndarray(py::handle h, const char* fn, const char* name) {
   return py::reinterpret_borrow<py::array>(h);
 }
 
+namespace {
+bool native_order(char byteorder) {
+  if (byteorder == '=' || byteorder == '|') return true;
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
+  return byteorder == '>';
+#else
+  return byteorder == '<';
+#endif
+}
+}  // namespace
+
 FloatArray float_arg(py::handle h, const char* fn, const char* name, bool writeable) {
   py::array a = require_ndarray(h, fn, name);
   FloatArray f;
-  const char kind = a.dtype().kind();
-  const auto itemsize = a.dtype().itemsize();
-  if (kind == 'f' && itemsize == 4 && a.dtype().is(py::dtype::of<float>())) f.dtype = DType::f32;
-  else if (kind == 'f' && itemsize == 8 && a.dtype().is(py::dtype::of<double>())) f.dtype = DType::f64;
-  else if (kind == 'f' && itemsize == 4) f.dtype = DType::f32;
-  else if (kind == 'f' && itemsize == 8) f.dtype = DType::f64;
+  const py::dtype dt = a.dtype();
+  const int num = dt.num();
+  if (num == py::detail::npy_api::NPY_FLOAT_) f.dtype = DType::f32;
+  else if (num == py::detail::npy_api::NPY_DOUBLE_) f.dtype = DType::f64;
   else type_error(prefix(fn) + name + " has dtype " + dtype_str(a) + "; expected float32 or float64");
-  if (!a.dtype().attr("isnative").cast<bool>())
+  if (!native_order(dt.byteorder()))
     type_error(prefix(fn) + name + " has non-native byte order (" + dtype_str(a) + "); use native float32 or float64");
   if (!(a.flags() & py::array::c_style))
     value_error(prefix(fn) + name + " with " + describe(a) +
@@ -129,7 +138,7 @@ std::vector<int64_t> labels_arg(py::handle h, const char* fn, const char* name, 
   const auto itemsize = a.dtype().itemsize();
   if (!((kind == 'i') && (itemsize == 4 || itemsize == 8)))
     type_error(prefix(fn) + name + " has dtype " + dtype_str(a) + "; expected int32 or int64 class indices");
-  if (!a.dtype().attr("isnative").cast<bool>())
+  if (!native_order(a.dtype().byteorder()))
     type_error(prefix(fn) + name + " has non-native byte order (" + dtype_str(a) + ")");
   if (!(a.flags() & py::array::c_style)) value_error(prefix(fn) + name + " is not C-contiguous");
   if (a.ndim() != 1 || a.shape(0) != rows)
@@ -164,17 +173,22 @@ double prob_arg(double p, const char* fn, const char* name) {
 }
 
 uint64_t seed_arg(py::handle h, const char* fn, const char* name) {
-  if (!py::isinstance<py::int_>(h) || py::isinstance<py::bool_>(h)) {
-    // numpy integers are accepted through __index__
-    if (!py::hasattr(h, "__index__") || py::isinstance<py::bool_>(h))
-      type_error(prefix(fn) + name + " must be an integer, got " +
-                 py::str(py::type::handle_of(h).attr("__name__")).cast<std::string>());
-  }
-  py::int_ v = py::reinterpret_steal<py::int_>(PyNumber_Index(h.ptr()));
+  if (py::isinstance<py::bool_>(h) || !(PyLong_Check(h.ptr()) || py::hasattr(h, "__index__")))
+    type_error(prefix(fn) + name + " must be an integer, got " +
+               py::str(py::type::handle_of(h).attr("__name__")).cast<std::string>());
+  py::object v = py::reinterpret_steal<py::object>(PyNumber_Index(h.ptr()));
   if (!v) throw py::error_already_set();
-  if (v < py::int_(0) || v >= py::int_(py::module_::import("builtins").attr("pow")(2, 64)))
+  int overflow = 0;
+  const long long as_signed = PyLong_AsLongLongAndOverflow(v.ptr(), &overflow);
+  if (overflow < 0 || (overflow == 0 && as_signed < 0))
     value_error(prefix(fn) + name + " must be in [0, 2**64), got " + py::str(v).cast<std::string>());
-  return v.cast<uint64_t>();
+  if (overflow == 0) return static_cast<uint64_t>(as_signed);
+  const unsigned long long u = PyLong_AsUnsignedLongLong(v.ptr());
+  if (u == static_cast<unsigned long long>(-1) && PyErr_Occurred()) {
+    PyErr_Clear();
+    value_error(prefix(fn) + name + " must be in [0, 2**64), got " + py::str(v).cast<std::string>());
+  }
+  return static_cast<uint64_t>(u);
 }
 
 std::vector<int64_t> shape_arg(py::handle h, const char* fn, const char* name) {

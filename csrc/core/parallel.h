@@ -28,6 +28,17 @@ void parallel_for(int64_t n_tasks, const F& f) {
       const_cast<void*>(static_cast<const void*>(&f)));
 }
 
+// parallel_for when `parallel`, else the same tasks in order on the calling thread (for work too
+// small to pay for waking the pool).
+template <class F>
+void parallel_for_if(bool parallel, int64_t n_tasks, const F& f) {
+  if (parallel) {
+    parallel_for(n_tasks, f);
+  } else {
+    for (int64_t i = 0; i < n_tasks; ++i) f(i);
+  }
+}
+
 inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 inline int64_t min_i64(int64_t a, int64_t b) { return a < b ? a : b; }
 inline int64_t max_i64(int64_t a, int64_t b) { return a > b ? a : b; }

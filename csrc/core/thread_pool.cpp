@@ -1,7 +1,8 @@
 // fastmlp's own thread pool: N-1 pthread workers plus the calling thread, tasks handed out by an
 // atomic counter. Own pool rather than OpenMP so that fork() is safe: a child process starts with a
 // fresh, empty pool (pthread_atfork), and the prepare handler waits for any running job, so no
-// lock is ever inherited in a held state.
+// lock is ever inherited in a held state. Workers spin briefly after a job before sleeping, so the
+// many short kernels of a training step do not each pay a futex wake-up.
 #include "core/parallel.h"
 
 #include <pthread.h>
@@ -16,6 +17,9 @@
 #include <stdexcept>
 #include <string>
 #include <vector>
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#endif
 
 namespace fastmlp {
 namespace {
@@ -34,6 +38,15 @@ int default_thread_count() {
 
 thread_local bool t_inside_task = false;
 
+// ~30 microseconds of polling before a worker (or the waiting caller) goes to sleep.
+constexpr int kSpinIterations = 4000;
+
+inline void cpu_relax() {
+#if defined(__x86_64__) || defined(__i386__)
+  _mm_pause();
+#endif
+}
+
 struct Pool {
   std::mutex busy;  // held by the thread that owns the workers for the duration of one job
   std::mutex m;
@@ -42,12 +55,16 @@ struct Pool {
   int n_threads = 1;
   bool stop = false;
   uint64_t generation = 0;
+  std::atomic<uint64_t> published{0};  // == generation, readable without the lock
+  std::atomic<bool> stopping{false};
+  int sleepers = 0;         // workers blocked on cv_work (guarded by m)
+  bool caller_sleeping = false;
 
   TaskFn fn = nullptr;
   void* ctx = nullptr;
   int64_t n_tasks = 0;
   std::atomic<int64_t> next{0};
-  int active = 0;
+  std::atomic<int> active{0};
   std::exception_ptr error;
 
   void run_tasks() {
@@ -80,15 +97,29 @@ void* worker_main(void* arg) {
   Pool& p = *start.pool;
   uint64_t seen = start.generation;
   for (;;) {
+    bool ready = false;
+    for (int i = 0; i < kSpinIterations; ++i) {
+      if (p.published.load(std::memory_order_acquire) != seen || p.stopping.load(std::memory_order_relaxed)) {
+        ready = true;
+        break;
+      }
+      cpu_relax();
+    }
     {
       std::unique_lock<std::mutex> lk(p.m);
-      p.cv_work.wait(lk, [&] { return p.stop || p.generation != seen; });
+      if (!ready) {
+        ++p.sleepers;
+        p.cv_work.wait(lk, [&] { return p.stop || p.generation != seen; });
+        --p.sleepers;
+      }
       if (p.stop) return nullptr;
       seen = p.generation;
     }
     p.run_tasks();
-    std::lock_guard<std::mutex> lk(p.m);
-    if (--p.active == 0) p.cv_done.notify_all();
+    if (p.active.fetch_sub(1, std::memory_order_acq_rel) == 1) {
+      std::lock_guard<std::mutex> lk(p.m);
+      if (p.caller_sleeping) p.cv_done.notify_all();
+    }
   }
 }
 
@@ -97,12 +128,14 @@ void stop_workers(Pool& p) {
   {
     std::lock_guard<std::mutex> lk(p.m);
     p.stop = true;
+    p.stopping.store(true, std::memory_order_relaxed);
   }
   p.cv_work.notify_all();
   for (pthread_t t : p.workers) pthread_join(t, nullptr);
   p.workers.clear();
   std::lock_guard<std::mutex> lk(p.m);
   p.stop = false;
+  p.stopping.store(false, std::memory_order_relaxed);
 }
 
 // Caller holds p.busy.
@@ -155,22 +188,34 @@ void parallel_run(int64_t n_tasks, TaskFn fn, void* ctx) {
   }
   std::lock_guard<std::mutex> own(p.busy, std::adopt_lock);
   ensure_workers(p);
+  bool wake = false;
   {
     std::lock_guard<std::mutex> lk(p.m);
     p.fn = fn;
     p.ctx = ctx;
     p.n_tasks = n_tasks;
     p.next.store(0, std::memory_order_relaxed);
-    p.active = static_cast<int>(p.workers.size());
+    p.active.store(static_cast<int>(p.workers.size()), std::memory_order_relaxed);
     p.error = nullptr;
     ++p.generation;
+    p.published.store(p.generation, std::memory_order_release);
+    wake = p.sleepers > 0;
   }
-  p.cv_work.notify_all();
+  if (wake) p.cv_work.notify_all();
   p.run_tasks();
+  bool done = false;
+  for (int i = 0; i < kSpinIterations && !done; ++i) {
+    done = p.active.load(std::memory_order_acquire) == 0;
+    if (!done) cpu_relax();
+  }
   std::exception_ptr error;
   {
     std::unique_lock<std::mutex> lk(p.m);
-    p.cv_done.wait(lk, [&] { return p.active == 0; });
+    if (!done) {
+      p.caller_sleeping = true;
+      p.cv_done.wait(lk, [&] { return p.active.load(std::memory_order_acquire) == 0; });
+      p.caller_sleeping = false;
+    }
     error = p.error;
     p.error = nullptr;
   }

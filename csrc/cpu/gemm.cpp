@@ -172,8 +172,10 @@ void gemm(const GemmArgs<T>& g) {
 
   // Pack all of op(b): block kb (k0, kc) starts at k0 * n_pad; panel jp inside it at jp * kc * NR.
   T* packed_b = static_cast<T*>(thread_scratch(kScratchPackB, sizeof(T) * static_cast<size_t>(K * n_pad + 1)));
+  // Below ~2^20 flops (a few microseconds) waking the pool costs more than it saves.
+  const bool parallel = 2.0 * static_cast<double>(M) * static_cast<double>(N) * static_cast<double>(K) >= 1048576.0;
   constexpr int64_t kPanelsPerTask = 8;
-  parallel_for(ceil_div(n_panels, kPanelsPerTask), [&](int64_t task) {
+  parallel_for_if(parallel, ceil_div(n_panels, kPanelsPerTask), [&](int64_t task) {
     const int64_t jp_end = min_i64(n_panels, (task + 1) * kPanelsPerTask);
     for (int64_t k0 = 0; k0 < K; k0 += B::KC) {
       const int64_t kc = min_i64(B::KC, K - k0);
@@ -183,7 +185,7 @@ void gemm(const GemmArgs<T>& g) {
   });
 
   // Task grid over (row block, column block); block sizes only change how work is split.
-  const int threads = get_num_threads();
+  const int threads = parallel ? get_num_threads() : 1;
   int64_t mc = balanced_block(M, B::MC_MAX, MR);
   int64_t nc = balanced_block(N, B::NC_MAX, NR);
   while (ceil_div(M, mc) * ceil_div(N, nc) < 2 * threads && (mc > MR || nc > NR)) {
@@ -192,7 +194,7 @@ void gemm(const GemmArgs<T>& g) {
   }
   const int64_t m_blocks = ceil_div(M, mc), n_blocks = ceil_div(N, nc);
 
-  parallel_for(m_blocks * n_blocks, [&](int64_t task) {
+  parallel_for_if(parallel, m_blocks * n_blocks, [&](int64_t task) {
     const int64_t i0 = (task / n_blocks) * mc, j0 = (task % n_blocks) * nc;
     const int64_t rows = min_i64(mc, M - i0), cols = min_i64(nc, N - j0);
     const int64_t m_panels = ceil_div(rows, MR), c_panels = ceil_div(cols, NR);

@@ -85,6 +85,11 @@ class Autoencoder:
             raise ModelFileError("autoencoder config must be an object")
         try:
             klass = DenoisingAutoencoder if cfg.get("class") == "DenoisingAutoencoder" else Autoencoder
+            sizes = [int(s) for s in cfg["sizes"]]
+            # Building the config allocates a network: its encoder must fit in the stored one.
+            if len(sizes) < 2 or min(sizes) < 1 or \
+                    sum(a * b for a, b in zip(sizes[:-1], sizes[1:])) > network.n_parameters:
+                raise ValueError(f"sizes {sizes} do not fit a network of {network.n_parameters} parameters")
             ae = Autoencoder.__new__(klass)
             Autoencoder.__init__(ae, cfg["sizes"], activation=cfg["activation"],
                                  code_activation=cfg["code_activation"], output=cfg["output"], tied=cfg["tied"],

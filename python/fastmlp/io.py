@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import struct
 import tempfile
 import zipfile
 from typing import Dict, Tuple
@@ -26,6 +27,10 @@ FORMAT_VERSION = 1
 _HEADER_KEY = "__header__"
 _ALLOWED_DTYPES = {"<f4", "<f8", "<i4", "<i8", "|u1", "|b1", "<u4", "<u8"}
 _MAX_HEADER_BYTES = 16 << 20
+# What zipfile raises for damaged archives: a flipped flag bit reads as "encrypted" (RuntimeError) or
+# as an unsupported feature/version (NotImplementedError); damaged sizes or offsets as struct errors.
+_CORRUPT_ZIP_ERRORS = (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, ValueError, RuntimeError,
+                       NotImplementedError, struct.error)
 
 
 class ModelFileError(ValueError):
@@ -81,7 +86,7 @@ def read_file(path) -> Tuple[dict, Dict[str, np.ndarray]]:
     file_size = os.path.getsize(path)
     try:
         z = zipfile.ZipFile(path, "r")
-    except (zipfile.BadZipFile, EOFError, ValueError) as e:
+    except _CORRUPT_ZIP_ERRORS as e:
         raise ModelFileError(f"{path}: not a fastmlp model file (not a valid zip/npz: {e})") from None
     arrays: Dict[str, np.ndarray] = {}
     with z:
@@ -110,7 +115,7 @@ def read_file(path) -> Tuple[dict, Dict[str, np.ndarray]]:
         raise ModelFileError(f"{path}: malformed header array")
     try:
         header = json.loads(raw.tobytes().decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
         raise ModelFileError(f"{path}: header is not valid JSON ({e})") from None
     if not isinstance(header, dict) or header.get("format") != FORMAT_NAME:
         raise ModelFileError(f"{path}: not a fastmlp model file (header format {header.get('format')!r})"
@@ -153,5 +158,5 @@ def _read_member(z: zipfile.ZipFile, info: zipfile.ZipInfo, path: str) -> np.nda
             return np.frombuffer(data, dtype=dtype).reshape(shape).copy()
     except ModelFileError:
         raise
-    except (ValueError, zipfile.BadZipFile, EOFError, OSError, KeyError, SyntaxError, TypeError) as e:
+    except _CORRUPT_ZIP_ERRORS + (OSError, KeyError, SyntaxError, TypeError) as e:
         raise ModelFileError(f"{path}: member {name!r} is corrupt ({type(e).__name__}: {e})") from None

@@ -724,6 +724,13 @@ def _per_layer(value, count: int, name: str) -> List[float]:
     return values
 
 
+def _check_drop_probs(probs: List[float], name: str) -> List[float]:
+    for p in probs:
+        if not 0.0 <= p < 1.0:  # a zero adds no layer, so Dropout's own check would not see it
+            raise ValueError(f"{name} must satisfy 0 <= p < 1, got {p}")
+    return probs
+
+
 class MLP(Sequential):
     """A multi-layer perceptron.
 
@@ -741,7 +748,8 @@ class MLP(Sequential):
             raise ValueError(f"sizes must list at least an input and an output width, all >= 1; got {sizes}")
         act = _activation_name(activation)
         hidden = len(sizes) - 2
-        drops = _per_layer(dropout, hidden, "dropout")
+        drops = _check_drop_probs(_per_layer(dropout, hidden, "dropout"), "dropout")
+        _check_drop_probs([float(input_dropout)], "input_dropout")
         layers: List[Layer] = []
         if input_dropout:
             layers.append(Dropout(input_dropout))

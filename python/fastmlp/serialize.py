@@ -49,7 +49,8 @@ def _float(v, what: str, lo: float = -math.inf, hi: float = math.inf) -> float:
     return float(v)
 
 
-def _build_model(cfg: dict):
+def _build_model(cfg: dict, n_params: int):
+    from . import init as _init
     from . import nn
 
     _require(isinstance(cfg, dict), "model config must be an object")
@@ -59,8 +60,9 @@ def _build_model(cfg: dict):
     output = cfg.get("output")
     _require(output in nn.OUTPUTS, f"model output {output!r} is invalid")
     seed = _int(cfg.get("seed"), "seed", 0, 2**63 - 1)
-    # Parameters are overwritten from the file, so initialise cheaply.
+    # Parameters are overwritten from the file, so initialise cheaply; keep the stored scheme's name.
     init = "tiny"
+    stored_init = cfg.get("init") if cfg.get("init") in _init.SCHEMES else init
     if kind == "MLP":
         sizes = cfg.get("sizes")
         _require(isinstance(sizes, list) and 2 <= len(sizes) <= 1000, "MLP sizes must be a list of 2..1000 ints")
@@ -72,9 +74,14 @@ def _build_model(cfg: dict):
         drops = cfg.get("dropout")
         _require(isinstance(drops, list) and len(drops) == len(sizes) - 2, "MLP dropout list is malformed")
         drops = [_float(d, "dropout", 0.0, 0.999999) for d in drops]
-        return nn.MLP(sizes, activation=act, output=output, dropout=drops,
-                      input_dropout=_float(cfg.get("input_dropout"), "input_dropout", 0.0, 0.999999),
-                      batch_norm=bool(cfg.get("batch_norm")), init=init, seed=seed, dtype=dtype)
+        batch_norm = bool(cfg.get("batch_norm"))
+        needed = sum(a * b + (2 * b if batch_norm else b) for a, b in zip(sizes[:-2], sizes[1:-1]))
+        _check_count(needed + sizes[-2] * sizes[-1] + sizes[-1], n_params)
+        model = nn.MLP(sizes, activation=act, output=output, dropout=drops,
+                       input_dropout=_float(cfg.get("input_dropout"), "input_dropout", 0.0, 0.999999),
+                       batch_norm=batch_norm, init=init, seed=seed, dtype=dtype)
+        model.init = stored_init
+        return model
     _require(kind == "Sequential", f"unknown model kind {kind!r}")
     layers_cfg = cfg.get("layers")
     _require(isinstance(layers_cfg, list) and 1 <= len(layers_cfg) <= 10000, "layers must be a non-empty list")
@@ -99,12 +106,29 @@ def _build_model(cfg: dict):
             layers.append(nn.TiedDense(_int(lc.get("tied_to"), "tied_to", 0, len(layers_cfg)), bool(lc.get("bias"))))
         else:
             layers.append(nn.LAYER_TYPES[t]())
-    total = sum(l.in_features * l.out_features for l in layers if isinstance(l, nn.Dense))
-    _require(total <= 1 << 34, "model is implausibly large")
+    needed = 0
+    for layer in layers:
+        if isinstance(layer, nn.Dense):
+            needed += layer.in_features * layer.out_features + (layer.out_features if layer.bias_enabled else 0)
+        elif isinstance(layer, nn.BatchNorm):
+            needed += 2 * layer.features
+        elif isinstance(layer, nn.TiedDense) and layer.bias_enabled:
+            source = layers[layer.tied_to] if layer.tied_to < len(layers) else None
+            _require(isinstance(source, nn.Dense), f"TiedDense ties to layer {layer.tied_to}, which is not Dense")
+            needed += source.in_features
+    _check_count(needed, n_params)
     try:
-        return nn.Sequential(*layers, output=output, init=init, seed=seed, dtype=dtype)
+        model = nn.Sequential(*layers, output=output, init=init, seed=seed, dtype=dtype)
     except (ValueError, TypeError) as e:
         raise ModelFileError(f"invalid architecture: {e}") from None
+    model.init = stored_init
+    return model
+
+
+def _check_count(needed: int, n_params: int) -> None:
+    # Before anything is allocated: the arena (and its gradient twin) is sized by the architecture,
+    # so an architecture that disagrees with the stored parameters must not be built.
+    _require(needed == n_params, f"file holds {n_params} parameters but the architecture needs {needed}")
 
 
 def model_from_parts(header: dict, arrays: Dict[str, np.ndarray], prefix: str = ""):
@@ -117,10 +141,10 @@ def model_from_parts(header: dict, arrays: Dict[str, np.ndarray], prefix: str = 
         return Autoencoder._from_network(header.get("autoencoder"), network)
     _require(header.get("kind") == "model", f"unknown file kind {header.get('kind')!r}")
     cfg = header.get("model")
-    # Check the stored parameter count against the architecture before building it.
+    # The stored parameter count is checked against the architecture before it is built.
     params = arrays.get(prefix + "params")
     _require(params is not None and params.ndim == 1, "file has no 1-D 'params' array")
-    model = _build_model(cfg)
+    model = _build_model(cfg, params.size)
     _require(params.size == model.n_parameters,
              f"file holds {params.size} parameters but the architecture needs {model.n_parameters}")
     _require(params.dtype == model.dtype, f"params dtype {params.dtype} does not match model dtype {model.dtype}")

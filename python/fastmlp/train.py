@@ -559,19 +559,21 @@ class Trainer:
 
     def _non_finite(self, loss, epoch, batch, snapshot) -> str:
         model, opt = self.model, self.optimizer
-        if not np.all(np.isfinite(model.parameters())):
-            params, state, buffers, step_count, step = snapshot
-            model.parameters()[...] = params
-            for k, v in state.items():
-                opt.state[k][...] = v
-            for k, v in model.buffers().items():
-                v[...] = buffers[k]
-            opt.step_count, self.step = step_count, step
+        failed_step = self.step  # named in the message; the snapshot rewinds the counter
+        # Weights whose loss is not finite are not good even when they are finite (overflowing
+        # logits): go back to the start of the epoch, which matches the History's last record.
+        params, state, buffers, step_count, step = snapshot
+        model.parameters()[...] = params
+        for k, v in state.items():
+            opt.state[k][...] = v
+        for k, v in model.buffers().items():
+            v[...] = buffers[k]
+        opt.step_count, self.step = step_count, step
         self.history.stop_reason = "non_finite_loss"
         raise NonFiniteLossError(
-            f"non-finite training loss ({loss}) at epoch {epoch + 1}, step {self.step} (batch {batch + 1} of the "
-            f"epoch); training stopped and the model keeps its last good weights. Lower the learning rate, "
-            f"enable clip_norm, or standardize the inputs.")
+            f"non-finite training loss ({loss}) at epoch {epoch + 1}, step {failed_step} (batch {batch + 1} of the "
+            f"epoch); training stopped and the model keeps its last good weights, those of the start of epoch "
+            f"{epoch + 1}. Lower the learning rate, enable clip_norm, or standardize the inputs.")
 
     # -- checkpoints ------------------------------------------------------------------------------
 

@@ -17,6 +17,7 @@ void register_elementwise(py::module_& m);
 void register_loss(py::module_& m);
 void register_batchnorm(py::module_& m);
 void register_optim(py::module_& m);
+void register_probe(py::module_& m);
 }  // namespace bind
 }  // namespace fastmlp
 
@@ -48,4 +49,5 @@ PYBIND11_MODULE(_core, m) {
   bind::register_loss(m);
   bind::register_batchnorm(m);
   bind::register_optim(m);
+  bind::register_probe(m);
 }

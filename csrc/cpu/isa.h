@@ -46,6 +46,9 @@ template <class T>
 void adam_step(T* param, const T* grad, T* exp_avg, T* exp_avg_sq, int64_t n, const AdamArgs& args,
                const Segments& seg);
 
+double fma_probe(int64_t iterations, float* sink);
+template <class T> void triad(T* a, const T* b, const T* c, T s, int64_t n);
+
 }  // namespace FASTMLP_ISA_NS
 }  // namespace cpu
 }  // namespace fastmlp

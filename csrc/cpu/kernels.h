@@ -88,6 +88,9 @@ struct KernelsT {
                        const RmspropArgs& args, const Segments& seg);
   void (*adam_step)(T* param, const T* grad, T* exp_avg, T* exp_avg_sq, int64_t n, const AdamArgs& args,
                     const Segments& seg);
+
+  // STREAM triad a = b + s * c (benchmark probe).
+  void (*triad)(T* a, const T* b, const T* c, T s, int64_t n);
 };
 
 struct Kernels {
@@ -95,6 +98,8 @@ struct Kernels {
   KernelsT<float> f32;
   KernelsT<double> f64;
   void (*dropout_mask)(uint8_t* out, int64_t n, double p, uint64_t seed, uint64_t offset);
+  // Peak-FMA probe: runs `iterations` rounds of independent vector FMAs, returns the flops done.
+  double (*fma_probe)(int64_t iterations, float* sink);
 };
 
 // Per-ISA tables (defined in table.cpp under each ISA namespace).

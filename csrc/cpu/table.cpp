@@ -26,13 +26,14 @@ KernelsT<T> make_table() {
   k.adagrad_step = &adagrad_step<T>;
   k.rmsprop_step = &rmsprop_step<T>;
   k.adam_step = &adam_step<T>;
+  k.triad = &triad<T>;
   return k;
 }
 
 }  // namespace
 
 const Kernels& kernels() {
-  static const Kernels table{FASTMLP_ISA_NAME, make_table<float>(), make_table<double>(), &dropout_mask};
+  static const Kernels table{FASTMLP_ISA_NAME, make_table<float>(), make_table<double>(), &dropout_mask, &fma_probe};
   return table;
 }
 

@@ -1,0 +1,585 @@
+"""``python -m fastmlp.bench``: fastmlp's kernels and training step beside NumPy, PyTorch and JAX,
+measured side by side in one process, with the machine's own limits.
+
+Every benchmark runs each competitor in turn (interleaved) after a warm-up and reports medians of
+repeated runs. Each row shows fastmlp's median, the competitors' medians, the ratio against the
+best competitor, the achieved rate (GFLOP/s or GB/s) and the % of this machine's limit:
+
+- the FMA probe (independent vector FMAs on all kernel threads) and the best GEMM rate any library
+  reaches in this run, whichever is larger, for compute-bound rows;
+- the STREAM triad (``a = b + s·c``, 12 bytes per float32 element, multi-threaded, 128 MB+
+  arrays) for memory-bound rows (bytes read plus bytes written, DESIGN.md).
+
+NumPy gets its best kernel: the runner clears ``OPENBLAS_CORETYPE`` and ``OPENBLAS_L2_SIZE`` for
+its own process (re-executing itself before NumPy loads) and prints the OpenBLAS core in use.
+Competitors that are not installed are skipped with a note. ``--json PATH`` writes the results.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+_CLEARED = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
+
+
+def _reexec_without_openblas_overrides() -> None:
+    # The package (imported before this module runs) already loaded NumPy: re-execute.
+    if any(os.environ.get(k) for k in _CLEARED) and not os.environ.get("FASTMLP_BENCH_REEXEC"):
+        env = {k: v for k, v in os.environ.items() if k not in _CLEARED}
+        env["FASTMLP_BENCH_REEXEC"] = "1"
+        os.execve(sys.executable, [sys.executable, "-m", "fastmlp.bench"] + sys.argv[1:], env)
+
+
+if __name__ == "__main__":
+    _reexec_without_openblas_overrides()
+
+import argparse  # noqa: E402
+import gc  # noqa: E402
+import json  # noqa: E402
+import math  # noqa: E402
+import platform  # noqa: E402
+import resource  # noqa: E402
+import time  # noqa: E402
+import tracemalloc  # noqa: E402
+from typing import Callable, Dict, List, Optional  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+import fastmlp  # noqa: E402
+from fastmlp import _core  # noqa: E402
+from fastmlp import kernels as K  # noqa: E402
+
+# -- competitors ----------------------------------------------------------------------------------
+
+
+def _try_torch():
+    try:
+        import torch
+
+        return torch
+    except Exception:  # noqa: BLE001 - any import failure means "not available"
+        return None
+
+
+def _try_jax():
+    try:
+        os.environ.setdefault("JAX_PLATFORMS", "cpu")
+        import jax
+
+        return jax
+    except Exception:  # noqa: BLE001
+        return None
+
+
+def _openblas_core() -> str:
+    try:
+        from threadpoolctl import threadpool_info
+
+        for info in threadpool_info():
+            if info.get("internal_api") == "openblas":
+                return f"{info.get('architecture')} ({info.get('num_threads')} threads, {info.get('version')})"
+        return "no OpenBLAS found by threadpoolctl"
+    except ImportError:
+        return "unknown (pip install threadpoolctl)"
+
+
+# -- timing ----------------------------------------------------------------------------------------
+
+
+def interleaved(fns: Dict[str, Callable[[], None]], repeats: int, warmup: int = 2,
+                min_time: float = 0.0) -> Dict[str, float]:
+    """Median seconds of each function, run round-robin ``repeats`` times after ``warmup``.
+    Each measurement repeats the call until it has taken at least ``min_time`` seconds."""
+    inner = {}
+    for name, fn in fns.items():
+        for _ in range(warmup):
+            fn()
+        t = time.perf_counter()
+        fn()
+        one = max(time.perf_counter() - t, 1e-7)
+        inner[name] = max(1, int(min_time / one)) if min_time else 1
+    samples: Dict[str, List[float]] = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            k = inner[name]
+            t = time.perf_counter()
+            for _ in range(k):
+                fn()
+            samples[name].append((time.perf_counter() - t) / k)
+    return {name: float(np.median(v)) for name, v in samples.items()}
+
+
+class Table:
+    def __init__(self):
+        self.rows: List[dict] = []
+
+    def add(self, group: str, op: str, shape: str, times: Dict[str, float], *, flops: float = 0.0,
+            nbytes: float = 0.0, limit: float = 0.0, unit: str = "", target: Optional[str] = None,
+            note: str = "") -> dict:
+        ours = times.get("fastmlp")
+        others = {k: v for k, v in times.items() if k != "fastmlp" and v is not None}
+        best_name = min(others, key=others.get) if others else None
+        row = {"group": group, "op": op, "shape": shape, "times_s": times,
+               "ratio_vs_best": (others[best_name] / ours) if best_name and ours else None,
+               "best_competitor": best_name, "note": note, "target": target}
+        if flops and ours:
+            row["gflops"] = flops / ours / 1e9
+            row["pct_of_limit"] = 100.0 * row["gflops"] / limit if limit else None
+        elif nbytes and ours:
+            row["gbps"] = nbytes / ours / 1e9
+            row["pct_of_limit"] = 100.0 * row["gbps"] / limit if limit else None
+        self.rows.append(row)
+        self._print(row)
+        return row
+
+    @staticmethod
+    def _fmt_time(t: Optional[float]) -> str:
+        if t is None:
+            return "—"
+        if t >= 1.0:
+            return f"{t:.2f} s"
+        if t >= 1e-3:
+            return f"{t * 1e3:.2f} ms"
+        return f"{t * 1e6:.1f} µs"
+
+    def _print(self, row: dict) -> None:
+        t = row["times_s"]
+        rate = f"{row['gflops']:.1f} GFLOP/s" if "gflops" in row else (f"{row['gbps']:.1f} GB/s" if "gbps" in row else "")
+        pct = f"{row['pct_of_limit']:.0f}%" if row.get("pct_of_limit") is not None else ""
+        ratio = f"{row['ratio_vs_best']:.2f}x {row['best_competitor']}" if row["ratio_vs_best"] else ""
+        comps = " ".join(f"{k}={self._fmt_time(v)}" for k, v in t.items() if k != "fastmlp")
+        print(f"{row['op']:<28} {row['shape']:<22} {self._fmt_time(t.get('fastmlp')):>10}  {comps:<48} "
+              f"{ratio:<18} {rate:>16} {pct:>5} {row['note']}", flush=True)
+
+
+# -- benchmarks ----------------------------------------------------------------------------------
+
+
+def probe_limits(threads: int, quick: bool) -> dict:
+    iters = 5_000_000 if quick else 20_000_000
+    fma = {t: max(_core.fma_probe(iters, t) for _ in range(3)) for t in sorted({1, threads})}
+    n = (32 if quick else 64) * 1024 * 1024 // 4 * 1  # float32 elements per array (>= 128 MB in total)
+    n = max(n, 128 * 1024 * 1024 // 12)
+    a = np.empty(n, np.float32)
+    b = np.ones(n, np.float32)
+    c = np.ones(n, np.float32)
+    secs = interleaved({"fastmlp": lambda: _core.triad(a, b, c, 2.0)}, repeats=5 if quick else 9)["fastmlp"]
+    del a, b, c
+    return {"fma_gflops": fma, "stream_gbps": 12.0 * n / secs / 1e9}
+
+
+def bench_gemm(table: Table, torch, limits: dict, quick: bool) -> float:
+    rng = np.random.default_rng(0)
+    shapes = [(256, 512, 784), (256, 512, 512), (256, 784, 512), (512, 784, 256), (1024, 1024, 1024), (32, 64, 64)]
+    if quick:
+        shapes = [(256, 512, 784), (1024, 1024, 1024), (32, 64, 64)]
+    best_rate = 0.0
+    results = []
+    for (M, N, Kd) in shapes:
+        for ta in (False, True):
+            for tb in (False, True):
+                a = rng.standard_normal((Kd, M) if ta else (M, Kd)).astype(np.float32)
+                b = rng.standard_normal((N, Kd) if tb else (Kd, N)).astype(np.float32)
+                out = np.empty((M, N), np.float32)
+                av, bv = (a.T if ta else a), (b.T if tb else b)
+                fns = {"fastmlp": lambda: K.gemm(a, b, trans_a=ta, trans_b=tb, out=out),
+                       "numpy": lambda: np.matmul(av, bv, out=out)}
+                if torch is not None:
+                    ta_, tb_ = torch.from_numpy(a), torch.from_numpy(b)
+                    tav, tbv = (ta_.T if ta else ta_), (tb_.T if tb else tb_)
+                    tout = torch.from_numpy(out)
+                    fns["torch"] = lambda: torch.matmul(tav, tbv, out=tout)
+                flops = 2.0 * M * N * Kd
+                times = interleaved(fns, repeats=7 if quick else 15, min_time=0.002)
+                best_rate = max(best_rate, max(flops / t / 1e9 for t in times.values()))
+                results.append(((M, N, Kd), ta, tb, times, flops))
+    limit = max(max(limits["fma_gflops"].values()), best_rate)
+    limits["gemm_best_gflops"] = best_rate
+    limits["compute_limit_gflops"] = limit
+    for (M, N, Kd), ta, tb, times, flops in results:
+        pair = ("T" if ta else "N") + ("T" if tb else "N")
+        target = ">= 1.0x numpy" + ("; >= 75% of limit" if (M, N, Kd) == (1024, 1024, 1024) else "")
+        table.add("gemm", f"gemm {pair} f32", f"{M}x{N}x{Kd}", times, flops=flops, limit=limit, target=target)
+    return limit
+
+
+def bench_gemm_epilogue(table: Table, torch, limit: float, quick: bool) -> None:
+    rng = np.random.default_rng(1)
+    M, N, Kd = 256, 512, 784
+    x = rng.standard_normal((M, Kd)).astype(np.float32)
+    w = rng.standard_normal((N, Kd)).astype(np.float32)
+    bias = rng.standard_normal(N).astype(np.float32)
+    out = np.empty((M, N), np.float32)
+    fns = {"fastmlp": lambda: K.gemm(x, w, trans_b=True, bias=bias, activation="relu", out=out),
+           "numpy": lambda: np.maximum(x @ w.T + bias, 0)}
+    if torch is not None:
+        tx, tw, tb = torch.from_numpy(x), torch.from_numpy(w), torch.from_numpy(bias)
+        fns["torch"] = lambda: torch.relu(torch.addmm(tb, tx, tw.T))
+    times = interleaved(fns, repeats=7 if quick else 15, min_time=0.002)
+    table.add("gemm", "gemm+bias+relu (layer)", f"{M}x{N}x{Kd}", times, flops=2.0 * M * N * Kd, limit=limit,
+              target=">= 1.2x numpy")
+
+
+def bench_optimizers(table: Table, torch, bw: float, quick: bool) -> None:
+    n = (4 if quick else 16) * 1024 * 1024
+    rng = np.random.default_rng(2)
+    p = rng.standard_normal(n).astype(np.float32)
+    g = rng.standard_normal(n).astype(np.float32) * 1e-3
+    m1, m2, buf = np.zeros_like(p), np.zeros_like(p), np.zeros_like(p)
+    step = [0]
+
+    def ours_adam():
+        step[0] += 1
+        K.adam_step(p, g, m1, m2, step=step[0], lr=1e-6)
+
+    fns = {"fastmlp": ours_adam}
+    if torch is not None:
+        tp = torch.nn.Parameter(torch.from_numpy(p.copy()))
+        tp.grad = torch.from_numpy(g.copy())
+        try:
+            opt = torch.optim.Adam([tp], lr=1e-6, fused=True)
+        except (RuntimeError, TypeError):
+            opt = torch.optim.Adam([tp], lr=1e-6, foreach=True)
+        fns["torch"] = opt.step
+    times = interleaved(fns, repeats=5 if quick else 11)
+    table.add("optimizer", "adam_step", f"{n // (1024 * 1024)}M params", times, nbytes=28.0 * n, limit=bw,
+              target=">= 1.0x torch fused; >= 85% of stream", note="28 B/param")
+    for name, fn, nbytes in (
+            ("sgd_step momentum", lambda: K.sgd_step(p, g, buf, step=2, lr=1e-6, momentum=0.9), 16.0),
+            ("rmsprop_step", lambda: K.rmsprop_step(p, g, m2, lr=1e-6), 16.0),
+            ("adagrad_step", lambda: K.adagrad_step(p, g, m2, step=2, lr=1e-6), 16.0)):
+        times = interleaved({"fastmlp": fn}, repeats=5 if quick else 9)
+        table.add("optimizer", name, f"{n // (1024 * 1024)}M params", times, nbytes=nbytes * n, limit=bw,
+                  note=f"{nbytes:.0f} B/param")
+
+
+def bench_memory_bound(table: Table, torch, bw: float, quick: bool) -> None:
+    rows, cols = (4096, 2048) if quick else (8192, 4096)  # 128 MB of float32 at full size
+    n = rows * cols
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((rows, cols)).astype(np.float32)
+    y = np.empty_like(x)
+    g = rng.standard_normal((rows, cols)).astype(np.float32)
+    shape = f"{rows}x{cols}"
+    rep = 5 if quick else 9
+
+    def row(op, fns, nbytes, target=">= 70% of stream"):
+        times = interleaved(fns, repeats=rep)
+        table.add("memory", op, shape, times, nbytes=nbytes, limit=bw, target=target)
+
+    row("dropout p=0.2", {"fastmlp": lambda: K.dropout(x, 0.2, seed=1, offset=0, out=y),
+                          "numpy": lambda: np.multiply(x, (np.random.random(x.shape) >= 0.2) * 1.25, out=y)}, 8.0 * n)
+    for kind, npfn in (("relu", lambda: np.maximum(x, 0, out=y)),
+                       ("sigmoid", lambda: np.divide(1.0, 1.0 + np.exp(-x), out=y)),
+                       ("tanh", lambda: np.tanh(x, out=y))):
+        row(f"activation {kind}", {"fastmlp": lambda kind=kind: K.activation(x, kind, out=y), "numpy": npfn}, 8.0 * n)
+    K.activation(x, "relu", out=y)
+    row("activation_backward relu", {"fastmlp": lambda: K.activation_backward(g, y, "relu", out=x),
+                                     "numpy": lambda: np.multiply(g, y > 0, out=x)}, 12.0 * n)
+    x[...] = rng.standard_normal((rows, cols)).astype(np.float32)
+    bg = np.empty(cols, np.float32)
+    row("bias_grad", {"fastmlp": lambda: K.bias_grad(x, out=bg), "numpy": lambda: np.sum(x, axis=0, out=bg)}, 4.0 * n)
+    # Losses on (rows', classes) logits.
+    classes = 1024
+    r2 = n // classes
+    logits = x.reshape(r2, classes)
+    labels = rng.integers(0, classes, r2).astype(np.int64)
+    grad = np.empty_like(logits)
+
+    def np_softmax_ce():
+        z = logits - logits.max(axis=1, keepdims=True)
+        e = np.exp(z)
+        s = e.sum(axis=1, keepdims=True)
+        loss = float(np.mean(np.log(s[:, 0]) - z[np.arange(r2), labels]))
+        p = e / s
+        p[np.arange(r2), labels] -= 1
+        p /= r2
+        return loss, p
+
+    row("softmax_cross_entropy", {"fastmlp": lambda: K.softmax_cross_entropy(logits, labels, out=grad),
+                                  "numpy": np_softmax_ce}, 8.0 * n, target=">= 3x numpy; >= 70% of stream")
+    targets = (rng.random((r2, classes)) < 0.5).astype(np.float32)
+
+    def np_sigmoid_ce():
+        loss = float(np.mean(np.sum(np.maximum(logits, 0) - logits * targets + np.log1p(np.exp(-np.abs(logits))),
+                                    axis=1)))
+        return loss, (1.0 / (1.0 + np.exp(-logits)) - targets) / r2
+
+    row("sigmoid_cross_entropy", {"fastmlp": lambda: K.sigmoid_cross_entropy(logits, targets, out=grad),
+                                  "numpy": np_sigmoid_ce}, 12.0 * n, target=">= 3x numpy; >= 70% of stream")
+    pred = logits
+
+    def np_squared():
+        d = pred - targets
+        return 0.5 * float(np.mean(np.sum(d * d, axis=1))), d / r2
+
+    row("squared_error", {"fastmlp": lambda: K.squared_error(pred, targets, out=grad), "numpy": np_squared}, 12.0 * n,
+        target=">= 3x numpy; >= 70% of stream")
+
+
+# -- training steps -----------------------------------------------------------------------------------
+
+
+def _mlp_flops(sizes, batch) -> float:
+    """forward + dW + dX (no dX for the first layer)."""
+    total = 0.0
+    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+        total += 2.0 * batch * a * b * (2 if i == 0 else 3)
+    return total
+
+
+def _torch_step(torch, sizes, dropout, batch, lr, x, y):
+    layers = []
+    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+        layers.append(torch.nn.Linear(a, b))
+        if i < len(sizes) - 2:
+            layers.append(torch.nn.ReLU())
+            if dropout:
+                layers.append(torch.nn.Dropout(dropout))
+    net = torch.nn.Sequential(*layers)
+    opt = torch.optim.Adam(net.parameters(), lr=lr)
+    lossf = torch.nn.CrossEntropyLoss() if sizes[-1] > 1 else torch.nn.MSELoss()
+    tx = torch.from_numpy(x)
+    ty = torch.from_numpy(y)
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        loss = lossf(net(tx), ty)
+        loss.backward()
+        opt.step()
+
+    return step
+
+
+def _jax_step(jax, sizes, dropout, batch, lr, x, y):
+    import jax.numpy as jnp
+
+    key = jax.random.PRNGKey(0)
+    params = []
+    for a, b in zip(sizes[:-1], sizes[1:]):
+        key, sub = jax.random.split(key)
+        params.append((jax.random.normal(sub, (a, b), jnp.float32) * math.sqrt(2.0 / a), jnp.zeros(b, jnp.float32)))
+    m = jax.tree_util.tree_map(jnp.zeros_like, params)
+    v = jax.tree_util.tree_map(jnp.zeros_like, params)
+    classification = sizes[-1] > 1
+
+    def loss_fn(params, xb, yb, key):
+        h = xb
+        for i, (w, b) in enumerate(params):
+            h = h @ w + b
+            if i < len(params) - 1:
+                h = jax.nn.relu(h)
+                if dropout:
+                    key, sub = jax.random.split(key)
+                    keep = jax.random.bernoulli(sub, 1.0 - dropout, h.shape)
+                    h = jnp.where(keep, h / (1.0 - dropout), 0.0)
+        if classification:
+            logp = jax.nn.log_softmax(h)
+            return -jnp.mean(jnp.take_along_axis(logp, yb[:, None], axis=1))
+        return 0.5 * jnp.mean(jnp.sum((h - yb) ** 2, axis=1))
+
+    @jax.jit
+    def step(params, m, v, t, xb, yb, key):
+        grads = jax.grad(loss_fn)(params, xb, yb, key)
+        b1, b2, eps = 0.9, 0.999, 1e-8
+        m = jax.tree_util.tree_map(lambda m, g: b1 * m + (1 - b1) * g, m, grads)
+        v = jax.tree_util.tree_map(lambda v, g: b2 * v + (1 - b2) * g * g, v, grads)
+        mh = jax.tree_util.tree_map(lambda m: m / (1 - b1 ** t), m)
+        vh = jax.tree_util.tree_map(lambda v: v / (1 - b2 ** t), v)
+        params = jax.tree_util.tree_map(lambda p, a, b: p - lr * a / (jnp.sqrt(b) + eps), params, mh, vh)
+        return params, m, v
+
+    state = {"params": params, "m": m, "v": v, "t": 1.0}
+    jx, jy = jnp.asarray(x), jnp.asarray(y if classification else y)
+    key = jax.random.PRNGKey(1)
+
+    def run():
+        state["params"], state["m"], state["v"] = step(state["params"], state["m"], state["v"], state["t"], jx, jy,
+                                                      key)
+        state["t"] += 1.0
+        jax.block_until_ready(state["params"])
+
+    return run
+
+
+def bench_train_step(table: Table, torch, jax, limit: float, quick: bool) -> None:
+    rng = np.random.default_rng(4)
+    for sizes, batch, dropout, label in (([784, 512, 512, 10], 256, 0.2, "train step 784-512-512-10"),
+                                         ([64, 64, 64, 1], 32, 0.0, "train step 64-64-64-1")):
+        classification = sizes[-1] > 1
+        x = rng.standard_normal((batch, sizes[0])).astype(np.float32)
+        y = rng.integers(0, sizes[-1], batch).astype(np.int64) if classification else \
+            rng.standard_normal((batch, 1)).astype(np.float32)
+        model = fastmlp.MLP(sizes, output="softmax" if classification else "identity", dropout=dropout)
+        trainer = fastmlp.Trainer(model, optimizer=fastmlp.optim.Adam(1e-4), batch_size=batch, progress=False)
+        fns = {"fastmlp": lambda: trainer.train_step(x, y)}
+        if torch is not None:
+            fns["torch"] = _torch_step(torch, sizes, dropout, batch, 1e-4, x, y if classification else y)
+        if jax is not None:
+            fns["jax.jit"] = _jax_step(jax, sizes, dropout, batch, 1e-4, x, y)
+        times = interleaved(fns, repeats=9 if quick else 25, warmup=5, min_time=0.02)
+        flops = _mlp_flops(sizes, batch)
+        target = (">= 1.0x jax.jit; >= 2.0x torch; >= 60% of limit" if sizes[0] == 784 else "<= 0.3x torch time")
+        row = table.add("training", label, f"batch {batch}", times, flops=flops, limit=limit, target=target,
+                        note=f"{batch / times['fastmlp']:,.0f} samples/s")
+        if "torch" in times:
+            row["torch_time_ratio"] = times["fastmlp"] / times["torch"]
+
+
+def bench_fit(table: Table, torch, quick: bool) -> dict:
+    rows = 10_000 if quick else 50_000
+    rng = np.random.default_rng(5)
+    X = rng.standard_normal((rows, 784)).astype(np.float32)
+    y = rng.integers(0, 10, rows).astype(np.int64)
+    epochs, batch = 3, 256
+    result = {}
+
+    def ours():
+        model = fastmlp.MLP([784, 512, 512, 10], output="softmax", dropout=0.2)
+        tr = fastmlp.Trainer(model, optimizer=fastmlp.optim.Adam(1e-4), batch_size=batch, epochs=epochs,
+                             progress=False)
+        h = tr.fit(X, y)
+        result["sum_of_epochs"] = sum(h.time_s)
+
+    fns = {"fastmlp": ours}
+    if torch is not None:
+        def theirs():
+            step_layers = [torch.nn.Linear(784, 512), torch.nn.ReLU(), torch.nn.Dropout(0.2),
+                           torch.nn.Linear(512, 512), torch.nn.ReLU(), torch.nn.Dropout(0.2), torch.nn.Linear(512, 10)]
+            net = torch.nn.Sequential(*step_layers)
+            opt = torch.optim.Adam(net.parameters(), lr=1e-4)
+            lossf = torch.nn.CrossEntropyLoss()
+            tx, ty = torch.from_numpy(X), torch.from_numpy(y)
+            for _ in range(epochs):
+                perm = torch.randperm(rows)
+                for i in range(0, rows, batch):
+                    idx = perm[i:i + batch]
+                    opt.zero_grad(set_to_none=True)
+                    lossf(net(tx[idx]), ty[idx]).backward()
+                    opt.step()
+
+        fns["torch"] = theirs
+    times = interleaved(fns, repeats=3, warmup=1)
+    table.add("training", f"Trainer.fit {epochs} epochs", f"{rows}x784", times,
+              target=">= 2x plain torch loop", note=f"epoch overhead {100 * (times['fastmlp'] / result['sum_of_epochs'] - 1):.1f}% beyond its steps")
+    return result
+
+
+def bench_threads(table: Table, limits: dict, quick: bool) -> None:
+    n = 1024
+    rng = np.random.default_rng(6)
+    a = rng.standard_normal((n, n)).astype(np.float32)
+    b = rng.standard_normal((n, n)).astype(np.float32)
+    out = np.empty((n, n), np.float32)
+    threads = fastmlp.get_num_threads()
+    if threads < 2:
+        return
+    t = {}
+    for k in (1, threads):
+        fastmlp.set_num_threads(k)
+        t[k] = interleaved({"fastmlp": lambda: K.gemm(a, b, out=out)}, repeats=5 if quick else 11)["fastmlp"]
+    fastmlp.set_num_threads(threads)
+    fma = limits["fma_gflops"]
+    gemm_scaling = t[1] / t[threads]
+    fma_scaling = fma[threads] / fma[1]
+    row = table.add("threads", f"gemm 1 vs {threads} threads", "1024^3", {"fastmlp": t[threads]},
+                    flops=2.0 * n ** 3, limit=limits["compute_limit_gflops"],
+                    target=">= 90% of the FMA probe's scaling",
+                    note=f"scaling {gemm_scaling:.2f}x vs FMA probe {fma_scaling:.2f}x = "
+                         f"{100 * gemm_scaling / fma_scaling:.0f}%")
+    row["scaling"] = gemm_scaling
+    row["fma_scaling"] = fma_scaling
+
+
+def bench_memory(table: Table, quick: bool) -> None:
+    rows = 10_000 if quick else 50_000
+    X = np.random.default_rng(7).standard_normal((rows, 784)).astype(np.float32)
+    y = np.random.default_rng(8).integers(0, 10, rows).astype(np.int64)
+    model = fastmlp.MLP([784, 512, 512, 10], output="softmax", dropout=0.2)
+    tr = fastmlp.Trainer(model, optimizer=fastmlp.optim.Adam(1e-4), batch_size=256, epochs=1, progress=False)
+    xb, yb = X[:256], y[:256]
+    for _ in range(3):
+        tr.train_step(xb, yb)
+    gc.collect()
+    tracemalloc.start()
+    snap0 = tracemalloc.take_snapshot()
+    for _ in range(5):
+        tr.train_step(xb, yb)
+    snap1 = tracemalloc.take_snapshot()
+    tracemalloc.stop()
+    grown = sum(s.size_diff for s in snap1.compare_to(snap0, "filename") if s.size_diff > 0)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    tr.fit(X, y)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    data_mb = X.nbytes / 2**20
+    model_mb = model.parameters().nbytes * 4 / 2**20  # params, grads, 2 Adam moments
+    print(f"memory: steady-state step retains {grown / 1024:.1f} KiB of new Python/NumPy allocations; peak RSS "
+          f"{peak:.0f} MiB (before fit {before:.0f} MiB; data {data_mb:.0f} MiB, model+grads+Adam {model_mb:.0f} MiB)")
+    table.rows.append({"group": "memory", "op": "fit peak RSS", "shape": f"{rows}x784", "peak_rss_mib": peak,
+                       "data_mib": data_mb, "model_state_mib": model_mb, "step_retained_bytes": grown})
+
+
+def machine_info() -> dict:
+    info = {"cpu": _core.cpu_model_name(), "isa": fastmlp.get_isa(), "available_isas": fastmlp.available_isas(),
+            "logical_cpus": os.cpu_count(), "fastmlp_threads": fastmlp.get_num_threads(),
+            "python": platform.python_version(), "numpy": np.__version__, "openblas": _openblas_core(),
+            "env": {k: os.environ.get(k) for k in ("FASTMLP_NUM_THREADS", "FASTMLP_ISA", "OMP_NUM_THREADS",
+                                                   "OPENBLAS_NUM_THREADS") + _CLEARED},
+            "date": time.strftime("%Y-%m-%d %H:%M:%S")}
+    return info
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m fastmlp.bench", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--json", default=None, help="write the results to this JSON file")
+    parser.add_argument("--quick", action="store_true", help="smaller sizes and fewer repeats (a smoke run)")
+    parser.add_argument("--only", default=None,
+                        help="comma-separated groups: gemm,optimizer,memory,training,fit,threads,rss")
+    args = parser.parse_args(argv)
+    groups = set(args.only.split(",")) if args.only else {"gemm", "optimizer", "memory", "training", "fit",
+                                                          "threads", "rss"}
+    torch, jax = _try_torch(), _try_jax()
+    info = machine_info()
+    threads = fastmlp.get_num_threads()
+    if torch is not None:
+        torch.set_num_threads(threads)
+        info["torch"] = torch.__version__
+    if jax is not None:
+        info["jax"] = jax.__version__
+    print(f"machine: {info['cpu']}; {info['logical_cpus']} logical CPUs; fastmlp {fastmlp.__version__} "
+          f"ISA path {info['isa']} (available: {', '.join(info['available_isas'])}), {threads} threads")
+    print(f"numpy {np.__version__} with OpenBLAS core {info['openblas']}; torch: "
+          f"{info.get('torch', 'not installed (skipped)')}; jax: {info.get('jax', 'not installed (skipped)')}")
+    limits = probe_limits(threads, args.quick)
+    print(f"limits: FMA probe {', '.join(f'{t} thr {g:.0f} GFLOP/s' for t, g in limits['fma_gflops'].items())}; "
+          f"STREAM triad {limits['stream_gbps']:.1f} GB/s")
+    table = Table()
+    limit = max(limits["fma_gflops"].values())
+    limits["compute_limit_gflops"] = limit
+    if "gemm" in groups:
+        limit = bench_gemm(table, torch, limits, args.quick)
+        bench_gemm_epilogue(table, torch, limit, args.quick)
+    bw = limits["stream_gbps"]
+    if "optimizer" in groups:
+        bench_optimizers(table, torch, bw, args.quick)
+    if "memory" in groups:
+        bench_memory_bound(table, torch, bw, args.quick)
+    if "training" in groups:
+        bench_train_step(table, torch, jax, limit, args.quick)
+    if "fit" in groups:
+        bench_fit(table, torch, args.quick)
+    if "threads" in groups:
+        bench_threads(table, limits, args.quick)
+    if "rss" in groups:
+        bench_memory(table, args.quick)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"machine": info, "limits": {k: v for k, v in limits.items()}, "rows": table.rows}, f, indent=1,
+                      default=str)
+        print(f"results written to {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

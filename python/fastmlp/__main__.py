@@ -8,14 +8,16 @@
   top outliers, and with a 2-D code plot the codes (``--plot``).
 - ``fastmlp kernels``: a demo of the raw kernels (a network trained with fastmlp.kernels only).
 
-Bad input (a missing file, a wrong or missing column, non-numeric data) prints a clear error and
-exits with status 2.
+Bad input (a missing file, a wrong or missing column, non-numeric data, a bad option value), a file
+that cannot be written and a diverging run print a clear error and exit with status 2; checks
+that need no training (the data, --plot and --save paths) run before training starts.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import math
 import os
 import sys
 import time
@@ -32,8 +34,11 @@ class DataError(Exception):
 
 
 def _load_csv(path: str, target: Optional[str], need_target: bool):
-    with open(path, newline="") as f:
-        rows = [r for r in csv.reader(f) if r and any(c.strip() for c in r)]
+    try:
+        with open(path, newline="") as f:
+            rows = [r for r in csv.reader(f) if r and any(c.strip() for c in r)]
+    except csv.Error as e:
+        raise DataError(f"{path}: not a readable CSV file ({e})") from None
     if not rows:
         raise DataError(f"{path}: the CSV file is empty")
 
@@ -96,7 +101,10 @@ def load_data(path: Optional[str], target: Optional[str], need_target: bool = Tr
         raise DataError(f"{path}: no such file")
     if os.path.isdir(path):
         raise DataError(f"{path}: is a directory, not a data file")
-    if path.endswith(".npz"):
+    extension = os.path.splitext(path)[1].lower()
+    if extension == ".npz" and target is not None:
+        raise DataError(f"{path}: --target names a CSV column; an .npz file holds the target as the array 'y'")
+    if extension == ".npz":
         try:
             with np.load(path, allow_pickle=False) as f:
                 if "X" not in f.files:
@@ -119,11 +127,13 @@ def load_data(path: Optional[str], target: Optional[str], need_target: bool = Tr
         if y is not None and y.shape[0] != X.shape[0]:
             raise DataError(f"{path}: X has {X.shape[0]} rows but y has {y.shape[0]}")
         X = X.astype(np.float64)
-    elif path.endswith(".csv") or path.endswith(".txt"):
+    elif extension in (".csv", ".txt"):
         try:
             X, y = _load_csv(path, target, need_target)
         except UnicodeDecodeError:
             raise DataError(f"{path}: not a text CSV file") from None
+        except OSError as e:
+            raise DataError(f"{path}: cannot read the file ({e.strerror or e})") from None
     else:
         raise DataError(f"{path}: unknown data format; use .npz (arrays X, y) or .csv")
     if not np.all(np.isfinite(X)) or (y is not None and y.dtype.kind == "f" and not np.all(np.isfinite(y))):
@@ -171,14 +181,42 @@ def _lr(text: str):
     return v
 
 
-def _fraction(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a fraction, got {text!r}") from None
-    if not 0.0 <= v < 1.0:
-        raise argparse.ArgumentTypeError(f"expected a fraction in [0, 1), got {text!r}")
-    return v
+def _checked(convert, ok, what: str):
+    """An argparse ``type``: ``convert`` the text, then require ``ok(value)``."""
+    def parse(text: str):
+        try:
+            value = convert(text)
+        except ValueError:
+            value = None
+        if value is None or not ok(value):
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
+        return value
+
+    parse.__name__ = what
+    return parse
+
+
+_fraction = _checked(float, lambda v: 0.0 <= v < 1.0, "a fraction in [0, 1)")
+_positive_int = _checked(int, lambda v: v >= 1, "a positive integer")
+_nonnegative_float = _checked(float, lambda v: 0.0 <= v < math.inf, "a number >= 0")
+
+
+def _check_outputs(args) -> None:
+    """Fail before training, not after it, when --plot or --save cannot be written."""
+    for option in ("plot", "save"):
+        path = getattr(args, option, None)
+        if path is None:
+            continue
+        directory = os.path.dirname(os.path.abspath(path))
+        if os.path.isdir(path):
+            raise DataError(f"--{option} {path}: is a directory; give a file name")
+        if not os.path.isdir(directory):
+            raise DataError(f"--{option} {path}: the directory {directory} does not exist")
+    if getattr(args, "plot", None):
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            raise DataError("--plot needs matplotlib: pip install 'fastmlp[plot]'") from None
 
 
 def _make_optimizer(name: str, lr):
@@ -199,6 +237,7 @@ def cmd_train(args, out) -> int:
     import fastmlp
     from . import MLP, Trainer
 
+    _check_outputs(args)
     X, y, source = load_data(args.data, args.target)
     y = np.asarray(y)
     classification = _is_classification(y, args.task)
@@ -248,18 +287,28 @@ def cmd_train(args, out) -> int:
     if args.save:
         model.save(args.save)
         print(f"model saved to {args.save}", file=out)
+        if classification and not np.array_equal(classes, np.arange(classes.size)):
+            shown = ", ".join(f"{i}: {c:g}" if isinstance(c, float) else f"{i}: {c}" for i, c in
+                              enumerate(classes.tolist()[:20]))
+            print(f"its predict gives class indices; index: label = {shown}{', ...' if classes.size > 20 else ''}",
+                  file=out)
     return 0
 
 
 def cmd_autoencode(args, out) -> int:
     from . import DenoisingAutoencoder, optim
 
+    if args.plot and args.code != 2:
+        raise DataError("--plot draws the codes and needs --code 2")
+    if args.noise == "mask" and not args.level < 1:
+        raise DataError(f"--level is the fraction of inputs masked and must be < 1, got {args.level}")
+    _check_outputs(args)
     X, y, source = load_data(args.data, args.target, need_target=False)
     ae = DenoisingAutoencoder([X.shape[1]] + args.hidden + [args.code], noise=args.noise, level=args.level,
                               activation=args.activation, seed=args.seed)
     print(f"training a denoising autoencoder {ae.sizes} ({args.noise} noise, level {args.level}) on {source}: "
           f"{X.shape[0]} rows", file=out)
-    ae.fit(X, optimizer=optim.Adam(args.lr if args.lr not in (None, "auto") else 1e-3), epochs=args.epochs,
+    ae.fit(X, optimizer=optim.Adam(args.lr if args.lr is not None else 1e-3), epochs=args.epochs,
            batch_size=args.batch_size, standardize=True, progress=not args.no_progress, seed=args.seed)
     errors = ae.reconstruction_error(X)
     scale = float(np.sum(np.var(X, axis=0)))
@@ -268,15 +317,11 @@ def cmd_autoencode(args, out) -> int:
     top = np.argsort(errors)[::-1][: args.top]
     print(f"top {len(top)} outliers (row: error): " + ", ".join(f"{i}: {errors[i]:.3f}" for i in top), file=out)
     if args.plot:
-        if args.code != 2:
-            raise DataError("--plot draws the codes and needs --code 2")
-        try:
-            import matplotlib
+        import matplotlib
 
-            matplotlib.use("Agg")
-            import matplotlib.pyplot as plt
-        except ImportError:
-            raise DataError("--plot needs matplotlib: pip install 'fastmlp[plot]'") from None
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
         codes = ae.encode(X)
         fig, ax = plt.subplots(figsize=(6, 5))
         sc = ax.scatter(codes[:, 0], codes[:, 1], c=y if y is not None else errors, s=6, cmap="tab10" if y is not None
@@ -302,7 +347,8 @@ def cmd_kernels(args, out) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fastmlp", description="Train MLPs and autoencoders on fastmlp's kernels.")
-    parser.add_argument("--threads", type=int, default=None, help="kernel threads (default: all available CPUs)")
+    parser.add_argument("--threads", type=_positive_int, default=None,
+                        help="kernel threads (default: all available CPUs)")
     sub = parser.add_subparsers(dest="command")
 
     def common(p, epochs, hidden, batch):
@@ -310,8 +356,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--target", default=None, help="CSV target column (name or index; default: the last column)")
         p.add_argument("--hidden", type=_sizes, default=hidden, help="hidden layer widths, e.g. 128,64")
         p.add_argument("--activation", choices=["relu", "tanh", "sigmoid"], default="relu")
-        p.add_argument("--epochs", type=int, default=epochs)
-        p.add_argument("--batch-size", type=int, default=batch)
+        p.add_argument("--epochs", type=_positive_int, default=epochs)
+        p.add_argument("--batch-size", type=_positive_int, default=batch)
         p.add_argument("--lr", type=_lr, default=None, help="step size, or 'auto' for the step-size search")
         p.add_argument("--seed", type=int, default=0)
         p.add_argument("--plot", default=None, help="write a PNG (learning curves / codes)")
@@ -323,7 +369,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--optimizer", choices=["adam", "adamw", "sgd", "rmsprop", "adagrad"], default="adam")
     t.add_argument("--dropout", type=_fraction, default=0.1)
     t.add_argument("--batch-norm", action="store_true")
-    t.add_argument("--early-stopping", type=int, default=None, metavar="PATIENCE",
+    t.add_argument("--early-stopping", type=_positive_int, default=None, metavar="PATIENCE",
                    help="stop after PATIENCE epochs without validation improvement")
     t.add_argument("--validation", type=_fraction, default=0.1, help="validation fraction (0: none)")
     t.add_argument("--test-fraction", type=_fraction, default=0.2)
@@ -331,43 +377,54 @@ def build_parser() -> argparse.ArgumentParser:
 
     a = sub.add_parser("autoencode", help="train a denoising autoencoder and report outliers")
     common(a, 30, [32], 32)
-    a.add_argument("--code", type=int, default=2, help="code width (2 for a plot)")
+    a.add_argument("--code", type=_positive_int, default=2, help="code width (2 for a plot)")
     a.add_argument("--noise", choices=["gaussian", "mask"], default="mask")
-    a.add_argument("--level", type=float, default=0.2)
-    a.add_argument("--top", type=int, default=5, help="how many outliers to list")
+    a.add_argument("--level", type=_nonnegative_float, default=0.2,
+                   help="noise level: the std of gaussian noise, or the fraction of inputs masked")
+    a.add_argument("--top", type=_positive_int, default=5, help="how many outliers to list")
 
     k = sub.add_parser("kernels", help="demo: a network trained with fastmlp.kernels only")
-    k.add_argument("--epochs", type=int, default=5)
-    k.add_argument("--batch-size", type=int, default=128)
+    k.add_argument("--epochs", type=_positive_int, default=5)
+    k.add_argument("--batch-size", type=_positive_int, default=128)
     k.add_argument("--hidden", type=_sizes, default=[256])
     k.add_argument("--seed", type=int, default=0)
     return parser
 
 
+COMMANDS = ("train", "autoencode", "kernels")
+
+
+def _with_default_command(argv: List[str]) -> List[str]:
+    """``train`` is the default command: insert it after the global options when none is named."""
+    i = 0
+    while i < len(argv) and argv[i].startswith("--threads"):
+        i += 1 if "=" in argv[i] else 2
+    if i < len(argv) and (argv[i] in COMMANDS or argv[i] in ("-h", "--help")):
+        return argv
+    return argv[:i] + ["train"] + argv[i:]
+
+
 def main(argv: Optional[List[str]] = None, out=None) -> int:
+    """Run the command line; returns the exit status (argparse exits with 2 on usage errors)."""
+    from .train import NonFiniteLossError
+
     out = out if out is not None else sys.stdout
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0].startswith("-") and argv[0] not in ("-h", "--help", "--threads"):
-        argv = ["train"] + argv
+    argv = _with_default_command(list(sys.argv[1:] if argv is None else argv))
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.command is None:
-        args = parser.parse_args(argv + ["train"])
-    for name in ("epochs", "batch_size"):
-        if getattr(args, name, 1) < 1:
-            parser.error(f"--{name.replace('_', '-')} must be >= 1")
     if args.threads is not None:
-        if args.threads < 1:
-            parser.error("--threads must be >= 1")
         import fastmlp
 
         fastmlp.set_num_threads(args.threads)
     commands = {"train": cmd_train, "autoencode": cmd_autoencode, "kernels": cmd_kernels}
     try:
         return commands[args.command](args, out)
-    except DataError as e:
+    except (DataError, NonFiniteLossError, OSError) as e:
         print(f"fastmlp: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("fastmlp: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

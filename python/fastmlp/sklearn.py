@@ -6,27 +6,34 @@ Drop-in replacements for scikit-learn's MLPs, with the same parameter names and 
 - ``alpha`` is the L2 penalty ``½·alpha·‖W‖² / batch_size`` (so coupled weight decay
   ``alpha / batch_size``); it may be one value or one per layer (hidden layers and output). ``l1``
   is scaled the same way: ``l1·‖W‖₁ / batch_size``.
-- ``loss_curve_`` holds, per epoch, the mean data loss plus the penalty (at the epoch's end
-  weights); MLPRegressor's squared loss is ``½·mean((y − ŷ)²)`` over rows *and* outputs.
+- ``loss_curve_`` holds, per epoch, the data loss averaged over the epoch's rows (each batch's
+  loss weighted by its row count, as scikit-learn does) plus the penalty at the epoch's end
+  weights; MLPRegressor's squared loss is ``½·mean((y − ŷ)²)`` over rows *and* outputs.
 - With ``early_stopping=True`` training stops when the validation score (accuracy or R²) has not
-  improved by ``tol`` for ``n_iter_no_change`` epochs, and the best weights are restored; without
-  it, ``tol`` and ``n_iter_no_change`` act on the training loss.
+  improved by ``tol`` for more than ``n_iter_no_change`` epochs, and the best weights are restored;
+  without it, ``tol`` and ``n_iter_no_change`` act on the training loss. ``n_iter_`` counts the
+  epochs of the last call; ``loss_curve_`` grows across warm starts and ``partial_fit`` calls.
 - ``learning_rate_init="auto"`` runs the step-size search (:func:`fastmlp.find_step_size`).
+
+Estimators pickle (``clone``, joblib workers) through plain arrays and the model-file header:
+``__getstate__`` replaces the network by :func:`fastmlp.serialize.model_to_parts` and the
+optimizer by its ``state_dict``, so ``partial_fit`` continues bitwise after a round trip.
 
 Requires scikit-learn (``pip install 'fastmlp[sklearn]'``).
 """
 
 from __future__ import annotations
 
+import math
 import numbers
 import warnings
-from typing import Optional
 
 import numpy as np
 
 try:
     from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin, TransformerMixin
     from sklearn.exceptions import ConvergenceWarning
+    from sklearn.metrics import accuracy_score, r2_score
     from sklearn.utils import check_random_state
     from sklearn.utils.multiclass import check_classification_targets, type_of_target, unique_labels
     from sklearn.utils.validation import _check_sample_weight, check_is_fitted, validate_data
@@ -49,29 +56,39 @@ def _is_int(v) -> bool:
     return isinstance(v, numbers.Integral) and not isinstance(v, bool)
 
 
-class _Monitor(Callback):
-    """Implements scikit-learn's bookkeeping and stopping rules on the Trainer's hooks."""
+def _kernel_activation(name: str) -> str:
+    return "sigmoid" if name == "logistic" else name
 
-    def __init__(self, est, batch_size: int, n_samples: int, early_stopping: bool, incremental: bool):
+
+class _Monitor(Callback):
+    """scikit-learn's per-epoch bookkeeping, stopping and step-size rules on the Trainer's hooks.
+
+    ``validation`` is None or ``(X_val, t_val, sample_weight_val)`` with encoded targets."""
+
+    def __init__(self, est, batch_size: int, n_samples: int, validation, incremental: bool):
         self.est, self.batch_size, self.n_samples = est, batch_size, n_samples
-        self.early_stopping, self.incremental = early_stopping, incremental
+        self.validation, self.incremental = validation, incremental
         self.stopped = False
+        self._loss_sum, self._rows, self._batch = 0.0, 0, 0
+
+    def on_batch_end(self, trainer, step, loss):
+        rows = min(self.batch_size, self.n_samples - self._batch * self.batch_size)
+        self._loss_sum += loss * rows
+        self._rows += rows
+        self._batch += 1
 
     def on_epoch_end(self, trainer, epoch, logs):
         est = self.est
-        loss = logs["train_loss"] + trainer.penalty() / self.batch_size
+        loss = self._loss_sum / max(self._rows, 1) + trainer.penalty()
+        self._loss_sum, self._rows, self._batch = 0.0, 0, 0
         est.loss_ = float(loss)
         est.loss_curve_.append(float(loss))
         est.n_iter_ += 1
         est.t_ += self.n_samples
         if est.verbose:
             print(f"Iteration {est.n_iter_}, loss = {loss:.8f}")
-        if self.incremental:
-            if loss < est.best_loss_:
-                est.best_loss_ = float(loss)
-            return None
-        if self.early_stopping:
-            score = float(logs["val_metric"])
+        if self.validation is not None:
+            score = est._validation_score(*self.validation)
             est.validation_scores_.append(score)
             if est.verbose:
                 print(f"Validation score: {score:f}")
@@ -90,45 +107,53 @@ class _Monitor(Callback):
                 est._no_improvement_count = 0
             if loss < est.best_loss_:
                 est.best_loss_ = float(loss)
-        # Step-size rules of scikit-learn's SGD: invscaling per epoch; adaptive divides by 5.
+        # scikit-learn's SGD step-size rules: invscaling per epoch; adaptive divides by 5.
         if est.solver == "sgd" and est.learning_rate == "invscaling":
             est._lr = est._lr_init / (est.t_ + 1) ** est.power_t
+        stop = False
         if est._no_improvement_count > est.n_iter_no_change:
             if est.solver == "sgd" and est.learning_rate == "adaptive" and est._lr > 1e-6:
                 est._lr /= 5.0
-                est._no_improvement_count = 0
                 if est.verbose:
                     print(f"Setting learning rate to {est._lr:f}")
+                est._no_improvement_count = 0
             else:
+                what = "Validation score" if self.validation is not None else "Training loss"
                 if est.verbose:
-                    print("Stopping: no improvement for", est.n_iter_no_change, "epochs")
-                self.stopped = True
-                return True
+                    print(f"{what} did not improve more than tol={est.tol:f} for {est.n_iter_no_change} "
+                          "consecutive epochs. Stopping.")
+                if self.incremental:
+                    est._no_improvement_count = 0
+                else:
+                    stop = True
         trainer.base_lr = est._lr
-        return None
+        self.stopped = stop
+        return True if stop else None
 
 
-class _SchedulerFromEstimator:
-    """A schedule that reads the estimator's current step size (invscaling/adaptive rules)."""
-
-    def __init__(self, est):
-        self.est = est
-
-    def lr(self, epoch, base_lr):
-        return self.est._lr
-
-    def observe(self, metric):
-        pass
-
-    def set_horizon(self, epochs):
-        pass
-
-    def state_dict(self):
-        return {"type": "Constant", "config": {}, "state": {}}
+def _json_value(v):
+    """A parameter value as JSON: numbers, strings, None and (nested) lists of them."""
+    if isinstance(v, (bool, np.bool_)):
+        return bool(v)
+    if isinstance(v, np.integer):
+        return int(v)
+    if isinstance(v, np.floating):
+        return float(v)
+    if isinstance(v, (np.dtype, type)) and v in (np.float32, np.float64):
+        return np.dtype(v).name
+    if isinstance(v, (list, tuple, np.ndarray)):
+        return [_json_value(x) for x in v]
+    if v is None or isinstance(v, (int, float, str)):
+        return v
+    raise TypeError(f"parameter value {v!r} cannot be saved (use plain numbers and strings)")
 
 
 class _BaseMLP(BaseEstimator):
+    """The training loop shared by the three estimators: scikit-learn's definitions on the Trainer."""
+
     _output_kind = "identity"
+    #: The attribute that holds the network object that files and pickles store.
+    _network_attr = "model_"
 
     def __init__(self, hidden_layer_sizes=(100,), activation="relu", *, solver="adam", alpha=0.0001,
                  batch_size="auto", learning_rate="constant", learning_rate_init=0.001, power_t=0.5, max_iter=200,
@@ -170,10 +195,17 @@ class _BaseMLP(BaseEstimator):
         h = self.hidden_layer_sizes
         if _is_int(h):
             h = [h]
-        h = list(h)
+        try:
+            h = list(h)
+        except TypeError:
+            raise ValueError(f"hidden_layer_sizes must be a sequence of positive ints, got {h!r}") from None
         if not all(_is_int(s) and s > 0 for s in h):
             raise ValueError(f"hidden_layer_sizes must be positive ints, got {self.hidden_layer_sizes!r}")
         return [int(s) for s in h]
+
+    def _n_dense(self) -> int:
+        """How many values a per-layer ``alpha`` / ``l1`` takes: the hidden layers and the output."""
+        return len(self._hidden()) + 1
 
     def _check_params(self):
         if self.solver not in SOLVERS:
@@ -186,32 +218,54 @@ class _BaseMLP(BaseEstimator):
             raise ValueError(f"learning_rate must be one of {LEARNING_RATES}, got {self.learning_rate!r}")
         if not (_is_int(self.max_iter) and self.max_iter >= 1):
             raise ValueError(f"max_iter must be an int >= 1, got {self.max_iter!r}")
-        if not (self.batch_size == "auto" or (_is_int(self.batch_size) and self.batch_size >= 1)):
+        if not (isinstance(self.batch_size, str) and self.batch_size == "auto"
+                or (_is_int(self.batch_size) and self.batch_size >= 1)):
             raise ValueError(f"batch_size must be 'auto' or an int >= 1, got {self.batch_size!r}")
         lr = self.learning_rate_init
-        if not (lr == "auto" or (isinstance(lr, numbers.Real) and lr > 0)):
+        if not (isinstance(lr, str) and lr == "auto"
+                or (isinstance(lr, numbers.Real) and not isinstance(lr, bool) and 0 < lr < math.inf)):
             raise ValueError(f"learning_rate_init must be > 0 or 'auto', got {lr!r}")
         if not (isinstance(self.tol, numbers.Real) and self.tol >= 0):
             raise ValueError(f"tol must be >= 0, got {self.tol!r}")
         if not (_is_int(self.n_iter_no_change) and self.n_iter_no_change >= 1):
             raise ValueError(f"n_iter_no_change must be an int >= 1, got {self.n_iter_no_change!r}")
-        if not 0.0 < self.validation_fraction < 1.0:
+        if not (isinstance(self.validation_fraction, numbers.Real) and 0.0 < self.validation_fraction < 1.0):
             raise ValueError(f"validation_fraction must be in (0, 1), got {self.validation_fraction!r}")
-        if not (0 <= self.momentum <= 1):
+        if not (isinstance(self.momentum, numbers.Real) and 0 <= self.momentum <= 1):
             raise ValueError(f"momentum must be in [0, 1], got {self.momentum!r}")
         for name in ("beta_1", "beta_2"):
             v = getattr(self, name)
-            if not 0 <= v < 1:
+            if not (isinstance(v, numbers.Real) and 0 <= v < 1):
                 raise ValueError(f"{name} must be in [0, 1), got {v!r}")
-        n_layers = len(self._hidden()) + 1
+        if not (isinstance(self.epsilon, numbers.Real) and self.epsilon > 0):
+            raise ValueError(f"epsilon must be > 0, got {self.epsilon!r}")
+        n_layers = self._n_dense()
         for name in ("alpha", "l1"):
             v = getattr(self, name)
-            values = [v] if np.ndim(v) == 0 else list(v)
+            values = [v] if np.ndim(v) == 0 else list(np.ravel(v))
             if np.ndim(v) != 0 and len(values) != n_layers:
-                raise ValueError(f"{name} has {len(values)} values but the network has {n_layers} layers "
-                                 "(hidden layers + output); give one value or one per layer")
-            if not all(isinstance(a, numbers.Real) and np.isfinite(a) and a >= 0 for a in values):
+                raise ValueError(f"{name} has {len(values)} values but the network has {n_layers} layers with "
+                                 "weights; give one value or one per layer")
+            if not all(isinstance(a, numbers.Real) and not isinstance(a, bool) and np.isfinite(a) and a >= 0
+                       for a in values):
                 raise ValueError(f"{name} must be >= 0 (one value or one per layer), got {v!r}")
+        if self.dtype not in ("float32", "float64", np.float32, np.float64):
+            raise ValueError(f"dtype must be 'float32' or 'float64', got {self.dtype!r}")
+        for name in ("shuffle", "warm_start", "early_stopping", "nesterovs_momentum", "batch_norm"):
+            if not isinstance(getattr(self, name), (bool, np.bool_)):
+                raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
+        if not isinstance(self.verbose, (bool, np.bool_, numbers.Integral)):
+            raise ValueError(f"verbose must be a bool or an int, got {self.verbose!r}")
+        if not (self.random_state is None or _is_int(self.random_state)
+                or isinstance(self.random_state, np.random.RandomState)):
+            raise ValueError(f"random_state must be None, an int or a numpy RandomState, got {self.random_state!r}")
+        if not (isinstance(self.power_t, numbers.Real) and self.power_t >= 0):
+            raise ValueError(f"power_t must be >= 0, got {self.power_t!r}")
+        if not (callable(self.init) or self.init in ("glorot", "he", "tiny")):
+            raise ValueError(f"init must be 'glorot', 'he', 'tiny' or a callable, got {self.init!r}")
+        drops = [self.dropout] if np.ndim(self.dropout) == 0 else list(np.ravel(self.dropout))
+        if not all(isinstance(p, numbers.Real) and not isinstance(p, bool) and 0 <= p < 1 for p in drops):
+            raise ValueError(f"dropout must be in [0, 1) (one value or one per hidden layer), got {self.dropout!r}")
 
     # -- model & training -------------------------------------------------------------------------
 
@@ -219,111 +273,138 @@ class _BaseMLP(BaseEstimator):
         if self.batch_size == "auto":
             return min(200, n_samples)
         if self.batch_size > n_samples:
-            warnings.warn(f"Got `batch_size` larger than the number of samples ({n_samples}); it is clipped",
-                          UserWarning)
+            warnings.warn("Got `batch_size` larger than the number of samples "
+                          f"({self.batch_size} > {n_samples}). It is going to be clipped", UserWarning)
         return int(np.clip(self.batch_size, 1, n_samples))
 
-    def _scaled(self, value, batch_size):
+    @staticmethod
+    def _scaled(value, batch_size):
         if np.ndim(value) == 0:
             return float(value) / batch_size
-        return [float(v) / batch_size for v in value]
+        return [float(v) / batch_size for v in np.ravel(value)]
 
-    def _make_optimizer(self, batch_size):
+    def _make_optimizer(self, lr, batch_size):
         wd = self._scaled(self.alpha, batch_size)
         l1 = self._scaled(self.l1, batch_size)
-        lr = self.learning_rate_init
         if self.solver == "adam":
             return _optim.Adam(lr, betas=(self.beta_1, self.beta_2), eps=self.epsilon, weight_decay=wd, l1=l1)
         nesterov = bool(self.nesterovs_momentum) and self.momentum > 0
         return _optim.SGD(lr, momentum=self.momentum, nesterov=nesterov, weight_decay=wd, l1=l1)
 
     def _new_model(self, n_in: int, n_out: int, seed: int):
-        act = "sigmoid" if self.activation == "logistic" else self.activation
-        return nn.MLP([n_in] + self._hidden() + [n_out], activation=act, output=self._output_kind,
-                      dropout=self.dropout, batch_norm=self.batch_norm, init=self.init, seed=seed, dtype=self.dtype)
+        return nn.MLP([n_in] + self._hidden() + [n_out], activation=_kernel_activation(self.activation),
+                      output=self._output_kind, dropout=self.dropout, batch_norm=self.batch_norm, init=self.init,
+                      seed=seed, dtype=self.dtype)
 
     def _loss_scale(self, n_out: int) -> float:
         return 1.0
 
-    def _fit_encoded(self, X, t, sample_weight, incremental: bool, n_out: int, loss: str):
-        """Train on validated X and encoded targets ``t``."""
-        n_samples = X.shape[0]
-        first = not hasattr(self, "model_") or not (incremental or self.warm_start)
-        if first or self.model_.in_features != X.shape[1] or self.model_.out_features != n_out:
-            self._random = check_random_state(self.random_state)
-            self._seed = int(self._random.randint(0, 2**31 - 1))
-            self.model_ = self._new_model(X.shape[1], n_out, self._seed)
-            self.loss_curve_ = []
+    def _first_pass(self, incremental: bool) -> bool:
+        """scikit-learn's rule: (re)initialise unless warm-starting or continuing partial_fit."""
+        return not hasattr(self, "model_") or not (self.warm_start or incremental)
+
+    def _initialize(self, n_in: int, n_out: int):
+        self._random = check_random_state(self.random_state)
+        self._seed = int(self._random.randint(0, 2**31 - 1))
+        self.model_ = self._new_model(n_in, n_out, self._seed)
+        self.n_outputs_ = n_out
+        self.n_layers_ = len(self._hidden()) + 2
+        self.loss_curve_ = []
+        self.t_ = 0
+        self.n_iter_ = 0
+        self._no_improvement_count = 0
+        self._optimizer = None
+        self._epochs_run = self._steps_run = 0
+        self._best_params = self._best_buffers = None
+        self._reset_stopping_state()
+
+    def _reset_stopping_state(self):
+        if self.early_stopping:
             self.validation_scores_ = []
+            self.best_validation_score_ = -np.inf
+            self.best_loss_ = None
+        else:
             self.best_loss_ = np.inf
-            self.best_validation_score_ = -np.inf
-            self.n_iter_ = 0
-            self.t_ = 0
-            self._no_improvement_count = 0
-            self._trainer = None
-        early_stopping = bool(self.early_stopping) and not incremental
-        if not incremental:
-            self.validation_scores_ = [] if early_stopping else None
-            self.best_loss_ = np.inf if not early_stopping else None
-            self.best_validation_score_ = -np.inf
-            self._no_improvement_count = 0
-            self._best_params = None
-        batch_size = self._batch_size(n_samples)
-        # Validation split (stratified for single-label classification), as scikit-learn does.
+            self.validation_scores_ = None
+            self.best_validation_score_ = None
+
+    def _validation_score(self, X_val, t_val, sw_val) -> float:
+        """The score early stopping monitors, on encoded targets (accuracy or R²)."""
+        raise NotImplementedError
+
+    def _fit_encoded(self, X, t, sample_weight, incremental: bool, n_out: int, loss: str):
+        """Train on validated X and encoded targets ``t`` (labels, indicator matrix or values)."""
+        if incremental and self.early_stopping:
+            raise ValueError("partial_fit does not support early_stopping=True")
+        if self._first_pass(incremental):
+            self._initialize(X.shape[1], n_out)
+        elif self.early_stopping and self.validation_scores_ is None or \
+                not self.early_stopping and self.best_loss_ is None:
+            self._reset_stopping_state()  # early_stopping was switched between warm starts
+        early_stopping = bool(self.early_stopping)
         X_tr, t_tr, sw_tr, validation = X, t, sample_weight, None
         if early_stopping:
             from sklearn.model_selection import train_test_split
 
+            # Stratified for single-label classification, as scikit-learn does.
             stratify = t if loss == "cross_entropy" else None
-            rs = self._seed
-            if sample_weight is None:
-                X_tr, X_val, t_tr, t_val = train_test_split(X, t, random_state=rs, test_size=self.validation_fraction,
-                                                            stratify=stratify)
-            else:
-                X_tr, X_val, t_tr, t_val, sw_tr, _ = train_test_split(
-                    X, t, sample_weight, random_state=rs, test_size=self.validation_fraction, stratify=stratify)
+            sw = sample_weight if sample_weight is not None else np.ones(X.shape[0])
+            X_tr, X_val, t_tr, t_val, sw_tr, sw_val = train_test_split(
+                X, t, sw, random_state=self._seed, test_size=self.validation_fraction, stratify=stratify)
             if X_val.shape[0] < 2:
                 raise ValueError("The validation set is too small. Increase 'validation_fraction' or the size of "
                                  "your dataset.")
-            validation = (X_val, t_val)
-            batch_size = self._batch_size(X_tr.shape[0])
-        trainer = self._trainer if (incremental and self._trainer is not None) else None
-        if trainer is None:
-            optimizer = self._make_optimizer(batch_size)
+            if sample_weight is None:
+                sw_tr = sw_val = None
+            validation = (X_val, t_val, sw_val)
+        n_samples = X_tr.shape[0]
+        batch_size = self._batch_size(n_samples)
+        optimizer = self._optimizer if incremental else None
+        if optimizer is None:
             lr = self.learning_rate_init
+            optimizer = self._make_optimizer(lr, batch_size)
             if lr == "auto":
                 from .train import find_step_size
 
                 lr, _ = find_step_size(self.model_, X_tr, t_tr, loss=loss, optimizer=optimizer, seed=self._seed,
                                        batch_size=batch_size)
                 optimizer.lr = optimizer.current_lr = lr
-            self._lr_init = float(lr)
-            self._lr = float(lr)
-            trainer = Trainer(self.model_, loss=loss, optimizer=optimizer, batch_size=batch_size, epochs=0,
-                              shuffle=self.shuffle, validation=validation, progress=False, seed=self._seed,
-                              loss_scale=self._loss_scale(n_out))
-            trainer.schedule = _SchedulerFromEstimator(self)
-            self._trainer = trainer
-        monitor = _Monitor(self, batch_size, X_tr.shape[0], early_stopping, incremental)
-        trainer.callbacks = [monitor]
+            self._lr_init = self._lr = float(lr)
+            self._optimizer = optimizer
+        else:  # partial_fit: same optimizer state; the penalty scales with this call's batch size
+            optimizer.weight_decay = self._scaled(self.alpha, batch_size)
+            optimizer.l1 = self._scaled(self.l1, batch_size)
+        optimizer.bind(self.model_)  # keeps the state; rebuilds the segment table
+        monitor = _Monitor(self, batch_size, n_samples, validation, incremental)
+        trainer = Trainer(self.model_, loss=loss, optimizer=optimizer, batch_size=batch_size, epochs=0,
+                          shuffle=self.shuffle, progress=False, seed=self._seed, callbacks=[monitor],
+                          loss_scale=self._loss_scale(n_out))
+        # Continue the shuffling and dropout streams where the last call stopped.
+        trainer.epoch, trainer.step = self._epochs_run, self._steps_run
+        trainer.base_lr = self._lr
         trainer.epochs = trainer.epoch + (1 if incremental else int(self.max_iter))
-        trainer.fit(X_tr, t_tr, sample_weight=sw_tr)
+        self.n_iter_ = 0
+        try:
+            trainer.fit(X_tr, t_tr, sample_weight=sw_tr)
+        except KeyboardInterrupt:
+            warnings.warn("Training interrupted by user.")
+        finally:
+            self._epochs_run, self._steps_run = trainer.epoch, trainer.step
         if early_stopping and self._best_params is not None:
             self.model_.parameters()[...] = self._best_params
             for k, v in self.model_.buffers().items():
                 v[...] = self._best_buffers[k]
             self._best_params = self._best_buffers = None
-        if not incremental and not monitor.stopped and self.n_iter_ >= self.max_iter and trainer.epochs == trainer.epoch:
+        if not incremental and not monitor.stopped and self.n_iter_ == self.max_iter:
             warnings.warn(f"Stochastic Optimizer: Maximum iterations ({self.max_iter}) reached and the optimization "
                           "hasn't converged yet.", ConvergenceWarning)
-        if not incremental:
-            self._trainer = None if not self.warm_start else trainer
         return self
 
     # -- scikit-learn conveniences ----------------------------------------------------------------
 
     @property
     def coefs_(self):
+        """Weight matrices as scikit-learn lays them out, (in, out): views into the model."""
         check_is_fitted(self, "model_")
         return [l.weight.T for l in self.model_.layers if isinstance(l, nn.Dense)]
 
@@ -332,10 +413,6 @@ class _BaseMLP(BaseEstimator):
         check_is_fitted(self, "model_")
         return [l.bias if l.bias_enabled else np.zeros(l.out_features, self.model_.dtype)
                 for l in self.model_.layers if isinstance(l, nn.Dense)]
-
-    @property
-    def n_layers_(self):
-        return len(self._hidden()) + 2
 
     def _validate_X(self, X):
         return validate_data(self, X, reset=False, dtype=(np.float64, np.float32))
@@ -346,15 +423,42 @@ class _BaseMLP(BaseEstimator):
         tags.target_tags.multi_output = True
         return tags
 
+    # -- pickling: plain arrays and the model-file header ----------------------------------------
+
     def __getstate__(self):
-        state = self.__dict__.copy()
-        state.pop("_trainer", None)
+        state = dict(super().__getstate__())  # a copy: object.__getstate__ returns __dict__ itself
         state.pop("_random", None)
+        network = state.pop(self._network_attr, None)
+        state.pop("model_", None)
+        if network is not None:
+            from .serialize import model_to_parts
+
+            state["_network_parts"] = model_to_parts(network)
+        if "_optimizer" in state:
+            optimizer = state.pop("_optimizer")
+            state["_optimizer_state"] = None if optimizer is None else optimizer.state_dict()
         return state
+
+    def __setstate__(self, state):
+        state = dict(state)
+        parts = state.pop("_network_parts", None)
+        has_optimizer = "_optimizer_state" in state
+        optimizer_state = state.pop("_optimizer_state", None)
+        super().__setstate__(state)
+        if parts is not None:
+            from .serialize import model_from_parts
+
+            self._set_network(model_from_parts(*parts))
+        if has_optimizer:
+            self._optimizer = None if optimizer_state is None else _optim.optimizer_from_state(optimizer_state)
+
+    def _set_network(self, network):
+        self.model_ = network
 
     def save(self, path) -> None:
         """Save the fitted estimator (parameters, classes, fitted attributes) atomically; reload
-        with :func:`fastmlp.load`."""
+        with :func:`fastmlp.load`. The optimizer state is not saved: ``partial_fit`` after a load
+        starts a fresh optimizer."""
         _save_estimator(self, path)
 
 
@@ -365,15 +469,28 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
     matrix trains a multi-label sigmoid output with binary cross-entropy.
     """
 
-    def _prepare_targets(self, y, incremental, classes=None):
-        if incremental and hasattr(self, "classes_"):
+    def _prepare_targets(self, y, first_pass: bool, incremental: bool, classes=None):
+        """Encoded targets, output width and loss; defines or checks ``classes_`` by scikit-learn's
+        rules (a first pass defines them; warm starts need the same classes; partial_fit a subset)."""
+        if not first_pass:
             if self._multilabel:
-                if y.ndim != 2 or y.shape[1] != len(self.classes_):
-                    raise ValueError("y must be an indicator matrix with the same labels as before")
-                return y.astype(self.model_.dtype), len(self.classes_), "binary_cross_entropy"
-            unseen = np.setdiff1d(np.unique(y), self.classes_)
-            if unseen.size:
-                raise ValueError(f"`y` has classes not in `self.classes_`: {unseen}; classes are {self.classes_}")
+                if y.ndim != 2 or y.shape[1] != len(self.classes_) or \
+                        type_of_target(y, input_name="y") not in ("multilabel-indicator", "binary", "multiclass"):
+                    raise ValueError(f"y must be a 0/1 indicator matrix with {len(self.classes_)} labels, as before")
+                return np.asarray(y, dtype=self.model_.dtype), len(self.classes_), "binary_cross_entropy"
+            check_classification_targets(y)
+            if classes is not None and not np.array_equal(unique_labels(classes), self.classes_):
+                raise ValueError(f"`classes={classes!r}` is not the same as on last call to partial_fit, was: "
+                                 f"{self.classes_!r}")
+            labels = unique_labels(y)
+            if incremental:
+                unseen = np.setdiff1d(labels, self.classes_)
+                if unseen.size:
+                    raise ValueError(f"`y` has classes not in `self.classes_`. `self.classes_` has {self.classes_}. "
+                                     f"'y' has {labels}.")
+            elif set(labels) != set(self.classes_):
+                raise ValueError("warm_start can only be used where `y` has the same classes as in the previous "
+                                 f"call to fit. Previously got {self.classes_}, `y` has {labels}")
             return np.searchsorted(self.classes_, y).astype(np.int64), len(self.classes_), "cross_entropy"
         target_type = type_of_target(y, input_name="y")
         if target_type == "multilabel-indicator":
@@ -385,7 +502,7 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
         self._multilabel = False
         if classes is not None:
             self.classes_ = np.asarray(unique_labels(classes))
-            unseen = np.setdiff1d(np.unique(y), self.classes_)
+            unseen = np.setdiff1d(unique_labels(y), self.classes_)
             if unseen.size:
                 raise ValueError(f"`y` has classes not in `classes`: {unseen}")
         else:
@@ -397,19 +514,20 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
     def _output_kind(self):
         return "sigmoid" if getattr(self, "_multilabel", False) else "softmax"
 
+    def _validation_score(self, X_val, t_val, sw_val) -> float:
+        pred = self.model_.predict(X_val)
+        return float(accuracy_score(np.asarray(t_val, dtype=np.int64), np.asarray(pred, dtype=np.int64),
+                                    sample_weight=sw_val))
+
     def _fit(self, X, y, sample_weight, incremental, classes=None):
         self._check_params()
-        reset = not (incremental and hasattr(self, "model_"))
-        X, y = validate_data(self, X, y, reset=reset, multi_output=True, dtype=(np.float64, np.float32))
+        first_pass = self._first_pass(incremental)
+        X, y = validate_data(self, X, y, reset=first_pass, multi_output=True, dtype=(np.float64, np.float32))
         if y.ndim == 2 and y.shape[1] == 1:
             y = y.ravel()
         if sample_weight is not None:
             sample_weight = _check_sample_weight(sample_weight, X, dtype=np.float64)
-        if not reset and (self.warm_start and not incremental) and hasattr(self, "classes_"):
-            incremental_targets = True
-        else:
-            incremental_targets = incremental and hasattr(self, "classes_")
-        t, n_out, loss = self._prepare_targets(y, incremental_targets, classes)
+        t, n_out, loss = self._prepare_targets(y, first_pass, incremental, classes)
         return self._fit_encoded(X, t, sample_weight, incremental, n_out, loss)
 
     def fit(self, X, y, sample_weight=None):
@@ -457,15 +575,21 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
     def _loss_scale(self, n_out: int) -> float:
         return 1.0 / n_out
 
+    def _validation_score(self, X_val, t_val, sw_val) -> float:
+        pred = self.model_.predict(X_val).reshape(t_val.shape)
+        return float(r2_score(t_val, pred, sample_weight=sw_val))
+
     def _fit(self, X, y, sample_weight, incremental):
         self._check_params()
-        reset = not (incremental and hasattr(self, "model_"))
-        X, y = validate_data(self, X, y, reset=reset, multi_output=True, y_numeric=True,
+        first_pass = self._first_pass(incremental)
+        X, y = validate_data(self, X, y, reset=first_pass, multi_output=True, y_numeric=True,
                              dtype=(np.float64, np.float32))
         if sample_weight is not None:
             sample_weight = _check_sample_weight(sample_weight, X, dtype=np.float64)
-        self._y_1d = y.ndim == 1
         t = y.reshape(len(y), -1).astype(self.dtype)
+        if not first_pass and t.shape[1] != self.n_outputs_:
+            raise ValueError(f"y has {t.shape[1]} outputs but the model was fitted with {self.n_outputs_}")
+        self._y_1d = y.ndim == 1
         self.out_activation_ = "identity"
         return self._fit_encoded(X, t, sample_weight, incremental, t.shape[1], "squared")
 
@@ -484,14 +608,27 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
         return out.ravel() if self._y_1d else out
 
 
-class AutoencoderTransformer(TransformerMixin, BaseEstimator):
+class AutoencoderTransformer(TransformerMixin, _BaseMLP):
     """A (denoising) autoencoder as a scikit-learn transformer: ``transform`` gives the codes,
     ``inverse_transform`` the reconstructions.
 
     ``hidden_layer_sizes`` is the encoder after the input, ending with the code width (e.g.
     ``(64, 2)``); the decoder mirrors it. ``noise`` (None, "gaussian" or "mask") and ``level``
-    make it a denoising autoencoder. Other parameters as in :class:`MLPRegressor`.
+    make it a denoising autoencoder. Training is MLPRegressor's (same loss, stopping rules and
+    ``loss_curve_``) with the inputs as targets; a per-layer ``alpha`` / ``l1`` takes one value per
+    weight matrix: ``2·len(hidden_layer_sizes)``, or ``len(hidden_layer_sizes)`` when ``tied``.
     """
+
+    _output_kind = "identity"
+    _network_attr = "autoencoder_"
+    # MLPRegressor settings that are not parameters here.
+    learning_rate = "constant"
+    power_t = 0.5
+    nesterovs_momentum = True
+    beta_1 = 0.9
+    beta_2 = 0.999
+    epsilon = 1e-8
+    batch_norm = False
 
     def __init__(self, hidden_layer_sizes=(32,), activation="relu", *, code_activation="identity", noise=None,
                  level=0.1, tied=False, solver="adam", alpha=0.0, batch_size="auto", learning_rate_init=0.001,
@@ -523,60 +660,63 @@ class AutoencoderTransformer(TransformerMixin, BaseEstimator):
         self.l1 = l1
         self.dtype = dtype
 
-    def _regressor(self) -> MLPRegressor:
-        return MLPRegressor(self.hidden_layer_sizes, "relu", solver=self.solver, alpha=self.alpha,
-                            batch_size=self.batch_size, learning_rate_init=self.learning_rate_init,
-                            max_iter=self.max_iter, shuffle=self.shuffle, random_state=self.random_state,
-                            tol=self.tol, verbose=self.verbose, momentum=self.momentum,
-                            early_stopping=self.early_stopping, validation_fraction=self.validation_fraction,
-                            n_iter_no_change=self.n_iter_no_change, l1=self.l1, dtype=self.dtype)
+    def _n_dense(self) -> int:
+        depth = len(self._hidden())
+        return depth if self.tied else 2 * depth
+
+    def _check_params(self):
+        if not self._hidden():
+            raise ValueError("hidden_layer_sizes must name at least the code width, e.g. (32,)")
+        if self.code_activation not in SK_ACTIVATIONS:
+            raise ValueError(f"code_activation {self.code_activation!r} is not supported; supported activations "
+                             f"are {', '.join(repr(a) for a in SK_ACTIVATIONS)}")
+        if self.noise not in (None, "gaussian", "mask"):
+            raise ValueError(f"noise must be None, 'gaussian' or 'mask', got {self.noise!r}")
+        if not (isinstance(self.level, numbers.Real) and 0 <= self.level < (1 if self.noise == "mask" else math.inf)):
+            raise ValueError(f"level must be >= 0 (and < 1 for mask noise), got {self.level!r}")
+        if not isinstance(self.tied, (bool, np.bool_)):
+            raise ValueError(f"tied must be True or False, got {self.tied!r}")
+        if np.ndim(self.dropout) != 0:
+            raise ValueError(f"an autoencoder's dropout is one value, got {self.dropout!r}")
+        super()._check_params()
+
+    _loss_scale = MLPRegressor._loss_scale
+    _validation_score = MLPRegressor._validation_score
+
+    def _new_model(self, n_in: int, n_out: int, seed: int):
+        self.autoencoder_ = Autoencoder([n_in] + self._hidden(), activation=_kernel_activation(self.activation),
+                                        code_activation=_kernel_activation(self.code_activation), tied=self.tied,
+                                        dropout=self.dropout, init=self.init, seed=seed, dtype=self.dtype,
+                                        noise=self.noise, level=self.level)
+        self.n_features_out_ = self.autoencoder_.sizes[-1]
+        return self.autoencoder_.model
+
+    def _initialize(self, n_in: int, n_out: int):
+        super()._initialize(n_in, n_out)
+        self.n_layers_ = 2 * len(self._hidden()) + 1
+
+    def _set_network(self, network):
+        self.autoencoder_ = network
+        self.model_ = network.model
+
+    def _fit(self, X, incremental):
+        self._check_params()
+        X = validate_data(self, X, reset=self._first_pass(incremental), dtype=(np.float64, np.float32))
+        Xt = np.asarray(X, dtype=self.dtype)
+        return self._fit_encoded(Xt, Xt, None, incremental, X.shape[1], "squared")
 
     def fit(self, X, y=None):
         """Train the autoencoder to reconstruct X. Returns self."""
-        if self.noise not in (None, "gaussian", "mask"):
-            raise ValueError(f"noise must be None, 'gaussian' or 'mask', got {self.noise!r}")
-        if self.activation not in SK_ACTIVATIONS or self.code_activation not in SK_ACTIVATIONS:
-            raise ValueError(f"activation must be one of {SK_ACTIVATIONS}")
-        reg = self._regressor()
-        reg._check_params()
-        X = validate_data(self, X, reset=not (self.warm_start and hasattr(self, "autoencoder_")),
-                          dtype=(np.float64, np.float32))
-        act = "sigmoid" if self.activation == "logistic" else self.activation
-        code_act = "sigmoid" if self.code_activation == "logistic" else self.code_activation
-        if not (self.warm_start and hasattr(self, "autoencoder_")):
-            seed = int(check_random_state(self.random_state).randint(0, 2**31 - 1))
-            hidden = reg._hidden()
-            self.autoencoder_ = Autoencoder([X.shape[1]] + hidden, activation=act, code_activation=code_act,
-                                            tied=self.tied, dropout=self.dropout, init=self.init, seed=seed,
-                                            dtype=self.dtype, noise=self.noise, level=self.level)
-            self._seed = seed
-        # Reuse the regressor's training loop (same stopping rules and loss definitions).
-        reg.model_ = self.autoencoder_.model
-        reg.warm_start = True
-        reg._random = check_random_state(self._seed)
-        reg._seed = self._seed
-        reg.loss_curve_, reg.validation_scores_, reg.best_loss_ = [], [], np.inf
-        reg.best_validation_score_, reg.n_iter_, reg.t_, reg._no_improvement_count = -np.inf, 0, 0, 0
-        reg._trainer = None
-        reg.n_features_in_ = X.shape[1]
-        reg._y_1d = False
-        reg.out_activation_ = "identity"
-        Xt = X.astype(self.dtype)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", ConvergenceWarning) if not self.verbose else None
-            reg._fit_encoded(Xt, Xt, None, False, X.shape[1], "squared")
-        self.loss_curve_ = reg.loss_curve_
-        self.n_iter_ = reg.n_iter_
-        self.best_loss_ = reg.best_loss_
-        self.validation_scores_ = reg.validation_scores_
-        self.model_ = self.autoencoder_.model
-        self.n_features_out_ = self.autoencoder_.sizes[-1]
-        return self
+        return self._fit(X, incremental=False)
+
+    def partial_fit(self, X, y=None):
+        """One epoch over X, keeping the weights and optimizer state between calls."""
+        return self._fit(X, incremental=True)
 
     def transform(self, X):
         """The codes of X: shape (rows, code width)."""
         check_is_fitted(self, "autoencoder_")
-        X = validate_data(self, X, reset=False, dtype=(np.float64, np.float32))
+        X = self._validate_X(X)
         return self.autoencoder_.encode(X).astype(np.float64)
 
     def inverse_transform(self, X):
@@ -588,35 +728,45 @@ class AutoencoderTransformer(TransformerMixin, BaseEstimator):
     def reconstruction_error(self, X):
         """Per row, the sum of squared reconstruction errors (an outlier score)."""
         check_is_fitted(self, "autoencoder_")
-        X = validate_data(self, X, reset=False, dtype=(np.float64, np.float32))
+        X = self._validate_X(X)
         return self.autoencoder_.reconstruction_error(X)
 
     def get_feature_names_out(self, input_features=None):
         check_is_fitted(self, "autoencoder_")
         return np.asarray([f"autoencodertransformer{i}" for i in range(self.n_features_out_)], dtype=object)
 
-    def save(self, path) -> None:
-        _save_estimator(self, path)
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.target_tags.multi_output = False
+        return tags
 
 
 # -- files ----------------------------------------------------------------------------------------
 
 _ESTIMATORS = {cls.__name__: cls for cls in (MLPClassifier, MLPRegressor, AutoencoderTransformer)}
-_FITTED_SCALARS = ("n_iter_", "t_", "n_features_in_", "best_loss_", "best_validation_score_", "loss_",
-                   "out_activation_", "_multilabel", "_y_1d", "n_features_out_", "_seed")
+#: Fitted scalars a file holds, with the JSON types each may have.
+_FITTED_INTS = ("n_iter_", "t_", "n_features_in_", "n_outputs_", "n_layers_", "n_features_out_", "_seed")
+_FITTED_FLOATS = ("best_loss_", "best_validation_score_", "loss_")
+_FITTED_BOOLS = ("_multilabel", "_y_1d")
 _FITTED_LISTS = ("loss_curve_", "validation_scores_")
+_OUT_ACTIVATIONS = ("identity", "softmax", "logistic")
+_CLASS_DTYPES = ("<i8", "<i4", "<u8", "<u4", "|u1", "|b1", "<f8", "<f4")
 
 
-def _json_param(v):
-    if isinstance(v, (np.integer,)):
-        return int(v)
-    if isinstance(v, (np.floating,)):
+def _float_to_json(v):
+    return v if v is None or math.isfinite(v) else str(float(v))  # JSON has no inf/nan: "inf", "-inf", "nan"
+
+
+def _float_from_json(v, key):
+    from .io import ModelFileError
+
+    if v is None:
+        return None
+    if isinstance(v, str) and v in ("inf", "-inf", "nan"):
         return float(v)
-    if isinstance(v, (list, tuple)):
-        return [_json_param(x) for x in v]
-    if v is None or isinstance(v, (bool, int, float, str)):
-        return v
-    raise TypeError(f"parameter value {v!r} cannot be saved (use plain numbers and strings)")
+    if isinstance(v, (int, float)) and not isinstance(v, bool):
+        return float(v)
+    raise ModelFileError(f"estimator attribute {key!r} must be a number, got {v!r}")
 
 
 def _save_estimator(est, path):
@@ -625,64 +775,165 @@ def _save_estimator(est, path):
 
     check_is_fitted(est)
     params = est.get_params(deep=False)
-    random_state = params.get("random_state")
-    if not (random_state is None or _is_int(random_state)):
-        params["random_state"] = None
-    header_model, arrays = model_to_parts(est.autoencoder_ if isinstance(est, AutoencoderTransformer) else est.model_,
-                                          prefix="model.")
+    if not (params.get("random_state") is None or _is_int(params.get("random_state"))):
+        params["random_state"] = None  # a RandomState object: the fitted weights are what matter
+    header_model, arrays = model_to_parts(getattr(est, est._network_attr), prefix="model.")
     fitted = {}
-    for k in _FITTED_SCALARS:
+    for k in _FITTED_INTS + _FITTED_BOOLS:
+        if getattr(est, k, None) is not None:
+            fitted[k] = _json_value(getattr(est, k))
+    for k in _FITTED_FLOATS:
         if hasattr(est, k):
             v = getattr(est, k)
-            fitted[k] = _json_param(v) if not (isinstance(v, float) and not np.isfinite(v)) else str(v)
+            fitted[k] = None if v is None else _float_to_json(float(v))
     for k in _FITTED_LISTS:
-        if getattr(est, k, None) is not None:
-            fitted[k] = [float(x) for x in getattr(est, k)]
+        v = getattr(est, k, None)
+        fitted[k] = None if v is None else [_float_to_json(float(x)) for x in v]
+    if hasattr(est, "out_activation_"):
+        fitted["out_activation_"] = str(est.out_activation_)
+    if hasattr(est, "feature_names_in_"):
+        fitted["feature_names_in_"] = [str(f) for f in est.feature_names_in_]
     if hasattr(est, "classes_"):
         classes = np.asarray(est.classes_)
-        if classes.dtype.kind in "iub":
+        if classes.dtype.str in _CLASS_DTYPES:
+            arrays["classes"] = classes
+            fitted["classes_kind"] = "array"
+        elif classes.dtype.kind in "iu":
             arrays["classes"] = classes.astype(np.int64)
-            fitted["classes_kind"] = "int"
+            fitted["classes_kind"] = "array"
         elif classes.dtype.kind == "f":
             arrays["classes"] = classes.astype(np.float64)
-            fitted["classes_kind"] = "float"
+            fitted["classes_kind"] = "array"
         else:
             fitted["classes_kind"] = "str"
             fitted["classes"] = [str(c) for c in classes]
     header = {"kind": "estimator", "class": type(est).__name__,
-              "params": {k: _json_param(v) for k, v in params.items()}, "fitted": fitted, "model": header_model}
+              "params": {k: _json_value(v) for k, v in params.items()}, "fitted": fitted, "model": header_model}
     write_file(path, header, arrays)
 
 
+def _param_from_json(v):
+    """Lists back to tuples (hidden_layer_sizes, per-layer alpha); anything but plain values refused."""
+    if isinstance(v, list):
+        if not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v):
+            raise TypeError(f"a list parameter must hold numbers, got {v!r}")
+        return tuple(v)
+    if v is None or isinstance(v, (bool, int, float, str)):
+        return v
+    raise TypeError(f"parameter value {v!r} is not a number, string or list of numbers")
+
+
 def _estimator_from_parts(header, arrays):
+    """Rebuild a fitted estimator from its file, checking that every part agrees with the others."""
     from .io import ModelFileError
     from .serialize import model_from_parts
 
     cls = _ESTIMATORS.get(header.get("class"))
     if cls is None:
         raise ModelFileError(f"unknown estimator class {header.get('class')!r}")
-    params = header.get("params")
-    if not isinstance(params, dict):
-        raise ModelFileError("estimator params are malformed")
+    params, fitted = header.get("params"), header.get("fitted")
+    if not isinstance(params, dict) or not isinstance(fitted, dict):
+        raise ModelFileError("estimator params or fitted attributes are malformed")
+    unknown = set(params) - set(cls._get_param_names())
+    if unknown:
+        raise ModelFileError(f"unknown {cls.__name__} parameters {sorted(unknown)}")
+    extra = [k for k in arrays if not (k.startswith("model.") or k == "classes")]
+    if extra:
+        raise ModelFileError(f"unexpected arrays {sorted(extra)} in an estimator file")
     try:
-        est = cls(**params)
-        model = model_from_parts(header.get("model"), arrays, prefix="model.")
-        fitted = header.get("fitted", {})
-        for k, v in fitted.items():
-            if k in _FITTED_SCALARS:
-                setattr(est, k, float(v) if v in ("inf", "-inf", "nan") else v)
-            elif k in _FITTED_LISTS:
-                setattr(est, k, [float(x) for x in v])
-        kind = fitted.get("classes_kind")
-        if kind in ("int", "float"):
-            est.classes_ = arrays["classes"]
-        elif kind == "str":
-            est.classes_ = np.asarray(fitted["classes"])
-    except (TypeError, ValueError, KeyError) as e:
-        raise ModelFileError(f"malformed estimator file ({type(e).__name__}: {e})") from None
+        est = cls(**{k: _param_from_json(v) for k, v in params.items()})
+        est._check_params()
+    except (TypeError, ValueError) as e:
+        raise ModelFileError(f"invalid {cls.__name__} parameters ({e})") from None
+    network = model_from_parts(header.get("model"), arrays, prefix="model.")
+
+    def require(cond, msg):
+        if not cond:
+            raise ModelFileError(f"{cls.__name__} file: {msg}")
+
+    known = set(_FITTED_INTS + _FITTED_FLOATS + _FITTED_BOOLS + _FITTED_LISTS) | {
+        "out_activation_", "feature_names_in_", "classes_kind", "classes"}
+    require(not (set(fitted) - known), f"unknown fitted attributes {sorted(set(fitted) - known)}")
+    for k in _FITTED_INTS:
+        if k in fitted:
+            v = fitted[k]
+            require(_is_int(v) and 0 <= v < 2**63, f"{k} must be a non-negative int, got {v!r}")
+            setattr(est, k, int(v))
+    for k in _FITTED_BOOLS:
+        if k in fitted:
+            require(isinstance(fitted[k], bool), f"{k} must be true or false")
+            setattr(est, k, fitted[k])
+    for k in _FITTED_FLOATS:
+        if k in fitted:
+            setattr(est, k, _float_from_json(fitted[k], k))
+    for k in _FITTED_LISTS:
+        if k in fitted:
+            v = fitted[k]
+            require(v is None or isinstance(v, list), f"{k} must be a list of numbers")
+            setattr(est, k, None if v is None else [_float_from_json(x, k) for x in v])
+    if "out_activation_" in fitted:
+        require(fitted["out_activation_"] in _OUT_ACTIVATIONS, "out_activation_ is invalid")
+        est.out_activation_ = fitted["out_activation_"]
+    if "feature_names_in_" in fitted:
+        names = fitted["feature_names_in_"]
+        require(isinstance(names, list) and all(isinstance(n, str) for n in names), "feature_names_in_ is malformed")
+        est.feature_names_in_ = np.asarray(names, dtype=object)
+
+    # The network must be the one the parameters describe.
     if isinstance(est, AutoencoderTransformer):
-        est.autoencoder_ = model
-        est.model_ = model.model
+        require(isinstance(network, Autoencoder), "the network is not an autoencoder")
+        require(network.sizes[1:] == est._hidden(), f"autoencoder sizes {network.sizes} do not match "
+                f"hidden_layer_sizes {est.hidden_layer_sizes}")
+        require(network.activation == _kernel_activation(est.activation) and network.tied == bool(est.tied),
+                "the autoencoder's activation or tying does not match the parameters")
     else:
-        est.model_ = model
+        require(isinstance(network, nn.MLP), "the network is not an MLP")
+        require(network.sizes[1:-1] == est._hidden(), f"network sizes {network.sizes} do not match "
+                f"hidden_layer_sizes {est.hidden_layer_sizes}")
+        require(network.activation == _kernel_activation(est.activation), "the network's activation does not "
+                "match the parameters")
+        require(network.batch_norm == bool(est.batch_norm), "the network's batch_norm does not match")
+    est._set_network(network)
+    model = est.model_
+    require(getattr(est, "n_features_in_", model.in_features) == model.in_features,
+            f"n_features_in_ is {getattr(est, 'n_features_in_', None)} but the network takes {model.in_features}")
+    est.n_features_in_ = model.in_features
+    est.n_outputs_ = model.out_features
+    if hasattr(est, "feature_names_in_"):
+        require(len(est.feature_names_in_) == model.in_features, "feature_names_in_ has the wrong length")
+    if isinstance(est, AutoencoderTransformer):
+        est.n_features_out_ = est.autoencoder_.sizes[-1]
+    elif isinstance(est, MLPRegressor):
+        require(model.output == "identity", "a regressor's network must have an identity output")
+        est.out_activation_ = "identity"
+        if not hasattr(est, "_y_1d"):
+            est._y_1d = model.out_features == 1
+    else:
+        kind = fitted.get("classes_kind")
+        require(kind in ("array", "str"), "the file has no classes")
+        if kind == "array":
+            classes = arrays.get("classes")
+            require(classes is not None and classes.ndim == 1 and classes.dtype.str in _CLASS_DTYPES,
+                    "the classes array is missing or malformed")
+        else:
+            names = fitted.get("classes")
+            require(isinstance(names, list) and all(isinstance(c, str) for c in names), "classes are malformed")
+            classes = np.asarray(names)
+        require(classes.size == model.out_features, f"{classes.size} classes but the network has "
+                f"{model.out_features} outputs")
+        require(classes.size < 2 or bool(np.all(classes[1:] > classes[:-1])), "classes must be sorted and unique")
+        multilabel = bool(getattr(est, "_multilabel", False))
+        require(model.output == ("sigmoid" if multilabel else "softmax"), f"the network's output {model.output!r} "
+                "does not fit the targets")
+        require(not multilabel or np.array_equal(classes, np.arange(classes.size)),
+                "multi-label classes must be 0..n-1")
+        est._multilabel = multilabel
+        est.classes_ = classes
+        est.out_activation_ = "logistic" if multilabel else "softmax"
+    est._optimizer = None
+    est._epochs_run = est._steps_run = 0
+    est._best_params = est._best_buffers = None
+    if not hasattr(est, "_seed"):
+        est._seed = 0
+    est._no_improvement_count = 0
     return est

@@ -1,0 +1,640 @@
+"""fastmlp.sklearn: the estimators pass scikit-learn's check_estimator, follow scikit-learn's own
+definitions (alpha scaling, loss_curve_ with the penalty, stopping rules, batch_size="auto"),
+work in Pipeline and hyper-parameter searches, pickle, and match scikit-learn's MLPs in accuracy.
+
+References are NumPy float64 forward passes over ``coefs_``/``intercepts_``; the networks run in
+float32, so comparisons of a loss use a relative tolerance of 1e-5 (a few float32 ulps summed
+over ~100 terms)."""
+
+from __future__ import annotations
+
+import pickle
+import warnings
+
+import numpy as np
+import pytest
+
+sklearn = pytest.importorskip("sklearn")
+
+from sklearn.base import clone  # noqa: E402
+from sklearn.exceptions import ConvergenceWarning  # noqa: E402
+from sklearn.model_selection import GridSearchCV, RandomizedSearchCV, train_test_split  # noqa: E402
+from sklearn.pipeline import Pipeline  # noqa: E402
+from sklearn.preprocessing import StandardScaler  # noqa: E402
+from sklearn.utils.estimator_checks import parametrize_with_checks  # noqa: E402
+
+import fastmlp  # noqa: E402
+from fastmlp.datasets import load_digits  # noqa: E402
+from fastmlp.sklearn import AutoencoderTransformer, MLPClassifier, MLPRegressor  # noqa: E402
+
+# Most fits below stop at max_iter on purpose (speed); the warning itself is tested separately.
+pytestmark = pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+
+#: The one check the issue allows to fail, and why.
+EXPECTED_FAILED_CHECKS = {
+    "check_sample_weight_equivalence_on_dense_data":
+        "a minibatch trainer cannot meet it: weighting a row by 2 and repeating it give different batches; "
+        "scikit-learn runs it on its own MLPs only with lbfgs (classifier) or tuned sgd (regressor)",
+}
+
+
+# -- data ---------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def digits():
+    X, y = load_digits("float64")
+    X_tr, X_te, y_tr, y_te = train_test_split(X, y, test_size=0.3, random_state=0, stratify=y)
+    scaler = StandardScaler().fit(X_tr)
+    return scaler.transform(X_tr), scaler.transform(X_te), y_tr, y_te
+
+
+@pytest.fixture(scope="module")
+def small_digits(digits):
+    X_tr, _, y_tr, _ = digits
+    return X_tr[:300], y_tr[:300]
+
+
+def _activation(name, z):
+    if name == "identity":
+        return z
+    if name == "logistic":
+        return 1.0 / (1.0 + np.exp(-z))
+    if name == "tanh":
+        return np.tanh(z)
+    return np.maximum(z, 0.0)
+
+
+def _logits(coefs, intercepts, activation, X):
+    """float64 reference forward pass over scikit-learn-layout weights (in, out)."""
+    h = np.asarray(X, dtype=np.float64)
+    for i, (W, b) in enumerate(zip(coefs, intercepts)):
+        h = h @ W.astype(np.float64) + b.astype(np.float64)
+        if i < len(coefs) - 1:
+            h = _activation(activation, h)
+    return h
+
+
+def _weights(est):
+    return [W.copy() for W in est.coefs_], [b.copy() for b in est.intercepts_]
+
+
+def _cross_entropy(logits, labels):
+    z = logits - logits.max(axis=1, keepdims=True)
+    log_p = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+    return float(-np.mean(log_p[np.arange(len(labels)), labels]))
+
+
+def _segment_value(optimizer, start, column):
+    """The segment-table value (column 1: weight decay, 2: l1) that covers arena index ``start``."""
+    bounds, values = optimizer.segments
+    row = np.flatnonzero((bounds[:, 0] <= start) & (start < bounds[:, 0] + bounds[:, 1]))
+    assert row.size == 1
+    return values[row[0], column]
+
+
+# -- scikit-learn's own checks ------------------------------------------------------------------
+
+# scikit-learn tests its own MLPs with max_iter=100 (sklearn.utils._test_common.instance_generator).
+@parametrize_with_checks([MLPClassifier(max_iter=100), MLPRegressor(max_iter=100),
+                          AutoencoderTransformer(max_iter=100)],
+                         expected_failed_checks=lambda estimator: EXPECTED_FAILED_CHECKS)
+def test_estimators_pass_sklearn_check_estimator_at_its_mlp_settings(estimator, check):
+    check(estimator)
+
+
+# -- parameters ---------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("solver", ["lbfgs", "rmsprop", "Adam"])
+def test_unsupported_solver_raises_value_error_listing_supported_ones(solver, small_digits):
+    X, y = small_digits
+    with pytest.raises(ValueError, match=r"supported solvers are 'sgd', 'adam'"):
+        MLPClassifier(solver=solver).fit(X, y)
+
+
+@pytest.mark.parametrize("activation", ["identity", "logistic", "tanh", "relu"])
+def test_activation_names_mean_what_they_mean_in_sklearn(activation, small_digits):
+    X, y = small_digits
+    est = MLPClassifier((12, 7), activation=activation, max_iter=2, random_state=0).fit(X, y)
+    coefs, intercepts = _weights(est)
+    logits = _logits(coefs, intercepts, activation, X)
+    p = np.exp(logits - logits.max(axis=1, keepdims=True))
+    p /= p.sum(axis=1, keepdims=True)
+    np.testing.assert_allclose(est.predict_proba(X), p, rtol=1e-4, atol=1e-5)
+
+
+def test_unknown_activation_raises_value_error_listing_supported_ones(small_digits):
+    X, y = small_digits
+    with pytest.raises(ValueError, match="'identity', 'logistic', 'tanh', 'relu'"):
+        MLPClassifier(activation="sigmoid").fit(X, y)
+
+
+@pytest.mark.parametrize("alpha", [1e-3, (1e-4, 3e-2, 0.0)])
+def test_alpha_reaches_the_optimizer_as_alpha_over_batch_size_per_layer(alpha, small_digits):
+    X, y = small_digits
+    batch_size = 64
+    est = MLPClassifier((16, 8), alpha=alpha, batch_size=batch_size, max_iter=1, random_state=0).fit(X, y)
+    per_layer = [alpha] * 3 if np.ndim(alpha) == 0 else list(alpha)
+    for info in est.model_.param_layout():
+        column_value = _segment_value(est._optimizer, info.start, 1)
+        if info.kind == "weight":
+            assert column_value == pytest.approx(per_layer[info.dense_index] / batch_size, rel=1e-12)
+        else:
+            assert column_value == 0.0  # biases are not penalised, as in scikit-learn
+
+
+def test_per_layer_alpha_with_the_wrong_length_is_refused(small_digits):
+    X, y = small_digits
+    with pytest.raises(ValueError, match="one per layer"):
+        MLPClassifier((16, 8), alpha=(1e-4, 1e-4)).fit(X, y)
+
+
+@pytest.mark.parametrize("n_samples, expected", [(150, 150), (450, 200)])
+def test_batch_size_auto_is_min_200_n_samples(n_samples, expected):
+    rng = np.random.default_rng(0)
+    X, y = rng.normal(size=(n_samples, 4)), rng.normal(size=n_samples)
+    est = MLPRegressor((4,), alpha=1.0, max_iter=1, random_state=0).fit(X, y)
+    steps = -(-n_samples // expected)
+    assert est._optimizer.step_count == steps
+    weight = est.model_.param_layout()[0]
+    assert _segment_value(est._optimizer, weight.start, 1) == pytest.approx(1.0 / expected)
+
+
+def test_learning_rate_init_auto_runs_the_step_size_search(digits):
+    X_tr, X_te, y_tr, y_te = digits
+    est = MLPClassifier((32,), learning_rate_init="auto", max_iter=10, random_state=0).fit(X_tr, y_tr)
+    assert est.learning_rate_init == "auto"  # the parameter is left alone
+    assert np.isfinite(est._lr_init) and est._lr_init > 0 and est._lr_init != 1e-3
+    assert est.score(X_te, y_te) > 0.9
+
+
+def test_early_stopping_stops_on_the_validation_score_and_restores_the_best_weights(digits):
+    X, _, y, _ = digits
+    tol, patience = 1e-4, 3
+    est = MLPClassifier((32,), early_stopping=True, validation_fraction=0.2, n_iter_no_change=patience, tol=tol,
+                        learning_rate_init=0.01, max_iter=200, random_state=0).fit(X, y)
+    scores = est.validation_scores_
+    assert len(scores) == est.n_iter_ == len(est.loss_curve_) < 200
+    assert est.best_validation_score_ == max(scores)
+    assert est.best_loss_ is None
+    # scikit-learn's rule replayed on the recorded scores stops exactly where the estimator stopped.
+    count, best = 0, -np.inf
+    for epoch, score in enumerate(scores, 1):
+        count = count + 1 if score < best + tol else 0
+        best = max(best, score)
+        if count > patience:
+            break
+    assert epoch == est.n_iter_
+    assert scores[-1] < est.best_validation_score_
+    # The model holds the best epoch's weights: it scores the best score on the validation split.
+    _, X_val, _, y_val = train_test_split(X, y, random_state=est._seed, test_size=0.2, stratify=y)
+    assert est.score(X_val, y_val) == est.best_validation_score_
+
+
+def test_without_early_stopping_tol_and_n_iter_no_change_act_on_the_training_loss(small_digits):
+    X, y = small_digits
+    tol, patience = 0.05, 2
+    est = MLPClassifier((16,), tol=tol, n_iter_no_change=patience, max_iter=500, random_state=0).fit(X, y)
+    curve = est.loss_curve_
+    assert est.validation_scores_ is None
+    assert est.best_loss_ == min(curve)
+    assert len(curve) == est.n_iter_ < 500
+    count, best = 0, np.inf
+    for epoch, loss in enumerate(curve, 1):
+        count = count + 1 if loss > best - tol else 0
+        best = min(best, loss)
+        if count > patience:
+            break
+    assert epoch == est.n_iter_
+
+
+def test_convergence_warning_is_emitted_when_max_iter_is_reached(small_digits):
+    X, y = small_digits
+    with pytest.warns(ConvergenceWarning, match=r"Maximum iterations \(2\) reached"):
+        MLPClassifier((8,), max_iter=2, random_state=0).fit(X, y)
+
+
+def test_no_convergence_warning_when_training_stops_on_tol(small_digits):
+    X, y = small_digits
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ConvergenceWarning)
+        est = MLPClassifier((8,), tol=10.0, n_iter_no_change=1, max_iter=50, random_state=0).fit(X, y)
+    # Epoch 1 sets best_loss_; epochs 2 and 3 fail to improve by tol; count 2 > n_iter_no_change.
+    assert est.n_iter_ == 3
+
+
+@pytest.mark.parametrize("kind", ["classifier", "multi_output_regressor"])
+def test_loss_curve_is_data_loss_plus_half_alpha_sq_norm_over_batch_size(kind):
+    """Full-batch epochs (batch_size = n): the second epoch's single batch sees the first epoch's
+    end weights W1, so loss_curve_[1] = data loss(W1) + ½·alpha·Σ‖W‖²/n with the penalty at the
+    second epoch's end weights W2 (the estimator's documented definition). For the regressor the
+    data loss is ½·mean((y − ŷ)²) over rows and outputs."""
+    rng = np.random.default_rng(0)
+    n, alpha = 120, 2.0
+    X = rng.normal(size=(n, 6))
+    if kind == "classifier":
+        y = rng.integers(0, 3, size=n)
+        est = MLPClassifier((8,), alpha=alpha, batch_size=n, shuffle=False, max_iter=1, warm_start=True,
+                            learning_rate_init=0.01, random_state=0)
+    else:
+        y = np.c_[X[:, 0] + X[:, 1], np.sin(X[:, 2]), 2 * X[:, 3]]
+        est = MLPRegressor((8,), alpha=alpha, batch_size=n, shuffle=False, max_iter=1, warm_start=True,
+                           learning_rate_init=0.01, random_state=0)
+    est.fit(X, y)
+    coefs1, intercepts1 = _weights(est)
+    est.fit(X, y)
+    coefs2, _ = _weights(est)
+    logits = _logits(coefs1, intercepts1, "relu", X)
+    if kind == "classifier":
+        data_loss = _cross_entropy(logits, y)
+    else:
+        data_loss = 0.5 * float(np.mean((y - logits) ** 2))
+    penalty = 0.5 * alpha * sum(float(np.sum(W.astype(np.float64) ** 2)) for W in coefs2) / n
+    assert penalty > 0.01 * data_loss  # large enough to be seen
+    assert len(est.loss_curve_) == 2
+    assert est.loss_curve_[-1] == pytest.approx(data_loss + penalty, rel=1e-5)
+
+
+def test_loss_curve_weights_each_batch_by_its_rows():
+    """With a step size too small to move float32 weights, every batch sees the same weights, so
+    the epoch's loss is the data loss over all rows, exactly as scikit-learn averages it
+    (batches of 64, 64 and 22 rows)."""
+    rng = np.random.default_rng(1)
+    X = rng.normal(size=(150, 5))
+    y = X @ rng.normal(size=5) + rng.normal(size=150) ** 2
+    est = MLPRegressor((6,), solver="sgd", momentum=0.0, learning_rate_init=1e-12, alpha=0.0, batch_size=64,
+                       shuffle=False, max_iter=1, random_state=0).fit(X, y)
+    coefs, intercepts = _weights(est)
+    expected = 0.5 * float(np.mean((y - _logits(coefs, intercepts, "relu", X)[:, 0]) ** 2))
+    assert est.loss_curve_[0] == pytest.approx(expected, rel=1e-5)
+
+
+# -- partial_fit, warm_start, sample_weight -----------------------------------------------------
+
+def test_partial_fit_needs_classes_on_the_first_call(small_digits):
+    X, y = small_digits
+    with pytest.raises(ValueError, match="classes must be passed on the first call"):
+        MLPClassifier().partial_fit(X, y)
+
+
+def test_partial_fit_improves_incrementally_and_counts_one_epoch_per_call(small_digits):
+    X, y = small_digits
+    est = MLPClassifier((16,), learning_rate_init=0.01, random_state=0)
+    est.partial_fit(X[:100], y[:100], classes=np.arange(10))
+    first_score = est.score(X, y)
+    for _ in range(15):
+        est.partial_fit(X, y)
+        assert est.n_iter_ == 1
+    assert len(est.loss_curve_) == 16
+    assert est.loss_curve_[-1] < 0.5 * est.loss_curve_[1]
+    assert est.score(X, y) > max(first_score + 0.3, 0.9)
+
+
+def test_partial_fit_k_times_equals_fit_with_max_iter_k_bitwise(small_digits):
+    X, y = small_digits
+    fitted = MLPClassifier((16,), max_iter=3, random_state=0).fit(X, y)
+    incremental = MLPClassifier((16,), random_state=0)
+    for _ in range(3):
+        incremental.partial_fit(X, y, classes=np.arange(10))
+    np.testing.assert_array_equal(incremental.model_.parameters(), fitted.model_.parameters())
+    assert incremental.loss_curve_ == fitted.loss_curve_
+
+
+def test_partial_fit_refuses_unseen_classes_and_early_stopping(small_digits):
+    X, y = small_digits
+    est = MLPClassifier((8,), random_state=0).partial_fit(X, y, classes=np.arange(10))
+    with pytest.raises(ValueError, match="classes not in"):
+        est.partial_fit(X, y + 1)
+    with pytest.raises(ValueError, match="early_stopping"):
+        MLPRegressor(early_stopping=True).partial_fit(X, y.astype(float))
+
+
+def test_sample_weight_of_ones_gives_bitwise_the_same_model(small_digits):
+    X, y = small_digits
+    plain = MLPClassifier((16,), max_iter=3, random_state=0).fit(X, y)
+    ones = MLPClassifier((16,), max_iter=3, random_state=0).fit(X, y, sample_weight=np.ones(len(y)))
+    np.testing.assert_array_equal(ones.model_.parameters(), plain.model_.parameters())
+    assert ones.loss_curve_ == plain.loss_curve_
+
+
+def test_zero_weight_rows_have_no_effect_whatever_they_hold(small_digits):
+    X, y = small_digits
+    weights = np.ones(len(y))
+    weights[::3] = 0.0
+    X_junk, y_junk = X.copy(), y.copy()
+    rng = np.random.default_rng(0)
+    X_junk[::3] = rng.normal(scale=100.0, size=X_junk[::3].shape)
+    y_junk[::3] = rng.integers(0, 10, size=y_junk[::3].shape)
+    a = MLPClassifier((16,), max_iter=3, random_state=0).fit(X, y, sample_weight=weights)
+    b = MLPClassifier((16,), max_iter=3, random_state=0).fit(X_junk, y_junk, sample_weight=weights)
+    np.testing.assert_array_equal(a.model_.parameters(), b.model_.parameters())
+
+
+def test_sample_weight_acts_like_repeating_rows():
+    """On overlapping classes, weighting class 1 by 4 moves the decision boundary as repeating
+    those rows 4 times does, and far from where the unweighted fit puts it."""
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(400, 2))
+    y = (X[:, 0] + rng.normal(size=400) > 0).astype(int)
+    weights = np.where(y == 1, 4, 1)
+    settings = dict(hidden_layer_sizes=(8,), max_iter=200, learning_rate_init=0.01, tol=1e-6, random_state=0)
+    weighted = MLPClassifier(**settings).fit(X, y, sample_weight=weights.astype(float))
+    rows = np.repeat(np.arange(len(y)), weights)
+    repeated = MLPClassifier(**settings).fit(X[rows], y[rows])
+    plain = MLPClassifier(**settings).fit(X, y)
+    grid = np.c_[np.linspace(-1, 1, 21), np.zeros(21)]
+    p_weighted, p_repeated, p_plain = (m.predict_proba(grid)[:, 1] for m in (weighted, repeated, plain))
+    assert np.max(np.abs(p_weighted - p_repeated)) < 0.1
+    assert np.max(np.abs(p_weighted - p_plain)) > 0.25
+
+
+def test_warm_start_continues_from_the_fitted_weights(small_digits):
+    X, y = small_digits
+    est = MLPClassifier((16,), max_iter=5, warm_start=True, learning_rate_init=0.01, random_state=0).fit(X, y)
+    cold_first_loss = est.loss_curve_[0]
+    est.fit(X, y)
+    assert len(est.loss_curve_) == 10 and est.n_iter_ == 5
+    assert est.loss_curve_[5] < 0.8 * cold_first_loss
+    assert est.loss_curve_[5] < est.loss_curve_[4] * 1.05
+
+
+def test_without_warm_start_a_refit_starts_over_reproducibly(small_digits):
+    X, y = small_digits
+    est = MLPClassifier((16,), max_iter=3, random_state=0).fit(X, y)
+    first = est.model_.parameters().copy()
+    est.fit(X, y)
+    np.testing.assert_array_equal(est.model_.parameters(), first)
+    assert len(est.loss_curve_) == 3
+
+
+def test_warm_start_with_different_classes_raises(small_digits):
+    X, y = small_digits
+    est = MLPClassifier((8,), max_iter=1, warm_start=True, random_state=0).fit(X, y)
+    with pytest.raises(ValueError, match="warm_start can only be used where `y` has the same classes"):
+        est.fit(X, y % 5)
+
+
+# -- targets, architecture options and fitted attributes ---------------------------------------
+
+def test_multi_label_targets_train_a_sigmoid_output(digits):
+    X, X_te, y, y_te = digits
+    Y, Y_te = (np.c_[t % 2, t >= 5, t == 0].astype(int) for t in (y, y_te))
+    est = MLPClassifier((32,), max_iter=30, random_state=0).fit(X, Y)
+    assert est.model_.output == "sigmoid" and est.out_activation_ == "logistic"
+    np.testing.assert_array_equal(est.classes_, [0, 1, 2])
+    pred, proba = est.predict(X_te), est.predict_proba(X_te)
+    assert pred.shape == proba.shape == Y_te.shape
+    assert set(np.unique(pred)) <= {0, 1}
+    np.testing.assert_array_equal(pred, (proba > 0.5).astype(int))
+    assert est.score(X_te, Y_te) > 0.85  # subset accuracy
+
+
+def test_dropout_and_batch_norm_build_those_layers_and_still_learn(digits):
+    X, X_te, y, y_te = digits
+    est = MLPClassifier((64, 32), dropout=0.2, batch_norm=True, max_iter=30, random_state=0).fit(X, y)
+    kinds = [type(layer).__name__ for layer in est.model_.layers]
+    assert kinds == ["Dense", "BatchNorm", "ReLU", "Dropout", "Dense", "BatchNorm", "ReLU", "Dropout", "Dense"]
+    assert [layer.p for layer in est.model_.layers if type(layer).__name__ == "Dropout"] == [0.2, 0.2]
+    assert est.score(X_te, y_te) > 0.9
+    # Dropout is off at prediction time: predictions are deterministic.
+    np.testing.assert_array_equal(est.predict_proba(X_te), est.predict_proba(X_te))
+
+
+@pytest.mark.parametrize("init", ["glorot", "he"])
+def test_init_selects_the_weight_scheme(init, small_digits):
+    X, y = small_digits
+    # A step size too small to move float32 weights leaves the initial weights.
+    est = MLPClassifier((200,), init=init, solver="sgd", momentum=0.0, learning_rate_init=1e-12, max_iter=1,
+                        random_state=0).fit(X, y)
+    W = est.coefs_[0]
+    if init == "glorot":
+        limit = np.sqrt(6.0 / (64 + 200))
+        assert np.abs(W).max() <= limit and np.std(W) == pytest.approx(limit / np.sqrt(3), rel=0.05)
+    else:
+        assert np.std(W) == pytest.approx(np.sqrt(2.0 / 64), rel=0.05)
+
+
+def test_l1_reaches_the_optimizer_per_layer_and_shrinks_the_weights(small_digits):
+    X, y = small_digits
+    l1 = (2.0, 0.0)
+    est = MLPClassifier((16,), l1=l1, batch_size=50, max_iter=20, random_state=0).fit(X, y)
+    for info in est.model_.param_layout():
+        expected = l1[info.dense_index] / 50 if info.kind == "weight" else 0.0
+        assert _segment_value(est._optimizer, info.start, 2) == pytest.approx(expected)
+    plain = MLPClassifier((16,), batch_size=50, max_iter=20, random_state=0).fit(X, y)
+    assert np.abs(est.coefs_[0]).sum() < 0.6 * np.abs(plain.coefs_[0]).sum()
+    np.testing.assert_allclose(np.abs(est.coefs_[1]).sum(), np.abs(plain.coefs_[1]).sum(), rtol=0.2)
+
+
+def test_fitted_attributes(small_digits):
+    X, y = small_digits
+    est = MLPClassifier((16, 8), max_iter=4, random_state=0).fit(X, y)
+    assert isinstance(est.model_, fastmlp.MLP)
+    assert est.model_.sizes == [64, 16, 8, 10]
+    np.testing.assert_array_equal(est.classes_, np.arange(10))
+    assert est.n_iter_ == 4 and len(est.loss_curve_) == 4
+    assert est.validation_scores_ is None
+    assert est.best_loss_ == min(est.loss_curve_)
+    assert est.n_features_in_ == 64 and est.n_outputs_ == 10 and est.n_layers_ == 4
+    assert [W.shape for W in est.coefs_] == [(64, 16), (16, 8), (8, 10)]
+    assert [b.shape for b in est.intercepts_] == [(16,), (8,), (10,)]
+    es = MLPClassifier((16,), early_stopping=True, max_iter=4, random_state=0).fit(X, y)
+    assert len(es.validation_scores_) == es.n_iter_ and es.best_loss_ is None
+
+
+def test_string_labels_come_back_as_labels(small_digits):
+    X, y = small_digits
+    names = np.array(["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"])
+    est = MLPClassifier((16,), max_iter=20, learning_rate_init=0.01, random_state=0).fit(X, names[y])
+    np.testing.assert_array_equal(est.classes_, np.sort(names))
+    assert np.mean(est.predict(X) == names[y]) > 0.8
+
+
+def test_verbose_prints_scikit_learns_progress_lines(small_digits, capsys):
+    X, y = small_digits
+    MLPClassifier((8,), max_iter=2, verbose=True, random_state=0).fit(X, y)
+    out = capsys.readouterr().out
+    assert "Iteration 1, loss = " in out and "Iteration 2, loss = " in out
+
+
+@pytest.mark.parametrize("settings", [
+    dict(solver="sgd", learning_rate="adaptive", learning_rate_init=0.1, tol=100.0, n_iter_no_change=1),
+    dict(solver="sgd", learning_rate="invscaling", learning_rate_init=0.1, power_t=0.5, max_iter=3),
+    dict(tol=10.0, n_iter_no_change=1),
+    dict(early_stopping=True, tol=10.0, n_iter_no_change=2),
+], ids=["sgd_adaptive", "sgd_invscaling", "tol_on_training_loss", "tol_on_validation_score"])
+def test_step_size_and_stopping_rules_match_sklearn(settings, small_digits):
+    """Settings whose outcome the rules alone decide (a tol no epoch can meet): the epochs run and
+    the final step size are scikit-learn's. Adaptive divides the step size by 5 after every
+    n_iter_no_change + 1 epochs without improvement, and stops once it is <= 1e-6."""
+    from sklearn.neural_network import MLPClassifier as SkMLPClassifier
+
+    X, y = small_digits
+    settings = dict(dict(hidden_layer_sizes=(8,), max_iter=500, random_state=0), **settings)
+    ours = MLPClassifier(**settings).fit(X, y)
+    theirs = _sklearn_fit(SkMLPClassifier(**settings), X, y)
+    assert ours.n_iter_ == theirs.n_iter_
+    if settings.get("solver") == "sgd":  # (scikit-learn's Adam reports its bias-corrected step instead)
+        assert ours._lr == pytest.approx(theirs._optimizer.learning_rate, rel=1e-12)
+    if settings.get("learning_rate") == "adaptive":
+        assert ours.n_iter_ == 19 and ours._lr == pytest.approx(0.1 / 5**8)
+
+
+def test_autoencoder_transformer_codes_reconstructions_and_per_layer_alpha(small_digits):
+    X, _ = small_digits
+    ae = AutoencoderTransformer((32, 2), alpha=(1e-4, 1e-4, 0.0, 0.0), max_iter=20, random_state=0).fit(X)
+    codes = ae.transform(X)
+    assert codes.shape == (len(X), 2)
+    assert ae.inverse_transform(codes).shape == X.shape
+    errors = ae.reconstruction_error(X)
+    np.testing.assert_allclose(errors, np.sum((X - ae.inverse_transform(codes)) ** 2, axis=1), rtol=1e-4)
+    assert ae.loss_curve_[-1] < ae.loss_curve_[0]
+    with pytest.raises(ValueError, match="one per layer"):
+        AutoencoderTransformer((32, 2), alpha=(1e-4, 1e-4, 0.0)).fit(X)
+    tied = AutoencoderTransformer((32, 2), tied=True, alpha=(1e-4, 0.0), max_iter=1, random_state=0).fit(X)
+    assert tied.transform(X).shape == (len(X), 2)
+
+
+# -- Pipeline, searches, pickling ---------------------------------------------------------------
+
+def test_pipeline_with_standard_scaler(digits):
+    X_tr, X_te, y_tr, y_te = digits
+    X_raw_tr, X_raw_te = X_tr * 5 + 8, X_te * 5 + 8  # undo the fixture's scaling, roughly
+    pipe = Pipeline([("scale", StandardScaler()), ("mlp", MLPClassifier((32,), max_iter=30, random_state=0))])
+    assert pipe.fit(X_raw_tr, y_tr).score(X_raw_te, y_te) > 0.93
+
+
+@pytest.mark.parametrize("n_jobs", [1, 2])
+def test_grid_search_over_scalar_and_per_layer_alpha(n_jobs, small_digits):
+    X, y = small_digits
+    grid = {"mlp__alpha": [1e-4, (1e-4, 1e-4), (1e-2, 1e-4)]}
+    mlp = MLPClassifier((16,), max_iter=15, learning_rate_init=0.01, random_state=0)
+    pipe = Pipeline([("scale", StandardScaler()), ("mlp", mlp)])
+    search = GridSearchCV(pipe, grid, cv=3, n_jobs=n_jobs, error_score="raise").fit(X, y)
+    assert search.best_params_["mlp__alpha"] in grid["mlp__alpha"]
+    assert np.all(np.isfinite(search.cv_results_["mean_test_score"]))
+    assert search.best_score_ > 0.7
+    assert search.score(X, y) > 0.8
+
+
+def test_randomized_search_with_n_jobs_2(small_digits):
+    from scipy.stats import loguniform
+
+    X, y = small_digits
+    search = RandomizedSearchCV(MLPClassifier((16,), max_iter=15, learning_rate_init=0.01, random_state=0),
+                                {"alpha": loguniform(1e-5, 1e-1), "l1": [0.0, (1e-4, 0.0)]}, n_iter=3, cv=2,
+                                n_jobs=2, random_state=0, error_score="raise").fit(X, y)
+    assert np.all(np.isfinite(search.cv_results_["mean_test_score"]))
+
+
+def test_clone_keeps_the_parameters_and_drops_the_fit(small_digits):
+    X, y = small_digits
+    est = MLPClassifier((16,), alpha=(1e-3, 0.0), dropout=0.1, max_iter=1, random_state=0).fit(X, y)
+    fresh = clone(est)
+    assert fresh.get_params() == est.get_params()
+    assert not hasattr(fresh, "model_")
+
+
+@pytest.mark.parametrize("make", [
+    lambda: MLPClassifier((16,), dropout=0.1, random_state=0),
+    lambda: MLPClassifier((16,), batch_norm=True, random_state=0),
+    lambda: MLPRegressor((16,), random_state=0),
+    lambda: AutoencoderTransformer((16, 4), noise="mask", level=0.2, random_state=0),
+], ids=["classifier_dropout", "classifier_batch_norm", "regressor", "autoencoder"])
+def test_pickle_round_trip_predicts_identically_and_continues_bitwise(make, small_digits):
+    X, y = small_digits
+
+    def step(est):
+        if isinstance(est, MLPClassifier):
+            return est.partial_fit(X, y, classes=np.arange(10))
+        if isinstance(est, MLPRegressor):
+            return est.partial_fit(X, y.astype(float))
+        return est.partial_fit(X)
+
+    reference, restored = make(), make()
+    for _ in range(3):
+        step(reference)
+    step(restored)
+    restored = pickle.loads(pickle.dumps(restored))
+    step(restored)
+    restored = pickle.loads(pickle.dumps(restored))
+    step(restored)
+    np.testing.assert_array_equal(restored.model_.parameters(), reference.model_.parameters())
+    # Every layer's tensors are views into the rebuilt arena (training writes through them).
+    params = restored.model_.parameters()
+    for layer in restored.model_.layers:
+        for name in ("weight", "bias", "gamma", "beta"):
+            if isinstance(getattr(layer, name, None), np.ndarray):
+                assert np.shares_memory(getattr(layer, name), params)
+    again = pickle.loads(pickle.dumps(reference))
+    method = "transform" if isinstance(reference, AutoencoderTransformer) else "predict"
+    np.testing.assert_array_equal(getattr(again, method)(X), getattr(reference, method)(X))
+
+
+def test_unpickled_estimator_continues_with_warm_start_fit(small_digits):
+    X, y = small_digits
+    est = MLPClassifier((16,), max_iter=3, warm_start=True, random_state=0).fit(X, y)
+    copy = pickle.loads(pickle.dumps(est))
+    est.fit(X, y)
+    copy.fit(X, y)
+    np.testing.assert_array_equal(copy.model_.parameters(), est.model_.parameters())
+    assert copy.loss_curve_ == est.loss_curve_ and len(copy.loss_curve_) == 6
+
+
+def test_pickles_hold_no_fastmlp_objects(small_digits):
+    """Pickles go through plain arrays and the model-file header (DESIGN.md)."""
+    X, y = small_digits
+    est = MLPClassifier((8,), max_iter=1, random_state=0).fit(X, y)
+    state = est.__getstate__()
+    assert "model_" not in state and "_optimizer" not in state
+
+    def modules(obj):
+        if isinstance(obj, dict):
+            return set().union(*(modules(v) for v in obj.values()), *(modules(k) for k in obj)) if obj else set()
+        if isinstance(obj, (list, tuple)):
+            return set().union(*(modules(v) for v in obj)) if obj else set()
+        return {type(obj).__module__}
+
+    assert not any(m.startswith("fastmlp") for m in modules(state))
+
+
+# -- matching scikit-learn ----------------------------------------------------------------------
+
+def _sklearn_fit(estimator, X, y):
+    from threadpoolctl import threadpool_limits
+
+    # One BLAS thread: on small matrices a threaded BLAS is slower by 10x on a 2-core machine.
+    with threadpool_limits(1), warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        return estimator.fit(X, y)
+
+
+def test_classifier_matches_sklearn_accuracy_on_digits(digits):
+    """Same data, same settings (one hidden layer of 64, adam, alpha 1e-4, batch 200, 100
+    epochs): test accuracies within 2 points (both are ~0.97-0.98 over seeds)."""
+    from sklearn.neural_network import MLPClassifier as SkMLPClassifier
+
+    X_tr, X_te, y_tr, y_te = digits
+    settings = dict(hidden_layer_sizes=(64,), max_iter=100, random_state=0)
+    ours = MLPClassifier(**settings).fit(X_tr, y_tr).score(X_te, y_te)
+    theirs = _sklearn_fit(SkMLPClassifier(**settings), X_tr, y_tr).score(X_te, y_te)
+    assert ours > 0.95 and theirs > 0.95
+    assert abs(ours - theirs) <= 0.02
+
+
+def test_regressor_matches_sklearn_r2_on_friedman1():
+    """Friedman #1 (standardised inputs and target), two hidden layers of 64, adam 3e-3: test R²
+    within 0.02 (both ~0.96 over seeds)."""
+    from sklearn.datasets import make_friedman1
+    from sklearn.neural_network import MLPRegressor as SkMLPRegressor
+
+    X, y = make_friedman1(n_samples=1500, noise=0.5, random_state=0)
+    X_tr, X_te, y_tr, y_te = train_test_split(X, y, test_size=0.3, random_state=0)
+    scaler = StandardScaler().fit(X_tr)
+    X_tr, X_te = scaler.transform(X_tr), scaler.transform(X_te)
+    mean, std = y_tr.mean(), y_tr.std()
+    y_tr, y_te = (y_tr - mean) / std, (y_te - mean) / std
+    settings = dict(hidden_layer_sizes=(64, 64), learning_rate_init=3e-3, max_iter=300, random_state=0)
+    ours = MLPRegressor(**settings).fit(X_tr, y_tr).score(X_te, y_te)
+    theirs = _sklearn_fit(SkMLPRegressor(**settings), X_tr, y_tr).score(X_te, y_te)
+    assert ours > 0.93 and theirs > 0.93
+    assert abs(ours - theirs) <= 0.02

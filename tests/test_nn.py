@@ -542,3 +542,17 @@ def test_mlp_forward_and_backward_match_torch_with_copied_weights(batch_norm, ac
     net.eval()
     Z = rng.normal(size=(5, 6))
     np.testing.assert_allclose(m.forward(Z), net(torch.from_numpy(Z)).detach().numpy(), rtol=1e-10, atol=1e-12)
+
+
+def test_pickle_and_deepcopy_keep_layer_tensors_as_views_of_the_arena():
+    import copy
+    import pickle
+
+    model = fastmlp.MLP([3, 4, 2], batch_norm=True, dropout=0.1, seed=3)
+    for clone in (pickle.loads(pickle.dumps(model)), copy.deepcopy(model)):
+        dense = clone.layers[0]
+        assert np.shares_memory(dense.weight, clone.parameters())
+        assert np.shares_memory(dense.dweight, clone.gradients())
+        np.testing.assert_array_equal(clone.parameters(), model.parameters())
+        clone.parameters()[...] += 1.0  # training the clone changes what its layers compute
+        assert not np.array_equal(clone.forward(np.ones((2, 3))), model.forward(np.ones((2, 3))))

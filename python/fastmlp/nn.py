@@ -598,6 +598,22 @@ class Sequential:
             self._saved_seed = seed
         return x
 
+    def __getstate__(self):
+        # Plain arrays and the file header (DESIGN.md): pickling the layers as they are would
+        # turn their views of the arena into separate copies.
+        from .serialize import model_to_parts
+
+        header, arrays = model_to_parts(self)
+        return {"fastmlp_model": header, "arrays": arrays, "init": self.init if callable(self.init) else None}
+
+    def __setstate__(self, state):
+        from .serialize import model_from_parts
+
+        model = model_from_parts(state["fastmlp_model"], state["arrays"])
+        self.__dict__.update(model.__dict__)
+        if state.get("init") is not None:
+            self.init = state["init"]
+
     def save(self, path) -> None:
         """Save the model (architecture, parameters, buffers, scaler) atomically; reload with
         :func:`fastmlp.load`."""

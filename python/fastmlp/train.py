@@ -517,7 +517,7 @@ class Trainer:
             batches += 1
             for cb in self.callbacks:
                 cb.on_batch_end(self, self.step, loss)
-            if sigint.requested:
+            if sigint.requested and b < n_batches - 1:
                 self.history.stop_reason = "interrupted"
                 return "interrupted"
         seconds = time.perf_counter() - start
@@ -551,6 +551,9 @@ class Trainer:
         for cb in self.callbacks:
             if cb.on_epoch_end(self, epoch + 1, row):
                 reason = reason or "callback"
+        if sigint.requested:  # Ctrl-C during the epoch's last step: the epoch is complete
+            reason = "interrupted"
+            self.history.stop_reason = reason
         return reason
 
     def _monitored_history(self) -> List[float]:

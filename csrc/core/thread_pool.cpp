@@ -1,8 +1,13 @@
 // fastmlp's own thread pool: N-1 pthread workers plus the calling thread, tasks handed out by an
 // atomic counter. Own pool rather than OpenMP so that fork() is safe: a child process starts with a
 // fresh, empty pool (pthread_atfork), and the prepare handler waits for any running job, so no
-// lock is ever inherited in a held state. Workers spin briefly after a job before sleeping, so the
-// many short kernels of a training step do not each pay a futex wake-up.
+// lock is ever inherited in a held state.
+//
+// A job is open to workers until the caller has run out of tasks; then the caller closes it and
+// waits only for the workers that joined. A worker that wakes late (a descheduled vCPU can take
+// milliseconds) finds the job closed and goes back to waiting, so it never delays the caller.
+// Workers spin briefly after a job before sleeping, so the many short kernels of a training step do
+// not each pay a futex wake-up.
 #include "core/parallel.h"
 
 #include <pthread.h>
@@ -38,14 +43,19 @@ int default_thread_count() {
 
 thread_local bool t_inside_task = false;
 
-// ~30 microseconds of polling before a worker (or the waiting caller) goes to sleep.
-constexpr int kSpinIterations = 4000;
+// Roughly 50-100 microseconds of polling before a worker (or the waiting caller) sleeps.
+constexpr int kSpinIterations = 8000;
 
 inline void cpu_relax() {
 #if defined(__x86_64__) || defined(__i386__)
   _mm_pause();
 #endif
 }
+
+// The job word: generation in the high 32 bits, the "closed" bit, and the joined-worker count.
+constexpr uint64_t kClosed = uint64_t{1} << 31;
+constexpr uint64_t kJoinedMask = kClosed - 1;
+inline uint32_t generation_of(uint64_t word) { return static_cast<uint32_t>(word >> 32); }
 
 struct Pool {
   std::mutex busy;  // held by the thread that owns the workers for the duration of one job
@@ -54,17 +64,17 @@ struct Pool {
   std::vector<pthread_t> workers;
   int n_threads = 1;
   bool stop = false;
-  uint64_t generation = 0;
-  std::atomic<uint64_t> published{0};  // == generation, readable without the lock
   std::atomic<bool> stopping{false};
-  int sleepers = 0;         // workers blocked on cv_work (guarded by m)
+  uint32_t generation = 0;
+  std::atomic<uint64_t> job{0};
+  std::atomic<int> finished{0};
+  int sleepers = 0;  // workers blocked on cv_work (guarded by m)
   bool caller_sleeping = false;
 
   TaskFn fn = nullptr;
   void* ctx = nullptr;
   int64_t n_tasks = 0;
   std::atomic<int64_t> next{0};
-  std::atomic<int> active{0};
   std::exception_ptr error;
 
   void run_tasks() {
@@ -88,38 +98,45 @@ std::once_flag g_pool_once;
 
 struct WorkerStart {
   Pool* pool;
-  uint64_t generation;
+  uint32_t generation;
 };
 
 void* worker_main(void* arg) {
   WorkerStart start = *static_cast<WorkerStart*>(arg);
   delete static_cast<WorkerStart*>(arg);
   Pool& p = *start.pool;
-  uint64_t seen = start.generation;
+  uint32_t seen = start.generation;
   for (;;) {
     bool ready = false;
     for (int i = 0; i < kSpinIterations; ++i) {
-      if (p.published.load(std::memory_order_acquire) != seen || p.stopping.load(std::memory_order_relaxed)) {
+      if (generation_of(p.job.load(std::memory_order_acquire)) != seen ||
+          p.stopping.load(std::memory_order_relaxed)) {
         ready = true;
         break;
       }
       cpu_relax();
     }
-    {
+    if (!ready) {
       std::unique_lock<std::mutex> lk(p.m);
-      if (!ready) {
-        ++p.sleepers;
-        p.cv_work.wait(lk, [&] { return p.stop || p.generation != seen; });
-        --p.sleepers;
+      ++p.sleepers;
+      p.cv_work.wait(lk, [&] { return p.stop || generation_of(p.job.load(std::memory_order_acquire)) != seen; });
+      --p.sleepers;
+    }
+    if (p.stopping.load(std::memory_order_acquire)) return nullptr;
+    uint64_t word = p.job.load(std::memory_order_acquire);
+    seen = generation_of(word);
+    bool joined = false;
+    while (!(word & kClosed) && generation_of(word) == seen) {
+      if (p.job.compare_exchange_weak(word, word + 1, std::memory_order_acq_rel)) {
+        joined = true;
+        break;
       }
-      if (p.stop) return nullptr;
-      seen = p.generation;
     }
+    if (!joined) continue;  // the caller already finished this job without us
     p.run_tasks();
-    if (p.active.fetch_sub(1, std::memory_order_acq_rel) == 1) {
-      std::lock_guard<std::mutex> lk(p.m);
-      if (p.caller_sleeping) p.cv_done.notify_all();
-    }
+    p.finished.fetch_add(1, std::memory_order_acq_rel);
+    std::lock_guard<std::mutex> lk(p.m);
+    if (p.caller_sleeping) p.cv_done.notify_all();
   }
 }
 
@@ -128,14 +145,14 @@ void stop_workers(Pool& p) {
   {
     std::lock_guard<std::mutex> lk(p.m);
     p.stop = true;
-    p.stopping.store(true, std::memory_order_relaxed);
+    p.stopping.store(true, std::memory_order_release);
   }
   p.cv_work.notify_all();
   for (pthread_t t : p.workers) pthread_join(t, nullptr);
   p.workers.clear();
   std::lock_guard<std::mutex> lk(p.m);
   p.stop = false;
-  p.stopping.store(false, std::memory_order_relaxed);
+  p.stopping.store(false, std::memory_order_release);
 }
 
 // Caller holds p.busy.
@@ -195,17 +212,19 @@ void parallel_run(int64_t n_tasks, TaskFn fn, void* ctx) {
     p.ctx = ctx;
     p.n_tasks = n_tasks;
     p.next.store(0, std::memory_order_relaxed);
-    p.active.store(static_cast<int>(p.workers.size()), std::memory_order_relaxed);
+    p.finished.store(0, std::memory_order_relaxed);
     p.error = nullptr;
     ++p.generation;
-    p.published.store(p.generation, std::memory_order_release);
+    p.job.store(static_cast<uint64_t>(p.generation) << 32, std::memory_order_release);
     wake = p.sleepers > 0;
   }
   if (wake) p.cv_work.notify_all();
   p.run_tasks();
+  // No tasks left: close the job and wait for the workers that joined it.
+  const int joined = static_cast<int>(p.job.fetch_or(kClosed, std::memory_order_acq_rel) & kJoinedMask);
   bool done = false;
   for (int i = 0; i < kSpinIterations && !done; ++i) {
-    done = p.active.load(std::memory_order_acquire) == 0;
+    done = p.finished.load(std::memory_order_acquire) == joined;
     if (!done) cpu_relax();
   }
   std::exception_ptr error;
@@ -213,7 +232,7 @@ void parallel_run(int64_t n_tasks, TaskFn fn, void* ctx) {
     std::unique_lock<std::mutex> lk(p.m);
     if (!done) {
       p.caller_sleeping = true;
-      p.cv_done.wait(lk, [&] { return p.active.load(std::memory_order_acquire) == 0; });
+      p.cv_done.wait(lk, [&] { return p.finished.load(std::memory_order_acquire) == joined; });
       p.caller_sleeping = false;
     }
     error = p.error;

@@ -87,10 +87,17 @@ def _openblas_core() -> str:
 # -- timing ----------------------------------------------------------------------------------------
 
 
+#: Idle time before each competitor's block, so that the previous library's spinning worker
+#: threads (OpenBLAS spins for ~0.1 s after a call) have gone to sleep and do not steal cores.
+GAP_S = 0.3
+
+
 def interleaved(fns: Dict[str, Callable[[], None]], repeats: int, warmup: int = 2,
-                min_time: float = 0.0) -> Dict[str, float]:
-    """Median seconds of each function, run round-robin ``repeats`` times after ``warmup``.
-    Each measurement repeats the call until it has taken at least ``min_time`` seconds."""
+                min_time: float = 0.0, rounds: int = 5) -> Dict[str, float]:
+    """Median seconds per call of each function. The competitors take turns: ``rounds`` times,
+    each runs a block of calls (after an idle gap and ``warmup`` untimed calls), every call timed.
+    ``repeats`` is the number of timed calls per competitor over all rounds; with ``min_time``
+    each timed sample repeats the call until it has taken that long."""
     inner = {}
     for name, fn in fns.items():
         for _ in range(warmup):
@@ -99,14 +106,19 @@ def interleaved(fns: Dict[str, Callable[[], None]], repeats: int, warmup: int = 
         fn()
         one = max(time.perf_counter() - t, 1e-7)
         inner[name] = max(1, int(min_time / one)) if min_time else 1
+    per_round = max(1, -(-repeats // rounds))
     samples: Dict[str, List[float]] = {name: [] for name in fns}
-    for _ in range(repeats):
+    for _ in range(rounds):
         for name, fn in fns.items():
-            k = inner[name]
-            t = time.perf_counter()
-            for _ in range(k):
+            if len(fns) > 1:
+                time.sleep(GAP_S)
                 fn()
-            samples[name].append((time.perf_counter() - t) / k)
+            k = inner[name]
+            for _ in range(per_round):
+                t = time.perf_counter()
+                for _ in range(k):
+                    fn()
+                samples[name].append((time.perf_counter() - t) / k)
     return {name: float(np.median(v)) for name, v in samples.items()}
 
 

@@ -2,6 +2,13 @@
 // cut into fixed chunks of kElementwiseChunk elements (a multiple of 4, so a chunk starts on a
 // Philox block): what an element gets depends only on its index, never on the thread count.
 #include <cmath>
+#if defined(__AVX2__) || defined(__AVX512F__)
+#include <immintrin.h>
+#endif
+#if defined(__AVX512F__) && defined(__GNUC__) && !defined(__clang__)
+// GCC 12 reports its own _mm512_undefined_* intrinsics as maybe-uninitialized (a known false positive).
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
 
 #include "core/parallel.h"
 #include "core/scratch.h"
@@ -37,22 +44,121 @@ void activation_backward_act(const T* __restrict g, const T* __restrict y, T* __
   });
 }
 
-// Applies f(i, word) for every element i in [b, e), word = word i%4 of Philox block i/4.
-template <class F>
-void for_words(int64_t b, int64_t e, uint64_t seed, uint64_t offset, const F& f) {
-  constexpr int64_t kBatch = 64;  // blocks generated before they are consumed
-  uint32_t words[kBatch * 4];
-  for (int64_t start = b; start < e; start += kBatch * 4) {
-    const int64_t end = min_i64(e, start + kBatch * 4);
-    const int64_t first_block = start / 4, blocks = ceil_div(end - start, 4);
-    for (int64_t k = 0; k < blocks; ++k) {
-      const Philox4 r = philox4x32_10(seed, offset, static_cast<uint64_t>(first_block + k));
-      words[4 * k] = r.w[0];
-      words[4 * k + 1] = r.w[1];
-      words[4 * k + 2] = r.w[2];
-      words[4 * k + 3] = r.w[3];
+// Philox4x32-10 for `count` consecutive blocks starting at `first_block`, written as words
+// [4*k .. 4*k+3] of block k: the arithmetic of core/philox.h, with one block per 64-bit vector lane
+// on AVX2/AVX-512 (vpmuludq gives the 32x32->64-bit products), scalar elsewhere.
+#if defined(__AVX512F__)
+struct PhiloxVec {
+  using V = __m512i;
+  static constexpr int kBlocks = 8;
+  static V set1(uint64_t x) { return _mm512_set1_epi64(static_cast<long long>(x)); }
+  static V mul(V a, V b) { return _mm512_mul_epu32(a, b); }
+  static V hi(V p) { return _mm512_srli_epi64(p, 32); }
+  static V lo(V p) { return _mm512_and_si512(p, set1(0xFFFFFFFFu)); }
+  static V x3(V a, V b, V c) { return _mm512_xor_si512(_mm512_xor_si512(a, b), c); }
+  static V blocks(uint64_t first) { return _mm512_add_epi64(set1(first), _mm512_set_epi64(7, 6, 5, 4, 3, 2, 1, 0)); }
+  static void store(uint64_t* out, V v) { _mm512_storeu_si512(reinterpret_cast<void*>(out), v); }
+};
+#elif defined(__AVX2__)
+struct PhiloxVec {
+  using V = __m256i;
+  static constexpr int kBlocks = 4;
+  static V set1(uint64_t x) { return _mm256_set1_epi64x(static_cast<long long>(x)); }
+  static V mul(V a, V b) { return _mm256_mul_epu32(a, b); }
+  static V hi(V p) { return _mm256_srli_epi64(p, 32); }
+  static V lo(V p) { return _mm256_and_si256(p, set1(0xFFFFFFFFu)); }
+  static V x3(V a, V b, V c) { return _mm256_xor_si256(_mm256_xor_si256(a, b), c); }
+  static V blocks(uint64_t first) { return _mm256_add_epi64(set1(first), _mm256_set_epi64x(3, 2, 1, 0)); }
+  static void store(uint64_t* out, V v) { _mm256_storeu_si256(reinterpret_cast<__m256i*>(out), v); }
+};
+#endif
+
+void philox_blocks(uint64_t seed, uint64_t stream, uint64_t first_block, int64_t count, uint32_t* __restrict words) {
+  int64_t done = 0;
+#if defined(__AVX512F__) || defined(__AVX2__)
+  using P = PhiloxVec;
+  using V = P::V;
+  constexpr int G = 4;  // independent vectors in flight
+  constexpr int64_t kStep = G * P::kBlocks;
+  const V m0 = P::set1(0xD2511F53u), m1 = P::set1(0xCD9E8D57u);
+  const V s0 = P::set1(static_cast<uint32_t>(stream)), s1 = P::set1(static_cast<uint32_t>(stream >> 32));
+  for (; done + kStep <= count; done += kStep) {
+    V c0[G], c1[G], c2[G], c3[G];
+    for (int g = 0; g < G; ++g) {
+      const V blk = P::blocks(first_block + static_cast<uint64_t>(done + g * P::kBlocks));
+      c0[g] = P::lo(blk);
+      c1[g] = P::hi(blk);
+      c2[g] = s0;
+      c3[g] = s1;
     }
-    for (int64_t i = start; i < end; ++i) f(i, words[i - start]);
+    uint32_t k0 = static_cast<uint32_t>(seed), k1 = static_cast<uint32_t>(seed >> 32);
+    for (int round = 0; round < 10; ++round) {
+      if (round > 0) {
+        k0 += 0x9E3779B9u;
+        k1 += 0xBB67AE85u;
+      }
+      const V vk0 = P::set1(k0), vk1 = P::set1(k1);
+      for (int g = 0; g < G; ++g) {
+        const V p0 = P::mul(m0, c0[g]), p1 = P::mul(m1, c2[g]);
+        const V n0 = P::x3(P::hi(p1), c1[g], vk0), n2 = P::x3(P::hi(p0), c3[g], vk1);
+        c1[g] = P::lo(p1);
+        c3[g] = P::lo(p0);
+        c0[g] = n0;
+        c2[g] = n2;
+      }
+    }
+    uint64_t lanes[4][P::kBlocks];
+    for (int g = 0; g < G; ++g) {
+      P::store(lanes[0], c0[g]);
+      P::store(lanes[1], c1[g]);
+      P::store(lanes[2], c2[g]);
+      P::store(lanes[3], c3[g]);
+      uint32_t* w = words + (done + g * P::kBlocks) * 4;
+      for (int l = 0; l < P::kBlocks; ++l) {
+        w[4 * l] = static_cast<uint32_t>(lanes[0][l]);
+        w[4 * l + 1] = static_cast<uint32_t>(lanes[1][l]);
+        w[4 * l + 2] = static_cast<uint32_t>(lanes[2][l]);
+        w[4 * l + 3] = static_cast<uint32_t>(lanes[3][l]);
+      }
+    }
+  }
+#endif
+  for (; done < count; ++done) {
+    const Philox4 r = philox4x32_10(seed, stream, first_block + static_cast<uint64_t>(done));
+    uint32_t* w = words + done * 4;
+    w[0] = r.w[0];
+    w[1] = r.w[1];
+    w[2] = r.w[2];
+    w[3] = r.w[3];
+  }
+}
+
+// Calls f(start, n, words) for consecutive runs of at most kWordBatch elements of [b, e), where
+// words[j] is the Philox word of element start + j (word i%4 of block i/4; b is a multiple of 4).
+// The callers' loops over a run see plain arrays, so they vectorise.
+constexpr int64_t kWordBatch = 512;
+
+template <class F>
+void for_word_runs(int64_t b, int64_t e, uint64_t seed, uint64_t offset, const F& f) {
+  alignas(64) uint32_t words[kWordBatch];
+  for (int64_t start = b; start < e; start += kWordBatch) {
+    const int64_t n = min_i64(e - start, kWordBatch);
+    philox_blocks(seed, offset, static_cast<uint64_t>(start / 4), ceil_div(n, 4), words);
+    f(start, n, static_cast<const uint32_t*>(words));
+  }
+}
+
+// Like for_word_runs, with normals: z[j] is the normal of element start + j.
+template <class F>
+void for_normal_runs(int64_t b, int64_t e, uint64_t seed, uint64_t offset, const F& f) {
+  alignas(64) uint32_t words[kWordBatch];
+  alignas(64) float z[kWordBatch];
+  for (int64_t start = b; start < e; start += kWordBatch) {
+    const int64_t n = min_i64(e - start, kWordBatch);
+    const int64_t blocks = ceil_div(n, 4);
+    philox_blocks(seed, offset, static_cast<uint64_t>(start / 4), blocks, words);
+    for (int64_t k = 0; k < 2 * blocks; ++k) ops::normal_pair(words[2 * k], words[2 * k + 1], z[2 * k], z[2 * k + 1]);
+    f(start, n, static_cast<const float*>(z));
   }
 }
 
@@ -116,14 +222,21 @@ void dropout(const T* x, T* out, int64_t n, double p, uint64_t seed, uint64_t of
   const uint32_t threshold = ops::drop_threshold(p);
   const T scale = static_cast<T>(1.0 / (1.0 - p));
   for_chunks(n, [&](int64_t b, int64_t e) {
-    for_words(b, e, seed, offset, [&](int64_t i, uint32_t w) { out[i] = ops::keep(w, threshold) ? x[i] * scale : T(0); });
+    for_word_runs(b, e, seed, offset, [&](int64_t s, int64_t len, const uint32_t* __restrict w) {
+      const T* __restrict xs = x + s;
+      T* __restrict os = out + s;
+      for (int64_t j = 0; j < len; ++j) os[j] = w[j] >= threshold ? xs[j] * scale : T(0);
+    });
   });
 }
 
 void dropout_mask(uint8_t* out, int64_t n, double p, uint64_t seed, uint64_t offset) {
   const uint32_t threshold = ops::drop_threshold(p);
   for_chunks(n, [&](int64_t b, int64_t e) {
-    for_words(b, e, seed, offset, [&](int64_t i, uint32_t w) { out[i] = ops::keep(w, threshold) ? 1 : 0; });
+    for_word_runs(b, e, seed, offset, [&](int64_t s, int64_t len, const uint32_t* __restrict w) {
+      uint8_t* __restrict os = out + s;
+      for (int64_t j = 0; j < len; ++j) os[j] = w[j] >= threshold ? 1 : 0;
+    });
   });
 }
 
@@ -134,29 +247,24 @@ void random_uniform(T* out, int64_t n, double low, double high, uint64_t seed, u
   const T hi = static_cast<T>(high);
   const T below_hi = low < high ? std::nextafter(hi, lo) : lo;
   for_chunks(n, [&](int64_t b, int64_t e) {
-    for_words(b, e, seed, offset, [&](int64_t i, uint32_t w) {
-      const T v = lo + width * static_cast<T>(ops::uniform01(w));
-      out[i] = v < hi ? v : below_hi;
+    for_word_runs(b, e, seed, offset, [&](int64_t s, int64_t len, const uint32_t* __restrict w) {
+      T* __restrict os = out + s;
+      for (int64_t j = 0; j < len; ++j) {
+        const T v = lo + width * static_cast<T>(ops::uniform01(w[j]));
+        os[j] = v < hi ? v : below_hi;
+      }
     });
   });
-}
-
-// Normals for elements [b, e): element i takes normal i%4 of block i/4.
-template <class F>
-void for_normals(int64_t b, int64_t e, uint64_t seed, uint64_t offset, const F& f) {
-  for (int64_t blk = b / 4; blk * 4 < e; ++blk) {
-    float z[4];
-    ops::normal4(philox4x32_10(seed, offset, static_cast<uint64_t>(blk)), z);
-    const int64_t i0 = max_i64(b, blk * 4), i1 = min_i64(e, blk * 4 + 4);
-    for (int64_t i = i0; i < i1; ++i) f(i, z[i - blk * 4]);
-  }
 }
 
 template <class T>
 void random_normal(T* out, int64_t n, double mean, double std, uint64_t seed, uint64_t offset) {
   const T mu = static_cast<T>(mean), sigma = static_cast<T>(std);
   for_chunks(n, [&](int64_t b, int64_t e) {
-    for_normals(b, e, seed, offset, [&](int64_t i, float z) { out[i] = mu + sigma * static_cast<T>(z); });
+    for_normal_runs(b, e, seed, offset, [&](int64_t s, int64_t len, const float* __restrict z) {
+      T* __restrict os = out + s;
+      for (int64_t j = 0; j < len; ++j) os[j] = mu + sigma * static_cast<T>(z[j]);
+    });
   });
 }
 
@@ -165,12 +273,20 @@ void add_noise(const T* x, T* out, int64_t n, NoiseKind kind, double level, uint
   if (kind == NoiseKind::mask) {
     const uint32_t threshold = ops::drop_threshold(level);
     for_chunks(n, [&](int64_t b, int64_t e) {
-      for_words(b, e, seed, offset, [&](int64_t i, uint32_t w) { out[i] = ops::keep(w, threshold) ? x[i] : T(0); });
+      for_word_runs(b, e, seed, offset, [&](int64_t s, int64_t len, const uint32_t* __restrict w) {
+        const T* __restrict xs = x + s;
+        T* __restrict os = out + s;
+        for (int64_t j = 0; j < len; ++j) os[j] = w[j] >= threshold ? xs[j] : T(0);
+      });
     });
   } else {
     const T sigma = static_cast<T>(level);
     for_chunks(n, [&](int64_t b, int64_t e) {
-      for_normals(b, e, seed, offset, [&](int64_t i, float z) { out[i] = x[i] + sigma * static_cast<T>(z); });
+      for_normal_runs(b, e, seed, offset, [&](int64_t s, int64_t len, const float* __restrict z) {
+        const T* __restrict xs = x + s;
+        T* __restrict os = out + s;
+        for (int64_t j = 0; j < len; ++j) os[j] = xs[j] + sigma * static_cast<T>(z[j]);
+      });
     });
   }
 }

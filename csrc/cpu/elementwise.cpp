@@ -78,7 +78,7 @@ void philox_blocks(uint64_t seed, uint64_t stream, uint64_t first_block, int64_t
 #if defined(__AVX512F__) || defined(__AVX2__)
   using P = PhiloxVec;
   using V = P::V;
-  constexpr int G = 4;  // independent vectors in flight
+  constexpr int G = 3;  // independent vectors in flight
   constexpr int64_t kStep = G * P::kBlocks;
   const V m0 = P::set1(0xD2511F53u), m1 = P::set1(0xCD9E8D57u);
   const V s0 = P::set1(static_cast<uint32_t>(stream)), s1 = P::set1(static_cast<uint32_t>(stream >> 32));
@@ -217,15 +217,19 @@ void bias_grad(const T* grad, T* out, int64_t rows, int64_t cols) {
   });
 }
 
+// The unsigned test word >= threshold as a signed compare of sign-flipped values, which AVX2 has.
+inline int32_t flip_sign(uint32_t u) { return static_cast<int32_t>(u ^ 0x80000000u); }
+inline bool keep_signed(uint32_t word, int32_t threshold_s) { return flip_sign(word) >= threshold_s; }
+
 template <class T>
 void dropout(const T* x, T* out, int64_t n, double p, uint64_t seed, uint64_t offset) {
-  const uint32_t threshold = ops::drop_threshold(p);
+  const int32_t threshold_s = flip_sign(ops::drop_threshold(p));
   const T scale = static_cast<T>(1.0 / (1.0 - p));
   for_chunks(n, [&](int64_t b, int64_t e) {
     for_word_runs(b, e, seed, offset, [&](int64_t s, int64_t len, const uint32_t* __restrict w) {
       const T* __restrict xs = x + s;
       T* __restrict os = out + s;
-      for (int64_t j = 0; j < len; ++j) os[j] = w[j] >= threshold ? xs[j] * scale : T(0);
+      for (int64_t j = 0; j < len; ++j) os[j] = keep_signed(w[j], threshold_s) ? xs[j] * scale : T(0);
     });
   });
 }
@@ -271,12 +275,12 @@ void random_normal(T* out, int64_t n, double mean, double std, uint64_t seed, ui
 template <class T>
 void add_noise(const T* x, T* out, int64_t n, NoiseKind kind, double level, uint64_t seed, uint64_t offset) {
   if (kind == NoiseKind::mask) {
-    const uint32_t threshold = ops::drop_threshold(level);
+    const int32_t threshold_s = flip_sign(ops::drop_threshold(level));
     for_chunks(n, [&](int64_t b, int64_t e) {
       for_word_runs(b, e, seed, offset, [&](int64_t s, int64_t len, const uint32_t* __restrict w) {
         const T* __restrict xs = x + s;
         T* __restrict os = out + s;
-        for (int64_t j = 0; j < len; ++j) os[j] = w[j] >= threshold ? xs[j] : T(0);
+        for (int64_t j = 0; j < len; ++j) os[j] = keep_signed(w[j], threshold_s) ? xs[j] : T(0);
       });
     });
   } else {

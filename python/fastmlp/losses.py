@@ -51,7 +51,7 @@ def prepare_target(loss: str, y, rows: int, outputs: int, dtype) -> np.ndarray:
                 raise ValueError("cross_entropy labels must be integers 0..classes-1")
         elif y.dtype.kind not in "iub":
             raise TypeError(f"cross_entropy labels must be integers, got dtype {y.dtype}")
-        labels = y.astype(np.int64)
+        labels = y.astype(np.int64, copy=False)
         if labels.size and (labels.min() < 0 or labels.max() >= outputs):
             raise ValueError(f"labels must be in [0, {outputs}) for a model with {outputs} outputs; "
                              f"got values in [{labels.min()}, {labels.max()}]")
@@ -65,9 +65,10 @@ def prepare_target(loss: str, y, rows: int, outputs: int, dtype) -> np.ndarray:
     return np.ascontiguousarray(y, dtype=dtype)
 
 
-def compute(loss: str, logits: np.ndarray, target: np.ndarray) -> Tuple[float, np.ndarray]:
-    """(loss, d loss / d logits) for prepared targets."""
-    return _KERNELS[loss](logits, target)
+def compute(loss: str, logits: np.ndarray, target: np.ndarray, out: Optional[np.ndarray] = None
+            ) -> Tuple[float, np.ndarray]:
+    """(loss, d loss / d logits) for prepared targets; the gradient goes to ``out`` when given."""
+    return _KERNELS[loss](logits, target, out=out)
 
 
 def per_row(loss: str, logits: np.ndarray, target: np.ndarray) -> np.ndarray:

@@ -233,27 +233,53 @@ class ParamInfo:
 # --- execution blocks: what one forward/backward unit runs ------------------------------------
 
 
+class _Workspace:
+    """Arrays a block reuses from one training step to the next, so that a steady-state training
+    step allocates nothing. Only training-mode passes use it (their outputs live until the next
+    training step); inference allocates fresh outputs."""
+
+    __slots__ = ("arrays",)
+
+    def __init__(self):
+        self.arrays: Dict[str, np.ndarray] = {}
+
+    def get(self, name: str, shape, dtype) -> np.ndarray:
+        a = self.arrays.get(name)
+        if a is None or a.shape != shape or a.dtype != dtype:
+            a = np.empty(shape, dtype)
+            self.arrays[name] = a
+        return a
+
+
+def _ws_out(ws: Optional[_Workspace], name: str, shape, dtype) -> Optional[np.ndarray]:
+    return None if ws is None else ws.get(name, shape, dtype)
+
+
 class _DenseBlock:
     """Dense [→ BatchNorm] [→ activation], fused."""
 
     def __init__(self, dense: Dense, bn: Optional[BatchNorm], act: str):
         self.dense, self.bn, self.act = dense, bn, act
         self.accumulate_weight_grad = False
+        self.ws = _Workspace()
 
     def forward(self, x, training, ctx):
         d = self.dense
         bias = d.bias if d.bias_enabled else None
+        ws = self.ws if training else None
+        shape = (x.shape[0], d.out_features)
         if self.bn is None:
-            y = K.gemm(x, d.weight, trans_b=True, bias=bias, activation=self.act)
+            y = K.gemm(x, d.weight, trans_b=True, bias=bias, activation=self.act, out=_ws_out(ws, "y", shape, x.dtype))
             if training:
                 ctx.append((x, y))
             return y
-        z = K.gemm(x, d.weight, trans_b=True, bias=bias)
+        z = K.gemm(x, d.weight, trans_b=True, bias=bias, out=_ws_out(ws, "z", shape, x.dtype))
         bn = self.bn
         if training and x.shape[0] < 2:
             _raise_bn_batch(x.shape[0])
         y, mean, invstd = K.batch_norm(z, bn.gamma, bn.beta, bn.running_mean, bn.running_var, training=training,
-                                       momentum=bn.momentum, eps=bn.eps, activation=self.act)
+                                       momentum=bn.momentum, eps=bn.eps, activation=self.act,
+                                       out=_ws_out(ws, "y", shape, x.dtype))
         if training:
             ctx.append((x, z, y, mean, invstd))
         return y
@@ -272,7 +298,9 @@ class _DenseBlock:
         K.gemm(dz, x, trans_a=True, out=d.dweight, beta=1.0 if self.accumulate_weight_grad else 0.0)
         if d.bias_enabled:
             K.bias_grad(dz, out=d.dbias)
-        return K.gemm(dz, d.weight) if need_input_grad else None
+        if not need_input_grad:
+            return None
+        return K.gemm(dz, d.weight, out=self.ws.get("dx", (dz.shape[0], d.in_features), dz.dtype))
 
 
 def _raise_bn_batch(rows):
@@ -310,10 +338,12 @@ class _TiedDenseBlock:
 
     def __init__(self, layer: TiedDense, act: str):
         self.layer, self.act = layer, act
+        self.ws = _Workspace()
 
     def forward(self, x, training, ctx):
         src = self.layer.source
-        y = K.gemm(x, src.weight, bias=self.layer.bias if self.layer.bias_enabled else None, activation=self.act)
+        y = K.gemm(x, src.weight, bias=self.layer.bias if self.layer.bias_enabled else None, activation=self.act,
+                   out=_ws_out(self.ws if training else None, "y", (x.shape[0], src.in_features), x.dtype))
         if training:
             ctx.append((x, y))
         return y
@@ -326,12 +356,15 @@ class _TiedDenseBlock:
         K.gemm(x, dz, trans_a=True, out=src.dweight)
         if self.layer.bias_enabled:
             K.bias_grad(dz, out=self.layer.dbias)
-        return K.gemm(dz, src.weight, trans_b=True) if need_input_grad else None
+        if not need_input_grad:
+            return None
+        return K.gemm(dz, src.weight, trans_b=True, out=self.ws.get("dx", (dz.shape[0], src.out_features), dz.dtype))
 
 
 class _NoiseBlock:
     def __init__(self, layer: Noise, stream_index: int):
         self.layer, self.stream_index = layer, stream_index
+        self.ws = _Workspace()
 
     def forward(self, x, training, ctx, seed=0, offset=0):
         if not training or self.layer.level == 0.0:
@@ -339,7 +372,8 @@ class _NoiseBlock:
                 ctx.append(None)
             return x
         ctx.append(offset)
-        return K.add_noise(x, self.layer.kind, self.layer.level, seed=seed, offset=offset)
+        return K.add_noise(x, self.layer.kind, self.layer.level, seed=seed, offset=offset,
+                           out=self.ws.get("y", x.shape, x.dtype))
 
     def backward(self, grad_y, saved, need_input_grad, seed=0):
         if saved is None or self.layer.kind == "gaussian":
@@ -350,9 +384,10 @@ class _NoiseBlock:
 class _ActivationBlock:
     def __init__(self, act: str):
         self.act = act
+        self.ws = _Workspace()
 
     def forward(self, x, training, ctx):
-        y = K.activation(x, self.act)
+        y = K.activation(x, self.act, out=_ws_out(self.ws if training else None, "y", x.shape, x.dtype))
         if training:
             ctx.append(y)
         return y
@@ -364,6 +399,7 @@ class _ActivationBlock:
 class _DropoutBlock:
     def __init__(self, layer: Dropout, stream_index: int):
         self.layer, self.stream_index = layer, stream_index
+        self.ws = _Workspace()
 
     def forward(self, x, training, ctx, seed=0, offset=0):
         if not training or self.layer.p == 0.0:
@@ -371,7 +407,7 @@ class _DropoutBlock:
                 ctx.append(None)
             return x
         ctx.append(offset)
-        return K.dropout(x, self.layer.p, seed=seed, offset=offset)
+        return K.dropout(x, self.layer.p, seed=seed, offset=offset, out=self.ws.get("y", x.shape, x.dtype))
 
     def backward(self, grad_y, saved, need_input_grad, seed=0):
         if saved is None:
@@ -627,7 +663,8 @@ class Sequential:
         x = self._as_input(X)
         if not training:
             return self._predict_chunks(x)
-        return self._forward(x, True, seed, step)
+        # The internal buffers are reused by the next training step: hand the caller a copy.
+        return self._forward(x, True, seed, step).copy()
 
     __call__ = forward
 
@@ -636,10 +673,14 @@ class Sequential:
         :meth:`gradients`. Returns d loss / d input when ``need_input_grad``."""
         if self._saved is None:
             raise RuntimeError("backward needs a forward(..., training=True) first")
-        ctx = self._saved
         grad = np.ascontiguousarray(grad_logits, dtype=self.dtype)
         if grad is grad_logits:
             grad = grad.copy()  # the blocks work in place on the gradient
+        return self._backward(grad, need_input_grad)
+
+    def _backward(self, grad: np.ndarray, need_input_grad: bool = False) -> Optional[np.ndarray]:
+        """backward on a gradient array the model may overwrite (the Trainer's loss buffer)."""
+        ctx = self._saved
         for idx in range(len(self._blocks) - 1, -1, -1):
             block = self._blocks[idx]
             saved = ctx[idx]

@@ -196,6 +196,24 @@ class _SigintDeferral:
         return False
 
 
+class _BusyGuard:
+    """One thread at a time per Trainer (a second one gets a clear error, never a race)."""
+
+    __slots__ = ("lock",)
+
+    def __init__(self):
+        self.lock = threading.Lock()
+
+    def __enter__(self):
+        if not self.lock.acquire(blocking=False):
+            raise RuntimeError("this Trainer is already training in another thread; a Trainer (and its model) can "
+                               "be used by one thread at a time")
+
+    def __exit__(self, *exc):
+        self.lock.release()
+        return False
+
+
 class Trainer:
     """Minibatch training of a model (``fastmlp.MLP``, ``fastmlp.nn.Sequential``).
 
@@ -269,7 +287,9 @@ class Trainer:
         self._best = {"loss": math.inf, "epoch": None, "params": None, "buffers": None, "bad_epochs": 0}
         self._bound = False
         self._weights: Optional[np.ndarray] = None
-        self._busy = threading.Lock()
+        self._grad_buf: Optional[np.ndarray] = None
+        self._batch_bufs: Dict[str, np.ndarray] = {}
+        self._guard = _BusyGuard()
 
     # -- data -------------------------------------------------------------------------------------
 
@@ -330,7 +350,10 @@ class Trainer:
     def _step(self, xb: np.ndarray, yb: np.ndarray, wb: Optional[np.ndarray] = None) -> float:
         model = self.model
         logits = model._forward(xb, True, self.seed, self.step)
-        loss, grad = _losses.compute(self.loss, logits, yb)
+        grad_buf = self._grad_buf
+        if grad_buf is None or grad_buf.shape != logits.shape or grad_buf.dtype != logits.dtype:
+            grad_buf = self._grad_buf = np.empty_like(logits)
+        loss, grad = _losses.compute(self.loss, logits, yb, out=grad_buf)
         if wb is not None:  # weighted mean: sum(w_i l_i) / sum(w_i)
             total = float(wb.sum())
             rows = _losses.per_row(self.loss, logits, yb)
@@ -342,10 +365,19 @@ class Trainer:
         if not math.isfinite(loss):
             model._saved = None
             return loss
-        model.backward(grad)
+        model._backward(grad)
         self.optimizer.step(model.parameters(), model.gradients())
         self.step += 1
         return loss
+
+    def _gather(self, a: np.ndarray, idx: np.ndarray, name: str) -> np.ndarray:
+        """a[idx] into a reused buffer (no allocation per step)."""
+        shape = (idx.size,) + a.shape[1:]
+        buf = self._batch_bufs.get(name)
+        if buf is None or buf.shape != shape or buf.dtype != a.dtype:
+            buf = self._batch_bufs[name] = np.empty(shape, a.dtype)
+        np.take(a, idx, axis=0, out=buf)
+        return buf
 
     def train_step(self, X_batch, y_batch) -> float:
         """One minibatch update with the current settings; returns its data loss. Useful for
@@ -358,20 +390,8 @@ class Trainer:
                 raise NonFiniteLossError(f"non-finite loss ({loss}) at step {self.step}; no update was applied")
             return loss
 
-    def _busy_guard(self):
-        trainer = self
-
-        class _Guard:
-            def __enter__(self):
-                if not trainer._busy.acquire(blocking=False):
-                    raise RuntimeError("this Trainer is already training in another thread; a Trainer (and its "
-                                       "model) can be used by one thread at a time")
-
-            def __exit__(self, *exc):
-                trainer._busy.release()
-                return False
-
-        return _Guard()
+    def _busy_guard(self) -> "_BusyGuard":
+        return self._guard
 
     # -- evaluation -------------------------------------------------------------------------------
 
@@ -509,7 +529,8 @@ class Trainer:
                 xb, tb, wb = x[lo:hi], t[lo:hi], (None if w is None else w[lo:hi])
             else:
                 idx = order[lo:hi]
-                xb, tb, wb = x[idx], t[idx], (None if w is None else w[idx])
+                xb, tb = self._gather(x, idx, "x"), self._gather(t, idx, "t")
+                wb = None if w is None else w[idx]
             loss = self._step(xb, tb, wb)
             if not math.isfinite(loss):
                 return self._non_finite(loss, epoch, b, snapshot)

@@ -168,7 +168,10 @@ void gemm(const GemmArgs<T>& g) {
 
   const int64_t n_panels = ceil_div(N, NR);
   const int64_t n_pad = n_panels * NR;
+  // Equal KC blocks (784 = 4 x 196, not 3 x 256 + 16). Where the partial sums are parked does not
+  // change any element's FMA chain, so this is free to depend on K.
   const int64_t k_blocks = K == 0 ? 1 : ceil_div(K, B::KC);
+  const int64_t kc_size = K == 0 ? 1 : ceil_div(K, k_blocks);
 
   // Pack all of op(b): block kb (k0, kc) starts at k0 * n_pad; panel jp inside it at jp * kc * NR.
   T* packed_b = static_cast<T*>(thread_scratch(kScratchPackB, sizeof(T) * static_cast<size_t>(K * n_pad + 1)));
@@ -177,8 +180,8 @@ void gemm(const GemmArgs<T>& g) {
   constexpr int64_t kPanelsPerTask = 8;
   parallel_for_if(parallel, ceil_div(n_panels, kPanelsPerTask), [&](int64_t task) {
     const int64_t jp_end = min_i64(n_panels, (task + 1) * kPanelsPerTask);
-    for (int64_t k0 = 0; k0 < K; k0 += B::KC) {
-      const int64_t kc = min_i64(B::KC, K - k0);
+    for (int64_t k0 = 0; k0 < K; k0 += kc_size) {
+      const int64_t kc = min_i64(kc_size, K - k0);
       for (int64_t jp = task * kPanelsPerTask; jp < jp_end; ++jp)
         pack_b_panel(g, jp, k0, kc, packed_b + k0 * n_pad + jp * kc * NR);
     }
@@ -188,7 +191,8 @@ void gemm(const GemmArgs<T>& g) {
   const int threads = parallel ? get_num_threads() : 1;
   int64_t mc = balanced_block(M, B::MC_MAX, MR);
   int64_t nc = balanced_block(N, B::NC_MAX, NR);
-  while (ceil_div(M, mc) * ceil_div(N, nc) < 2 * threads && (mc > MR || nc > NR)) {
+  // Enough tasks that a worker joining late still finds work (several per thread).
+  while (ceil_div(M, mc) * ceil_div(N, nc) < 4 * threads && (mc > MR || nc > NR)) {
     if (nc > NR && (nc >= mc || mc <= MR)) nc = ceil_div(ceil_div(nc, 2), NR) * NR;
     else mc = ceil_div(ceil_div(mc, 2), MR) * MR;
   }
@@ -198,11 +202,11 @@ void gemm(const GemmArgs<T>& g) {
     const int64_t i0 = (task / n_blocks) * mc, j0 = (task % n_blocks) * nc;
     const int64_t rows = min_i64(mc, M - i0), cols = min_i64(nc, N - j0);
     const int64_t m_panels = ceil_div(rows, MR), c_panels = ceil_div(cols, NR);
-    T* packed_a = static_cast<T*>(thread_scratch(kScratchPackA, sizeof(T) * static_cast<size_t>(m_panels * MR * B::KC)));
+    T* packed_a = static_cast<T*>(thread_scratch(kScratchPackA, sizeof(T) * static_cast<size_t>(m_panels * MR * kc_size)));
     T* acc = static_cast<T*>(thread_scratch(kScratchAcc, sizeof(T) * static_cast<size_t>(m_panels * c_panels * MR * NR)));
     for (int64_t kb = 0; kb < k_blocks; ++kb) {
-      const int64_t k0 = kb * B::KC;
-      const int64_t kc = min_i64(B::KC, K - k0);
+      const int64_t k0 = kb * kc_size;
+      const int64_t kc = min_i64(kc_size, K - k0);
       const bool first = kb == 0, last = kb == k_blocks - 1;
       pack_a(g, i0, rows, k0, kc, packed_a);
       for (int64_t jp = 0; jp < c_panels; ++jp) {

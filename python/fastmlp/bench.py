@@ -90,6 +90,7 @@ def _openblas_core() -> str:
 #: Idle time before each competitor's block, so that the previous library's spinning worker
 #: threads (OpenBLAS spins for ~0.1 s after a call) have gone to sleep and do not steal cores.
 GAP_S = 0.3
+WARM_S = 0.06
 
 
 def interleaved(fns: Dict[str, Callable[[], None]], repeats: int, warmup: int = 2,
@@ -111,8 +112,13 @@ def interleaved(fns: Dict[str, Callable[[], None]], repeats: int, warmup: int = 
     for _ in range(rounds):
         for name, fn in fns.items():
             if len(fns) > 1:
+                # Let the previous library's threads go idle, then warm this one up again for
+                # WARM_S: after an idle spell a VM's second vCPU takes tens of ms to come back.
                 time.sleep(GAP_S)
+                warm_until = time.perf_counter() + WARM_S
                 fn()
+                while time.perf_counter() < warm_until:
+                    fn()
             k = inner[name]
             for _ in range(per_round):
                 t = time.perf_counter()

@@ -184,8 +184,8 @@ void activation_backward(const T* grad_out, const T* y, T* out, int64_t n, Act a
   }
 }
 
-// Column sums: fixed blocks of kReduceRowBlock rows summed in double, then the block partials
-// added in block order. Tasks split rows blocks and column chunks; the order never changes.
+// Column sums: runs of 16 rows summed in T, runs added in double within fixed blocks of
+// kReduceRowBlock rows, and the block partials added in double in block order. Tasks split rows blocks and column chunks; the order never changes.
 template <class T>
 void bias_grad(const T* grad, T* out, int64_t rows, int64_t cols) {
   if (cols == 0) return;
@@ -200,11 +200,21 @@ void bias_grad(const T* grad, T* out, int64_t rows, int64_t cols) {
     const int64_t rb = task / col_chunks, cc = task % col_chunks;
     const int64_t r0 = rb * kReduceRowBlock, r1 = min_i64(rows, r0 + kReduceRowBlock);
     const int64_t c0 = cc * kColChunk, c1 = min_i64(cols, c0 + kColChunk);
-    double* p = partial + rb * cols;
-    for (int64_t c = c0; c < c1; ++c) p[c] = 0.0;
-    for (int64_t r = r0; r < r1; ++r) {
-      const T* g = grad + r * cols;
-      for (int64_t c = c0; c < c1; ++c) p[c] += static_cast<double>(g[c]);
+    // Runs of kSumRows rows are summed in T (vector-wide, no conversions) and each run is added to
+    // the block's double partial: float32 error stays within kSumRows * eps * sum|g|.
+    constexpr int64_t kSumRows = 16;
+    T acc[kColChunk];
+    const int64_t width = c1 - c0;
+    double* p = partial + rb * cols + c0;
+    for (int64_t c = 0; c < width; ++c) p[c] = 0.0;
+    for (int64_t r = r0; r < r1; r += kSumRows) {
+      const int64_t r_end = min_i64(r1, r + kSumRows);
+      for (int64_t c = 0; c < width; ++c) acc[c] = T(0);
+      for (int64_t rr = r; rr < r_end; ++rr) {
+        const T* __restrict g = grad + rr * cols + c0;
+        for (int64_t c = 0; c < width; ++c) acc[c] += g[c];
+      }
+      for (int64_t c = 0; c < width; ++c) p[c] += static_cast<double>(acc[c]);
     }
   });
   parallel_for(col_chunks, [&](int64_t cc) {

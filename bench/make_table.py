@@ -1,0 +1,51 @@
+"""Turn a ``python -m fastmlp.bench --json`` result into the README's markdown table.
+Usage: python bench/make_table.py bench/results/<file>.json"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+
+def fmt_time(t):
+    if t is None:
+        return "—"
+    if t >= 1.0:
+        return f"{t:.2f} s"
+    if t >= 1e-3:
+        return f"{t * 1e3:.2f} ms"
+    return f"{t * 1e6:.1f} µs"
+
+
+def main(path: str) -> None:
+    with open(path) as f:
+        data = json.load(f)
+    m, lim = data["machine"], data["limits"]
+    fma = ", ".join(f"{k} thread(s) {v:.0f}" for k, v in lim["fma_gflops"].items())
+    print(f"Machine: {m['cpu']}, {m['logical_cpus']} logical CPUs, ISA path `{m['isa']}`, {m['fastmlp_threads']} "
+          f"threads; numpy {m['numpy']} (OpenBLAS {m['openblas']}), torch {m.get('torch', '—')}, "
+          f"jax {m.get('jax', '—')}; {m['date']}.")
+    print(f"Limits measured in the run: FMA probe {fma} GFLOP/s; best GEMM {lim.get('gemm_best_gflops', 0):.0f} "
+          f"GFLOP/s; STREAM triad {lim['stream_gbps']:.1f} GB/s.\n")
+    print("| op | shape | fastmlp | numpy | torch | jax.jit | vs best | rate | % of limit | target |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    for r in data["rows"]:
+        if "times_s" not in r:
+            continue
+        t = r["times_s"]
+        rate = f"{r['gflops']:.0f} GFLOP/s" if "gflops" in r else (f"{r['gbps']:.1f} GB/s" if "gbps" in r else "")
+        pct = f"{r['pct_of_limit']:.0f}%" if r.get("pct_of_limit") is not None else ""
+        ratio = f"{r['ratio_vs_best']:.2f}× {r['best_competitor']}" if r.get("ratio_vs_best") else ""
+        note = f" ({r['note']})" if r.get("note") else ""
+        print(f"| {r['op']} | {r['shape']} | {fmt_time(t.get('fastmlp'))} | {fmt_time(t.get('numpy'))} | "
+              f"{fmt_time(t.get('torch'))} | {fmt_time(t.get('jax.jit'))} | {ratio} | {rate} | {pct} | "
+              f"{r.get('target') or ''}{note} |")
+    for r in data["rows"]:
+        if r.get("op") == "fit peak RSS":
+            print(f"\nMemory: a steady-state training step retains {r['step_retained_bytes'] / 1024:.1f} KiB of new "
+                  f"allocations (no arrays; workspaces are reused); peak RSS of the whole benchmark process "
+                  f"{r['peak_rss_mib']:.0f} MiB (it also holds torch, JAX and the earlier benchmarks' arrays).")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])

@@ -8,13 +8,9 @@ import sys
 
 
 def fmt_time(t):
-    if t is None:
-        return "—"
-    if t >= 1.0:
-        return f"{t:.2f} s"
-    if t >= 1e-3:
-        return f"{t * 1e3:.2f} ms"
-    return f"{t * 1e6:.1f} µs"
+    from fastmlp.bench import Table
+
+    return Table._fmt_time(t)
 
 
 def main(path: str) -> None:

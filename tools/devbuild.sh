@@ -7,7 +7,7 @@ set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 build="${1:-$root/build-dev}"
 shift || true
-cmake -S "$root" -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release \
+cmake -S "$root" -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=${FASTMLP_BUILD_TYPE:-Release} \
   -Dpybind11_DIR="$(python3 -m pybind11 --cmakedir)" -DFASTMLP_WERROR=ON "$@" >/dev/null
 cmake --build "$build" -j2
 pkg="$build/pkg/fastmlp"

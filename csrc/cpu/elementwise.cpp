@@ -239,7 +239,9 @@ void dropout(const T* x, T* out, int64_t n, double p, uint64_t seed, uint64_t of
     for_word_runs(b, e, seed, offset, [&](int64_t s, int64_t len, const uint32_t* __restrict w) {
       const T* __restrict xs = x + s;
       T* __restrict os = out + s;
-      for (int64_t j = 0; j < len; ++j) os[j] = keep_signed(w[j], threshold_s) ? xs[j] * scale : T(0);
+      const int32_t th = threshold_s;  // locals, not captured references: the loop vectorises
+      const T sc = scale;
+      for (int64_t j = 0; j < len; ++j) os[j] = keep_signed(w[j], th) ? xs[j] * sc : T(0);
     });
   });
 }
@@ -290,7 +292,8 @@ void add_noise(const T* x, T* out, int64_t n, NoiseKind kind, double level, uint
       for_word_runs(b, e, seed, offset, [&](int64_t s, int64_t len, const uint32_t* __restrict w) {
         const T* __restrict xs = x + s;
         T* __restrict os = out + s;
-        for (int64_t j = 0; j < len; ++j) os[j] = keep_signed(w[j], threshold_s) ? xs[j] : T(0);
+        const int32_t th = threshold_s;
+        for (int64_t j = 0; j < len; ++j) os[j] = keep_signed(w[j], th) ? xs[j] : T(0);
       });
     });
   } else {

@@ -64,13 +64,17 @@ void pack_a(const GemmArgs<T>& g, int64_t i0, int64_t rows, int64_t k0, int64_t 
     const int64_t mr = min_i64(MR, rows - p);
     T* d = dst + p * kc;
     if (!g.trans_a) {
-      for (int r = 0; r < MR; ++r) {
-        if (r < mr) {
-          const T* src = g.a + (i0 + p + r) * g.K + k0;
-          for (int64_t k = 0; k < kc; ++k) d[k * MR + r] = src[k];
-        } else {
-          for (int64_t k = 0; k < kc; ++k) d[k * MR + r] = T(0);
+      // k outer, rows inner: the writes are contiguous, the reads are MR sequential streams.
+      const T* rows[MR];
+      for (int r = 0; r < MR; ++r) rows[r] = g.a + (i0 + p + (r < mr ? r : 0)) * g.K + k0;
+      if (mr == MR) {
+        for (int64_t k = 0; k < kc; ++k) {
+#pragma GCC unroll 16
+          for (int r = 0; r < MR; ++r) d[k * MR + r] = rows[r][k];
         }
+      } else {
+        for (int64_t k = 0; k < kc; ++k)
+          for (int r = 0; r < MR; ++r) d[k * MR + r] = r < mr ? rows[r][k] : T(0);
       }
     } else {
       for (int64_t k = 0; k < kc; ++k) {
@@ -192,7 +196,7 @@ void gemm(const GemmArgs<T>& g) {
   int64_t mc = balanced_block(M, B::MC_MAX, MR);
   int64_t nc = balanced_block(N, B::NC_MAX, NR);
   // Enough tasks that a worker joining late still finds work (several per thread).
-  while (ceil_div(M, mc) * ceil_div(N, nc) < 4 * threads && (mc > MR || nc > NR)) {
+  while (parallel && ceil_div(M, mc) * ceil_div(N, nc) < 4 * threads && (mc > MR || nc > NR)) {
     if (nc > NR && (nc >= mc || mc <= MR)) nc = ceil_div(ceil_div(nc, 2), NR) * NR;
     else mc = ceil_div(ceil_div(mc, 2), MR) * MR;
   }

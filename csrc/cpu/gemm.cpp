@@ -1,6 +1,6 @@
 // Blocked GEMM with a fused epilogue: out = act(alpha * op(a) op(b) + beta * out + bias).
-// op(b) is packed once per call into NR-wide panels (per KC block of k); each task packs its own
-// MC x KC block of op(a) and runs an MR x NR register-tiled micro-kernel over it. Every output
+// op(a) and op(b) are packed once per call into MR-high and NR-wide panels (per KC block of k);
+// tasks over (MC rows x NC columns) then run an MR x NR register-tiled micro-kernel on them. Every output
 // element is one FMA chain over k = 0..K-1 in order, starting from zero (partial sums are parked
 // in a per-task tile buffer between KC blocks, never added), so row i is bitwise the same for any
 // batch composition, tile position and thread count. The epilogue is applied once per tile, as
@@ -177,17 +177,33 @@ void gemm(const GemmArgs<T>& g) {
   const int64_t k_blocks = K == 0 ? 1 : ceil_div(K, B::KC);
   const int64_t kc_size = K == 0 ? 1 : ceil_div(K, k_blocks);
 
-  // Pack all of op(b): block kb (k0, kc) starts at k0 * n_pad; panel jp inside it at jp * kc * NR.
-  T* packed_b = static_cast<T*>(thread_scratch(kScratchPackB, sizeof(T) * static_cast<size_t>(K * n_pad + 1)));
+  // Pack all of op(a) and op(b) once, in one parallel pass: block kb (k0, kc) of op(b) starts at
+  // k0 * n_pad and its panel jp at jp * kc * NR; likewise op(a) with m_pad and MR. The compute tasks
+  // then only read packed panels (no task repacks a block another task already packed).
+  const int64_t m_panels_all = ceil_div(M, MR);
+  const int64_t m_pad = m_panels_all * MR;
+  char* packed = static_cast<char*>(
+      thread_scratch(kScratchPackB, sizeof(T) * static_cast<size_t>(K * (n_pad + m_pad) + 64)));
+  T* packed_b = reinterpret_cast<T*>(packed);
+  T* packed_a = packed_b + K * n_pad;
   // Below ~2^20 flops (a few microseconds) waking the pool costs more than it saves.
   const bool parallel = 2.0 * static_cast<double>(M) * static_cast<double>(N) * static_cast<double>(K) >= 1048576.0;
   constexpr int64_t kPanelsPerTask = 8;
-  parallel_for_if(parallel, ceil_div(n_panels, kPanelsPerTask), [&](int64_t task) {
-    const int64_t jp_end = min_i64(n_panels, (task + 1) * kPanelsPerTask);
+  const int64_t b_tasks = ceil_div(n_panels, kPanelsPerTask), a_tasks = ceil_div(m_panels_all, kPanelsPerTask);
+  parallel_for_if(parallel, b_tasks + a_tasks, [&](int64_t task) {
+    const bool is_b = task < b_tasks;
+    const int64_t first = (is_b ? task : task - b_tasks) * kPanelsPerTask;
+    const int64_t end = min_i64(is_b ? n_panels : m_panels_all, first + kPanelsPerTask);
     for (int64_t k0 = 0; k0 < K; k0 += kc_size) {
       const int64_t kc = min_i64(kc_size, K - k0);
-      for (int64_t jp = task * kPanelsPerTask; jp < jp_end; ++jp)
-        pack_b_panel(g, jp, k0, kc, packed_b + k0 * n_pad + jp * kc * NR);
+      for (int64_t panel = first; panel < end; ++panel) {
+        if (is_b) {
+          pack_b_panel(g, panel, k0, kc, packed_b + k0 * n_pad + panel * kc * NR);
+        } else {
+          const int64_t i0 = panel * MR;
+          pack_a(g, i0, min_i64(MR, M - i0), k0, kc, packed_a + k0 * m_pad + panel * kc * MR);
+        }
+      }
     }
   });
 
@@ -206,18 +222,17 @@ void gemm(const GemmArgs<T>& g) {
     const int64_t i0 = (task / n_blocks) * mc, j0 = (task % n_blocks) * nc;
     const int64_t rows = min_i64(mc, M - i0), cols = min_i64(nc, N - j0);
     const int64_t m_panels = ceil_div(rows, MR), c_panels = ceil_div(cols, NR);
-    T* packed_a = static_cast<T*>(thread_scratch(kScratchPackA, sizeof(T) * static_cast<size_t>(m_panels * MR * kc_size)));
     T* acc = static_cast<T*>(thread_scratch(kScratchAcc, sizeof(T) * static_cast<size_t>(m_panels * c_panels * MR * NR)));
     for (int64_t kb = 0; kb < k_blocks; ++kb) {
       const int64_t k0 = kb * kc_size;
       const int64_t kc = min_i64(kc_size, K - k0);
       const bool first = kb == 0, last = kb == k_blocks - 1;
-      pack_a(g, i0, rows, k0, kc, packed_a);
+      const T* ap = packed_a + k0 * m_pad + (i0 / MR) * kc * MR;
       for (int64_t jp = 0; jp < c_panels; ++jp) {
         const T* bp = packed_b + k0 * n_pad + (j0 / NR + jp) * kc * NR;
         for (int64_t ip = 0; ip < m_panels; ++ip) {
           T* tile = acc + (ip * c_panels + jp) * MR * NR;
-          micro_kernel(kc, packed_a + ip * kc * MR, bp, tile, !first);
+          micro_kernel(kc, ap + ip * kc * MR, bp, tile, !first);
           if (last)
             store_tile(g, tile, NR, i0 + ip * MR, j0 + jp * NR, min_i64(MR, rows - ip * MR),
                        min_i64(NR, cols - jp * NR));

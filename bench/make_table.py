@@ -39,8 +39,11 @@ def main(path: str) -> None:
     for r in data["rows"]:
         if r.get("op") == "fit peak RSS":
             print(f"\nMemory: a steady-state training step retains {r['step_retained_bytes'] / 1024:.1f} KiB of new "
-                  f"allocations (no arrays; workspaces are reused); peak RSS of the whole benchmark process "
-                  f"{r['peak_rss_mib']:.0f} MiB (it also holds torch, JAX and the earlier benchmarks' arrays).")
+                  f"allocations (no arrays: workspaces are reused). Peak RSS of `Trainer.fit` on {r['shape']} in a "
+                  f"fresh process: {r['peak_rss_mib']:.0f} MiB, of which {r.get('rss_before_fit_mib', 0):.0f} MiB "
+                  f"before the fit (interpreter, NumPy, fastmlp, the {r['data_mib']:.0f} MiB of data); model, "
+                  f"gradients and Adam state {r['model_state_mib']:.1f} MiB; stated workspace bound "
+                  f"{r.get('workspace_bound_mib', 0):.1f} MiB.")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,1 @@
+# FASTMLP_SANITIZE: sanitizer instrumentation for the CPU build (filled in by the hardening work).

@@ -1,6 +1,10 @@
 // Argument validation helpers (see arrays.h).
 #include "bindings/arrays.h"
 
+#include <unistd.h>
+
+#include <cstdio>
+#include <limits>
 #include <sstream>
 
 namespace fastmlp {
@@ -8,6 +12,10 @@ namespace bind {
 
 void value_error(const std::string& msg) { throw py::value_error(msg); }
 void type_error(const std::string& msg) { throw py::type_error(msg); }
+void memory_error(const std::string& msg) {
+  PyErr_SetString(PyExc_MemoryError, msg.c_str());
+  throw py::error_already_set();
+}
 
 const char* dtype_name(DType d) { return d == DType::f64 ? "float64" : "float32"; }
 
@@ -110,7 +118,63 @@ void require_no_overlap(const FloatArray& a, const FloatArray& b, const char* fn
   }
 }
 
-FloatArray new_float_array(DType dtype, const std::vector<int64_t>& shape, const char* name) {
+uint64_t physical_memory_bytes() {
+  static const uint64_t bytes = [] {
+    const long pages = sysconf(_SC_PHYS_PAGES);
+    const long page_size = sysconf(_SC_PAGESIZE);
+    if (pages <= 0 || page_size <= 0) return std::numeric_limits<uint64_t>::max();  // unknown: no cap
+    return static_cast<uint64_t>(pages) * static_cast<uint64_t>(page_size);
+  }();
+  return bytes;
+}
+
+namespace {
+std::string byte_str(long double bytes) {
+  const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"};
+  int u = 0;
+  while (bytes >= 1024 && u < 6) {
+    bytes /= 1024;
+    ++u;
+  }
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%.1f %s", static_cast<double>(bytes), units[u]);
+  return buf;
+}
+}  // namespace
+
+int64_t checked_size(const std::vector<int64_t>& shape, const char* fn, const char* name) {
+  // Like NumPy, the product of the non-zero dimensions must fit even when another one is zero.
+  int64_t nonzero = 1;
+  bool empty = false;
+  for (int64_t d : shape) {
+    if (d < 0) value_error(prefix(fn) + name + " " + shape_str(shape) + " has a negative dimension");
+    if (d == 0) {
+      empty = true;
+      continue;
+    }
+    if (nonzero > std::numeric_limits<int64_t>::max() / d)
+      value_error(prefix(fn) + name + " " + shape_str(shape) + " has more than 2**63 - 1 elements");
+    nonzero *= d;
+  }
+  return empty ? 0 : nonzero;
+}
+
+void require_allocatable(const std::vector<int64_t>& shape, size_t itemsize, const char* fn, const char* name) {
+  const char* where = fn ? fn : "fastmlp";
+  const int64_t size = checked_size(shape, where, name);
+  if (static_cast<uint64_t>(size) > std::numeric_limits<uint64_t>::max() / itemsize ||
+      static_cast<uint64_t>(size) * itemsize > static_cast<uint64_t>(std::numeric_limits<int64_t>::max()))
+    value_error(prefix(where) + name + " of shape " + shape_str(shape) + " would need more than 2**63 bytes");
+  const uint64_t bytes = static_cast<uint64_t>(size) * itemsize;
+  const uint64_t limit = physical_memory_bytes();
+  if (bytes > limit)
+    memory_error(prefix(where) + name + " of shape " + shape_str(shape) + " would need " + std::to_string(bytes) +
+                 " bytes (" + byte_str(bytes) + "), more than this machine's physical memory (" +
+                 std::to_string(limit) + " bytes, " + byte_str(limit) + "); nothing was allocated");
+}
+
+FloatArray new_float_array(DType dtype, const std::vector<int64_t>& shape, const char* name, const char* fn) {
+  require_allocatable(shape, dtype == DType::f64 ? sizeof(double) : sizeof(float), fn, name);
   std::vector<py::ssize_t> s(shape.begin(), shape.end());
   py::array a = dtype == DType::f64 ? py::array(py::array_t<double>(s)) : py::array(py::array_t<float>(s));
   FloatArray f;
@@ -123,7 +187,7 @@ FloatArray new_float_array(DType dtype, const std::vector<int64_t>& shape, const
 }
 
 FloatArray out_arg(py::handle out, const char* fn, const char* name, DType dtype, const std::vector<int64_t>& shape) {
-  if (out.is_none()) return new_float_array(dtype, shape, name);
+  if (out.is_none()) return new_float_array(dtype, shape, name, fn);
   FloatArray o = float_arg(out, fn, name, /*writeable=*/true);
   if (o.dtype != dtype)
     type_error(prefix(fn) + name + " has dtype " + dtype_name(o.dtype) + " but the result has dtype " +
@@ -191,22 +255,34 @@ uint64_t seed_arg(py::handle h, const char* fn, const char* name) {
   return static_cast<uint64_t>(u);
 }
 
+namespace {
+int64_t dimension_arg(py::handle item, const char* fn, const char* name) {
+  py::object v = py::reinterpret_steal<py::object>(PyNumber_Index(item.ptr()));
+  if (!v) throw py::error_already_set();
+  int overflow = 0;
+  const long long d = PyLong_AsLongLongAndOverflow(v.ptr(), &overflow);
+  if (overflow > 0)
+    value_error(prefix(fn) + name + " has a dimension " + py::str(v).cast<std::string>() + " beyond 2**63 - 1");
+  if (overflow < 0) return std::numeric_limits<int64_t>::min();  // negative: checked_size names the shape
+  return static_cast<int64_t>(d);
+}
+}  // namespace
+
 std::vector<int64_t> shape_arg(py::handle h, const char* fn, const char* name) {
   std::vector<int64_t> shape;
   if (py::hasattr(h, "__index__") && !py::isinstance<py::bool_>(h)) {
-    shape.push_back(py::cast<int64_t>(py::reinterpret_steal<py::object>(PyNumber_Index(h.ptr()))));
+    shape.push_back(dimension_arg(h, fn, name));
   } else if (py::isinstance<py::sequence>(h) && !py::isinstance<py::str>(h)) {
     for (py::handle item : py::reinterpret_borrow<py::sequence>(h)) {
       if (!py::hasattr(item, "__index__") || py::isinstance<py::bool_>(item))
         type_error(prefix(fn) + name + " must be an int or a sequence of ints, got an element of type " +
                    py::str(py::type::handle_of(item).attr("__name__")).cast<std::string>());
-      shape.push_back(py::cast<int64_t>(py::reinterpret_steal<py::object>(PyNumber_Index(item.ptr()))));
+      shape.push_back(dimension_arg(item, fn, name));
     }
   } else {
     type_error(prefix(fn) + name + " must be an int or a sequence of ints");
   }
-  for (int64_t d : shape)
-    if (d < 0) value_error(prefix(fn) + name + " " + shape_str(shape) + " has a negative dimension");
+  checked_size(shape, fn, name);
   return shape;
 }
 

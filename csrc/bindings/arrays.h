@@ -53,7 +53,16 @@ void require_no_overlap(const FloatArray& a, const FloatArray& b, const char* fn
 
 // `out` if given (validated: writeable, dtype, shape), else a new array.
 FloatArray out_arg(py::handle out, const char* fn, const char* name, DType dtype, const std::vector<int64_t>& shape);
-FloatArray new_float_array(DType dtype, const std::vector<int64_t>& shape, const char* name);
+// A new array; refused (require_allocatable) before anything is allocated when it cannot fit.
+FloatArray new_float_array(DType dtype, const std::vector<int64_t>& shape, const char* name, const char* fn = nullptr);
+
+// The element count of `shape`; ValueError naming fn when it does not fit in int64.
+int64_t checked_size(const std::vector<int64_t>& shape, const char* fn, const char* name);
+// MemoryError, raised before allocating, when an array of `shape` and `itemsize` would need more
+// bytes than this machine's physical memory (an allocation that large could only succeed through
+// overcommit and then kill the process when touched). ValueError when the byte count overflows.
+void require_allocatable(const std::vector<int64_t>& shape, size_t itemsize, const char* fn, const char* name);
+uint64_t physical_memory_bytes();
 
 // Labels: int32 or int64, 1-D, C-contiguous; copied to int64 and range-checked against n_classes.
 std::vector<int64_t> labels_arg(py::handle h, const char* fn, const char* name, int64_t rows, int64_t n_classes);
@@ -62,6 +71,7 @@ double finite_arg(double v, const char* fn, const char* name);
 double nonneg_arg(double v, const char* fn, const char* name);
 double prob_arg(double p, const char* fn, const char* name);  // 0 <= p < 1
 uint64_t seed_arg(py::handle h, const char* fn, const char* name);  // a Python int in [0, 2**64)
+// A shape: an int or a sequence of ints, each >= 0, whose element count fits in int64 (ValueError).
 std::vector<int64_t> shape_arg(py::handle h, const char* fn, const char* name);
 DType dtype_arg(py::handle h, const char* fn);
 
@@ -69,6 +79,7 @@ cpu::Act activation_arg(const std::string& kind, const char* fn, const char* nam
 
 [[noreturn]] void value_error(const std::string& msg);
 [[noreturn]] void type_error(const std::string& msg);
+[[noreturn]] void memory_error(const std::string& msg);
 
 // Calls f(float{}) or f(double{}).
 template <class F>

@@ -82,6 +82,7 @@ py::object dropout_mask(py::handle shape_obj, double p, py::handle seed_obj, py:
   prob_arg(p, fn, "p");
   const uint64_t seed = seed_arg(seed_obj, fn, "seed");
   const uint64_t offset = seed_arg(offset_obj, fn, "offset");
+  require_allocatable(shape, sizeof(bool), fn, "mask");
   std::vector<py::ssize_t> s(shape.begin(), shape.end());
   py::array_t<bool> mask(s);
   const int64_t n = static_cast<int64_t>(mask.size());
@@ -122,7 +123,8 @@ py::object add_noise(py::handle x_obj, const std::string& kind, double level, py
 // The array a random fill writes: `out` (its shape must equal `shape`) or a new one of `dtype`.
 FloatArray fill_target(const char* fn, py::handle shape_obj, py::handle dtype_obj, py::handle out_obj) {
   const std::vector<int64_t> shape = shape_arg(shape_obj, fn, "shape");
-  if (out_obj.is_none()) return new_float_array(dtype_obj.is_none() ? DType::f32 : dtype_arg(dtype_obj, fn), shape, "out");
+  if (out_obj.is_none())
+    return new_float_array(dtype_obj.is_none() ? DType::f32 : dtype_arg(dtype_obj, fn), shape, "out", fn);
   FloatArray out = float_arg(out_obj, fn, "out", true);
   if (!dtype_obj.is_none() && dtype_arg(dtype_obj, fn) != out.dtype)
     type_error(std::string(fn) + ": dtype is " + dtype_name(dtype_arg(dtype_obj, fn)) + " but out has dtype " +

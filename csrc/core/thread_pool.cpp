@@ -194,6 +194,11 @@ Pool& pool() {
   return *g_pool;
 }
 
+// Create the pool (and register the fork handlers) when the library is loaded, not on the first
+// kernel call: a fork() while another thread was inside the call_once above would leave the
+// child's once-flag "in progress" forever, and the child's first kernel would deadlock.
+[[maybe_unused]] const bool g_pool_at_load = (pool(), true);
+
 }  // namespace
 
 void parallel_run(int64_t n_tasks, TaskFn fn, void* ctx) {

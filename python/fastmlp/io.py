@@ -15,6 +15,8 @@ import json
 import os
 import struct
 import tempfile
+import threading
+import tokenize
 import zipfile
 from typing import Dict, Tuple
 
@@ -48,11 +50,9 @@ def write_file(path, header: dict, arrays: Dict[str, np.ndarray]) -> None:
     directory = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(prefix=".fastmlp-", suffix=".tmp", dir=directory)
     try:
-        # mkstemp creates the file 0600; give it the mode a plain open() would (0666 & ~umask).
-        umask = os.umask(0)
-        os.umask(umask)
-        os.fchmod(fd, 0o666 & ~umask)
         with os.fdopen(fd, "wb") as f:
+            # mkstemp creates the file 0600; give it the mode a plain open() would (0666 & ~umask).
+            os.fchmod(f.fileno(), 0o666 & ~_current_umask())
             with zipfile.ZipFile(f, "w", compression=zipfile.ZIP_STORED) as z:
                 _write_member(z, _HEADER_KEY, np.frombuffer(header_bytes, dtype=np.uint8))
                 for name, arr in arrays.items():
@@ -74,6 +74,25 @@ def write_file(path, header: dict, arrays: Dict[str, np.ndarray]) -> None:
             os.close(dfd)
     except OSError:
         pass
+
+
+_UMASK_LOCK = threading.Lock()
+
+
+def _current_umask() -> int:
+    """The process umask, read without changing it where the OS allows: setting it to probe it
+    (os.umask) would, for a moment, give files that other threads create the probe's mode."""
+    try:
+        with open("/proc/self/status", "rb") as status:
+            for line in status:
+                if line.startswith(b"Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    with _UMASK_LOCK:  # no /proc: probe with the most restrictive mask, then put it back
+        umask = os.umask(0o077)
+        os.umask(umask)
+    return umask
 
 
 def _write_member(z: zipfile.ZipFile, name: str, arr: np.ndarray) -> None:
@@ -162,5 +181,6 @@ def _read_member(z: zipfile.ZipFile, info: zipfile.ZipInfo, path: str) -> np.nda
             return np.frombuffer(data, dtype=dtype).reshape(shape).copy()
     except ModelFileError:
         raise
-    except _CORRUPT_ZIP_ERRORS + (OSError, KeyError, SyntaxError, TypeError) as e:
+    except _CORRUPT_ZIP_ERRORS + (OSError, KeyError, SyntaxError, TypeError, tokenize.TokenError,
+                                  RecursionError) as e:
         raise ModelFileError(f"{path}: member {name!r} is corrupt ({type(e).__name__}: {e})") from None

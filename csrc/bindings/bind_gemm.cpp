@@ -1,5 +1,9 @@
 // Binding of gemm: validates shapes, dtypes, aliasing and the epilogue, then runs the kernel
 // without the GIL.
+#include <cmath>
+#include <limits>
+#include <utility>
+
 #include "bindings/arrays.h"
 
 namespace fastmlp {
@@ -25,6 +29,15 @@ py::object gemm(py::handle a_obj, py::handle b_obj, bool trans_a, bool trans_b, 
                 " the inner dimensions must match (" + std::to_string(K) + " != " + std::to_string(Kb) + ")");
   finite_arg(alpha, fn, "alpha");
   finite_arg(beta, fn, "beta");
+  if (a.dtype == DType::f32) {
+    // The epilogue scales in the array's dtype: a double beyond float32's range would become inf
+    // (0 * inf = NaN for an empty or zero product), and the conversion itself is undefined.
+    const double fmax = static_cast<double>(std::numeric_limits<float>::max());
+    for (const auto& [name, v] : {std::pair<const char*, double>{"alpha", alpha}, {"beta", beta}})
+      if (std::fabs(v) > fmax)
+        value_error(std::string("gemm: ") + name + "=" + std::to_string(v) +
+                    " is beyond float32's range (|" + name + "| <= 3.4028235e38) for float32 arrays");
+  }
   const cpu::Act act = activation_arg(activation, fn, "activation");
   if (beta != 0.0 && out_obj.is_none())
     value_error("gemm: beta=" + std::to_string(beta) + " reads out, but out was not given");

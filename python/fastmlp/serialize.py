@@ -8,6 +8,7 @@ from typing import Dict, Tuple
 
 import numpy as np
 
+from . import _arrays
 from .io import ModelFileError, read_file, write_file
 
 __all__ = ["load", "model_from_parts", "model_to_parts", "save"]
@@ -21,9 +22,9 @@ def model_to_parts(model, prefix: str = "") -> Tuple[dict, Dict[str, np.ndarray]
         header, arrays = model_to_parts(model.model, prefix)
         header = {"kind": "autoencoder", "autoencoder": model.config(), "network": header}
         return header, arrays
-    arrays = {prefix + "params": model.parameters().copy()}
+    arrays = {prefix + "params": _arrays.host_copy(model.parameters())}
     for name, buf in model.buffers().items():
-        arrays[prefix + "buffer." + name] = buf.copy()
+        arrays[prefix + "buffer." + name] = _arrays.host_copy(buf)
     scaler_keys = []
     if model.scaler is not None:
         for k, v in model.scaler.items():
@@ -49,6 +50,13 @@ def _float(v, what: str, lo: float = -math.inf, hi: float = math.inf) -> float:
     return float(v)
 
 
+def _name(v, options, what: str) -> str:
+    """``v`` must be a string among ``options`` (a tuple or a dict's keys): JSON lists and objects are
+    unhashable, so test the type before the membership."""
+    _require(isinstance(v, str) and v in options, f"{what} {v!r} is invalid")
+    return v
+
+
 def _build_model(cfg: dict, n_params: int):
     from . import init as _init
     from . import nn
@@ -70,7 +78,7 @@ def _build_model(cfg: dict, n_params: int):
         total = sum(a * b + b for a, b in zip(sizes[:-1], sizes[1:]))
         _require(total <= 1 << 34, "MLP is implausibly large")
         act = cfg.get("activation")
-        _require(act in nn.ACTIVATIONS, f"activation {act!r} is invalid")
+        _name(act, nn.ACTIVATIONS, "activation")
         drops = cfg.get("dropout")
         _require(isinstance(drops, list) and len(drops) == len(sizes) - 2, "MLP dropout list is malformed")
         drops = [_float(d, "dropout", 0.0, 0.999999) for d in drops]
@@ -87,7 +95,8 @@ def _build_model(cfg: dict, n_params: int):
     _require(isinstance(layers_cfg, list) and 1 <= len(layers_cfg) <= 10000, "layers must be a non-empty list")
     layers = []
     for i, lc in enumerate(layers_cfg):
-        _require(isinstance(lc, dict) and lc.get("type") in nn.LAYER_TYPES, f"layer {i} is malformed")
+        _require(isinstance(lc, dict) and isinstance(lc.get("type"), str) and lc["type"] in nn.LAYER_TYPES,
+                 f"layer {i} is malformed")
         t = lc["type"]
         if t == "Dense":
             layers.append(nn.Dense(_int(lc.get("in_features"), "in_features", 1, 1 << 24),
@@ -125,6 +134,25 @@ def _build_model(cfg: dict, n_params: int):
     return model
 
 
+def _autoencoder_config(cfg):
+    """The plain values of an autoencoder config, checked before Autoencoder rebuilds from it (its
+    constructor would turn a JSON Infinity into OverflowError, a list into TypeError)."""
+    _require(isinstance(cfg, dict), "autoencoder config must be an object")
+    sizes = cfg.get("sizes")
+    _require(isinstance(sizes, list) and 2 <= len(sizes) <= 1000, "autoencoder sizes must be a list of 2..1000 ints")
+    for s in sizes:
+        _int(s, "autoencoder size", 1, 1 << 24)
+    _int(cfg.get("seed"), "autoencoder seed", 0, 2**63 - 1)
+    _float(cfg.get("dropout"), "autoencoder dropout", 0.0, 0.999999)
+    _float(cfg.get("level"), "autoencoder noise level", 0.0, 1e6)
+    _require(cfg.get("dtype") in ("float32", "float64"), f"autoencoder dtype {cfg.get('dtype')!r} is invalid")
+    for key in ("activation", "code_activation", "output"):
+        _require(isinstance(cfg.get(key), str), f"autoencoder {key} must be a string")
+    _require(cfg.get("noise") is None or isinstance(cfg.get("noise"), str), "autoencoder noise must be a string")
+    _require(isinstance(cfg.get("tied"), bool), "autoencoder tied must be true or false")
+    return cfg
+
+
 def _check_count(needed: int, n_params: int) -> None:
     # Before anything is allocated: the arena (and its gradient twin) is sized by the architecture,
     # so an architecture that disagrees with the stored parameters must not be built.
@@ -138,7 +166,7 @@ def model_from_parts(header: dict, arrays: Dict[str, np.ndarray], prefix: str = 
     _require(isinstance(header, dict), "model header must be an object")
     if header.get("kind") == "autoencoder":
         network = model_from_parts(header.get("network"), arrays, prefix)
-        return Autoencoder._from_network(header.get("autoencoder"), network)
+        return Autoencoder._from_network(_autoencoder_config(header.get("autoencoder")), network)
     _require(header.get("kind") == "model", f"unknown file kind {header.get('kind')!r}")
     cfg = header.get("model")
     # The stored parameter count is checked against the architecture before it is built.
@@ -154,10 +182,16 @@ def model_from_parts(header: dict, arrays: Dict[str, np.ndarray], prefix: str = 
         stored = arrays.get(prefix + "buffer." + name)
         _require(stored is not None and stored.shape == buf.shape and stored.dtype == buf.dtype,
                  f"buffer {name!r} is missing or has the wrong shape/dtype")
+        _require(bool(np.all(np.isfinite(stored))), f"buffer {name!r} contains NaN or Inf")
+        _require(not name.endswith("running_var") or bool(np.all(stored >= 0)), f"buffer {name!r} is negative")
         buf[...] = stored
     keys = header.get("scaler", [])
     _require(isinstance(keys, list) and all(k in ("x_mean", "x_scale", "y_mean", "y_scale") for k in keys),
              "scaler keys are malformed")
+    # The Trainer fits x_mean/x_scale, and y_mean/y_scale with them for squared loss; the model
+    # reads them in those pairs, so a lone half would fail at predict time.
+    _require(sorted(keys) in ([], ["x_mean", "x_scale"], ["x_mean", "x_scale", "y_mean", "y_scale"]),
+             f"scaler keys {sorted(keys)} are incomplete (x_mean, x_scale, and optionally y_mean, y_scale)")
     if keys:
         scaler = {}
         for k in keys:
@@ -186,11 +220,12 @@ def load(path):
     kind = header.get("kind")
     if kind == "checkpoint":
         raise ModelFileError(f"{path} is a training checkpoint; use fastmlp.Trainer.from_checkpoint")
-    if kind == "estimator":
-        from .sklearn import _estimator_from_parts  # noqa: F401 - issue 5
-
-        return _estimator_from_parts(header, arrays)
     try:
+        if kind == "estimator":
+            from .sklearn import _ESTIMATORS, _estimator_from_parts
+
+            _name(header.get("class"), _ESTIMATORS, "estimator class")
+            return _estimator_from_parts(header, arrays)
         return model_from_parts(header, arrays)
     except ModelFileError as e:
         raise ModelFileError(f"{path}: {e}") from None

@@ -14,7 +14,7 @@ from typing import List, Optional, Sequence
 
 import numpy as np
 
-from . import nn
+from . import _arrays, nn
 from . import optim as _optim
 from .train import Trainer
 
@@ -28,7 +28,7 @@ class Autoencoder:
 
     def __init__(self, sizes: Sequence[int], *, activation: str = "relu", code_activation: str = "identity",
                  output: str = "identity", tied: bool = False, dropout: float = 0.0, init="glorot", seed: int = 0,
-                 dtype="float32", noise: Optional[str] = None, level: float = 0.0):
+                 dtype="float32", noise: Optional[str] = None, level: float = 0.0, device: str = "cpu"):
         sizes = [int(s) for s in sizes]
         if len(sizes) < 2 or any(s < 1 for s in sizes):
             raise ValueError(f"sizes must list the input width and at least one code width, all >= 1; got {sizes}")
@@ -45,6 +45,7 @@ class Autoencoder:
         self.init = init
         self.seed = int(seed)
         self.dtype = np.dtype(dtype)
+        self.device = device
         self.history_ = None
         self.model = self._build()
 
@@ -69,7 +70,8 @@ class Autoencoder:
                 layers.append(nn.Dense(self.sizes[i + 1], self.sizes[i]))
             if i > 0:
                 layers.append(act_layer[self.activation]())
-        return nn.Sequential(*layers, output=self.output, init=self.init, seed=self.seed, dtype=self.dtype)
+        return nn.Sequential(*layers, output=self.output, init=self.init, seed=self.seed, dtype=self.dtype,
+                             device=self.device)
 
     def config(self) -> dict:
         return {"sizes": self.sizes, "activation": self.activation, "code_activation": self.code_activation,
@@ -100,6 +102,7 @@ class Autoencoder:
         if [l.config() for l in ae.model.layers] != [l.config() for l in network.layers]:
             raise ModelFileError("autoencoder config does not match its network")
         ae.model = network
+        ae.device = network.device
         return ae
 
     # -- training ---------------------------------------------------------------------------------
@@ -133,13 +136,17 @@ class Autoencoder:
     def encode(self, X) -> np.ndarray:
         """The codes (rows, sizes[-1]) of X, in inference mode."""
         x = self.model._as_input(X)
-        return self.model._forward_blocks(x, 0, self._code_block(), False)
+        codes = self.model._forward_blocks(x, 0, self._code_block(), False)
+        return codes if _arrays.is_device(X) or not _arrays.is_device(codes) else codes.to_numpy()
 
     def _decode_logits(self, codes) -> np.ndarray:
-        codes = np.ascontiguousarray(codes, dtype=self.model.dtype)
-        if codes.ndim != 2 or codes.shape[1] != self.sizes[-1]:
-            raise ValueError(f"codes must have shape (rows, {self.sizes[-1]}), got {codes.shape}")
-        return self.model._forward_blocks(codes, self._code_block(), len(self.model._blocks), False)
+        if not _arrays.is_device(codes):
+            codes = np.ascontiguousarray(codes, dtype=self.model.dtype)
+        if len(codes.shape) != 2 or codes.shape[1] != self.sizes[-1]:
+            raise ValueError(f"codes must have shape (rows, {self.sizes[-1]}), got {tuple(codes.shape)}")
+        codes = _arrays.to_device(codes, self.model.device)
+        logits = self.model._forward_blocks(codes, self._code_block(), len(self.model._blocks), False)
+        return logits.to_numpy() if _arrays.is_device(logits) else logits
 
     def _to_data_space(self, logits) -> np.ndarray:
         if self.output == "sigmoid":

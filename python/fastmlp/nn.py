@@ -14,10 +14,13 @@ is one GEMM and one fused batch-norm pass. Dropout draws from the Philox stream
 from __future__ import annotations
 
 import math
+import os
+import threading
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
+from . import _arrays
 from . import init as _init
 from . import kernels as K
 from . import losses as _losses
@@ -42,6 +45,84 @@ ACTIVATIONS = {"relu": "relu", "sigmoid": "sigmoid", "logistic": "sigmoid", "tan
 OUTPUTS = ("identity", "softmax", "sigmoid")
 #: Rows per chunk when predicting, so any number of rows fits in memory.
 PREDICT_CHUNK_ROWS = 8192
+
+
+class TrainingGuard:
+    """Who is training a model right now: one thread at a time.
+
+    ``Trainer.fit``, ``Trainer.train_step`` and the training-mode ``forward`` / ``backward`` /
+    ``value_and_grad`` change the weights, the gradient arena, the batch-norm running statistics
+    and the buffers a training step reuses, so two threads doing so at once would silently corrupt
+    the model. They hold this guard instead: a second thread gets a ``RuntimeError`` at once (it
+    never waits and never races). The thread that holds it may call the low-level training-mode
+    methods again (a callback may call ``value_and_grad`` during ``fit``), but not start a second
+    ``fit`` or ``train_step`` on the same model. Inference (``predict``, ``forward`` with
+    ``training=False``) takes no guard.
+    """
+
+    __slots__ = ("_lock", "_owner", "_what")
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._owner: Optional[int] = None  # threading.get_ident() of the holder
+        self._what: Optional[str] = None
+
+    def hold(self, what: str, *, reentrant: bool = False) -> "_Held":
+        """A context manager that holds the guard for ``what`` (a name for messages)."""
+        return _Held(self, what, reentrant)
+
+
+class _Held:
+    __slots__ = ("guard", "what", "reentrant", "acquired")
+
+    def __init__(self, guard: TrainingGuard, what: str, reentrant: bool):
+        self.guard, self.what, self.reentrant, self.acquired = guard, what, reentrant, False
+
+    def __enter__(self):
+        g = self.guard
+        me = threading.get_ident()
+        if g._owner == me:  # only this thread can have set _owner to its own ident
+            if self.reentrant:
+                return self
+            raise RuntimeError(f"{self.what}: this model is already being trained by {g._what} in this thread "
+                               f"(called from a callback?); finish that call first")
+        if not g._lock.acquire(blocking=False):
+            raise RuntimeError(f"{self.what}: this model is already being trained in another thread (by "
+                               f"{g._what or 'another call'}); a model trains in one thread at a time. Train "
+                               f"separate models (or copies, copy.deepcopy(model)) in parallel, or wait for the "
+                               f"other call to finish")
+        g._owner, g._what, self.acquired = me, self.what, True
+        return self
+
+    def __exit__(self, *exc):
+        if self.acquired:
+            g = self.guard
+            g._owner = g._what = None
+            g._lock.release()
+        return False
+
+
+def training_guard(model) -> TrainingGuard:
+    """The model's :class:`TrainingGuard` (created on first use for models not built by this module)."""
+    guard = getattr(model, "_training_guard", None)
+    if guard is None:
+        with _GUARD_CREATION:
+            guard = getattr(model, "_training_guard", None)
+            if guard is None:
+                guard = model._training_guard = TrainingGuard()
+    return guard
+
+
+_GUARD_CREATION = threading.Lock()
+
+
+def physical_memory_bytes() -> Optional[int]:
+    """This machine's physical memory in bytes, or None when the OS does not say."""
+    try:
+        pages, page_size = os.sysconf("SC_PHYS_PAGES"), os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):  # pragma: no cover - not POSIX
+        return None
+    return pages * page_size if pages > 0 and page_size > 0 else None
 
 
 def _dtype(dtype) -> np.dtype:
@@ -238,15 +319,16 @@ class _Workspace:
     step allocates nothing. Only training-mode passes use it (their outputs live until the next
     training step); inference allocates fresh outputs."""
 
-    __slots__ = ("arrays",)
+    __slots__ = ("arrays", "device")
 
     def __init__(self):
         self.arrays: Dict[str, np.ndarray] = {}
+        self.device = "cpu"
 
     def get(self, name: str, shape, dtype) -> np.ndarray:
         a = self.arrays.get(name)
         if a is None or a.shape != shape or a.dtype != dtype:
-            a = np.empty(shape, dtype)
+            a = _arrays.empty(shape, dtype, self.device)
             self.arrays[name] = a
         return a
 
@@ -293,8 +375,8 @@ class _DenseBlock:
             x, z, y, mean, invstd = saved
             dz, dgamma, dbeta = K.batch_norm_backward(grad_y, z, self.bn.gamma, mean, invstd, activation=self.act,
                                                       y=y if self.act != "identity" else None)
-            self.bn.dgamma[...] = dgamma
-            self.bn.dbeta[...] = dbeta
+            _arrays.assign(self.bn.dgamma, dgamma)
+            _arrays.assign(self.bn.dbeta, dbeta)
         K.gemm(dz, x, trans_a=True, out=d.dweight, beta=1.0 if self.accumulate_weight_grad else 0.0)
         if d.bias_enabled:
             K.bias_grad(dz, out=d.dbias)
@@ -328,8 +410,8 @@ class _BatchNormBlock:
         x, y, mean, invstd = saved
         dx, dgamma, dbeta = K.batch_norm_backward(grad_y, x, self.bn.gamma, mean, invstd, activation=self.act,
                                                   y=y if self.act != "identity" else None)
-        self.bn.dgamma[...] = dgamma
-        self.bn.dbeta[...] = dbeta
+        _arrays.assign(self.bn.dgamma, dgamma)
+        _arrays.assign(self.bn.dbeta, dbeta)
         return dx
 
 
@@ -366,19 +448,21 @@ class _NoiseBlock:
         self.layer, self.stream_index = layer, stream_index
         self.ws = _Workspace()
 
-    def forward(self, x, training, ctx, seed=0, offset=0):
+    def forward(self, x, training, ctx, seed=0, offset=0, rng=None):
         if not training or self.layer.level == 0.0:
             if training:
                 ctx.append(None)
             return x
-        ctx.append(offset)
+        rng = rng or {}
+        ctx.append((offset, rng))
         return K.add_noise(x, self.layer.kind, self.layer.level, seed=seed, offset=offset,
-                           out=self.ws.get("y", x.shape, x.dtype))
+                           out=self.ws.get("y", x.shape, x.dtype), **rng)
 
     def backward(self, grad_y, saved, need_input_grad, seed=0):
         if saved is None or self.layer.kind == "gaussian":
             return grad_y
-        return K.add_noise(grad_y, "mask", self.layer.level, seed=seed, offset=saved, out=grad_y)
+        offset, rng = saved
+        return K.add_noise(grad_y, "mask", self.layer.level, seed=seed, offset=offset, out=grad_y, **rng)
 
 
 class _ActivationBlock:
@@ -401,18 +485,20 @@ class _DropoutBlock:
         self.layer, self.stream_index = layer, stream_index
         self.ws = _Workspace()
 
-    def forward(self, x, training, ctx, seed=0, offset=0):
+    def forward(self, x, training, ctx, seed=0, offset=0, rng=None):
         if not training or self.layer.p == 0.0:
             if training:
                 ctx.append(None)
             return x
-        ctx.append(offset)
-        return K.dropout(x, self.layer.p, seed=seed, offset=offset, out=self.ws.get("y", x.shape, x.dtype))
+        rng = rng or {}
+        ctx.append((offset, rng))
+        return K.dropout(x, self.layer.p, seed=seed, offset=offset, out=self.ws.get("y", x.shape, x.dtype), **rng)
 
     def backward(self, grad_y, saved, need_input_grad, seed=0):
         if saved is None:
             return grad_y
-        return K.dropout_backward(grad_y, self.layer.p, seed=seed, offset=saved, out=grad_y)
+        offset, rng = saved
+        return K.dropout_backward(grad_y, self.layer.p, seed=seed, offset=offset, out=grad_y, **rng)
 
 
 class Sequential:
@@ -421,10 +507,16 @@ class Sequential:
     ``Sequential(Dense(784, 256), ReLU(), Dropout(0.2), Dense(256, 10), init="he", seed=0)``.
     The model outputs logits; ``output`` ("identity", "softmax" or "sigmoid") only decides what
     :meth:`predict` and :meth:`predict_proba` make of them.
+
+    Threads: inference (``predict``, ``forward``) may run from any number of threads at once.
+    Training-mode calls (``Trainer.fit``/``train_step``, ``forward(training=True)``, ``backward``,
+    ``value_and_grad``) take the model's :class:`TrainingGuard`: from a second thread they raise
+    ``RuntimeError`` instead of corrupting the model. A model whose parameter and gradient arenas
+    would exceed the machine's physical memory raises ``MemoryError`` before allocating.
     """
 
     def __init__(self, *layers: Layer, output: str = "identity", init="he", seed: int = 0,
-                 dtype="float32"):
+                 dtype="float32", device: str = "cpu"):
         if len(layers) == 1 and isinstance(layers[0], (list, tuple)):
             layers = tuple(layers[0])
         if not layers:
@@ -441,13 +533,21 @@ class Sequential:
         self.init = _init.resolve(init)
         self.seed = int(seed)
         self.dtype = _dtype(dtype)
+        self.device = _arrays.check_device(device)
+        if self.device != "cpu" and self.dtype != np.float32:
+            raise TypeError(f"device={self.device!r} trains in float32, got dtype={self.dtype.name}")
         self.scaler: Optional[Dict[str, np.ndarray]] = None  # standardisation statistics (Trainer)
+        self._training_guard = TrainingGuard()
         self._check_shapes()
         self._build_arena()
         self._build_blocks()
-        self.reset_parameters()
         self._saved: Optional[list] = None
         self._saved_seed = 0
+        on = self.device
+        self.device = "cpu"
+        self.reset_parameters()
+        if on != "cpu":
+            self.to(on)
 
     # -- structure ------------------------------------------------------------------------------
 
@@ -486,13 +586,14 @@ class Sequential:
             if isinstance(layer, Dense):
                 dense += 1
             for name, shape, kind in layer.param_specs():
-                size = int(np.prod(shape))
+                size = math.prod(shape)  # Python ints: no silent int64 overflow
                 infos.append(ParamInfo(i, name, kind, start, size, tuple(shape),
                                        dense if isinstance(layer, Dense) else None))
                 start += size
         self._param_infos = infos
         #: Number of Dense layers: per-layer regularisation takes one value per Dense layer.
         self.n_dense = dense + 1
+        self._check_allocatable(start)
         self._params = np.zeros(start, self.dtype)
         self._grads = np.zeros(start, self.dtype)
         for info in infos:
@@ -504,6 +605,23 @@ class Sequential:
             if isinstance(layer, BatchNorm):
                 layer.running_mean = np.zeros(layer.features, self.dtype)
                 layer.running_var = np.ones(layer.features, self.dtype)
+
+    def _check_allocatable(self, n_params: int) -> None:
+        """Refuse, before allocating, a model whose parameter and gradient arenas cannot fit in
+        this machine's physical memory (an allocation that large could only succeed through
+        overcommit and would then kill the process when touched)."""
+        widths = [l.in_features for l in self.layers if isinstance(l, Dense)][:1] + \
+            [l.out_features for l in self.layers if isinstance(l, Dense)]
+        what = f"{type(self).__name__} with layer widths {widths}" if widths else type(self).__name__
+        if n_params >= 2**63:
+            raise ValueError(f"{what} would have {n_params} parameters, more than 2**63 - 1")
+        arena_bytes = 2 * n_params * self.dtype.itemsize  # parameters + gradients
+        limit = physical_memory_bytes()
+        if limit is not None and arena_bytes > limit:
+            raise MemoryError(f"{what} would have {n_params:,} parameters: its parameter and gradient arenas need "
+                              f"{arena_bytes:,} bytes ({arena_bytes / 2**30:,.1f} GiB) of {self.dtype.name}, more "
+                              f"than this machine's physical memory ({limit:,} bytes, {limit / 2**30:,.1f} GiB); "
+                              f"nothing was allocated")
 
     def _build_blocks(self):
         blocks = []
@@ -559,6 +677,14 @@ class Sequential:
     def reset_parameters(self, init=None, seed: Optional[int] = None) -> None:
         """(Re)initialise every parameter: weights by ``init`` (default: the model's), biases and
         batch-norm shifts to 0, batch-norm scales to 1, running statistics to (0, 1)."""
+        if self.device != "cpu":  # the initialisers write NumPy views: initialise on the host
+            device = self.device
+            self.to("cpu")
+            try:
+                self.reset_parameters(init, seed)
+            finally:
+                self.to(device)
+            return
         init = self.init if init is None else _init.resolve(init)
         seed = self.seed if seed is None else int(seed)
         for stream, info in enumerate(self._param_infos):
@@ -575,10 +701,43 @@ class Sequential:
                 layer.running_mean[...] = 0
                 layer.running_var[...] = 1
 
+    def to(self, device: str) -> "Sequential":
+        """Move the parameters, gradients, buffers and workspaces to ``device`` ("cpu" or
+        "cuda"); returns the model. A Trainer or optimizer bound to the model re-binds its state
+        on its next step. Training a CUDA model keeps everything on the device."""
+        device = _arrays.check_device(device)
+        if device != "cpu" and self.dtype != np.float32:
+            raise TypeError(f"device={device!r} trains in float32; this model is {self.dtype.name}")
+        if device == self.device:
+            return self
+        self._params = _arrays.to_device(self._params, device)
+        self._grads = _arrays.to_device(self._grads, device)
+        for info in self._param_infos:
+            layer = self.layers[info.layer]
+            setattr(layer, info.name, _arrays.view(self._params, info.start, info.shape))
+            setattr(layer, "d" + info.name, _arrays.view(self._grads, info.start, info.shape))
+        for layer in self.layers:
+            if isinstance(layer, BatchNorm):
+                layer.running_mean = _arrays.to_device(layer.running_mean, device)
+                layer.running_var = _arrays.to_device(layer.running_var, device)
+        for block in self._blocks:
+            ws = getattr(block, "ws", None)
+            if ws is not None:
+                ws.arrays.clear()
+                ws.device = device
+        self._saved = None
+        self.device = device
+        return self
+
+    def _workspace_arrays(self) -> list:
+        """Every workspace array of every block (a captured CUDA graph keeps them alive)."""
+        return [a for b in self._blocks if getattr(b, "ws", None) is not None for a in b.ws.arrays.values()]
+
     # -- arenas ---------------------------------------------------------------------------------
 
     def parameters(self) -> np.ndarray:
-        """The flat parameter arena (a view: writing to it changes the model)."""
+        """The flat parameter arena (a view: writing to it changes the model); a device array
+        when the model is on a CUDA device."""
         return self._params
 
     def gradients(self) -> np.ndarray:
@@ -605,6 +764,8 @@ class Sequential:
     # -- computation ----------------------------------------------------------------------------
 
     def _as_input(self, X) -> np.ndarray:
+        if self.device != "cpu":
+            return self._as_device_input(X)
         X = np.asarray(X)
         if X.ndim == 1 and self.in_features == 1:
             X = X.reshape(-1, 1)
@@ -618,15 +779,43 @@ class Sequential:
             X = (X - self.scaler["x_mean"]) / self.scaler["x_scale"]
         return np.ascontiguousarray(X, dtype=self.dtype)
 
-    def _forward(self, x: np.ndarray, training: bool, seed: int = 0, step: int = 0) -> np.ndarray:
-        """Forward on an already converted input; in training mode keeps what backward needs."""
-        return self._forward_blocks(x, 0, len(self._blocks), training, seed, step)
+    def _as_device_input(self, X):
+        """X for a model on a CUDA device: device arrays are checked and used as they are (they
+        must already be scaled, float32 and C-contiguous); host data is converted, then uploaded."""
+        if not _arrays.is_device(X):
+            device, self.device = self.device, "cpu"
+            try:
+                x = self._as_input(X)
+            finally:
+                self.device = device
+            return _arrays.to_device(x, device)
+        shape, dtype = tuple(X.shape), np.dtype(getattr(X, "dtype", np.float32))
+        if len(shape) != 2 or shape[1] != self.in_features:
+            raise ValueError(f"X has shape {shape} but the model expects (samples, {self.in_features})")
+        if dtype != np.float32:
+            raise TypeError(f"X on the device must be float32, got {dtype}")
+        if self.scaler is not None:
+            raise ValueError("this model standardises its inputs: pass host data (it is scaled, then uploaded), "
+                             "or scale the device array yourself and clear model.scaler")
+        return X
 
-    def _forward_blocks(self, x, first: int, last: int, training: bool, seed: int = 0, step: int = 0):
+    def _forward(self, x: np.ndarray, training: bool, seed: int = 0, step: int = 0,
+                 device_step=None) -> np.ndarray:
+        """Forward on an already converted input; in training mode keeps what backward needs.
+        ``device_step`` (a device int64 scalar) makes the random streams derive from the device's
+        step counter (DESIGN.md: ``offset = step · n_streams + stream_index``)."""
+        return self._forward_blocks(x, 0, len(self._blocks), training, seed, step, device_step)
+
+    def _forward_blocks(self, x, first: int, last: int, training: bool, seed: int = 0, step: int = 0,
+                        device_step=None):
         ctx: Optional[list] = [] if training else None
+        rng = None if device_step is None else {"step": device_step, "n_streams": self.n_streams}
         for block in self._blocks[first:last]:
             if isinstance(block, (_DropoutBlock, _NoiseBlock)):
-                x = block.forward(x, training, ctx, seed=seed, offset=step * self.n_streams + block.stream_index)
+                if rng is None:
+                    x = block.forward(x, training, ctx, seed=seed, offset=step * self.n_streams + block.stream_index)
+                else:
+                    x = block.forward(x, training, ctx, seed=seed, offset=block.stream_index, rng=rng)
             else:
                 x = block.forward(x, training, ctx)
         if training:
@@ -640,7 +829,8 @@ class Sequential:
         from .serialize import model_to_parts
 
         header, arrays = model_to_parts(self)
-        return {"fastmlp_model": header, "arrays": arrays, "init": self.init if callable(self.init) else None}
+        return {"fastmlp_model": header, "arrays": arrays, "init": self.init if callable(self.init) else None,
+                "device": self.device}
 
     def __setstate__(self, state):
         from .serialize import model_from_parts
@@ -649,6 +839,8 @@ class Sequential:
         self.__dict__.update(model.__dict__)
         if state.get("init") is not None:
             self.init = state["init"]
+        if state.get("device", "cpu") != "cpu":
+            self.to(state["device"])  # raises a clear error where no CUDA device is usable
 
     def save(self, path) -> None:
         """Save the model (architecture, parameters, buffers, scaler) atomically; reload with
@@ -662,9 +854,13 @@ class Sequential:
         ``seed`` and ``step``) and batch statistics, and keeps what :meth:`backward` needs."""
         x = self._as_input(X)
         if not training:
-            return self._predict_chunks(x)
-        # The internal buffers are reused by the next training step: hand the caller a copy.
-        return self._forward(x, True, seed, step).copy()
+            out = self._predict_chunks(x)
+        else:
+            # The internal buffers are reused by the next training step: hand the caller a copy.
+            with training_guard(self).hold("forward(training=True)", reentrant=True):
+                out = _arrays.copy(self._forward(x, True, seed, step))
+        # A CUDA model answers host input with host arrays, device input with device arrays.
+        return out if _arrays.is_device(X) or not _arrays.is_device(out) else out.to_numpy()
 
     __call__ = forward
 
@@ -673,10 +869,15 @@ class Sequential:
         :meth:`gradients`. Returns d loss / d input when ``need_input_grad``."""
         if self._saved is None:
             raise RuntimeError("backward needs a forward(..., training=True) first")
-        grad = np.ascontiguousarray(grad_logits, dtype=self.dtype)
-        if grad is grad_logits:
-            grad = grad.copy()  # the blocks work in place on the gradient
-        return self._backward(grad, need_input_grad)
+        if self.device != "cpu":
+            grad = _arrays.to_device(grad_logits, self.device)
+            grad = _arrays.copy(grad) if grad is grad_logits else grad  # the blocks work in place on it
+        else:
+            grad = np.ascontiguousarray(grad_logits, dtype=self.dtype)
+            if grad is grad_logits:
+                grad = grad.copy()  # the blocks work in place on the gradient
+        with training_guard(self).hold("backward", reentrant=True):
+            return self._backward(grad, need_input_grad)
 
     def _backward(self, grad: np.ndarray, need_input_grad: bool = False) -> Optional[np.ndarray]:
         """backward on a gradient array the model may overwrite (the Trainer's loss buffer)."""
@@ -705,13 +906,15 @@ class Sequential:
         loss = _losses.resolve(loss, self.output)
         x = self._as_input(X)
         target = _losses.prepare_target(loss, y, x.shape[0], self.out_features, self.dtype)
-        if training:
-            logits = self._forward(x, True, seed, step)
-        else:
-            logits = self._forward_eval_saving(x)
-        value, grad = _losses.compute(loss, logits, target)
-        self.backward(grad)
-        return value, self._grads
+        target = _arrays.to_device(target, self.device)
+        with training_guard(self).hold("value_and_grad", reentrant=True):
+            if training:
+                logits = self._forward(x, True, seed, step)
+            else:
+                logits = self._forward_eval_saving(x)
+            value, grad = _losses.compute(loss, logits, target)
+            self.backward(grad)
+            return float(value), self._grads
 
     def _forward_eval_saving(self, x):
         """Inference-mode forward that still keeps what backward needs (dropout off, running
@@ -732,10 +935,10 @@ class Sequential:
         rows = x.shape[0]
         if rows <= PREDICT_CHUNK_ROWS:
             return self._forward(x, False)
-        out = np.empty((rows, self.out_features), self.dtype)
+        out = _arrays.empty((rows, self.out_features), self.dtype, self.device)
         for start in range(0, rows, PREDICT_CHUNK_ROWS):
             stop = min(rows, start + PREDICT_CHUNK_ROWS)
-            out[start:stop] = self._forward(x[start:stop], False)
+            _arrays.assign(out[start:stop], self._forward(x[start:stop], False))
         return out
 
     def decision_function(self, X) -> np.ndarray:
@@ -746,12 +949,15 @@ class Sequential:
         """Probabilities: softmax of the logits (output="softmax") or sigmoid (output="sigmoid")."""
         if self.output == "identity":
             raise ValueError("predict_proba needs output='softmax' or 'sigmoid'; this model's output is 'identity'")
-        return _losses.probabilities(self.output, self.forward(X))
+        logits = self.forward(X)
+        return _losses.probabilities(self.output, logits.to_numpy() if _arrays.is_device(logits) else logits)
 
     def predict(self, X) -> np.ndarray:
         """Outputs (identity, un-standardised if the Trainer standardised y), class indices
         (softmax) or a 0/1 matrix at probability 0.5 (sigmoid)."""
         logits = self.forward(X)
+        if _arrays.is_device(logits):
+            logits = logits.to_numpy()
         if self.output == "softmax":
             return logits.argmax(axis=1)
         if self.output == "sigmoid":
@@ -795,11 +1001,15 @@ class MLP(Sequential):
     Dense → ReLU → Dropout → Dense → ReLU → Dropout → Dense. With ``batch_norm=True`` each hidden
     layer is Dense (no bias) → BatchNorm → activation → Dropout. ``dropout`` is one value or one
     per hidden layer; ``input_dropout`` drops inputs.
+
+    Threads and memory as for :class:`Sequential`: predict from many threads at once; train from
+    one thread at a time (a second gets ``RuntimeError``); sizes beyond physical memory raise
+    ``MemoryError`` before anything is allocated.
     """
 
     def __init__(self, sizes: Sequence[int], *, activation: str = "relu", output: str = "identity",
                  dropout: Union[float, Sequence[float]] = 0.0, input_dropout: float = 0.0,
-                 batch_norm: bool = False, init="he", seed: int = 0, dtype="float32"):
+                 batch_norm: bool = False, init="he", seed: int = 0, dtype="float32", device: str = "cpu"):
         sizes = [int(s) for s in sizes]
         if len(sizes) < 2 or any(s < 1 for s in sizes):
             raise ValueError(f"sizes must list at least an input and an output width, all >= 1; got {sizes}")
@@ -823,7 +1033,7 @@ class MLP(Sequential):
         self.dropout = drops
         self.input_dropout = float(input_dropout)
         self.batch_norm = bool(batch_norm)
-        super().__init__(*layers, output=output, init=init, seed=seed, dtype=dtype)
+        super().__init__(*layers, output=output, init=init, seed=seed, dtype=dtype, device=device)
 
     def config(self) -> dict:
         cfg = super().config()
@@ -838,13 +1048,14 @@ class MLP(Sequential):
         pre-training); the new output layer of width ``outputs`` is initialised by ``init``."""
         enc_sizes = list(autoencoder.sizes)
         model = cls(enc_sizes + [int(outputs)], activation=autoencoder.activation, output=output,
-                    dropout=dropout, seed=seed, init=init, dtype=autoencoder.model.dtype)
+                    dropout=dropout, seed=seed, init=init, dtype=autoencoder.model.dtype,
+                    device=autoencoder.model.device)
         src = [l for l in autoencoder.model.layers if isinstance(l, Dense)][: len(enc_sizes) - 1]
         dst = [l for l in model.layers if isinstance(l, Dense)][: len(enc_sizes) - 1]
         for s, d in zip(src, dst):
-            d.weight[...] = s.weight
+            _arrays.assign(d.weight, s.weight)
             if d.bias_enabled and s.bias_enabled:
-                d.bias[...] = s.bias
+                _arrays.assign(d.bias, s.bias)
         if autoencoder.model.scaler is not None:
             model.scaler = {k: v.copy() for k, v in autoencoder.model.scaler.items() if k.startswith("x_")}
         return model

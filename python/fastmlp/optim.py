@@ -20,6 +20,7 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
+from . import _arrays
 from . import kernels as K
 
 __all__ = ["AdaGrad", "Adagrad", "Adam", "AdamW", "Optimizer", "RMSprop", "SGD", "global_norm"]
@@ -73,6 +74,10 @@ class Optimizer:
         #: The step size in use this epoch (set by the Trainer's schedule; starts at ``lr``).
         self.current_lr: Optional[float] = None if lr == "auto" else float(lr)
         self.state: Dict[str, np.ndarray] = {}
+        #: "cpu", or "cuda" once bound to a model on the device (then ``device_step``/``device_lr``
+        #: are the device scalars the capturable kernels read).
+        self.device = "cpu"
+        self.device_step = self.device_lr = None
         self._segments = None
         self._size = None
 
@@ -100,12 +105,43 @@ class Optimizer:
         """Allocate state for ``model``'s arena and build its segment table. Re-binding to a model
         of the same size keeps the state."""
         params = model.parameters()
+        device = "cuda" if _arrays.is_device(params) else "cpu"
         if self._size != params.size or any(s.dtype != params.dtype for s in self.state.values()):
-            self.state = {name: np.zeros_like(params) for name in self.state_names}
+            self.state = {name: _arrays.zeros(params.shape, params.dtype, device) for name in self.state_names}
             self.step_count = 0
+        else:  # same arena on another device: the state moves with its values
+            self.state = {k: _arrays.to_device(v, device) for k, v in self.state.items()}
         self._size = params.size
         self._segments = self._build_segments(model)
+        self.device = device
+        if device != "cpu":
+            # Capturable stepping (DESIGN.md): the step counter and the step size live on the device;
+            # the optimizer kernel alone advances the counter.
+            self.device_step = _arrays.to_device(np.array([self.step_count], np.int64), device)
+            self._device_step_mirror = self.step_count
+            self.device_lr = _arrays.zeros((1,), np.float32, device)
+            self._device_lr_value = None
+        else:
+            self.device_step = self.device_lr = None
         return self
+
+    def set_device_lr(self, lr: float) -> None:
+        """Write the step size the device kernels read (outside graph capture; skipped when unchanged)."""
+        if self._device_lr_value != lr:
+            _arrays.assign(self.device_lr, np.array([lr], np.float32))
+            self._device_lr_value = lr
+
+    def _kernel_step_lr(self, lr: Optional[float]) -> dict:
+        """``step``/``lr`` for the kernel: host numbers on the CPU; on the device, the device scalars
+        (the kernel reads the counter, adds one, and stores it back)."""
+        if getattr(self, "device", "cpu") == "cpu":
+            return {"step": self.step_count, "lr": lr}
+        if self._device_step_mirror != self.step_count - 1:  # after a reload or a rollback
+            _arrays.assign(self.device_step, np.array([self.step_count - 1], np.int64))
+        self._device_step_mirror = self.step_count
+        if lr is not None:
+            self.set_device_lr(lr)
+        return {"step": self.device_step, "lr": self.device_lr}
 
     def _build_segments(self, model):
         layout = model.param_layout()
@@ -158,12 +194,18 @@ class Optimizer:
         if lr is None:
             raise RuntimeError("lr='auto' has not been resolved; the Trainer does it at the start of fit")
         norm = float("nan")
+        if self.clip_norm is not None and _arrays.is_device(grads):
+            raise NotImplementedError("clip_norm is not implemented for CUDA models yet")
         if self.clip_norm is not None:
             norm = global_norm(grads)
             if norm > self.clip_norm:
                 grads *= grads.dtype.type(self.clip_norm / (norm + 1e-6))
         self.step_count += 1
-        self._update(params, grads, lr)
+        try:
+            self._update(params, grads, lr)
+        except BaseException:  # the kernels validate before they write: nothing was updated
+            self.step_count -= 1
+            raise
         return norm
 
     def _update(self, params, grads, lr):  # pragma: no cover - abstract
@@ -174,7 +216,7 @@ class Optimizer:
     def state_dict(self) -> dict:
         return {"type": type(self).__name__, "hyperparameters": self.hyperparameters(),
                 "step_count": self.step_count, "current_lr": self.current_lr, "size": self._size,
-                "state": {k: v.copy() for k, v in self.state.items()}}
+                "state": {k: _arrays.host_copy(v) for k, v in self.state.items()}}
 
     def load_state_dict(self, d: dict) -> None:
         self.step_count = int(d["step_count"])
@@ -210,7 +252,7 @@ class SGD(Optimizer):
                 "nesterov": self.nesterov}
 
     def _update(self, params, grads, lr):
-        K.sgd_step(params, grads, self.state.get("momentum_buffer"), step=self.step_count, lr=lr,
+        K.sgd_step(params, grads, self.state.get("momentum_buffer"), **self._kernel_step_lr(lr),
                    momentum=self.momentum, dampening=self.dampening, nesterov=self.nesterov,
                    weight_decay=self._scalar_wd(), l1=self._scalar_l1(), segments=self._segments)
 
@@ -231,7 +273,7 @@ class AdaGrad(Optimizer):
         return {**super().hyperparameters(), "lr_decay": self.lr_decay, "eps": self.eps}
 
     def _update(self, params, grads, lr):
-        K.adagrad_step(params, grads, self.state["state_sum"], step=self.step_count, lr=lr, lr_decay=self.lr_decay,
+        K.adagrad_step(params, grads, self.state["state_sum"], **self._kernel_step_lr(lr), lr_decay=self.lr_decay,
                        weight_decay=self._scalar_wd(), eps=self.eps, l1=self._scalar_l1(), segments=self._segments)
 
 
@@ -265,7 +307,10 @@ class RMSprop(Optimizer):
                 "centered": self.centered}
 
     def _update(self, params, grads, lr):
-        K.rmsprop_step(params, grads, self.state["square_avg"], lr=lr, alpha=self.alpha, eps=self.eps,
+        step_lr = self._kernel_step_lr(lr)
+        if step_lr["step"] is not None and not _arrays.is_device(step_lr["step"]):
+            del step_lr["step"]  # the CPU RMSprop has no bias correction, so no step
+        K.rmsprop_step(params, grads, self.state["square_avg"], **step_lr, alpha=self.alpha, eps=self.eps,
                        weight_decay=self._scalar_wd(), momentum=self.momentum, centered=self.centered,
                        momentum_buffer=self.state.get("momentum_buffer"), grad_avg=self.state.get("grad_avg"),
                        l1=self._scalar_l1(), segments=self._segments)
@@ -292,7 +337,7 @@ class Adam(Optimizer):
         return {**super().hyperparameters(), "betas": list(self.betas), "eps": self.eps}
 
     def _update(self, params, grads, lr):
-        K.adam_step(params, grads, self.state["exp_avg"], self.state["exp_avg_sq"], step=self.step_count, lr=lr,
+        K.adam_step(params, grads, self.state["exp_avg"], self.state["exp_avg_sq"], **self._kernel_step_lr(lr),
                     beta1=self.betas[0], beta2=self.betas[1], eps=self.eps, weight_decay=self._scalar_wd(),
                     decoupled=self.decoupled, l1=self._scalar_l1(), segments=self._segments)
 

@@ -1,7 +1,8 @@
 """scikit-learn estimators: ``MLPClassifier``, ``MLPRegressor`` and ``AutoencoderTransformer``.
 
 Drop-in replacements for scikit-learn's MLPs, with the same parameter names and meanings, plus
-``dropout``, ``batch_norm``, ``init`` and ``l1``. The definitions follow scikit-learn's own:
+``dropout``, ``batch_norm``, ``init``, ``l1`` and ``device`` ("cpu", or "cuda" to keep the network
+and its training on the GPU; inputs and outputs stay NumPy). The definitions follow scikit-learn's own:
 
 - ``alpha`` is the L2 penalty ``½·alpha·‖W‖² / batch_size`` (so coupled weight decay
   ``alpha / batch_size``); it may be one value or one per layer (hidden layers and output). ``l1``
@@ -40,7 +41,7 @@ try:
 except ImportError as e:  # pragma: no cover - optional extra
     raise ImportError("fastmlp.sklearn needs scikit-learn >= 1.6: pip install 'fastmlp[sklearn]'") from e
 
-from . import nn
+from . import _arrays, nn
 from . import optim as _optim
 from .autoencoder import Autoencoder
 from .train import Callback, Trainer
@@ -98,8 +99,8 @@ class _Monitor(Callback):
                 est._no_improvement_count = 0
             if score > est.best_validation_score_:
                 est.best_validation_score_ = score
-                est._best_params = trainer.model.parameters().copy()
-                est._best_buffers = {k: v.copy() for k, v in trainer.model.buffers().items()}
+                est._best_params = _arrays.host_copy(trainer.model.parameters())
+                est._best_buffers = {k: _arrays.host_copy(v) for k, v in trainer.model.buffers().items()}
         else:
             if loss > est.best_loss_ - est.tol:
                 est._no_improvement_count += 1
@@ -160,7 +161,7 @@ class _BaseMLP(BaseEstimator):
                  shuffle=True, random_state=None, tol=1e-4, verbose=False, warm_start=False, momentum=0.9,
                  nesterovs_momentum=True, early_stopping=False, validation_fraction=0.1, beta_1=0.9, beta_2=0.999,
                  epsilon=1e-8, n_iter_no_change=10, dropout=0.0, batch_norm=False, init="glorot", l1=0.0,
-                 dtype="float32"):
+                 dtype="float32", device="cpu"):
         self.hidden_layer_sizes = hidden_layer_sizes
         self.activation = activation
         self.solver = solver
@@ -188,6 +189,7 @@ class _BaseMLP(BaseEstimator):
         self.init = init
         self.l1 = l1
         self.dtype = dtype
+        self.device = device
 
     # -- validation -------------------------------------------------------------------------------
 
@@ -251,6 +253,10 @@ class _BaseMLP(BaseEstimator):
                 raise ValueError(f"{name} must be >= 0 (one value or one per layer), got {v!r}")
         if self.dtype not in ("float32", "float64", np.float32, np.float64):
             raise ValueError(f"dtype must be 'float32' or 'float64', got {self.dtype!r}")
+        if self.device not in _arrays.DEVICES:
+            raise ValueError(f"device must be 'cpu' or 'cuda', got {self.device!r}")
+        if self.device != "cpu" and self.dtype not in ("float32", np.float32):
+            raise ValueError(f"device={self.device!r} trains in float32, got dtype={self.dtype!r}")
         for name in ("shuffle", "warm_start", "early_stopping", "nesterovs_momentum", "batch_norm"):
             if not isinstance(getattr(self, name), (bool, np.bool_)):
                 raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
@@ -294,7 +300,7 @@ class _BaseMLP(BaseEstimator):
     def _new_model(self, n_in: int, n_out: int, seed: int):
         return nn.MLP([n_in] + self._hidden() + [n_out], activation=_kernel_activation(self.activation),
                       output=self._output_kind, dropout=self.dropout, batch_norm=self.batch_norm, init=self.init,
-                      seed=seed, dtype=self.dtype)
+                      seed=seed, dtype=self.dtype, device=self.device)
 
     def _loss_scale(self, n_out: int) -> float:
         return 1.0
@@ -391,9 +397,9 @@ class _BaseMLP(BaseEstimator):
         finally:
             self._epochs_run, self._steps_run = trainer.epoch, trainer.step
         if early_stopping and self._best_params is not None:
-            self.model_.parameters()[...] = self._best_params
+            _arrays.assign(self.model_.parameters(), self._best_params)
             for k, v in self.model_.buffers().items():
-                v[...] = self._best_buffers[k]
+                _arrays.assign(v, self._best_buffers[k])
             self._best_params = self._best_buffers = None
         if not incremental and not monitor.stopped and self.n_iter_ == self.max_iter:
             warnings.warn(f"Stochastic Optimizer: Maximum iterations ({self.max_iter}) reached and the optimization "
@@ -404,14 +410,17 @@ class _BaseMLP(BaseEstimator):
 
     @property
     def coefs_(self):
-        """Weight matrices as scikit-learn lays them out, (in, out): views into the model."""
+        """Weight matrices as scikit-learn lays them out, (in, out): views into the model (copies
+        for a model on a CUDA device)."""
         check_is_fitted(self, "model_")
-        return [l.weight.T for l in self.model_.layers if isinstance(l, nn.Dense)]
+        return [_arrays.host_copy(l.weight).T if _arrays.is_device(l.weight) else l.weight.T
+                for l in self.model_.layers if isinstance(l, nn.Dense)]
 
     @property
     def intercepts_(self):
         check_is_fitted(self, "model_")
-        return [l.bias if l.bias_enabled else np.zeros(l.out_features, self.model_.dtype)
+        return [_arrays.host_copy(l.bias) if l.bias_enabled and _arrays.is_device(l.bias) else
+                l.bias if l.bias_enabled else np.zeros(l.out_features, self.model_.dtype)
                 for l in self.model_.layers if isinstance(l, nn.Dense)]
 
     def _validate_X(self, X):
@@ -634,7 +643,7 @@ class AutoencoderTransformer(TransformerMixin, _BaseMLP):
                  level=0.1, tied=False, solver="adam", alpha=0.0, batch_size="auto", learning_rate_init=0.001,
                  max_iter=200, shuffle=True, random_state=None, tol=1e-4, verbose=False, warm_start=False,
                  momentum=0.9, early_stopping=False, validation_fraction=0.1, n_iter_no_change=10, dropout=0.0,
-                 init="glorot", l1=0.0, dtype="float32"):
+                 init="glorot", l1=0.0, dtype="float32", device="cpu"):
         self.hidden_layer_sizes = hidden_layer_sizes
         self.activation = activation
         self.code_activation = code_activation
@@ -659,6 +668,7 @@ class AutoencoderTransformer(TransformerMixin, _BaseMLP):
         self.init = init
         self.l1 = l1
         self.dtype = dtype
+        self.device = device
 
     def _n_dense(self) -> int:
         depth = len(self._hidden())
@@ -687,7 +697,7 @@ class AutoencoderTransformer(TransformerMixin, _BaseMLP):
         self.autoencoder_ = Autoencoder([n_in] + self._hidden(), activation=_kernel_activation(self.activation),
                                         code_activation=_kernel_activation(self.code_activation), tied=self.tied,
                                         dropout=self.dropout, init=self.init, seed=seed, dtype=self.dtype,
-                                        noise=self.noise, level=self.level)
+                                        noise=self.noise, level=self.level, device=self.device)
         self.n_features_out_ = self.autoencoder_.sizes[-1]
         return self.autoencoder_.model
 

@@ -17,10 +17,12 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
+from . import _arrays
 from . import losses as _losses
 from . import optim as _optim
 from . import schedules as _schedules
 from .io import ModelFileError, read_file, write_file
+from .nn import training_guard
 
 __all__ = ["Callback", "History", "NonFiniteLossError", "Trainer", "find_step_size"]
 
@@ -171,11 +173,15 @@ def _stratified_split(n: int, labels: Optional[np.ndarray], fraction: float, see
 
 class _SigintDeferral:
     """Turns Ctrl-C into a flag checked between steps (main thread only), so a step is never cut
-    in half. Outside the main thread, KeyboardInterrupt behaves as usual."""
+    in half. A second Ctrl-C raises KeyboardInterrupt at once, except inside a step or the
+    end-of-epoch bookkeeping (:meth:`atomic`), which it lets finish first. Outside the main
+    thread, KeyboardInterrupt behaves as usual."""
 
     def __init__(self):
         self.requested = False
         self._old = None
+        self._atomic = False
+        self._raise_on_exit = False
 
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():
@@ -186,9 +192,15 @@ class _SigintDeferral:
         return self
 
     def _handler(self, signum, frame):
-        if self.requested:  # second Ctrl-C: interrupt at once
-            raise KeyboardInterrupt
+        if self.requested:  # second Ctrl-C: interrupt at once, or as soon as the step is whole
+            if not self._atomic:
+                raise KeyboardInterrupt
+            self._raise_on_exit = True
         self.requested = True
+
+    def atomic(self) -> "_Atomic":
+        """``with sigint.atomic():`` runs a block that no Ctrl-C cuts in half."""
+        return _Atomic(self)
 
     def __exit__(self, *exc):
         if self._old is not None:
@@ -196,21 +208,22 @@ class _SigintDeferral:
         return False
 
 
-class _BusyGuard:
-    """One thread at a time per Trainer (a second one gets a clear error, never a race)."""
+class _Atomic:
+    __slots__ = ("deferral",)
 
-    __slots__ = ("lock",)
-
-    def __init__(self):
-        self.lock = threading.Lock()
+    def __init__(self, deferral: _SigintDeferral):
+        self.deferral = deferral
 
     def __enter__(self):
-        if not self.lock.acquire(blocking=False):
-            raise RuntimeError("this Trainer is already training in another thread; a Trainer (and its model) can "
-                               "be used by one thread at a time")
+        self.deferral._atomic = True
 
-    def __exit__(self, *exc):
-        self.lock.release()
+    def __exit__(self, exc_type, *exc):
+        d = self.deferral
+        d._atomic = False
+        if d._raise_on_exit:
+            d._raise_on_exit = False
+            if exc_type is None:
+                raise KeyboardInterrupt
         return False
 
 
@@ -233,6 +246,31 @@ class Trainer:
     - ``drop_last``: drop a final partial batch (default: only when the model has batch norm and
       the partial batch would have a single row).
     - ``callbacks``: :class:`Callback` objects.
+
+    On a CUDA model (``MLP(..., device="cuda")``) the parameters, gradients, optimizer state and
+    activations stay on the device: the training set is uploaded once, batches are gathered on the
+    device, and the host reads the losses only every ``check_every`` steps (default 50 there;
+    callbacks' ``on_batch_end`` runs at those checks). A non-finite loss rolls the model back to the
+    last check and the error names the step range. With ``use_graphs`` (default) a full-batch step
+    is captured once as a CUDA graph and replayed. ``clip_norm``, ``loss_scale``,
+    ``sample_weight`` and ``lr="auto"`` are CPU-only for now and raise ``NotImplementedError`` there.
+
+    Threads: one thread at a time trains a model. ``fit`` or ``train_step`` on a model that
+    another thread is training (through this Trainer or another) raises ``RuntimeError`` at once
+    and changes nothing; so does a second ``fit`` started from a callback. Separate models train
+    in parallel threads bitwise as they would one after the other. ``predict`` from another
+    thread during training is safe but may see weights halfway through an update.
+
+    Ctrl-C: in the main thread, ``fit`` finishes the current step, records nothing for the
+    unfinished epoch, sets ``History.stop_reason = "interrupted"`` and re-raises
+    ``KeyboardInterrupt``; a second Ctrl-C raises at once between steps and never splits a step.
+    A step is all or nothing: a KeyboardInterrupt (or any error) raised inside it by a callback,
+    data hook or custom loss leaves the weights, batch-norm statistics and optimizer state as after
+    the previous step. Afterwards ``Trainer.step == optimizer.step_count`` counts the completed
+    steps, the History holds the whole epochs, and ``fit`` again restarts the interrupted epoch
+    with the completed steps kept. A non-finite loss stops ``fit`` with
+    :class:`NonFiniteLossError`, naming the step, and puts back the weights of the start of that
+    epoch (the state the History's last row describes).
     """
 
     def __init__(self, model, *, loss: Optional[str] = None, optimizer: Optional[_optim.Optimizer] = None,
@@ -241,7 +279,8 @@ class Trainer:
                  min_delta: float = 0.0, restore_best: bool = True,
                  schedule: Union[None, str, _schedules.Schedule] = None, standardize: bool = False,
                  progress: bool = True, seed: int = 0, callbacks: Sequence[Callback] = (),
-                 drop_last: Optional[bool] = None, check_every: int = 1, loss_scale: float = 1.0):
+                 drop_last: Optional[bool] = None, check_every: Optional[int] = None, loss_scale: float = 1.0,
+                 use_graphs: bool = True):
         self.model = model
         self.loss = _losses.resolve(loss, model.output)
         self.optimizer = optimizer if optimizer is not None else _optim.Adam()
@@ -275,7 +314,11 @@ class Trainer:
         self.seed = int(seed)
         self.callbacks = list(callbacks)
         self.drop_last = drop_last
-        self.check_every = max(1, int(check_every))
+        if check_every is not None and (isinstance(check_every, bool) or int(check_every) < 1):
+            raise ValueError(f"check_every must be None or an int >= 1, got {check_every!r}")
+        #: Steps between host checks of the loss on a CUDA model (None: 50); the CPU checks every step.
+        self.check_every = None if check_every is None else int(check_every)
+        self.use_graphs = bool(use_graphs)
         self.loss_scale = float(loss_scale)
         if not (self.loss_scale > 0 and math.isfinite(self.loss_scale)):
             raise ValueError(f"loss_scale must be a finite number > 0, got {loss_scale}")
@@ -289,7 +332,8 @@ class Trainer:
         self._weights: Optional[np.ndarray] = None
         self._grad_buf: Optional[np.ndarray] = None
         self._batch_bufs: Dict[str, np.ndarray] = {}
-        self._guard = _BusyGuard()
+        self._buffer_backup: Optional[Dict[str, np.ndarray]] = None
+        self._device_loop = None
 
     # -- data -------------------------------------------------------------------------------------
 
@@ -304,7 +348,7 @@ class Trainer:
         if self.loss == "squared" and model.scaler is not None and "y_mean" in model.scaler:
             target = np.ascontiguousarray((target - model.scaler["y_mean"]) / model.scaler["y_scale"],
                                           dtype=model.dtype)
-        return x, target
+        return x, _arrays.to_device(target, model.device)
 
     def _fit_scaler(self, X, y) -> None:
         X = np.asarray(X, dtype=np.float64)
@@ -338,7 +382,7 @@ class Trainer:
     # -- one step ---------------------------------------------------------------------------------
 
     def _ensure_bound(self) -> None:
-        if not self._bound:
+        if not self._bound or self.optimizer.device != self.model.device:  # first use, or the model moved
             self.optimizer.bind(self.model)
             self._bound = True
         if self.optimizer.current_lr is None:
@@ -348,6 +392,27 @@ class Trainer:
             self.optimizer.current_lr = self.base_lr
 
     def _step(self, xb: np.ndarray, yb: np.ndarray, wb: Optional[np.ndarray] = None) -> float:
+        """One update; returns the batch's data loss. All or nothing: when the forward or backward
+        pass raises (a KeyboardInterrupt from a callback or data hook included) or the loss is not
+        finite, the batch-norm running statistics it touched are put back and nothing else has
+        changed; the optimizer update (one kernel pass) and the step counters change together."""
+        model = self.model
+        backup = self._backup_buffers()
+        try:
+            loss = self._forward_backward(xb, yb, wb)
+            if not math.isfinite(loss):
+                self._restore_buffers(backup)
+                return loss
+            # Raises only before its kernel writes anything (and then takes its step count back).
+            self.optimizer.step(model.parameters(), model.gradients())
+        except BaseException:
+            self._restore_buffers(backup)
+            model._saved = None
+            raise
+        self.step += 1
+        return loss
+
+    def _forward_backward(self, xb, yb, wb) -> float:
         model = self.model
         logits = model._forward(xb, True, self.seed, self.step)
         grad_buf = self._grad_buf
@@ -366,9 +431,29 @@ class Trainer:
             model._saved = None
             return loss
         model._backward(grad)
-        self.optimizer.step(model.parameters(), model.gradients())
-        self.step += 1
         return loss
+
+    def _backup_buffers(self) -> Optional[Dict[str, np.ndarray]]:
+        """Copies of the model's buffers (batch-norm running statistics) into reused arrays."""
+        model = self.model
+        if getattr(model, "device", "cpu") != "cpu":
+            return None
+        live = model.buffers()
+        if not live:
+            return None
+        backup = self._buffer_backup
+        if backup is None or backup.keys() != live.keys() or any(
+                backup[k].shape != v.shape or backup[k].dtype != v.dtype for k, v in live.items()):
+            backup = self._buffer_backup = {k: v.copy() for k, v in live.items()}
+        else:
+            for k, v in live.items():
+                np.copyto(backup[k], v)
+        return backup
+
+    def _restore_buffers(self, backup: Optional[Dict[str, np.ndarray]]) -> None:
+        if backup is not None:
+            for k, v in self.model.buffers().items():
+                np.copyto(v, backup[k])
 
     def _gather(self, a: np.ndarray, idx: np.ndarray, name: str) -> np.ndarray:
         """a[idx] into a reused buffer (no allocation per step)."""
@@ -382,16 +467,38 @@ class Trainer:
     def train_step(self, X_batch, y_batch) -> float:
         """One minibatch update with the current settings; returns its data loss. Useful for
         custom loops and benchmarks (the step counter and dropout streams advance as in fit)."""
-        with self._busy_guard():
+        with self._busy_guard("Trainer.train_step"):
             self._ensure_bound()
             x, t = self._prepare(X_batch, y_batch)
+            if self.model.device != "cpu":
+                return self._step_device(x, t)
             loss = self._step(x, t)
             if not math.isfinite(loss):
                 raise NonFiniteLossError(f"non-finite loss ({loss}) at step {self.step}; no update was applied")
             return loss
 
-    def _busy_guard(self) -> "_BusyGuard":
-        return self._guard
+    def _step_device(self, x, t):
+        """train_step on a CUDA model: no synchronisation; the loss comes back as a device scalar
+        (``float(loss)`` reads it). The non-finite guard is fit's, at its checks."""
+        model = self.model
+        from . import _device_train
+
+        why = _device_train.unsupported(self)
+        if why is not None:
+            raise NotImplementedError(f"Trainer.train_step on device {model.device!r}: {why}")
+        logits = model._forward(x, True, self.seed, device_step=self.optimizer.device_step)
+        grad = self._grad_buf
+        if grad is None or tuple(grad.shape) != tuple(logits.shape) or not _arrays.is_device(grad):
+            grad = self._grad_buf = _arrays.empty(tuple(logits.shape), model.dtype, model.device)
+        loss, grad = _losses.compute(self.loss, logits, t, out=grad)
+        model._backward(grad)
+        self.optimizer.step(model.parameters(), model.gradients())
+        self.step += 1
+        return loss
+
+    def _busy_guard(self, what: str):
+        """One thread at a time trains a model: a second gets RuntimeError (nn.TrainingGuard)."""
+        return training_guard(self.model).hold(what)
 
     # -- evaluation -------------------------------------------------------------------------------
 
@@ -399,6 +506,8 @@ class Trainer:
         if x.shape[0] == 0:
             return float("nan"), float("nan")
         logits = self.model._predict_chunks(x)
+        if _arrays.is_device(logits):  # the metric is computed on the host
+            logits, t = logits.to_numpy(), _arrays.host_copy(t) if _arrays.is_device(t) else t
         loss, _ = _losses.compute(self.loss, logits, t)
         return float(loss), compute_metric(self.loss, logits, t)
 
@@ -413,6 +522,7 @@ class Trainer:
         """The regularisation term ½·Σ wd_l‖W_l‖² + Σ l1_l‖W_l‖₁ at the current weights."""
         opt = self.optimizer
         total = 0.0
+        params = None
         for info in self.model.param_layout():
             if info.kind != "weight":
                 continue
@@ -421,7 +531,10 @@ class Trainer:
             if isinstance(opt, _optim.AdamW):
                 wd = 0.0  # decoupled decay is not a penalty on the loss
             if wd or l1:
-                w = self.model.parameters()[info.start:info.start + info.size].astype(np.float64)
+                if params is None:
+                    params = self.model.parameters()
+                    params = params.to_numpy() if _arrays.is_device(params) else params
+                w = params[info.start:info.start + info.size].astype(np.float64)
                 total += 0.5 * wd * float(w @ w) + l1 * float(np.abs(w).sum())
         return total
 
@@ -431,7 +544,7 @@ class Trainer:
         """Train for the remaining epochs (all of them on a fresh Trainer; the rest after
         :meth:`from_checkpoint`). ``sample_weight`` (one non-negative weight per row) makes each
         batch's loss the weighted mean of its rows' losses. Returns the :class:`History`."""
-        with self._busy_guard():
+        with self._busy_guard("Trainer.fit"):
             return self._fit(X, y, sample_weight)
 
     def _fit(self, X, y, sample_weight=None) -> History:
@@ -461,11 +574,18 @@ class Trainer:
         if Xva is not None:
             xv, tv = self._prepare(Xva, yva)
         self.history.metric_name = metric_name(self.loss)
+        if self.base_lr is None and model.device != "cpu":
+            raise NotImplementedError("lr='auto' (the step-size search) is CPU-only for now; give a numeric lr")
         if self.base_lr is None:  # lr="auto": the Bottou trick on a subset
             self.base_lr, _ = find_step_size(model, x, t, loss=self.loss, optimizer=self.optimizer,
                                              seed=self.seed, _prepared=True, batch_size=self.batch_size)
             self.optimizer.current_lr = self.base_lr
         self._ensure_bound()
+        self._device_loop = None
+        if model.device != "cpu":
+            from ._device_train import DeviceLoop
+
+            self._device_loop = DeviceLoop(self, x, t, weights)
         self.schedule.set_horizon(self.epochs)
         n = x.shape[0]
         has_bn = any(type(l).__name__ == "BatchNorm" for l in model.layers)
@@ -486,14 +606,17 @@ class Trainer:
                         break
                 else:
                     self.history.stop_reason = "completed"
+        except KeyboardInterrupt:  # raised by a callback, or a second Ctrl-C between steps
+            self.history.stop_reason = "interrupted"
+            raise
         finally:
             if bar is not None:
                 bar.close()
         if self.history.stop_reason in ("early_stopping", "completed", "callback") and self.restore_best \
                 and self.early_stopping is not None and self._best["params"] is not None:
-            model.parameters()[...] = self._best["params"]
+            _arrays.assign(model.parameters(), self._best["params"])
             for k, v in model.buffers().items():
-                v[...] = self._best["buffers"][k]
+                _arrays.assign(v, self._best["buffers"][k])
         for cb in self.callbacks:
             cb.on_train_end(self, self.history)
         if self.history.stop_reason == "interrupted":
@@ -515,6 +638,12 @@ class Trainer:
         opt.current_lr = lr
         n = x.shape[0]
         order = np.random.default_rng([self.seed, epoch]).permutation(n) if self.shuffle else None
+        if self._device_loop is not None:
+            train_loss, batches, seconds, interrupted = self._device_loop.run_epoch(epoch, order, n_batches, sigint, lr)
+            if interrupted:
+                self.history.stop_reason = "interrupted"
+                return "interrupted"
+            return self._end_epoch(epoch, lr, train_loss, seconds, n, xv, tv, sigint, bar)
         # Snapshot for the NaN guard: the weights and optimizer state at the start of the epoch.
         snapshot = (model.parameters().copy(), {k: v.copy() for k, v in opt.state.items()},
                     {k: v.copy() for k, v in model.buffers().items()}, opt.step_count, self.step)
@@ -531,7 +660,8 @@ class Trainer:
                 idx = order[lo:hi]
                 xb, tb = self._gather(x, idx, "x"), self._gather(t, idx, "t")
                 wb = None if w is None else w[idx]
-            loss = self._step(xb, tb, wb)
+            with sigint.atomic():
+                loss = self._step(xb, tb, wb)
             if not math.isfinite(loss):
                 return self._non_finite(loss, epoch, b, snapshot)
             total += loss
@@ -542,27 +672,15 @@ class Trainer:
                 self.history.stop_reason = "interrupted"
                 return "interrupted"
         seconds = time.perf_counter() - start
-        train_loss = total / max(batches, 1)
+        return self._end_epoch(epoch, lr, total / max(batches, 1), seconds, n, xv, tv, sigint, bar)
+
+    def _end_epoch(self, epoch, lr, train_loss, seconds, n, xv, tv, sigint, bar) -> Optional[str]:
+        """Validation, the History row, early stopping, progress and callbacks at an epoch's end."""
         val_loss, val_metric = (float("nan"), float("nan")) if xv is None else self._evaluate_prepared(xv, tv)
         row = dict(epoch=epoch + 1, train_loss=train_loss, penalty=self.penalty(), val_loss=val_loss,
                    val_metric=val_metric, lr=lr, time_s=seconds)
-        self.history.append(**row)
-        self.epoch += 1
-        monitored = train_loss if xv is None else val_loss
-        self.schedule.observe(monitored)
-        reason = None
-        if self.early_stopping is not None:
-            if monitored < self._best["loss"] - self.min_delta:
-                self._best.update(loss=monitored, epoch=epoch + 1, params=model.parameters().copy(),
-                                  buffers={k: v.copy() for k, v in model.buffers().items()}, bad_epochs=0)
-            else:
-                self._best["bad_epochs"] += 1
-                if self._best["bad_epochs"] >= self.early_stopping:
-                    reason = "early_stopping"
-            self.history.best_epoch = self._best["epoch"]
-        elif not math.isnan(monitored) and (self.history.best_epoch is None or
-                                            monitored < min(self._monitored_history()[:-1], default=math.inf)):
-            self.history.best_epoch = epoch + 1
+        with sigint.atomic():  # the History row, the epoch counter and early stopping change together
+            reason = self._record_epoch(epoch, row, train_loss if xv is None else val_loss)
         if bar is not None:
             post = {"loss": f"{train_loss:.4g}", "samples/s": f"{n / max(seconds, 1e-9):,.0f}"}
             if xv is not None:
@@ -575,6 +693,29 @@ class Trainer:
         if sigint.requested:  # Ctrl-C during the epoch's last step: the epoch is complete
             reason = "interrupted"
             self.history.stop_reason = reason
+        return reason
+
+    def _record_epoch(self, epoch: int, row: dict, monitored: float) -> Optional[str]:
+        """Append the epoch's History row and update the epoch counter, schedule and early
+        stopping; returns "early_stopping" when patience has run out."""
+        model = self.model
+        self.history.append(**row)
+        self.epoch += 1
+        self.schedule.observe(monitored)
+        reason = None
+        if self.early_stopping is not None:
+            if monitored < self._best["loss"] - self.min_delta:
+                self._best.update(loss=monitored, epoch=epoch + 1, params=_arrays.host_copy(model.parameters()),
+                                  buffers={k: _arrays.host_copy(v) for k, v in model.buffers().items()},
+                                  bad_epochs=0)
+            else:
+                self._best["bad_epochs"] += 1
+                if self._best["bad_epochs"] >= self.early_stopping:
+                    reason = "early_stopping"
+            self.history.best_epoch = self._best["epoch"]
+        elif not math.isnan(monitored) and (self.history.best_epoch is None or
+                                            monitored < min(self._monitored_history()[:-1], default=math.inf)):
+            self.history.best_epoch = epoch + 1
         return reason
 
     def _monitored_history(self) -> List[float]:

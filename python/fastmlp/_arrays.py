@@ -1,0 +1,93 @@
+"""Host/device array helpers for the model layer: the few operations nn.py, optim.py and train.py
+need on an arena that may live on a CUDA device (allocate, view, copy, read back). NumPy arrays
+take the NumPy path; anything exposing ``__cuda_array_interface__`` goes through fastmlp.cuda.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+DEVICES = ("cpu", "cuda")
+
+
+def check_device(device) -> str:
+    """Normalise a device name: "cpu" or "cuda" (the current CUDA device). Raises ValueError for
+    anything else and RuntimeError for "cuda" when no CUDA device is usable."""
+    name = str(device).lower()
+    if name not in DEVICES:
+        raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
+    if name == "cuda":
+        from . import cuda
+
+        if not cuda.is_available():
+            raise RuntimeError(f"device='cuda' was requested but {cuda.unavailable_reason()}")
+    return name
+
+
+def is_device(a) -> bool:
+    return type(a) is not np.ndarray and hasattr(a, "__cuda_array_interface__")
+
+
+def empty(shape, dtype, device: str):
+    if device == "cpu":
+        return np.empty(shape, dtype)
+    from . import cuda
+
+    return cuda.empty(shape, dtype)
+
+
+def zeros(shape, dtype, device: str):
+    if device == "cpu":
+        return np.zeros(shape, dtype)
+    from . import cuda
+
+    return cuda.zeros(shape, dtype)
+
+
+def to_device(a, device: str):
+    """``a`` (host or device) as an array on ``device`` (a copy when it moves)."""
+    if device == "cpu":
+        return host_copy(a) if is_device(a) else a
+    if is_device(a):
+        return a
+    from . import cuda
+
+    return cuda.asarray(np.ascontiguousarray(a))
+
+
+def view(flat, start: int, shape: Sequence[int]):
+    """The contiguous piece ``flat[start:start+prod(shape)]`` as an array of ``shape`` (a view)."""
+    size = int(np.prod(shape)) if len(shape) else 1
+    return flat[start:start + size].reshape(tuple(shape))
+
+
+def host_copy(a) -> np.ndarray:
+    """A NumPy copy of a host or device array."""
+    if is_device(a):
+        return a.to_numpy()
+    return np.array(a, copy=True)
+
+
+def copy(a):
+    """A copy on the same device."""
+    if is_device(a):
+        from . import cuda
+
+        out = cuda.empty(a.shape, a.dtype)
+        cuda.copy_(out, a)
+        return out
+    return a.copy()
+
+
+def assign(dst, src) -> None:
+    """``dst[...] = src`` where either may be on the device."""
+    if is_device(dst):
+        from . import cuda
+
+        cuda.copy_(dst, src if is_device(src) else cuda.asarray(np.ascontiguousarray(src, dtype=dst.dtype)))
+    elif is_device(src):
+        dst[...] = src.to_numpy()
+    else:
+        dst[...] = src

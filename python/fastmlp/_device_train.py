@@ -1,0 +1,205 @@
+"""Device-resident training: the Trainer's minibatch loop for a model on a CUDA device.
+
+The host never waits for the device inside a step. The training set is uploaded once; each epoch
+uploads its row order, and a step gathers its batch on the device, runs forward, loss, backward and
+the fused optimizer, and parks its loss in a device slot. Every ``check_every`` steps the host reads
+those slots (the non-finite guard), snapshots the model and optimizer on the device, runs the
+callbacks and honours Ctrl-C; on a non-finite loss it rolls back to the last good snapshot. A step
+whose shapes repeat is captured once as a CUDA graph and replayed; the device-side step counter,
+advanced only by the optimizer kernel, feeds the dropout streams and Adam's bias correction, so a
+replay is a correct new step.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import List, Optional
+
+import numpy as np
+
+from . import _core
+from . import cuda as _cuda
+
+__all__ = ["DEFAULT_CHECK_EVERY", "DeviceLoop", "unsupported"]
+
+#: Steps between host checks of the device losses when the Trainer is left at its default.
+DEFAULT_CHECK_EVERY = 50
+
+_LOSS_KERNEL = {"squared": "squared_error", "cross_entropy": "softmax_cross_entropy",
+                "binary_cross_entropy": "sigmoid_cross_entropy"}
+
+
+def unsupported(trainer) -> Optional[str]:
+    """Why this Trainer cannot train on the device (None when it can)."""
+    opt = trainer.optimizer
+    if opt.clip_norm is not None:
+        return "clip_norm (the global gradient norm) is not implemented on CUDA yet"
+    if trainer.loss_scale != 1.0:
+        return "loss_scale != 1 is not implemented on CUDA yet"
+    return None
+
+
+class DeviceLoop:
+    """Runs the Trainer's epochs for a model whose arena lives on a CUDA device."""
+
+    def __init__(self, trainer, x: np.ndarray, t: np.ndarray, weights: Optional[np.ndarray]):
+        why = unsupported(trainer)
+        if why is None and weights is not None:
+            why = "sample_weight is not implemented on CUDA yet"
+        if why is not None:
+            raise NotImplementedError(f"Trainer.fit on device {trainer.model.device!r}: {why}")
+        self.trainer = trainer
+        self.model = trainer.model
+        self.stream = _cuda.current_stream()
+        self.n_rows = x.shape[0]
+        # The whole training set on the device, uploaded once per fit.
+        self.x = _cuda.asarray(x)
+        self.t = _cuda.asarray(t)
+        self.order = _cuda.empty((self.n_rows,), np.int64)
+        bs = trainer.batch_size
+        self.idx = _cuda.empty((bs,), np.int64)
+        self.xb = _cuda.empty((bs,) + x.shape[1:], x.dtype)
+        self.tb = _cuda.empty((bs,) + t.shape[1:], t.dtype)
+        self.grad = _cuda.empty((bs, self.model.out_features), self.model.dtype)
+        self.loss_now = _cuda.empty((), np.float32)
+        self.every = trainer.check_every if trainer.check_every is not None else DEFAULT_CHECK_EVERY
+        self.loss_slots = _cuda.empty((self.every,), np.float32)
+        self.pending = 0  # steps whose losses sit in loss_slots, not yet read
+        self.graph = None
+        self.graph_rows = -1
+        self.snapshot = None
+        self.snapshot_step = trainer.step
+
+    # -- device state -----------------------------------------------------------------------------
+
+    def _state_arrays(self) -> List:
+        model, opt = self.model, self.trainer.optimizer
+        arrays = [model.parameters()] + [opt.state[k] for k in sorted(opt.state)]
+        arrays += [v for _, v in sorted(model.buffers().items())]
+        arrays.append(opt.device_step)
+        return arrays
+
+    def take_snapshot(self) -> None:
+        """Device-to-device copies of everything a step changes (the rollback point)."""
+        arrays = self._state_arrays()
+        if self.snapshot is None:
+            self.snapshot = [_cuda.empty(a.shape, a.dtype) for a in arrays]
+        for dst, src in zip(self.snapshot, arrays):
+            _cuda.copy_(dst, src, stream=self.stream)
+        self.snapshot_step = self.trainer.step
+        self.snapshot_opt_count = self.trainer.optimizer.step_count
+
+    def restore_snapshot(self) -> None:
+        for dst, src in zip(self._state_arrays(), self.snapshot):
+            _cuda.copy_(dst, src, stream=self.stream)
+        opt = self.trainer.optimizer
+        self.trainer.step = self.snapshot_step
+        opt.step_count = opt._device_step_mirror = self.snapshot_opt_count
+        _cuda.synchronize()
+
+    # -- one step ---------------------------------------------------------------------------------
+
+    def _body(self, rows: int) -> None:
+        """gather → forward → loss → backward → optimizer, all launched on self.stream."""
+        model, tr = self.model, self.trainer
+        s = self.stream
+        xb = self.xb if rows == self.xb.shape[0] else self.xb[:rows]
+        tb = self.tb if rows == self.tb.shape[0] else self.tb[:rows]
+        grad = self.grad if rows == self.grad.shape[0] else self.grad[:rows]
+        _core.cuda.gather_rows(self.x.ptr, self.idx.ptr, xb.ptr, rows, self.x.nbytes // max(self.n_rows, 1), s)
+        _core.cuda.gather_rows(self.t.ptr, self.idx.ptr, tb.ptr, rows, self.t.nbytes // max(self.n_rows, 1), s)
+        logits = model._forward(xb, True, tr.seed, device_step=tr.optimizer.device_step)
+        kernel = getattr(_core.cuda, _LOSS_KERNEL[tr.loss])
+        cols = model.out_features
+        if tr.loss == "cross_entropy":
+            kernel(logits.ptr, tb.ptr, tb.dtype.itemsize, grad.ptr, self.loss_now.ptr, rows, cols, s)
+        else:
+            kernel(logits.ptr, tb.ptr, grad.ptr, self.loss_now.ptr, rows, cols, s)
+        model._backward(grad)
+        tr.optimizer._update(model.parameters(), model.gradients(), None)
+
+    def step(self, lo: int, hi: int) -> None:
+        """One training step on rows order[lo:hi]; its loss lands in the next loss slot."""
+        rows = hi - lo
+        s = self.stream
+        opt = self.trainer.optimizer
+        opt.step_count += 1  # as Optimizer.step does before its kernel
+        _cuda.copy_(self.idx[:rows], self.order[lo:hi], stream=s)
+        full = rows == self.xb.shape[0]
+        if full and self.graph is not None and self.graph_rows == rows:
+            if opt._device_step_mirror != opt.step_count - 1:  # a rollback moved the host counter
+                opt._kernel_step_lr(None)
+            opt._device_step_mirror = opt.step_count
+            self.graph.replay(s)
+        elif full and self.trainer.use_graphs and self.graph is None and self._warm:
+            _core.cuda.capture_begin(s)
+            try:
+                self._body(rows)
+            finally:
+                graph = _core.cuda.capture_end(s)
+            # Keep every buffer the graph reads or writes alive as long as the graph.
+            self.graph, self.graph_rows = graph, rows
+            self.graph_keepalive = self.model._workspace_arrays()
+            self.graph.replay(s)
+        else:
+            self._body(rows)
+            self._warm = full
+        _cuda.copy_(self.loss_slots[self.pending:self.pending + 1], self.loss_now, stream=s)
+        self.pending += 1
+        self.trainer.step += 1
+
+    _warm = False
+
+    # -- checks -----------------------------------------------------------------------------------
+
+    def check(self, epoch: int) -> List[float]:
+        """Read the pending losses (one synchronisation), raise on a non-finite one after rolling
+        back, otherwise move the snapshot here. Returns the losses read."""
+        if self.pending == 0:
+            return []
+        losses = self.loss_slots[:self.pending].to_numpy().astype(np.float64).tolist()
+        first = self.trainer.step - self.pending + 1
+        self.pending = 0
+        bad = next((i for i, v in enumerate(losses) if not math.isfinite(v)), None)
+        if bad is not None:
+            last_good = self.snapshot_step
+            self.restore_snapshot()
+            self.trainer.history.stop_reason = "non_finite_loss"
+            from .train import NonFiniteLossError
+
+            raise NonFiniteLossError(
+                f"non-finite training loss ({losses[bad]}) at epoch {epoch + 1}, in steps {first}..{first + len(losses) - 1} "
+                f"(first at step {first + bad}); the device checks every {self.every} steps, so training rolled "
+                f"back to step {last_good}, the last check with finite losses. Lower the learning rate, enable "
+                f"clip_norm on the CPU, or standardize the inputs.")
+        self.take_snapshot()
+        return losses
+
+    def run_epoch(self, epoch: int, order: Optional[np.ndarray], n_batches: int, sigint, lr: float):
+        """The batches of one epoch; returns (mean loss, batches run, seconds, interrupted)."""
+        tr = self.trainer
+        tr.optimizer.set_device_lr(lr)
+        host_order = order if order is not None else np.arange(self.n_rows, dtype=np.int64)
+        _cuda.copy_(self.order, _cuda.asarray(np.ascontiguousarray(host_order, dtype=np.int64)), stream=self.stream)
+        if self.snapshot is None:
+            self.take_snapshot()
+        start = time.perf_counter()
+        total, batches = 0.0, 0
+        bs = tr.batch_size
+        for b in range(n_batches):
+            lo, hi = b * bs, min(self.n_rows, (b + 1) * bs)
+            self.step(lo, hi)
+            last = b == n_batches - 1
+            if self.pending == self.every or last:
+                losses = self.check(epoch)
+                first_step = tr.step - len(losses) + 1
+                for i, loss in enumerate(losses):
+                    total += loss
+                    batches += 1
+                    for cb in tr.callbacks:
+                        cb.on_batch_end(tr, first_step + i, loss)
+                if sigint.requested and not last:
+                    return total / max(batches, 1), batches, time.perf_counter() - start, True
+        return total / max(batches, 1), batches, time.perf_counter() - start, False
+

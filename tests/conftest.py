@@ -3,10 +3,17 @@ lacks are skipped with the reason, and the summary line says which paths ran."""
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 
 import fastmlp
+
+if os.environ.get("FASTMLP_EMULATE_CUDA") == "1":  # the Python CUDA path on an emulated device
+    import emulated_cuda
+
+    emulated_cuda.install()
 
 ALL_ISAS = ("portable", "avx2", "avx512")
 _ran: set[str] = set()
@@ -32,6 +39,18 @@ def threads():
     previous = fastmlp.get_num_threads()
     yield
     fastmlp.set_num_threads(previous)
+
+
+@pytest.fixture(params=("cpu", "cuda"))
+def device(request):
+    """Runs a test on the CPU kernels and on the CUDA ones: "cpu" or "cuda". The CUDA run is
+    skipped with the reason "no CUDA device" where none is usable (no CUDA build, driver or GPU)."""
+    if request.param == "cuda":
+        from fastmlp import cuda
+
+        if not cuda.is_available():
+            pytest.skip("no CUDA device")
+    return request.param
 
 
 @pytest.fixture

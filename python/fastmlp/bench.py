@@ -13,6 +13,9 @@ best competitor, the achieved rate (GFLOP/s or GB/s) and the % of this machine's
 NumPy gets its best kernel: the runner clears ``OPENBLAS_CORETYPE`` and ``OPENBLAS_L2_SIZE`` for
 its own process (re-executing itself before NumPy loads) and prints the OpenBLAS core in use.
 Competitors that are not installed are skipped with a note. ``--json PATH`` writes the results.
+``--device cuda`` runs the GPU rows instead (GEMM and fused Adam against torch/CuPy cuBLAS and
+torch's fused Adam, against the device's own copy and triad bandwidth), timed with CUDA events when
+torch is there; without a usable GPU it prints why and exits.
 """
 
 from __future__ import annotations
@@ -580,13 +583,138 @@ def machine_info() -> dict:
     return info
 
 
+# -- GPU rows -------------------------------------------------------------------------------------
+
+
+def _gpu_timer(torch):
+    """time(fn, repeats) -> median seconds per call: CUDA events on the current device when torch
+    has CUDA (recorded on its stream, which the per-thread stream fastmlp uses synchronises with),
+    else a synchronised wall clock over a batch of calls."""
+    from fastmlp import cuda
+
+    def with_events(fn, repeats):
+        samples = []
+        for _ in range(repeats):
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            end.synchronize()
+            samples.append(start.elapsed_time(end) / 1e3)
+        return float(np.median(samples))
+
+    def with_clock(fn, repeats):
+        samples = []
+        for _ in range(repeats):
+            cuda.synchronize()
+            t = time.perf_counter()
+            fn()
+            cuda.synchronize()
+            samples.append(time.perf_counter() - t)
+        return float(np.median(samples))
+
+    return with_events if torch is not None and torch.cuda.is_available() else with_clock
+
+
+def _gpu_times(fns: Dict[str, Callable[[], None]], timer, repeats: int) -> Dict[str, float]:
+    for fn in fns.values():  # warm-up: kernels load, scratch and segment tables are allocated
+        for _ in range(3):
+            fn()
+    times: Dict[str, List[float]] = {name: [] for name in fns}
+    for _ in range(3):  # interleave the competitors
+        for name, fn in fns.items():
+            times[name].append(timer(fn, repeats))
+    return {name: min(v) for name, v in times.items()}
+
+
+def bench_cuda(args) -> int:
+    """GPU rows: GEMM and fused Adam against cuBLAS/torch, copy and triad bandwidth."""
+    from fastmlp import cuda
+
+    if not cuda.is_available():
+        print(f"--device cuda: skipped, {cuda.unavailable_reason()}")
+        return 0
+    torch = _try_torch()
+    if torch is not None and not torch.cuda.is_available():
+        torch = None
+    try:
+        import cupy  # noqa: F401
+    except Exception:  # noqa: BLE001
+        cupy = None
+    native = _core.cuda
+    groups = set(args.only.split(",")) if args.only else {"gemm", "optimizer", "memory"}
+    timer, repeats = _gpu_timer(torch), 5 if args.quick else 20
+    props = cuda.get_device_properties()
+    print(f"device: {props['name']}; fastmlp {fastmlp.__version__}; torch: "
+          f"{torch.__version__ if torch is not None else 'no CUDA torch (skipped)'}; cupy: "
+          f"{cupy.__version__ if cupy is not None else 'not installed (skipped)'}; timing: "
+          f"{'CUDA events' if torch is not None else 'synchronised wall clock'}")
+    if torch is not None:
+        torch.backends.cuda.matmul.allow_tf32 = False  # compare float32 with float32
+    table = Table()
+    rng = np.random.default_rng(0)
+    s = cuda.PER_THREAD_DEFAULT_STREAM
+    # Bandwidth: device copy and STREAM triad over >= 256 MB (bytes read + written).
+    n = (64 if args.quick else 128) * 1024 * 1024 // 4
+    a, b, c = cuda.zeros(n), cuda.zeros(n), cuda.zeros(n)
+    triad = _gpu_times({"fastmlp": lambda: native.triad(a.ptr, b.ptr, c.ptr, 2.0, n, s)}, timer, repeats)["fastmlp"]
+    bw = 12 * n / triad / 1e9
+    print(f"limits: triad {bw:.0f} GB/s on {3 * 4 * n / 2**20:.0f} MiB")
+    if "memory" in groups:
+        copies = {"fastmlp": lambda: native.copy(a.ptr, b.ptr, n, s)}
+        if torch is not None:
+            ta, tb = torch.zeros(n, device="cuda"), torch.zeros(n, device="cuda")
+            copies["torch"] = lambda: ta.copy_(tb)
+        table.add("memory", "device copy", f"{n * 4 >> 20} MiB", _gpu_times(copies, timer, repeats), nbytes=8 * n,
+                  limit=bw, unit="GB/s")
+        table.add("memory", "triad a=b+s*c", f"{n * 4 >> 20} MiB", {"fastmlp": triad}, nbytes=12 * n, limit=bw)
+    del a, b, c
+    if "gemm" in groups:
+        shapes = [(4096, 4096, 4096), (8192, 1024, 1024), (256, 512, 784), (256, 512, 512)]
+        for M, N, inner in shapes[1:] if args.quick else shapes:
+            x = rng.standard_normal((M, inner), dtype=np.float32)
+            w = rng.standard_normal((N, inner), dtype=np.float32)
+            dx, dw, out = cuda.asarray(x), cuda.asarray(w), cuda.empty((M, N))
+            fns = {"fastmlp": lambda: K.gemm(dx, dw, trans_b=True, out=out)}
+            if torch is not None:
+                tx, tw = torch.from_dlpack(dx), torch.from_dlpack(dw)
+                tout = torch.empty(M, N, device="cuda")
+                fns["torch"] = lambda: torch.mm(tx, tw.t(), out=tout)
+            if cupy is not None:
+                cx, cw = cupy.asarray(x), cupy.asarray(w)
+                fns["cupy"] = lambda: cupy.matmul(cx, cw.T)
+            table.add("gemm", "gemm X·Wᵀ (float32)", f"{M}x{N}x{inner}", _gpu_times(fns, timer, repeats),
+                      flops=2.0 * M * N * inner, note="vs cuBLAS, TF32 off")
+    if "optimizer" in groups:
+        n = (4 if args.quick else 16) * 1024 * 1024
+        p, g, m, v = cuda.asarray(rng.standard_normal(n, dtype=np.float32)), cuda.zeros(n), cuda.zeros(n), cuda.zeros(n)
+        step = cuda.asarray(np.zeros(1, np.int64))
+        fns = {"fastmlp": lambda: K.adam_step(p, g, m, v, step=step, lr=1e-3)}
+        if torch is not None:
+            tp = torch.nn.Parameter(torch.from_dlpack(p.copy()))
+            tp.grad = torch.zeros_like(tp)
+            opt = torch.optim.Adam([tp], lr=1e-3, fused=True)
+            fns["torch"] = opt.step
+        table.add("optimizer", "adam_step (fused)", f"{n >> 20}M params", _gpu_times(fns, timer, repeats),
+                  nbytes=28.0 * n, limit=bw, note="28 B/param")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"device": props, "triad_gbps": bw, "rows": table.rows}, f, indent=1, default=str)
+        print(f"results written to {args.json}")
+    return 0
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m fastmlp.bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("--json", default=None, help="write the results to this JSON file")
     parser.add_argument("--quick", action="store_true", help="smaller sizes and fewer repeats (a smoke run)")
     parser.add_argument("--only", default=None,
                         help="comma-separated groups: gemm,optimizer,memory,training,fit,threads,rss")
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"),
+                        help="cpu (default) or cuda: the GPU rows (gemm, optimizer, memory)")
     args = parser.parse_args(argv)
+    if args.device == "cuda":
+        return bench_cuda(args)
     groups = set(args.only.split(",")) if args.only else {"gemm", "optimizer", "memory", "training", "fit",
                                                           "threads", "rss"}
     torch, jax = _try_torch(), _try_jax()

@@ -1,0 +1,677 @@
+"""fastmlp.cuda and the CUDA path of fastmlp.kernels.
+
+Two halves. The first runs everywhere: without a usable GPU every entry point answers with a clear
+error, a mix of host and device arrays is refused before any device is touched, and the CPU
+kernels refuse the device-only keywords. The second needs a CUDA device (skipped with "no CUDA
+device"): every kernel against the CPU kernels and float64 references on awkward shapes, random
+streams bit-identical to the CPU, capturable optimizer steps and CUDA graphs, and interop with
+torch and CuPy (each skipped when absent).
+
+GPU tolerances follow test_gemm.py: an FMA chain over K terms errs by at most K*eps*|a||b|, and a
+split-K or tree reduction on the GPU has the same bound with another order of additions.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+
+from fastmlp import cuda
+from fastmlp import kernels as K
+
+from reference import keep_mask, uniform01
+
+GPU = cuda.is_available()
+requires_gpu = pytest.mark.skipif(not GPU, reason="no CUDA device")
+no_gpu_only = pytest.mark.skipif(GPU, reason="a CUDA device is present")
+EPS32 = float(np.finfo(np.float32).eps)
+
+
+class FakeDeviceArray:
+    """Exposes ``__cuda_array_interface__`` (version 3) over an address that needs no GPU to describe."""
+
+    def __init__(self, shape=(3, 4), typestr="<f4", ptr=0x7F0000000000, strides=None, stream=None):
+        self.__cuda_array_interface__ = {"shape": tuple(shape), "typestr": typestr, "data": (ptr, False),
+                                         "version": 3, "strides": strides, "stream": stream}
+
+
+def to_device(x, device):
+    return cuda.asarray(x) if device == "cuda" else x
+
+
+def to_host(x):
+    return x.to_numpy() if isinstance(x, cuda.DeviceArray) else np.asarray(x)
+
+
+# -- everywhere: availability and refusals --------------------------------------------------------
+
+
+def test_is_available_is_a_bool_and_never_raises():
+    assert isinstance(cuda.is_available(), bool)
+    assert isinstance(cuda.device_count(), int)
+    assert (cuda.unavailable_reason() is None) == cuda.is_available()
+
+
+@no_gpu_only
+def test_without_a_device_count_is_zero_and_entry_points_say_why():
+    assert cuda.device_count() == 0
+    for call in (lambda: cuda.asarray(np.zeros(3, np.float32)), lambda: cuda.empty(3), lambda: cuda.zeros((2, 2)),
+                 lambda: cuda.synchronize(), lambda: cuda.current_device(), lambda: cuda.Stream()):
+        with pytest.raises(RuntimeError, match="no CUDA device|no CUDA backend"):
+            call()
+
+
+@no_gpu_only
+@pytest.mark.parametrize("call", [
+    lambda a: K.gemm(a, FakeDeviceArray((4, 2))),
+    lambda a: K.activation(a, "relu"),
+    lambda a: K.bias_grad(a),
+    lambda a: K.dropout(a, 0.5, seed=1, offset=0),
+    lambda a: K.squared_error(a, FakeDeviceArray()),
+    lambda a: K.softmax_cross_entropy(a, np.zeros(3, np.int64)),
+    lambda a: K.adam_step(a, FakeDeviceArray(), FakeDeviceArray(), FakeDeviceArray(), step=1, lr=0.1),
+], ids=["gemm", "activation", "bias_grad", "dropout", "squared_error", "softmax_cross_entropy", "adam_step"])
+def test_kernels_given_device_arrays_without_a_device_raise_a_clear_runtime_error(call):
+    with pytest.raises(RuntimeError, match="no CUDA device|no CUDA backend"):
+        call(FakeDeviceArray())
+
+
+@pytest.mark.parametrize("call, device_name, host_name", [
+    (lambda d, h: K.gemm(h, d), "b", "a"),
+    (lambda d, h: K.gemm(d, h), "a", "b"),
+    (lambda d, h: K.gemm(h, h.T.copy(), out=d), "out", "a"),
+    (lambda d, h: K.gemm(d, d, bias=h[0]), "a", "bias"),
+    (lambda d, h: K.activation(h, "relu", out=d), "out", "x"),
+    (lambda d, h: K.activation_backward(d, h, "relu"), "grad_out", "y"),
+    (lambda d, h: K.squared_error(h, d), "target", "pred"),
+    (lambda d, h: K.softmax_cross_entropy(h, FakeDeviceArray((3,), "<i8")), "labels", "logits"),
+    (lambda d, h: K.batch_norm(d, h[0], h[0], h[0], h[0], training=True), "x", "gamma"),
+    (lambda d, h: K.adam_step(h, d, h, h, step=1, lr=0.1), "grad", "param"),
+    (lambda d, h: K.dropout(h, 0.5, seed=1, offset=0, step=FakeDeviceArray((1,), "<i8"), n_streams=2), "step", "x"),
+], ids=["gemm-b", "gemm-a", "gemm-out", "gemm-bias", "activation", "activation_backward", "squared_error",
+        "softmax_cross_entropy", "batch_norm", "adam_step", "dropout-step"])
+def test_mixing_host_and_device_arrays_is_a_type_error_naming_both(call, device_name, host_name):
+    # Decided before any device is touched, so this runs without a GPU too.
+    host = np.ones((3, 4), np.float32)
+    with pytest.raises(TypeError, match=rf"{device_name} is a CUDA array but {host_name} is a NumPy array; "
+                                        r"move both to the same device"):
+        call(FakeDeviceArray(), host)
+
+
+@pytest.mark.parametrize("call", [
+    lambda a: K.gemm(a, a.T.copy(), stream=2),
+    lambda a: K.activation(a, "relu", stream=2),
+    lambda a: K.activation_backward(a, a, "relu", stream=2),
+    lambda a: K.bias_grad(a, stream=2),
+    lambda a: K.dropout(a, 0.5, seed=1, offset=0, stream=2),
+    lambda a: K.dropout_backward(a, 0.5, seed=1, offset=0, stream=2),
+    lambda a: K.dropout_mask(3, 0.5, seed=1, offset=0, stream=2),
+    lambda a: K.add_noise(a, "mask", 0.5, seed=1, offset=0, stream=2),
+    lambda a: K.random_uniform(3, seed=1, offset=0, stream=2),
+    lambda a: K.random_normal(3, seed=1, offset=0, stream=2),
+    lambda a: K.squared_error(a, a.copy(), stream=2),
+    lambda a: K.softmax_cross_entropy(a, np.zeros(3, np.int64), stream=2),
+    lambda a: K.sigmoid_cross_entropy(a, a.copy(), stream=2),
+    lambda a: K.batch_norm(a, a[0].copy(), a[0].copy(), a[0].copy(), a[0].copy(), training=True, stream=2),
+    lambda a: K.sgd_step(a, a.copy(), None, step=1, lr=0.1, stream=2),
+    lambda a: K.adagrad_step(a, a.copy(), a.copy(), step=1, lr=0.1, stream=2),
+    lambda a: K.rmsprop_step(a, a.copy(), a.copy(), lr=0.1, stream=2),
+    lambda a: K.adam_step(a, a.copy(), a.copy(), a.copy(), step=1, lr=0.1, stream=2),
+], ids=lambda f: "")
+def test_cpu_kernels_refuse_a_stream(call):
+    with pytest.raises(ValueError, match="stream= applies to CUDA arrays only"):
+        call(np.ones((3, 4), np.float32))
+
+
+def test_cpu_kernels_refuse_device_only_keywords():
+    a = np.ones((3, 4), np.float32)
+    with pytest.raises(ValueError, match="loss_out= applies to CUDA arrays only"):
+        K.squared_error(a, a.copy(), loss_out=np.zeros((), np.float32))
+    with pytest.raises(ValueError, match="save_mean= applies to CUDA arrays only"):
+        K.batch_norm(a, a[0].copy(), a[0].copy(), a[0].copy(), a[0].copy(), training=True, save_mean=a[0].copy())
+    with pytest.raises(ValueError, match="dx= applies to CUDA arrays only"):
+        K.batch_norm_backward(a, a, a[0], a[0], a[0], dx=a.copy())
+
+
+def test_an_int_step_folds_into_the_random_stream_on_the_cpu():
+    x = np.ones((5, 7), np.float32)
+    # The Trainer's stream i of step t is t * n_streams + i (DESIGN.md, "Randomness").
+    np.testing.assert_array_equal(K.dropout(x, 0.4, seed=3, offset=1, step=6, n_streams=3),
+                                  K.dropout(x, 0.4, seed=3, offset=6 * 3 + 1))
+    np.testing.assert_array_equal(K.dropout_mask(35, 0.4, seed=3, offset=2, step=1, n_streams=3),
+                                  K.dropout_mask(35, 0.4, seed=3, offset=5))
+    np.testing.assert_array_equal(K.add_noise(x, "mask", 0.4, seed=3, offset=0, step=2, n_streams=1),
+                                  K.add_noise(x, "mask", 0.4, seed=3, offset=2))
+
+
+def test_step_needs_n_streams_and_a_stream_index_below_it():
+    x = np.ones(8, np.float32)
+    with pytest.raises(ValueError, match="needs n_streams"):
+        K.dropout(x, 0.5, seed=1, offset=0, step=3)
+    with pytest.raises(ValueError, match="must be < n_streams"):
+        K.dropout(x, 0.5, seed=1, offset=2, step=3, n_streams=2)
+
+
+def test_the_default_stream_is_the_per_thread_one_and_stream_blocks_nest():
+    assert int(cuda.current_stream()) == cuda.PER_THREAD_DEFAULT_STREAM
+    with cuda.stream(12345) as outer:
+        assert cuda.current_stream() == outer and int(outer) == 12345
+        with cuda.stream(cuda.Stream.from_handle(777)):
+            assert int(cuda.current_stream()) == 777
+        assert int(cuda.current_stream()) == 12345
+    assert int(cuda.current_stream()) == cuda.PER_THREAD_DEFAULT_STREAM
+
+
+def test_stream_handle_zero_is_refused_as_ambiguous():
+    with pytest.raises(ValueError, match="ambiguous"):
+        cuda.Stream.from_handle(0)
+    with pytest.raises(ValueError, match="ambiguous"):
+        with cuda.stream(0):
+            pass
+
+
+def test_non_contiguous_interface_is_refused_naming_the_argument():
+    if not GPU:
+        pytest.skip("parsing a device pointer needs a device")
+    buf = cuda.empty((4, 4))
+    strided = FakeDeviceArray((4, 2), "<f4", buf.ptr, strides=(16, 4))
+    with pytest.raises(ValueError, match=r"gemm: a with shape \(4, 2\) and dtype float32 is not C-contiguous"):
+        K.gemm(strided, cuda.empty((2, 3)))
+
+
+def test_torch_cpu_tensors_are_not_device_arrays():
+    torch = pytest.importorskip("torch")
+    assert not cuda.is_device_array(torch.zeros(3))
+    assert not cuda.is_device_array(np.zeros(3))
+    assert cuda.is_device_array(FakeDeviceArray())
+
+
+# -- GPU: device arrays ---------------------------------------------------------------------------
+
+
+@requires_gpu
+@pytest.mark.parametrize("dtype", ["float32", "int32", "int64", "uint8", "bool"])
+@pytest.mark.parametrize("shape", [(), (0,), (1,), (7,), (3, 0), (13, 31), (2, 3, 5)])
+def test_device_array_round_trips_host_data(shape, dtype, rng):
+    host = (rng.standard_normal(shape) * 50).astype(dtype)
+    dev = cuda.asarray(host)
+    assert (dev.shape, dev.dtype, dev.size, dev.ndim, dev.nbytes) == (host.shape, host.dtype, host.size, host.ndim,
+                                                                      host.nbytes)
+    assert dev.device == cuda.current_device()
+    np.testing.assert_array_equal(dev.to_numpy(), host)
+    np.testing.assert_array_equal(dev.copy().to_numpy(), host)
+    if host.size:
+        dev.fill(0)
+        assert not dev.to_numpy().any()
+        dev.copy_(host)
+        np.testing.assert_array_equal(dev.to_numpy(), host)
+
+
+@requires_gpu
+def test_device_array_views_share_memory():
+    host = np.arange(24, dtype=np.float32).reshape(4, 6)
+    dev = cuda.asarray(host)
+    np.testing.assert_array_equal(dev.reshape(6, 4).to_numpy(), host.reshape(6, 4))
+    np.testing.assert_array_equal(dev.reshape(-1).to_numpy(), host.reshape(-1))
+    np.testing.assert_array_equal(dev[1:3].to_numpy(), host[1:3])
+    np.testing.assert_array_equal(dev[-1].to_numpy(), host[-1])
+    assert dev[4:4].shape == (0, 6)
+    dev[1:3].fill(7)
+    host[1:3] = 7
+    np.testing.assert_array_equal(dev.to_numpy(), host)
+    assert dev.view(np.int32).to_numpy().tobytes() == host.tobytes()
+    assert float(cuda.asarray(np.array([2.5], np.float32))) == 2.5
+    with pytest.raises(TypeError, match="converts to float"):
+        float(dev)
+    with pytest.raises(IndexError, match="step 1"):
+        dev[::2]
+
+
+@requires_gpu
+def test_numpy_conversion_is_refused_rather_than_copying_behind_your_back():
+    dev = cuda.zeros(3)
+    with pytest.raises(TypeError, match=r"call \.to_numpy\(\)"):
+        np.asarray(dev)
+    with pytest.raises(TypeError):
+        np.ones(3) + dev
+
+
+@requires_gpu
+def test_asarray_refuses_float64_host_data_unless_a_dtype_is_given():
+    with pytest.raises(TypeError, match="float64.*dtype=numpy.float32"):
+        cuda.asarray(np.zeros(3))
+    assert cuda.asarray(np.zeros(3), dtype=np.float32).dtype == np.float32
+
+
+@requires_gpu
+def test_cuda_array_interface_is_version_3_with_the_stream_last_written():
+    dev = cuda.empty((3, 4))
+    cai = dev.__cuda_array_interface__
+    assert cai["version"] == 3 and cai["shape"] == (3, 4) and cai["typestr"] == "<f4"
+    assert cai["data"] == (dev.ptr, False) and cai["strides"] is None
+    assert cai["stream"] is None  # nothing pending
+    K.activation(cuda.zeros((3, 4)), "relu", out=dev)
+    assert dev.__cuda_array_interface__["stream"] == cuda.PER_THREAD_DEFAULT_STREAM
+    s = cuda.Stream()
+    K.activation(cuda.zeros((3, 4)), "relu", out=dev, stream=s)
+    assert dev.__cuda_array_interface__["stream"] == int(s)
+    s.synchronize()
+
+
+@requires_gpu
+def test_viewing_a_foreign_interface_is_zero_copy():
+    owner = cuda.asarray(np.arange(6, dtype=np.float32))
+    view = cuda.asarray(FakeDeviceArray((2, 3), "<f4", owner.ptr))
+    assert view.ptr == owner.ptr and view.shape == (2, 3)
+    np.testing.assert_array_equal(view.to_numpy(), np.arange(6, dtype=np.float32).reshape(2, 3))
+
+
+# -- GPU: kernels against the CPU and float64 ----------------------------------------------------
+
+SHAPES = [(0, 5, 3), (5, 0, 3), (5, 3, 0), (1, 1, 1), (7, 13, 31), (97, 65, 129), (128, 257, 64), (255, 33, 1000),
+          (1000, 3, 7), (3, 1000, 513)]
+ACTIVATIONS = ("identity", "relu", "sigmoid", "logistic", "tanh")
+
+
+def _act64(x, kind):
+    if kind == "relu":
+        return np.maximum(x, 0)
+    if kind in ("sigmoid", "logistic"):
+        return 1 / (1 + np.exp(-x))
+    if kind == "tanh":
+        return np.tanh(x)
+    return x
+
+
+@requires_gpu
+@pytest.mark.parametrize("trans_a, trans_b", list(itertools.product((False, True), repeat=2)))
+@pytest.mark.parametrize("M, N, K_", SHAPES, ids=lambda v: str(v))
+def test_gemm_matches_the_float64_reference_for_every_transpose_and_activation(M, N, K_, trans_a, trans_b, rng):
+    a = rng.uniform(-1, 1, (K_, M) if trans_a else (M, K_)).astype(np.float32)
+    b = rng.uniform(-1, 1, (N, K_) if trans_b else (K_, N)).astype(np.float32)
+    bias = rng.uniform(-1, 1, N).astype(np.float32)
+    c0 = rng.uniform(-1, 1, (M, N)).astype(np.float32)
+    opa = a.astype(np.float64).T if trans_a else a.astype(np.float64)
+    opb = b.astype(np.float64).T if trans_b else b.astype(np.float64)
+    bound = (K_ + 4) * EPS32 * (1.5 * np.abs(opa) @ np.abs(opb) + 0.5 * np.abs(c0) + np.abs(bias)) + 1.2e-38
+    da, db = cuda.asarray(a), cuda.asarray(b)
+    for act in ACTIVATIONS:
+        out = cuda.asarray(c0)
+        r = K.gemm(da, db, trans_a=trans_a, trans_b=trans_b, alpha=1.5, beta=0.5, out=out, bias=cuda.asarray(bias),
+                   activation=act)
+        assert r is out
+        ref = _act64(1.5 * opa @ opb + 0.5 * c0 + bias, act)
+        got = out.to_numpy()
+        assert got.shape == (M, N)
+        assert np.all(np.abs(got - ref) <= bound + 4 * EPS32 * np.abs(ref)), act
+    # beta == 0 never reads out: NaN there does not propagate
+    nan_out = cuda.asarray(np.full((M, N), np.nan, np.float32))
+    K.gemm(da, db, trans_a=trans_a, trans_b=trans_b, out=nan_out)
+    assert np.isfinite(nan_out.to_numpy()).all()
+
+
+@requires_gpu
+def test_gemm_is_deterministic_run_to_run(rng):
+    a = cuda.asarray(rng.standard_normal((257, 1031)).astype(np.float32))
+    b = cuda.asarray(rng.standard_normal((1031, 129)).astype(np.float32))
+    first = K.gemm(a, b).to_numpy()
+    for _ in range(3):
+        np.testing.assert_array_equal(K.gemm(a, b).to_numpy(), first)
+
+
+@requires_gpu
+def test_gemm_validates_like_the_cpu_binding():
+    a, b = np.ones((3, 4), np.float32), np.ones((5, 2), np.float32)
+    with pytest.raises(ValueError) as cpu_error:
+        K.gemm(a, b)
+    with pytest.raises(ValueError) as gpu_error:
+        K.gemm(cuda.asarray(a), cuda.asarray(b))
+    assert str(gpu_error.value) == str(cpu_error.value)
+    with pytest.raises(ValueError, match="beta=.* reads out"):
+        K.gemm(cuda.asarray(a), cuda.asarray(a.T.copy()), beta=1.0)
+    with pytest.raises(ValueError, match="one value per output column"):
+        K.gemm(cuda.asarray(a), cuda.asarray(a.T.copy()), bias=cuda.zeros(4))
+    x = cuda.zeros((4, 4))
+    with pytest.raises(ValueError, match="out and a share memory"):
+        K.gemm(x, cuda.zeros((4, 4)), out=x)
+
+
+@requires_gpu
+def test_device_kernels_take_float32_only():
+    buf = cuda.empty(16)
+    f64 = FakeDeviceArray((2, 4), "<f8", buf.ptr)
+    with pytest.raises(TypeError, match="a has dtype float64; CUDA kernels take float32"):
+        K.gemm(f64, cuda.empty((4, 2)))
+    with pytest.raises(TypeError, match="CUDA kernels take float32"):
+        K.random_uniform(3, seed=0, offset=0, device="cuda", dtype=np.float64)
+
+
+@requires_gpu
+@pytest.mark.parametrize("n", [0, 1, 5, 1031, 100_003])
+@pytest.mark.parametrize("kind", ACTIVATIONS)
+def test_activation_and_its_backward_match_the_cpu(n, kind, rng):
+    x = rng.standard_normal(n).astype(np.float32) * 4
+    g = rng.standard_normal(n).astype(np.float32)
+    y_cpu = K.activation(x, kind)
+    y_gpu = K.activation(cuda.asarray(x), kind).to_numpy()
+    np.testing.assert_allclose(y_gpu, y_cpu, rtol=4 * EPS32, atol=1e-37)
+    dx_cpu = K.activation_backward(g, y_cpu, kind)
+    dx_gpu = K.activation_backward(cuda.asarray(g), cuda.asarray(y_cpu), kind).to_numpy()
+    np.testing.assert_allclose(dx_gpu, dx_cpu, rtol=4 * EPS32, atol=1e-37)
+    inplace = cuda.asarray(x)
+    assert K.activation(inplace, kind, out=inplace) is inplace
+
+
+@requires_gpu
+@pytest.mark.parametrize("rows, cols", [(0, 3), (3, 0), (1, 1), (7, 13), (1000, 33), (4097, 129)])
+def test_bias_grad_matches_the_float64_column_sums(rows, cols, rng):
+    g = rng.standard_normal((rows, cols)).astype(np.float32)
+    got = K.bias_grad(cuda.asarray(g)).to_numpy()
+    bound = (rows + 2) * EPS32 * np.abs(g).astype(np.float64).sum(axis=0) + 1e-30
+    assert np.all(np.abs(got - g.astype(np.float64).sum(axis=0)) <= bound)
+
+
+# -- GPU: random streams --------------------------------------------------------------------------
+
+RANDOM_CASES = [(0, 0.5, 1, 0), (1, 0.5, 1, 0), (5, 0.1, 2**64 - 1, 3), (1001, 0.9, 12345, 2**40 + 7),
+                (4096, 0.0, 7, 2**64 - 1), (100_003, 0.37, 2**33, 11)]
+
+
+@requires_gpu
+@pytest.mark.parametrize("n, p, seed, offset", RANDOM_CASES)
+def test_dropout_masks_and_uniforms_are_bit_identical_to_the_cpu(n, p, seed, offset, rng):
+    cpu_mask = K.dropout_mask(n, p, seed=seed, offset=offset)
+    gpu_mask = K.dropout_mask(n, p, seed=seed, offset=offset, device="cuda")
+    assert gpu_mask.dtype == np.bool_
+    np.testing.assert_array_equal(gpu_mask.to_numpy(), cpu_mask)
+    np.testing.assert_array_equal(cpu_mask, keep_mask(n, p, seed, offset))
+    x = rng.standard_normal(n).astype(np.float32)
+    np.testing.assert_array_equal(K.dropout(cuda.asarray(x), p, seed=seed, offset=offset).to_numpy(),
+                                  K.dropout(x, p, seed=seed, offset=offset))
+    np.testing.assert_array_equal(K.dropout_backward(cuda.asarray(x), p, seed=seed, offset=offset).to_numpy(),
+                                  K.dropout_backward(x, p, seed=seed, offset=offset))
+    np.testing.assert_array_equal(K.add_noise(cuda.asarray(x), "mask", p, seed=seed, offset=offset).to_numpy(),
+                                  K.add_noise(x, "mask", p, seed=seed, offset=offset))
+    u_gpu = K.random_uniform(n, seed=seed, offset=offset, low=-2.0, high=3.0, device="cuda").to_numpy()
+    np.testing.assert_array_equal(u_gpu, K.random_uniform(n, seed=seed, offset=offset, low=-2.0, high=3.0))
+    np.testing.assert_array_equal(K.random_uniform(n, seed=seed, offset=offset, device="cuda").to_numpy(),
+                                  uniform01(n, seed, offset).astype(np.float32))
+
+
+@requires_gpu
+@pytest.mark.parametrize("n, p, seed, offset", RANDOM_CASES)
+def test_normals_match_the_cpu_within_4_ulp(n, p, seed, offset, rng):
+    z_cpu = K.random_normal(n, seed=seed, offset=offset, mean=1.0, std=2.0)
+    z_gpu = K.random_normal(n, seed=seed, offset=offset, mean=1.0, std=2.0, out=cuda.empty(n)).to_numpy()
+    np.testing.assert_array_max_ulp(z_gpu, z_cpu, maxulp=4)
+    x = rng.standard_normal(n).astype(np.float32)
+    noisy_cpu = K.add_noise(x, "gaussian", 0.5, seed=seed, offset=offset)
+    noisy_gpu = K.add_noise(cuda.asarray(x), "gaussian", 0.5, seed=seed, offset=offset).to_numpy()
+    assert np.all(np.abs(noisy_gpu - noisy_cpu) <= 8 * EPS32 * (np.abs(noisy_cpu) + 1))
+
+
+@requires_gpu
+def test_a_device_step_counter_names_the_same_stream_as_the_cpu():
+    x = np.ones((33, 17), np.float32)
+    step = cuda.asarray(np.array([41], np.int64))
+    got = K.dropout(cuda.asarray(x), 0.3, seed=9, offset=2, step=step, n_streams=5).to_numpy()
+    np.testing.assert_array_equal(got, K.dropout(x, 0.3, seed=9, offset=41 * 5 + 2))
+    assert int(step) == 41  # only the optimizer advances it
+    mask = K.dropout_mask(x.shape, 0.3, seed=9, offset=2, step=step, n_streams=5)
+    np.testing.assert_array_equal(mask.to_numpy(), K.dropout_mask(x.shape, 0.3, seed=9, offset=207))
+
+
+# -- GPU: losses and batch norm -------------------------------------------------------------------
+
+
+@requires_gpu
+@pytest.mark.parametrize("rows, cols", [(0, 3), (1, 1), (7, 10), (257, 33), (1000, 1000)])
+def test_losses_match_the_cpu_and_return_a_device_scalar(rows, cols, rng):
+    logits = (rng.standard_normal((rows, cols)) * 5).astype(np.float32)
+    target = rng.uniform(0, 1, (rows, cols)).astype(np.float32)
+    labels = rng.integers(0, cols, rows)
+    tol = dict(rtol=1e-5, atol=1e-6)
+    for name, second in (("squared_error", target), ("sigmoid_cross_entropy", target),
+                         ("softmax_cross_entropy", labels.astype(np.int64)),
+                         ("softmax_cross_entropy", labels.astype(np.int32))):
+        kernel = getattr(K, name)
+        loss_cpu, grad_cpu = kernel(logits, second)
+        for dev_second in (cuda.asarray(second), second) if second.dtype.kind == "i" else (cuda.asarray(second),):
+            loss, grad = kernel(cuda.asarray(logits), dev_second)
+            assert isinstance(loss, cuda.DeviceArray) and loss.shape == ()
+            assert float(loss) == pytest.approx(loss_cpu, **{"rel": 1e-5, "abs": 1e-6})
+            np.testing.assert_allclose(grad.to_numpy(), grad_cpu, **tol)
+        loss_out = cuda.empty((1,))
+        grad_out = cuda.empty((rows, cols))
+        loss, grad = kernel(cuda.asarray(logits), cuda.asarray(second), out=grad_out, loss_out=loss_out)
+        assert loss is loss_out and grad is grad_out
+
+
+@requires_gpu
+def test_host_labels_are_range_checked_and_device_ones_give_nan_rows():
+    logits = cuda.zeros((3, 4))
+    with pytest.raises(ValueError, match=r"labels\[1\] = 4 is out of range for 4 classes"):
+        K.softmax_cross_entropy(logits, np.array([0, 4, 1], np.int64))
+    loss, grad = K.softmax_cross_entropy(logits, cuda.asarray(np.array([0, 4, 1], np.int32)))
+    assert np.isnan(float(loss))
+    assert np.isnan(grad.to_numpy()[1]).all() and np.isfinite(grad.to_numpy()[[0, 2]]).all()
+
+
+@requires_gpu
+@pytest.mark.parametrize("rows, cols", [(2, 1), (7, 13), (1000, 65)])
+@pytest.mark.parametrize("act", ["identity", "relu", "tanh"])
+def test_batch_norm_forward_and_backward_match_the_cpu(rows, cols, act, rng):
+    x = (rng.standard_normal((rows, cols)) * 3 + 1).astype(np.float32)
+    g = rng.standard_normal((rows, cols)).astype(np.float32)
+    gamma, beta = rng.uniform(0.5, 2, cols).astype(np.float32), rng.standard_normal(cols).astype(np.float32)
+    rm, rv = np.zeros(cols, np.float32), np.ones(cols, np.float32)
+    drm, drv = cuda.asarray(rm), cuda.asarray(rv)
+    out_c, mean_c, inv_c = K.batch_norm(x, gamma, beta, rm, rv, training=True, activation=act)
+    out_g, mean_g, inv_g = K.batch_norm(cuda.asarray(x), cuda.asarray(gamma), cuda.asarray(beta), drm, drv,
+                                        training=True, activation=act)
+    tol = dict(rtol=1e-4, atol=1e-5)
+    for got, want in ((out_g, out_c), (mean_g, mean_c), (inv_g, inv_c), (drm, rm), (drv, rv)):
+        np.testing.assert_allclose(got.to_numpy(), want, **tol)
+    back_c = K.batch_norm_backward(g, x, gamma, mean_c, inv_c, activation=act, y=out_c)
+    back_g = K.batch_norm_backward(cuda.asarray(g), cuda.asarray(x), cuda.asarray(gamma), mean_g, inv_g,
+                                   activation=act, y=out_g)
+    for got, want in zip(back_g, back_c):
+        np.testing.assert_allclose(got.to_numpy(), want, rtol=1e-3, atol=1e-4 * np.sqrt(rows))
+
+
+# -- GPU: optimizers, capturable steps and graphs -------------------------------------------------
+
+SEGMENTS = (np.array([[0, 600], [700, 300]], np.int64), np.array([[1.0, 1e-2, 0.0], [2.0, 0.0, 1e-3]]))
+OPTIMIZERS = {
+    "sgd": (("momentum_buffer",), dict(momentum=0.9, nesterov=True, weight_decay=1e-3)),
+    "adagrad": (("state_sum",), dict(lr_decay=1e-3, weight_decay=1e-3)),
+    "rmsprop": (("square_avg", "momentum_buffer", "grad_avg"), dict(momentum=0.5, centered=True, weight_decay=1e-3)),
+    "adam": (("exp_avg", "exp_avg_sq"), dict(weight_decay=1e-2, decoupled=True)),
+}
+
+
+def _optimizer_step(name, arrays, step, lr, segments):
+    state, hyper = OPTIMIZERS[name]
+    p, g = arrays["param"], arrays["grad"]
+    if name == "sgd":
+        return K.sgd_step(p, g, arrays["momentum_buffer"], step=step, lr=lr, segments=segments, **hyper)
+    if name == "adagrad":
+        return K.adagrad_step(p, g, arrays["state_sum"], step=step, lr=lr, segments=segments, **hyper)
+    if name == "rmsprop":
+        kw = {} if isinstance(p, np.ndarray) else {"step": step}
+        return K.rmsprop_step(p, g, arrays["square_avg"], lr=lr, momentum_buffer=arrays["momentum_buffer"],
+                              grad_avg=arrays["grad_avg"], segments=segments, **kw, **hyper)
+    return K.adam_step(p, g, arrays["exp_avg"], arrays["exp_avg_sq"], step=step, lr=lr, segments=segments, **hyper)
+
+
+@requires_gpu
+@pytest.mark.parametrize("name", sorted(OPTIMIZERS))
+@pytest.mark.parametrize("capturable", [False, True])
+def test_optimizer_steps_match_the_cpu_over_ten_steps(name, capturable, rng):
+    n = 1000
+    host = {"param": rng.standard_normal(n).astype(np.float32)}
+    host.update({k: np.zeros(n, np.float32) for k in OPTIMIZERS[name][0]})
+    dev = {k: cuda.asarray(v) for k, v in host.items()}
+    step_counter = cuda.asarray(np.array([0], np.int64))
+    lr_scalar = cuda.asarray(np.array([0.01], np.float32))
+    for t in range(1, 11):
+        grad = rng.standard_normal(n).astype(np.float32)
+        host["grad"], dev["grad"] = grad, cuda.asarray(grad)
+        _optimizer_step(name, host, t, 0.01, SEGMENTS)
+        step = step_counter if capturable else t
+        lr = lr_scalar if capturable else 0.01
+        assert _optimizer_step(name, dev, step, lr, SEGMENTS) is dev["param"]
+    if capturable:
+        assert int(step_counter) == 10  # advanced exactly once per call
+    for k in host:
+        if k != "grad":
+            np.testing.assert_allclose(dev[k].to_numpy(), host[k], rtol=1e-5, atol=1e-6, err_msg=k)
+
+
+@requires_gpu
+def test_segment_tables_are_uploaded_once_per_content():
+    from fastmlp import _cuda_kernels
+
+    p, g, m, v = (cuda.zeros(1000) for _ in range(4))
+    bounds, values = SEGMENTS[0].copy(), SEGMENTS[1] * 3
+    before = len(_cuda_kernels._segment_cache)
+    for t in range(1, 4):
+        K.adam_step(p, g, m, v, step=t, lr=0.1, segments=(bounds.copy(), values.copy()))
+    assert len(_cuda_kernels._segment_cache) == min(before + 1, _cuda_kernels._SEGMENT_CACHE_SIZE)
+    with pytest.raises(ValueError, match="past the end of param"):
+        K.adam_step(p, g, m, v, step=1, lr=0.1, segments=(np.array([[900, 200]], np.int64), np.ones((1, 3))))
+
+
+@requires_gpu
+def test_graph_capture_of_dropout_and_adam_replays_like_eager_steps(rng):
+    n, p, n_streams = 1000, 0.3, 2
+    x0 = rng.standard_normal(n).astype(np.float32)
+    p0 = rng.standard_normal(n).astype(np.float32)
+
+    def make():
+        return {"param": cuda.asarray(p0), "m": cuda.zeros(n), "v": cuda.zeros(n), "x": cuda.asarray(x0),
+                "g": cuda.empty(n), "step": cuda.asarray(np.array([0], np.int64)),
+                "lr": cuda.asarray(np.array([1e-2], np.float32))}
+
+    def body(s):
+        K.dropout(s["x"], p, seed=7, offset=1, out=s["g"], step=s["step"], n_streams=n_streams)
+        K.adam_step(s["param"], s["g"], s["m"], s["v"], step=s["step"], lr=s["lr"], segments=SEGMENTS)
+
+    eager = make()
+    for _ in range(4):
+        body(eager)
+    graphed = make()
+    body(graphed)  # once eagerly: the segment table and scratch memory exist before the capture
+    with cuda.graph_capture() as graph:
+        body(graphed)
+    assert int(graphed["step"]) == 1  # capturing records, it does not run
+    for _ in range(3):
+        graph.replay()
+    cuda.synchronize()
+    assert int(graphed["step"]) == 4
+    for k in ("param", "m", "v", "g"):
+        np.testing.assert_array_equal(graphed[k].to_numpy(), eager[k].to_numpy(), err_msg=k)
+    # and the eager device steps are the CPU's steps t = 1..4 with streams (t - 1) * n_streams + 1
+    param, m, v = p0.copy(), np.zeros(n, np.float32), np.zeros(n, np.float32)
+    for t in range(1, 5):
+        g = K.dropout(x0, p, seed=7, offset=(t - 1) * n_streams + 1)
+        K.adam_step(param, g, m, v, step=t, lr=1e-2, segments=SEGMENTS)
+    np.testing.assert_allclose(eager["param"].to_numpy(), param, rtol=1e-5, atol=1e-6)
+
+
+@requires_gpu
+def test_capture_refuses_allocations_with_a_clear_error():
+    x = cuda.zeros(8)
+    K.activation(x, "relu")  # warm
+    with pytest.raises(RuntimeError, match="being captured"):
+        with cuda.graph_capture():
+            K.activation(x, "relu")  # no out=: would allocate
+    np.testing.assert_array_equal(K.activation(x, "relu").to_numpy(), np.zeros(8))  # still usable
+
+
+@requires_gpu
+def test_stream_argument_and_stream_blocks_choose_the_launch_stream(rng):
+    s = cuda.Stream()
+    a = cuda.asarray(rng.standard_normal((64, 32)).astype(np.float32))
+    out = cuda.empty((64, 64))
+    K.gemm(a, a, trans_b=True, out=out, stream=s)
+    assert out.stream == s
+    with cuda.stream(s):
+        r = K.activation(out, "relu")
+    assert r.stream == s
+    s.synchronize()
+    np.testing.assert_allclose(r.to_numpy(), np.maximum(a.to_numpy() @ a.to_numpy().T, 0), rtol=1e-4, atol=1e-4)
+
+
+@requires_gpu
+def test_arrays_on_different_devices_are_refused():
+    if cuda.device_count() < 2:
+        pytest.skip("needs 2 CUDA devices")
+    a = cuda.zeros((3, 4), device=0)
+    b = cuda.zeros((4, 2), device=1)
+    with pytest.raises(ValueError, match=r"a is on cuda:0 but b is on cuda:1"):
+        K.gemm(a, b)
+    c = cuda.asarray(a, device=1)
+    assert c.device == 1
+
+
+# -- GPU: torch and CuPy interop ------------------------------------------------------------------
+
+
+def _torch_cuda():
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("torch has no CUDA")
+    return torch
+
+
+@requires_gpu
+def test_torch_tensors_in_give_torch_tensors_out_zero_copy():
+    torch = _torch_cuda()
+    torch.backends.cuda.matmul.allow_tf32 = False
+    a = torch.randn(33, 17, device="cuda")
+    b = torch.randn(17, 9, device="cuda")
+    r = K.gemm(a, b, activation="relu")
+    assert isinstance(r, torch.Tensor) and r.device == a.device and r.dtype == torch.float32
+    torch.testing.assert_close(r, torch.relu(a @ b), rtol=1e-4, atol=1e-4)
+    out = torch.empty(33, 9, device="cuda")
+    assert K.gemm(a, b, out=out) is out
+    torch.testing.assert_close(out, a @ b, rtol=1e-4, atol=1e-4)
+    loss, grad = K.softmax_cross_entropy(a, torch.randint(0, 17, (33,), device="cuda"))
+    assert isinstance(loss, torch.Tensor) and loss.shape == () and isinstance(float(loss), float)
+    view = cuda.asarray(a)
+    assert view.ptr == a.data_ptr()
+    with pytest.raises(ValueError, match="a with shape .* is not C-contiguous"):
+        K.gemm(a.t(), a)
+
+
+@requires_gpu
+def test_dlpack_export_is_viewed_by_torch_without_a_copy():
+    torch = _torch_cuda()
+    dev = cuda.asarray(np.arange(12, dtype=np.float32).reshape(3, 4))
+    t = torch.from_dlpack(dev)
+    assert t.data_ptr() == dev.ptr and tuple(t.shape) == (3, 4) and t.device.type == "cuda"
+    t[0, 0] = 100.0
+    torch.cuda.synchronize()
+    assert dev.to_numpy()[0, 0] == 100.0
+    assert dev.__dlpack_device__() == (2, dev.device)
+    back = cuda.asarray(torch.from_dlpack(dev.__dlpack__()))
+    assert back.ptr == dev.ptr
+
+
+@requires_gpu
+def test_cupy_arrays_in_give_cupy_arrays_out_and_dlpack_round_trips():
+    cupy = pytest.importorskip("cupy")
+    a = cupy.random.standard_normal((31, 7), dtype=cupy.float32)
+    b = cupy.random.standard_normal((7, 5), dtype=cupy.float32)
+    r = K.gemm(a, b)
+    assert isinstance(r, cupy.ndarray)
+    cupy.testing.assert_allclose(r, a @ b, rtol=1e-4, atol=1e-4)
+    out = cupy.empty((31, 5), dtype=cupy.float32)
+    assert K.gemm(a, b, out=out) is out
+    dev = cuda.asarray(np.arange(6, dtype=np.float32))
+    c = cupy.from_dlpack(dev)
+    assert c.data.ptr == dev.ptr
+    np.testing.assert_array_equal(cupy.asnumpy(cupy.asarray(dev)), np.arange(6, dtype=np.float32))

@@ -86,7 +86,7 @@ def assign(dst, src) -> None:
     if is_device(dst):
         from . import cuda
 
-        cuda.copy_(dst, src if is_device(src) else cuda.asarray(np.ascontiguousarray(src, dtype=dst.dtype)))
+        cuda.copy_(dst, src)
     elif is_device(src):
         dst[...] = src.to_numpy()
     else:

@@ -18,16 +18,16 @@ from typing import List, Optional
 
 import numpy as np
 
-from . import _core
 from . import cuda as _cuda
+from . import kernels as K
 
 __all__ = ["DEFAULT_CHECK_EVERY", "DeviceLoop", "unsupported"]
 
 #: Steps between host checks of the device losses when the Trainer is left at its default.
 DEFAULT_CHECK_EVERY = 50
 
-_LOSS_KERNEL = {"squared": "squared_error", "cross_entropy": "softmax_cross_entropy",
-                "binary_cross_entropy": "sigmoid_cross_entropy"}
+_LOSS_KERNEL = {"squared": K.squared_error, "cross_entropy": K.softmax_cross_entropy,
+                "binary_cross_entropy": K.sigmoid_cross_entropy}
 
 
 def unsupported(trainer) -> Optional[str]:
@@ -52,6 +52,7 @@ class DeviceLoop:
         self.trainer = trainer
         self.model = trainer.model
         self.stream = _cuda.current_stream()
+        self.native = _cuda._native()
         self.n_rows = x.shape[0]
         # The whole training set on the device, uploaded once per fit.
         self.x = _cuda.asarray(x)
@@ -107,15 +108,11 @@ class DeviceLoop:
         xb = self.xb if rows == self.xb.shape[0] else self.xb[:rows]
         tb = self.tb if rows == self.tb.shape[0] else self.tb[:rows]
         grad = self.grad if rows == self.grad.shape[0] else self.grad[:rows]
-        _core.cuda.gather_rows(self.x.ptr, self.idx.ptr, xb.ptr, rows, self.x.nbytes // max(self.n_rows, 1), s)
-        _core.cuda.gather_rows(self.t.ptr, self.idx.ptr, tb.ptr, rows, self.t.nbytes // max(self.n_rows, 1), s)
+        handle = s.handle
+        self.native.gather_rows(self.x.ptr, self.idx.ptr, xb.ptr, rows, self.x.nbytes // max(self.n_rows, 1), handle)
+        self.native.gather_rows(self.t.ptr, self.idx.ptr, tb.ptr, rows, self.t.nbytes // max(self.n_rows, 1), handle)
         logits = model._forward(xb, True, tr.seed, device_step=tr.optimizer.device_step)
-        kernel = getattr(_core.cuda, _LOSS_KERNEL[tr.loss])
-        cols = model.out_features
-        if tr.loss == "cross_entropy":
-            kernel(logits.ptr, tb.ptr, tb.dtype.itemsize, grad.ptr, self.loss_now.ptr, rows, cols, s)
-        else:
-            kernel(logits.ptr, tb.ptr, grad.ptr, self.loss_now.ptr, rows, cols, s)
+        _LOSS_KERNEL[tr.loss](logits, tb, out=grad, loss_out=self.loss_now, stream=s)
         model._backward(grad)
         tr.optimizer._update(model.parameters(), model.gradients(), None)
 
@@ -133,19 +130,16 @@ class DeviceLoop:
             opt._device_step_mirror = opt.step_count
             self.graph.replay(s)
         elif full and self.trainer.use_graphs and self.graph is None and self._warm:
-            _core.cuda.capture_begin(s)
-            try:
+            with _cuda.graph_capture(s) as graph:
                 self._body(rows)
-            finally:
-                graph = _core.cuda.capture_end(s)
-            # Keep every buffer the graph reads or writes alive as long as the graph.
+            # Every buffer the graph reads or writes must live as long as the graph.
+            graph.keepalive.extend(self.model._workspace_arrays())
             self.graph, self.graph_rows = graph, rows
-            self.graph_keepalive = self.model._workspace_arrays()
             self.graph.replay(s)
         else:
             self._body(rows)
             self._warm = full
-        _cuda.copy_(self.loss_slots[self.pending:self.pending + 1], self.loss_now, stream=s)
+        _cuda.copy_(self.loss_slots[self.pending], self.loss_now, stream=s)
         self.pending += 1
         self.trainer.step += 1
 

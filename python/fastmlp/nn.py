@@ -361,7 +361,7 @@ class _DenseBlock:
             _raise_bn_batch(x.shape[0])
         y, mean, invstd = K.batch_norm(z, bn.gamma, bn.beta, bn.running_mean, bn.running_var, training=training,
                                        momentum=bn.momentum, eps=bn.eps, activation=self.act,
-                                       out=_ws_out(ws, "y", shape, x.dtype))
+                                       out=_ws_out(ws, "y", shape, x.dtype), **_bn_stats_out(ws, shape[1], x.dtype))
         if training:
             ctx.append((x, z, y, mean, invstd))
         return y
@@ -374,15 +374,36 @@ class _DenseBlock:
         else:
             x, z, y, mean, invstd = saved
             dz, dgamma, dbeta = K.batch_norm_backward(grad_y, z, self.bn.gamma, mean, invstd, activation=self.act,
-                                                      y=y if self.act != "identity" else None)
-            _arrays.assign(self.bn.dgamma, dgamma)
-            _arrays.assign(self.bn.dbeta, dbeta)
+                                                      y=y if self.act != "identity" else None,
+                                                      **_bn_grads_out(self.ws, self.bn, z.shape, z.dtype))
+            _set_grad(self.bn.dgamma, dgamma)
+            _set_grad(self.bn.dbeta, dbeta)
         K.gemm(dz, x, trans_a=True, out=d.dweight, beta=1.0 if self.accumulate_weight_grad else 0.0)
         if d.bias_enabled:
             K.bias_grad(dz, out=d.dbias)
         if not need_input_grad:
             return None
         return K.gemm(dz, d.weight, out=self.ws.get("dx", (dz.shape[0], d.in_features), dz.dtype))
+
+
+def _bn_stats_out(ws: Optional[_Workspace], cols: int, dtype) -> dict:
+    """On a device, batch norm's saved statistics go to workspaces (nothing is allocated inside a
+    captured step); on the CPU the kernel returns new ones."""
+    if ws is None or ws.device == "cpu":
+        return {}
+    return {"save_mean": ws.get("mean", (cols,), dtype), "save_invstd": ws.get("invstd", (cols,), dtype)}
+
+
+def _bn_grads_out(ws: Optional[_Workspace], bn: BatchNorm, shape, dtype) -> dict:
+    """On a device, batch norm's backward writes dx to a workspace and dgamma/dbeta into the arena."""
+    if ws is None or ws.device == "cpu":
+        return {}
+    return {"dx": ws.get("dx_bn", tuple(shape), dtype), "dgamma": bn.dgamma, "dbeta": bn.dbeta}
+
+
+def _set_grad(dst, src) -> None:
+    if src is not dst:
+        _arrays.assign(dst, src)
 
 
 def _raise_bn_batch(rows):
@@ -395,13 +416,17 @@ class _BatchNormBlock:
 
     def __init__(self, bn: BatchNorm, act: str):
         self.bn, self.act = bn, act
+        self.ws = _Workspace()
 
     def forward(self, x, training, ctx):
         bn = self.bn
         if training and x.shape[0] < 2:
             _raise_bn_batch(x.shape[0])
+        ws = self.ws if training and self.ws.device != "cpu" else None
         y, mean, invstd = K.batch_norm(x, bn.gamma, bn.beta, bn.running_mean, bn.running_var, training=training,
-                                       momentum=bn.momentum, eps=bn.eps, activation=self.act)
+                                       momentum=bn.momentum, eps=bn.eps, activation=self.act,
+                                       out=_ws_out(ws, "y", tuple(x.shape), x.dtype),
+                                       **_bn_stats_out(ws, x.shape[1], x.dtype))
         if training:
             ctx.append((x, y, mean, invstd))
         return y
@@ -409,9 +434,10 @@ class _BatchNormBlock:
     def backward(self, grad_y, saved, need_input_grad):
         x, y, mean, invstd = saved
         dx, dgamma, dbeta = K.batch_norm_backward(grad_y, x, self.bn.gamma, mean, invstd, activation=self.act,
-                                                  y=y if self.act != "identity" else None)
-        _arrays.assign(self.bn.dgamma, dgamma)
-        _arrays.assign(self.bn.dbeta, dbeta)
+                                                  y=y if self.act != "identity" else None,
+                                                  **_bn_grads_out(self.ws, self.bn, x.shape, x.dtype))
+        _set_grad(self.bn.dgamma, dgamma)
+        _set_grad(self.bn.dbeta, dbeta)
         return dx
 
 

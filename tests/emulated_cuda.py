@@ -1,0 +1,307 @@
+"""A host-memory emulator of the `_core.cuda` interface (csrc/cuda/INTERFACE.md): "device"
+buffers are host memory, kernels run the CPU kernels on them, launches on a capturing stream are
+recorded and a graph replays them. With FASTMLP_EMULATE_CUDA=1 the conftest installs it, so the
+Python half of the CUDA backend (fastmlp.cuda, the kernel dispatch, device-resident training,
+graph capture and replay) runs on a machine without a GPU. It proves the Python logic only: the
+CUDA kernels themselves never run here."""
+import ctypes
+import numpy as np
+
+from fastmlp import _core
+
+_live = {}  # ptr -> (nbytes, array)
+_capture = {}  # stream -> list of thunks
+
+
+def _view(ptr, shape, dtype):
+    dtype = np.dtype(dtype)
+    n = int(np.prod(shape)) if len(shape) else 1
+    if n == 0 or ptr == 0:
+        return np.empty(shape, dtype)
+    buf = (ctypes.c_char * (n * dtype.itemsize)).from_address(ptr)
+    return np.frombuffer(buf, dtype=dtype).reshape(shape)
+
+
+def _find(ptr):
+    for p, (nb, _) in _live.items():
+        if p <= ptr < p + max(nb, 1):
+            return True
+    return False
+
+
+class Buffer:
+    def __init__(self, nbytes, device):
+        for s in _capture:
+            raise RuntimeError("fastmlp.cuda: cudaMalloc: operation not permitted when stream is capturing")
+        self.nbytes, self.device = nbytes, device
+        if nbytes == 0:
+            self.ptr = 0
+            self._a = None
+            return
+        self._a = np.empty(nbytes + 64, np.uint8)
+        self.ptr = (self._a.ctypes.data + 63) // 64 * 64
+        self._a[:] = 0xCD
+        _live[self.ptr] = (nbytes, self._a)
+
+    def __del__(self):
+        _live.pop(getattr(self, "ptr", 0), None)
+
+
+class _Graph:
+    def __init__(self, thunks):
+        self.thunks = thunks
+
+    def replay(self, stream):
+        for t in self.thunks:
+            t()
+
+
+def _launch(stream, thunk):
+    stream = int(stream)
+    if stream in _capture:
+        _capture[stream].append(thunk)
+    else:
+        thunk()
+
+
+class Fake:
+    device_count = staticmethod(lambda: 1)
+    runtime_version = staticmethod(lambda: 12000)
+    driver_version = staticmethod(lambda: 12000)
+    _dev = 0
+    Buffer = Buffer
+
+    def get_device(self):
+        return 0
+
+    def set_device(self, d):
+        assert d == 0
+
+    def device_name(self, d):
+        return "Fake GPU"
+
+    def device_properties(self, d):
+        return {"name": "Fake GPU"}
+
+    def synchronize(self, d):
+        pass
+
+    def pointer_device(self, ptr):
+        return 0 if _find(ptr) else -1
+
+    def memcpy(self, dst, src, nbytes, stream):
+        if int(stream) in _capture:
+            raise RuntimeError("fastmlp.cuda: cudaStreamSynchronize: not permitted when capturing")
+        ctypes.memmove(dst, src, nbytes)
+
+    def memcpy_async(self, dst, src, nbytes, stream):
+        _launch(stream, lambda: ctypes.memmove(dst, src, nbytes))
+
+    def memset(self, ptr, byte, nbytes, stream):
+        _launch(stream, lambda: ctypes.memset(ptr, byte, nbytes))
+
+    _next_stream = 1000
+
+    def stream_create(self):
+        Fake._next_stream += 8
+        return Fake._next_stream
+
+    def stream_destroy(self, s):
+        pass
+
+    def stream_synchronize(self, s):
+        if int(s) in _capture:
+            raise RuntimeError("sync while capturing")
+
+    def stream_is_capturing(self, s):
+        return int(s) in _capture
+
+    def capture_begin(self, s):
+        assert int(s) != 1
+        _capture[int(s)] = []
+
+    def capture_end(self, s):
+        return _Graph(_capture.pop(int(s)))
+
+    def to_dlpack(self, owner, ptr, shape, device, dtype):
+        raise NotImplementedError
+
+    # -- kernels --
+    def gemm(self, a, b, out, bias, M, N, K, ta, tb, alpha, beta, act, stream):
+        def run():
+            A = _view(a, (K, M) if ta else (M, K), np.float32)
+            B = _view(b, (N, K) if tb else (K, N), np.float32)
+            O = _view(out, (M, N), np.float32)
+            bb = _view(bias, (N,), np.float32) if bias else None
+            _core.gemm(A, B, trans_a=ta, trans_b=tb, alpha=alpha, beta=beta, out=O, bias=bb, activation=act)
+        _launch(stream, run)
+
+    def activation(self, x, out, n, act, stream):
+        _launch(stream, lambda: _core.activation(_view(x, (n,), np.float32), act, out=_view(out, (n,), np.float32)))
+
+    def activation_backward(self, g, y, out, n, act, stream):
+        _launch(stream, lambda: _core.activation_backward(_view(g, (n,), np.float32), _view(y, (n,), np.float32), act,
+                                                          out=_view(out, (n,), np.float32)))
+
+    def bias_grad(self, g, out, rows, cols, stream):
+        _launch(stream, lambda: _core.bias_grad(_view(g, (rows, cols), np.float32), out=_view(out, (cols,), np.float32)))
+
+    @staticmethod
+    def _off(offset, step_ptr, n_streams):
+        if step_ptr:
+            return int(_view(step_ptr, (1,), np.int64)[0]) * n_streams + offset
+        return offset
+
+    def dropout(self, x, out, n, p, seed, offset, step_ptr, n_streams, stream):
+        _launch(stream, lambda: _core.dropout(_view(x, (n,), np.float32), p, seed=seed,
+                                              offset=self._off(offset, step_ptr, n_streams),
+                                              out=_view(out, (n,), np.float32)))
+
+    def dropout_mask(self, out, n, p, seed, offset, step_ptr, n_streams, stream):
+        def run():
+            _view(out, (n,), np.uint8)[:] = _core.dropout_mask(n, p, seed=seed, offset=self._off(offset, step_ptr, n_streams))
+        _launch(stream, run)
+
+    def add_noise(self, x, out, n, kind, level, seed, offset, step_ptr, n_streams, stream):
+        _launch(stream, lambda: _core.add_noise(_view(x, (n,), np.float32), kind, level, seed=seed,
+                                                offset=self._off(offset, step_ptr, n_streams),
+                                                out=_view(out, (n,), np.float32)))
+
+    def random_uniform(self, out, n, low, high, seed, offset, stream):
+        _launch(stream, lambda: _core.random_uniform(n, seed=seed, offset=offset, low=low, high=high,
+                                                     out=_view(out, (n,), np.float32)))
+
+    def random_normal(self, out, n, mean, std, seed, offset, stream):
+        _launch(stream, lambda: _core.random_normal(n, seed=seed, offset=offset, mean=mean, std=std,
+                                                    out=_view(out, (n,), np.float32)))
+
+    def _loss(self, f, pred, second, grad, loss, rows, cols, stream, second_dtype=np.float32, second_shape=None):
+        def run():
+            P = _view(pred, (rows, cols), np.float32)
+            S = _view(second, second_shape or (rows, cols), second_dtype)
+            if second_dtype != np.float32:
+                S = S.copy()
+                bad = (S < 0) | (S >= cols)
+                S[bad] = 0
+            else:
+                bad = None
+            l, g = f(P, S, out=_view(grad, (rows, cols), np.float32))
+            if bad is not None and bad.any():
+                l = float("nan")
+                _view(grad, (rows, cols), np.float32)[bad] = np.nan
+            _view(loss, (1,), np.float32)[0] = l
+        _launch(stream, run)
+
+    def squared_error(self, pred, target, grad, loss, rows, cols, stream):
+        self._loss(_core.squared_error, pred, target, grad, loss, rows, cols, stream)
+
+    def sigmoid_cross_entropy(self, logits, targets, grad, loss, rows, cols, stream):
+        self._loss(_core.sigmoid_cross_entropy, logits, targets, grad, loss, rows, cols, stream)
+
+    def softmax_cross_entropy(self, logits, labels, itemsize, grad, loss, rows, cols, stream):
+        self._loss(_core.softmax_cross_entropy, logits, labels, grad, loss, rows, cols, stream,
+                   np.int32 if itemsize == 4 else np.int64, (rows,))
+
+    def batch_norm(self, x, g, b, rm, rv, out, sm, si, rows, cols, training, momentum, eps, act, stream):
+        def run():
+            v = lambda p: _view(p, (cols,), np.float32)
+            o, m, s = _core.batch_norm(_view(x, (rows, cols), np.float32), v(g), v(b), v(rm), v(rv), training=training,
+                                       momentum=momentum, eps=eps, activation=act)
+            _view(out, (rows, cols), np.float32)[:] = o
+            v(sm)[:] = m
+            v(si)[:] = s
+        _launch(stream, run)
+
+    def batch_norm_backward(self, go, x, g, sm, si, y, dx, dg, db, rows, cols, act, stream):
+        def run():
+            v = lambda p: _view(p, (cols,), np.float32)
+            m = lambda p: _view(p, (rows, cols), np.float32)
+            a, bb, c = _core.batch_norm_backward(m(go), m(x), v(g), v(sm), v(si), activation=act, y=m(y) if y else None)
+            m(dx)[:] = a
+            v(dg)[:] = bb
+            v(db)[:] = c
+        _launch(stream, run)
+
+    @staticmethod
+    def _sched(step, lr, sb, sv, sc, step_ptr, lr_ptr):
+        seg = None
+        if sc:
+            seg = (_view(sb, (sc, 2), np.int64).copy(), _view(sv, (sc, 3), np.float64).copy())
+        if step_ptr:
+            step = int(_view(step_ptr, (1,), np.int64)[0]) + 1
+        if lr_ptr:
+            lr = float(_view(lr_ptr, (1,), np.float32)[0])
+        return step, lr, seg
+
+    @staticmethod
+    def _store(step_ptr, step):
+        if step_ptr:
+            _view(step_ptr, (1,), np.int64)[0] = step
+
+    def sgd_step(self, p, g, buf, n, step, lr, mom, damp, wd, l1, nest, sb, sv, sc, step_ptr, lr_ptr, stream):
+        def run():
+            t, r, seg = self._sched(step, lr, sb, sv, sc, step_ptr, lr_ptr)
+            v = lambda q: _view(q, (n,), np.float32) if q else None
+            _core.sgd_step(v(p), v(g), v(buf), step=t, lr=r, momentum=mom, dampening=damp, nesterov=nest,
+                           weight_decay=wd, l1=l1, segments=seg)
+            self._store(step_ptr, t)
+        _launch(stream, run)
+
+    def adagrad_step(self, p, g, ss, n, step, lr, lr_decay, wd, l1, eps, sb, sv, sc, step_ptr, lr_ptr, stream):
+        def run():
+            t, r, seg = self._sched(step, lr, sb, sv, sc, step_ptr, lr_ptr)
+            v = lambda q: _view(q, (n,), np.float32)
+            _core.adagrad_step(v(p), v(g), v(ss), step=t, lr=r, lr_decay=lr_decay, weight_decay=wd, eps=eps, l1=l1,
+                               segments=seg)
+            self._store(step_ptr, t)
+        _launch(stream, run)
+
+    def rmsprop_step(self, p, g, sq, buf, avg, n, lr, alpha, eps, wd, mom, l1, centered, sb, sv, sc, step_ptr, lr_ptr,
+                     stream):
+        def run():
+            t, r, seg = self._sched(1, lr, sb, sv, sc, step_ptr, lr_ptr)
+            v = lambda q: _view(q, (n,), np.float32) if q else None
+            _core.rmsprop_step(v(p), v(g), v(sq), lr=r, alpha=alpha, eps=eps, weight_decay=wd, momentum=mom,
+                               centered=centered, momentum_buffer=v(buf), grad_avg=v(avg), l1=l1, segments=seg)
+            self._store(step_ptr, t)
+        _launch(stream, run)
+
+    def adam_step(self, p, g, m, vv, n, step, lr, b1, b2, eps, wd, l1, dec, sb, sv, sc, step_ptr, lr_ptr, stream):
+        def run():
+            t, r, seg = self._sched(step, lr, sb, sv, sc, step_ptr, lr_ptr)
+            v = lambda q: _view(q, (n,), np.float32)
+            _core.adam_step(v(p), v(g), v(m), v(vv), step=t, lr=r, beta1=b1, beta2=b2, eps=eps, weight_decay=wd,
+                            decoupled=dec, l1=l1, segments=seg)
+            self._store(step_ptr, t)
+        _launch(stream, run)
+
+
+    # -- helpers of device training and the probes --
+    def gather_rows(self, src, idx, out, rows, row_bytes, stream):
+        def run():
+            index = _view(idx, (rows,), np.int64)
+            dst = _view(out, (rows, row_bytes), np.uint8)
+            n_src = int(index.max()) + 1 if rows else 0
+            dst[:] = _view(src, (n_src, row_bytes), np.uint8)[index]
+        _launch(stream, run)
+
+    def copy(self, dst, src, n, stream):
+        _launch(stream, lambda: ctypes.memmove(dst, src, 4 * n))
+
+    def triad(self, a, b, c, s, n, stream):
+        def run():
+            _view(a, (n,), np.float32)[:] = _view(b, (n,), np.float32) + np.float32(s) * _view(c, (n,), np.float32)
+        _launch(stream, run)
+
+    def is_finite(self, x, n, flag, stream):
+        def run():
+            if not np.all(np.isfinite(_view(x, (n,), np.float32))):
+                _view(flag, (1,), np.int32)[0] = 1
+        _launch(stream, run)
+
+
+def install():
+    """Make fastmlp.cuda use the emulator (one emulated device)."""
+    import fastmlp.cuda
+
+    fastmlp.cuda._native_module = Fake()

@@ -1,0 +1,166 @@
+"""Device-resident training: models, the Trainer, autoencoders and the estimators with
+device="cuda". GPU cases skip with "no CUDA device"; the error paths run everywhere."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import fastmlp
+from fastmlp import cuda, nn
+from fastmlp.datasets import load_digits
+from fastmlp.optim import SGD, Adam
+from fastmlp.train import NonFiniteLossError, Trainer
+
+needs_gpu = pytest.mark.skipif(not cuda.is_available(), reason="no CUDA device")
+
+
+def _digits(n=1024):
+    X, y = load_digits()
+    X = (X / 16.0).astype(np.float32)
+    return X[:n], y[:n].astype(np.int64)
+
+
+# -- everywhere -------------------------------------------------------------------------------------
+
+def test_unknown_device_name_is_a_value_error():
+    with pytest.raises(ValueError, match="device must be 'cpu' or 'cuda'"):
+        fastmlp.MLP([4, 3, 2], device="tpu")
+
+
+@pytest.mark.skipif(cuda.is_available(), reason="a CUDA device is present")
+def test_cuda_model_without_a_device_raises_a_clear_error():
+    with pytest.raises(RuntimeError, match="device='cuda'"):
+        fastmlp.MLP([4, 3, 2], device="cuda")
+    model = fastmlp.MLP([4, 3, 2])
+    with pytest.raises(RuntimeError, match="device='cuda'"):
+        model.to("cuda")
+    assert model.device == "cpu"
+
+
+def test_cuda_model_must_be_float32():
+    with pytest.raises((TypeError, RuntimeError)):
+        fastmlp.MLP([4, 3, 2], device="cuda", dtype="float64")
+
+
+@pytest.mark.skipif(cuda.is_available(), reason="a CUDA device is present")
+def test_estimator_with_cuda_device_raises_at_fit_without_a_device():
+    pytest.importorskip("sklearn")
+    from fastmlp.sklearn import MLPClassifier
+
+    X, y = _digits(64)
+    est = MLPClassifier(hidden_layer_sizes=(8,), max_iter=1, device="cuda")
+    with pytest.raises(RuntimeError, match="device='cuda'"):
+        est.fit(X, y)
+
+
+def test_moving_a_cpu_model_to_cpu_is_a_no_op():
+    model = fastmlp.MLP([4, 3, 2])
+    params = model.parameters()
+    assert model.to("cpu") is model and model.parameters() is params
+
+
+# -- on a GPU ---------------------------------------------------------------------------------------
+
+@needs_gpu
+def test_cuda_model_holds_its_arena_on_the_device_and_matches_the_cpu_forward():
+    X, _ = _digits(200)
+    cpu = fastmlp.MLP([64, 32, 10], output="softmax", seed=3)
+    gpu = fastmlp.MLP([64, 32, 10], output="softmax", seed=3, device="cuda")
+    assert hasattr(gpu.parameters(), "__cuda_array_interface__")
+    np.testing.assert_array_equal(gpu.parameters().to_numpy(), cpu.parameters())
+    out = gpu.forward(X)
+    assert isinstance(out, np.ndarray)
+    np.testing.assert_allclose(out, cpu.forward(X), rtol=1e-4, atol=1e-5)
+    np.testing.assert_array_equal(gpu.predict(X), cpu.predict(X))
+    dev_out = gpu.forward(cuda.asarray(X))
+    assert hasattr(dev_out, "__cuda_array_interface__")
+
+
+@needs_gpu
+@pytest.mark.parametrize("dropout", [0.0, 0.2])
+def test_cuda_training_learns_digits_like_the_cpu(dropout):
+    X, y = _digits()
+    accs = {}
+    for device in ("cpu", "cuda"):
+        model = fastmlp.MLP([64, 64, 10], output="softmax", dropout=dropout, seed=0, device=device)
+        Trainer(model, optimizer=Adam(1e-2), batch_size=64, epochs=15, progress=False, seed=1).fit(X, y)
+        accs[device] = float(np.mean(model.predict(X) == y))
+    assert accs["cuda"] >= 0.95
+    assert abs(accs["cuda"] - accs["cpu"]) < 0.03
+
+
+@needs_gpu
+def test_captured_graph_training_matches_eager_training_bitwise():
+    X, y = _digits(512)
+    params = []
+    for graphs in (False, True):
+        model = fastmlp.MLP([64, 48, 10], output="softmax", dropout=0.2, seed=0, device="cuda")
+        Trainer(model, optimizer=Adam(1e-3, weight_decay=[1e-4, 0.0]), batch_size=64, epochs=3, progress=False,
+                seed=5, use_graphs=graphs).fit(X, y)
+        params.append(model.parameters().to_numpy())
+    np.testing.assert_array_equal(params[0], params[1])
+
+
+@needs_gpu
+def test_cuda_trainer_reads_the_device_loss_only_at_checks_and_rolls_back_on_non_finite():
+    X, y = _digits(512)
+    X = X.copy()
+    X[5 * 32 + 3, 0] = np.nan  # a row of the 6th batch (no shuffling): steps 6.. are not finite
+    model = fastmlp.MLP([64, 32, 10], output="softmax", seed=0, device="cuda")
+    tr = Trainer(model, optimizer=SGD(0.1), batch_size=32, epochs=2, progress=False, check_every=4, shuffle=False)
+    with pytest.raises(NonFiniteLossError, match=r"in steps 5\.\.8 \(first at step 6\)"):
+        tr.fit(X, y)
+    assert tr.step == 4 and tr.optimizer.step_count == 4  # rolled back to the last good check
+    assert np.all(np.isfinite(model.parameters().to_numpy()))
+    assert tr.history.stop_reason == "non_finite_loss"
+
+
+@needs_gpu
+def test_cuda_train_step_returns_a_device_scalar():
+    X, y = _digits(64)
+    model = fastmlp.MLP([64, 16, 10], output="softmax", device="cuda")
+    tr = Trainer(model, optimizer=Adam(1e-3), progress=False)
+    loss = tr.train_step(X, y)
+    assert hasattr(loss, "__cuda_array_interface__")
+    assert np.isfinite(float(loss))
+    assert tr.optimizer.step_count == 1
+
+
+@needs_gpu
+def test_cuda_model_saves_and_loads_through_the_host(tmp_path):
+    model = fastmlp.MLP([8, 4, 2], device="cuda")
+    model.save(tmp_path / "m.npz")
+    back = fastmlp.load(tmp_path / "m.npz")
+    assert back.device == "cpu"
+    np.testing.assert_array_equal(back.parameters(), model.parameters().to_numpy())
+
+
+@needs_gpu
+@pytest.mark.filterwarnings("ignore:Stochastic Optimizer")
+def test_cuda_autoencoder_and_estimators_train_on_the_device():
+    X, y = _digits(512)
+    ae = fastmlp.Autoencoder([64, 16], device="cuda").fit(X, epochs=3, progress=False)
+    assert ae.encode(X).shape == (512, 16)
+    pytest.importorskip("sklearn")
+    from fastmlp.sklearn import MLPClassifier
+
+    scores = {}
+    for device in ("cpu", "cuda"):
+        est = MLPClassifier(hidden_layer_sizes=(32,), max_iter=20, random_state=0, device=device).fit(X, y)
+        scores[device] = est.score(X, y)
+    assert scores["cuda"] > 0.7 and abs(scores["cuda"] - scores["cpu"]) < 0.03
+    assert isinstance(est.coefs_[0], np.ndarray)
+
+
+@needs_gpu
+def test_cuda_batch_norm_model_trains():
+    X, y = _digits(256)
+    model = fastmlp.MLP([64, 32, 10], output="softmax", batch_norm=True, device="cuda")
+    Trainer(model, optimizer=Adam(1e-2), batch_size=64, epochs=5, progress=False).fit(X, y)
+    assert float(np.mean(model.predict(X) == y)) > 0.8
+
+
+def test_nn_sequential_accepts_device_keyword():
+    model = nn.Sequential(nn.Dense(3, 2), device="cpu")
+    assert model.device == "cpu"

@@ -47,6 +47,13 @@ class Buffer:
         _live.pop(getattr(self, "ptr", 0), None)
 
 
+class PinnedBuffer:
+    def __init__(self, nbytes):
+        self.nbytes = nbytes
+        self._a = np.empty(nbytes + 64, np.uint8)
+        self.ptr = (self._a.ctypes.data + 63) // 64 * 64
+
+
 class _Graph:
     def __init__(self, thunks):
         self.thunks = thunks
@@ -70,6 +77,7 @@ class Fake:
     driver_version = staticmethod(lambda: 12000)
     _dev = 0
     Buffer = Buffer
+    PinnedBuffer = PinnedBuffer
 
     def get_device(self):
         return 0
@@ -81,7 +89,8 @@ class Fake:
         return "Fake GPU"
 
     def device_properties(self, d):
-        return {"name": "Fake GPU"}
+        return {"name": "Fake GPU", "major": 9, "minor": 0, "multiprocessors": 132, "total_memory": 80 << 30,
+                "memory_clock_khz": 0, "memory_bus_width": 0}
 
     def synchronize(self, d):
         pass

@@ -103,6 +103,35 @@ def test_captured_graph_training_matches_eager_training_bitwise():
 
 
 @needs_gpu
+def test_cuda_training_streams_large_host_data_like_resident_data(monkeypatch):
+    from fastmlp import _device_train
+
+    X, y = _digits(300)  # 300 = 4 full batches of 64 and a partial one
+    params = []
+    for fraction in (0.5, 0.0):  # resident on the device, then streamed through pinned buffers
+        monkeypatch.setattr(_device_train, "RESIDENT_FRACTION", fraction)
+        model = fastmlp.MLP([64, 32, 10], output="softmax", dropout=0.1, seed=0, device="cuda")
+        tr = Trainer(model, optimizer=Adam(1e-3), batch_size=64, epochs=3, progress=False, seed=2)
+        tr.fit(X, y)
+        assert tr._device_loop.resident == (fraction > 0)
+        params.append(model.parameters().to_numpy())
+    np.testing.assert_array_equal(params[0], params[1])
+
+
+@needs_gpu
+def test_cuda_fit_takes_device_arrays():
+    X, y = _digits(256)
+    model = fastmlp.MLP([64, 32, 10], output="softmax", seed=0, device="cuda")
+    Trainer(model, optimizer=Adam(1e-2), batch_size=64, epochs=5, progress=False).fit(cuda.asarray(X),
+                                                                                       cuda.asarray(y))
+    assert float(np.mean(model.predict(X) == y)) > 0.8
+    with pytest.raises(NotImplementedError, match="standardize"):
+        Trainer(model, standardize=True, progress=False).fit(cuda.asarray(X), cuda.asarray(y))
+    with pytest.raises(TypeError, match="both"):
+        Trainer(model, progress=False).fit(cuda.asarray(X), y)
+
+
+@needs_gpu
 def test_cuda_trainer_reads_the_device_loss_only_at_checks_and_rolls_back_on_non_finite():
     X, y = _digits(512)
     X = X.copy()

@@ -1,8 +1,11 @@
 """Device-resident training: the Trainer's minibatch loop for a model on a CUDA device.
 
-The host never waits for the device inside a step. The training set is uploaded once; each epoch
-uploads its row order, and a step gathers its batch on the device, runs forward, loss, backward and
-the fused optimizer, and parks its loss in a device slot. Every ``check_every`` steps the host reads
+The host never waits for the device inside a step. A training set that fits in a fraction of the
+device's memory is uploaded once (or used in place when it is already there); each epoch uploads
+its row order, and a step gathers its batch on the device, runs forward, loss, backward and the
+fused optimizer, and parks its loss in a device slot. A larger training set stays on the host and
+streams: the host gathers each batch into one of two pinned buffers and copies it asynchronously,
+waiting only before it reuses a buffer (the device then runs at most one step behind). Every ``check_every`` steps the host reads
 those slots (the non-finite guard), snapshots the model and optimizer on the device, runs the
 callbacks and honours Ctrl-C; on a non-finite loss it rolls back to the last good snapshot. A step
 whose shapes repeat is captured once as a CUDA graph and replayed; the device-side step counter,
@@ -12,6 +15,7 @@ replay is a correct new step.
 
 from __future__ import annotations
 
+import ctypes
 import math
 import time
 from typing import List, Optional
@@ -25,6 +29,8 @@ __all__ = ["DEFAULT_CHECK_EVERY", "DeviceLoop", "unsupported"]
 
 #: Steps between host checks of the device losses when the Trainer is left at its default.
 DEFAULT_CHECK_EVERY = 50
+#: A host training set is uploaded whole when it takes at most this fraction of the device memory.
+RESIDENT_FRACTION = 0.5
 
 _LOSS_KERNEL = {"squared": K.squared_error, "cross_entropy": K.softmax_cross_entropy,
                 "binary_cross_entropy": K.sigmoid_cross_entropy}
@@ -54,11 +60,20 @@ class DeviceLoop:
         self.stream = _cuda.current_stream()
         self.native = _cuda._native()
         self.n_rows = x.shape[0]
-        # The whole training set on the device, uploaded once per fit.
-        self.x = _cuda.asarray(x)
-        self.t = _cuda.asarray(t)
-        self.order = _cuda.empty((self.n_rows,), np.int64)
         bs = trainer.batch_size
+        on_device = _cuda.is_device_array(x)
+        total = int(_cuda.get_device_properties().get("total_memory") or 0)
+        self.resident = on_device or total == 0 or x.nbytes + t.nbytes <= RESIDENT_FRACTION * total
+        if self.resident:  # the whole training set on the device, uploaded once per fit
+            self.x = _cuda.asarray(x)
+            self.t = _cuda.asarray(t)
+            self.order = _cuda.empty((self.n_rows,), np.int64)
+        else:  # streamed from the host through two pinned buffers
+            self.host_x, self.host_t = x, t
+            self.pinned = [(_pinned((bs,) + x.shape[1:], x.dtype), _pinned((bs,) + t.shape[1:], t.dtype))
+                           for _ in range(2)]
+            self.pinned_used = [False, False]
+            self.host_order = None
         self.idx = _cuda.empty((bs,), np.int64)
         self.xb = _cuda.empty((bs,) + x.shape[1:], x.dtype)
         self.tb = _cuda.empty((bs,) + t.shape[1:], t.dtype)
@@ -108,9 +123,12 @@ class DeviceLoop:
         xb = self.xb if rows == self.xb.shape[0] else self.xb[:rows]
         tb = self.tb if rows == self.tb.shape[0] else self.tb[:rows]
         grad = self.grad if rows == self.grad.shape[0] else self.grad[:rows]
-        handle = s.handle
-        self.native.gather_rows(self.x.ptr, self.idx.ptr, xb.ptr, rows, self.x.nbytes // max(self.n_rows, 1), handle)
-        self.native.gather_rows(self.t.ptr, self.idx.ptr, tb.ptr, rows, self.t.nbytes // max(self.n_rows, 1), handle)
+        if self.resident:
+            handle = s.handle
+            self.native.gather_rows(self.x.ptr, self.idx.ptr, xb.ptr, rows, self.x.nbytes // max(self.n_rows, 1),
+                                    handle)
+            self.native.gather_rows(self.t.ptr, self.idx.ptr, tb.ptr, rows, self.t.nbytes // max(self.n_rows, 1),
+                                    handle)
         logits = model._forward(xb, True, tr.seed, device_step=tr.optimizer.device_step)
         _LOSS_KERNEL[tr.loss](logits, tb, out=grad, loss_out=self.loss_now, stream=s)
         model._backward(grad)
@@ -122,7 +140,10 @@ class DeviceLoop:
         s = self.stream
         opt = self.trainer.optimizer
         opt.step_count += 1  # as Optimizer.step does before its kernel
-        _cuda.copy_(self.idx[:rows], self.order[lo:hi], stream=s)
+        if self.resident:
+            _cuda.copy_(self.idx[:rows], self.order[lo:hi], stream=s)
+        else:
+            self._upload_batch(lo, hi)
         full = rows == self.xb.shape[0]
         if full and self.graph is not None and self.graph_rows == rows:
             if opt._device_step_mirror != opt.step_count - 1:  # a rollback moved the host counter
@@ -144,6 +165,21 @@ class DeviceLoop:
         self.trainer.step += 1
 
     _warm = False
+
+    def _upload_batch(self, lo: int, hi: int) -> None:
+        """Host gather into a pinned buffer, then an asynchronous copy into the batch buffers."""
+        rows = hi - lo
+        k = self.trainer.step % 2
+        if self.pinned_used[k]:  # its previous copy must be done before the host overwrites it
+            self.native.stream_synchronize(self.stream.handle)
+        (px, pxa), (pt, pta) = self.pinned[k]
+        idx = self.host_order[lo:hi]
+        np.take(self.host_x, idx, axis=0, out=pxa[:rows])
+        np.take(self.host_t, idx, axis=0, out=pta[:rows])
+        handle = self.stream.handle
+        self.native.memcpy_async(self.xb.ptr, px.ptr, rows * pxa[0].nbytes, handle)
+        self.native.memcpy_async(self.tb.ptr, pt.ptr, rows * pta[0].nbytes, handle)
+        self.pinned_used[k] = True
 
     # -- checks -----------------------------------------------------------------------------------
 
@@ -174,8 +210,11 @@ class DeviceLoop:
         """The batches of one epoch; returns (mean loss, batches run, seconds, interrupted)."""
         tr = self.trainer
         tr.optimizer.set_device_lr(lr)
-        host_order = order if order is not None else np.arange(self.n_rows, dtype=np.int64)
-        _cuda.copy_(self.order, _cuda.asarray(np.ascontiguousarray(host_order, dtype=np.int64)), stream=self.stream)
+        host_order = np.ascontiguousarray(order if order is not None else np.arange(self.n_rows), dtype=np.int64)
+        if self.resident:
+            _cuda.copy_(self.order, host_order, stream=self.stream)
+        else:
+            self.host_order = host_order
         if self.snapshot is None:
             self.take_snapshot()
         start = time.perf_counter()
@@ -197,3 +236,12 @@ class DeviceLoop:
                     return total / max(batches, 1), batches, time.perf_counter() - start, True
         return total / max(batches, 1), batches, time.perf_counter() - start, False
 
+
+
+def _pinned(shape, dtype):
+    """A page-locked host buffer and a NumPy view of it: (buffer, array)."""
+    dtype = np.dtype(dtype)
+    nbytes = int(np.prod(shape)) * dtype.itemsize
+    buf = _cuda._native().PinnedBuffer(max(nbytes, 1))
+    raw = (ctypes.c_char * max(nbytes, 1)).from_address(buf.ptr)
+    return buf, np.frombuffer(raw, dtype=np.uint8)[:nbytes].view(dtype).reshape(shape)

@@ -792,6 +792,10 @@ class Sequential:
     def _as_input(self, X) -> np.ndarray:
         if self.device != "cpu":
             return self._as_device_input(X)
+        return self._as_host_input(X)
+
+    def _as_host_input(self, X) -> np.ndarray:
+        """X checked and converted on the host: scaled, C-contiguous, the model's dtype."""
         X = np.asarray(X)
         if X.ndim == 1 and self.in_features == 1:
             X = X.reshape(-1, 1)
@@ -809,12 +813,7 @@ class Sequential:
         """X for a model on a CUDA device: device arrays are checked and used as they are (they
         must already be scaled, float32 and C-contiguous); host data is converted, then uploaded."""
         if not _arrays.is_device(X):
-            device, self.device = self.device, "cpu"
-            try:
-                x = self._as_input(X)
-            finally:
-                self.device = device
-            return _arrays.to_device(x, device)
+            return _arrays.to_device(self._as_host_input(X), self.device)
         shape, dtype = tuple(X.shape), np.dtype(getattr(X, "dtype", np.float32))
         if len(shape) != 2 or shape[1] != self.in_features:
             raise ValueError(f"X has shape {shape} but the model expects (samples, {self.in_features})")

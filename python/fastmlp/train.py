@@ -227,6 +227,12 @@ class _Atomic:
         return False
 
 
+def _cuda_asarray(a):
+    from . import cuda
+
+    return cuda.asarray(a)
+
+
 class Trainer:
     """Minibatch training of a model (``fastmlp.MLP``, ``fastmlp.nn.Sequential``).
 
@@ -337,18 +343,52 @@ class Trainer:
 
     # -- data -------------------------------------------------------------------------------------
 
-    def _prepare(self, X, y) -> Tuple[np.ndarray, np.ndarray]:
-        """Convert (X, y) once: scaled, contiguous, model dtype; targets as the loss needs."""
+    def _check_device_data(self, X, y, sample_weight) -> None:
+        """fit on arrays already on the device: the model must be there too, and the host-side
+        preparations (standardising, a validation fraction, sample weights) are not offered."""
         model = self.model
+        if model.device == "cpu":
+            raise TypeError("fit: X or y is a CUDA array but the model is on the CPU; use model.to('cuda') or pass "
+                            "NumPy arrays")
+        if not (_arrays.is_device(X) and _arrays.is_device(y)):
+            raise TypeError("fit: X and y must both be CUDA arrays, or both host arrays")
+        if self.standardize or sample_weight is not None or \
+                (self.validation is not None and not isinstance(self.validation, tuple)):
+            raise NotImplementedError("fit on CUDA arrays: standardize, sample_weight and a validation fraction "
+                                      "need host data; pass NumPy arrays, or validation=(X_val, y_val)")
+
+    def _prepare_device(self, X, y):
+        """Device (X, y) checked for the model and the loss, used as they are (zero-copy)."""
+        model = self.model
+        x = model._as_input(X)
+        rows = x.shape[0]
+        t = _cuda_asarray(y)
+        if self.loss == "cross_entropy":
+            if tuple(t.shape) != (rows,) or t.dtype not in (np.int32, np.int64):
+                raise ValueError(f"cross_entropy on the device needs int32/int64 labels of shape ({rows},), got "
+                                 f"shape {tuple(t.shape)} and dtype {t.dtype}")
+        elif tuple(t.shape) != (rows, model.out_features) or t.dtype != np.float32:
+            raise ValueError(f"y on the device must be float32 of shape ({rows}, {model.out_features}), got shape "
+                             f"{tuple(t.shape)} and dtype {t.dtype}")
+        return x, t
+
+    def _prepare(self, X, y, upload: bool = True) -> Tuple[np.ndarray, np.ndarray]:
+        """Convert (X, y) once: scaled, contiguous, model dtype; targets as the loss needs. For a
+        CUDA model the result is uploaded unless ``upload`` is False (fit streams it itself)."""
+        model = self.model
+        if _arrays.is_device(X) and model.device != "cpu":
+            return self._prepare_device(X, y)
         X = np.asarray(X)
         if X.ndim != 2:
             raise ValueError(f"X must be 2-D (samples, features), got shape {X.shape}")
-        x = model._as_input(X)
+        x = model._as_host_input(X)
         target = _losses.prepare_target(self.loss, y, x.shape[0], model.out_features, model.dtype)
         if self.loss == "squared" and model.scaler is not None and "y_mean" in model.scaler:
             target = np.ascontiguousarray((target - model.scaler["y_mean"]) / model.scaler["y_scale"],
                                           dtype=model.dtype)
-        return x, _arrays.to_device(target, model.device)
+        if upload and model.device != "cpu":
+            return _arrays.to_device(x, model.device), _arrays.to_device(target, model.device)
+        return x, target
 
     def _fit_scaler(self, X, y) -> None:
         X = np.asarray(X, dtype=np.float64)
@@ -549,7 +589,10 @@ class Trainer:
 
     def _fit(self, X, y, sample_weight=None) -> History:
         model = self.model
-        X = np.asarray(X)
+        if _arrays.is_device(X) or _arrays.is_device(y):
+            self._check_device_data(X, y, sample_weight)
+        else:
+            X = np.asarray(X)
         if X.ndim != 2 or X.shape[0] == 0:
             raise ValueError(f"X must be a non-empty 2-D array (samples, features), got shape {X.shape}")
         weights = None
@@ -568,7 +611,7 @@ class Trainer:
         resuming = self.epoch > 0 or self.step > 0
         if self.standardize and not resuming:
             self._fit_scaler(Xtr, ytr)
-        x, t = self._prepare(Xtr, ytr)
+        x, t = self._prepare(Xtr, ytr, upload=False)
         self._weights = weights
         xv = tv = None
         if Xva is not None:

@@ -18,6 +18,9 @@ void register_loss(py::module_& m);
 void register_batchnorm(py::module_& m);
 void register_optim(py::module_& m);
 void register_probe(py::module_& m);
+#if FASTMLP_HAVE_CUDA
+void register_cuda(py::module_& m);  // bind_cuda.cpp: the submodule _core.cuda
+#endif
 }  // namespace bind
 }  // namespace fastmlp
 
@@ -50,4 +53,10 @@ PYBIND11_MODULE(_core, m) {
   bind::register_batchnorm(m);
   bind::register_optim(m);
   bind::register_probe(m);
+
+  // Whether this build has the CUDA backend; the submodule _core.cuda exists only when it does.
+  m.attr("cuda_compiled") = bool(FASTMLP_HAVE_CUDA);
+#if FASTMLP_HAVE_CUDA
+  bind::register_cuda(m);
+#endif
 }

@@ -1,0 +1,48 @@
+// What every .cu file shares: CUDA errors turned into std::runtime_error with the call's name,
+// launch checks, grid sizing for grid-stride loops (int64 indices: n may exceed 2^31), and the
+// per-(device, thread, stream) scratch buffer that grows only outside stream capture.
+#pragma once
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "cuda/api.h"
+
+namespace fastmlp {
+namespace cuda {
+
+static_assert(sizeof(Stream) == sizeof(cudaStream_t), "Stream must be cudaStream_t");
+
+[[noreturn]] void throw_cuda_error(cudaError_t err, const char* call);  // runtime.cu
+
+inline void check(cudaError_t err, const char* call) {
+  if (err != cudaSuccess) throw_cuda_error(err, call);
+}
+
+// After a <<<...>>> launch: a bad configuration, or an earlier asynchronous fault.
+inline void check_launch(const char* kernel) { check(cudaGetLastError(), kernel); }
+
+constexpr int kBlockThreads = 256;           // threads per block of the elementwise kernels: 8 warps
+constexpr int64_t kMaxGridBlocks = 1 << 16;  // grid-stride loops cover the rest (2^24 threads in flight)
+
+__host__ __device__ __forceinline__ int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// Blocks for a grid-stride loop over `items` with `threads` per block (items > 0).
+inline unsigned grid_blocks(int64_t items, int threads = kBlockThreads) {
+  const int64_t blocks = ceil_div(items, threads);
+  return static_cast<unsigned>(blocks < kMaxGridBlocks ? blocks : kMaxGridBlocks);
+}
+
+__device__ __forceinline__ int64_t grid_start() {
+  return static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+}
+__device__ __forceinline__ int64_t grid_stride() { return static_cast<int64_t>(gridDim.x) * blockDim.x; }
+
+// At least `bytes` of device memory (256-byte aligned) for work on `stream` by this thread on the
+// current device; contents are not preserved. Grows only outside capture: a stream being captured
+// that needs more throws, naming `who`. A buffer handed out during a capture is never freed (a
+// graph may still use it). Kernels of one stream run in order, so two calls never overlap.
+void* scratch(std::size_t bytes, Stream stream, const char* who);
+
+}  // namespace cuda
+}  // namespace fastmlp

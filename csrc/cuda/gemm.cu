@@ -1,0 +1,344 @@
+// SGEMM with a fused epilogue: out = act(alpha * op(a) op(b) + beta * out + bias). The classic
+// 128x128x8 design: 256 threads, an 8x8 register tile each, both operands staged k-major in
+// double-buffered shared memory (next stage loaded into registers while this one is multiplied).
+// One loader serves all four transpose cases: an operand is either k-contiguous or row-contiguous
+// in memory; float4 loads are used where the pointer and leading dimension allow (checked at run
+// time), guarded scalar loads elsewhere, so any M, N, K is correct. Small M*N with long K is split
+// over k (split-K): partials go to scratch and a second kernel adds them in split order and applies
+// the epilogue, so the result is deterministic for a given shape.
+#include <stdexcept>
+
+#include "cuda/check.cuh"
+#include "ops/activation.h"
+
+namespace fastmlp {
+namespace cuda {
+namespace {
+
+constexpr int kTileM = 128;                    // rows of out per block
+constexpr int kTileN = 128;                    // columns of out per block
+constexpr int kTileK = 8;                      // k per shared-memory stage
+constexpr int kGemmThreads = 256;              // 16 x 16 threads, each an 8 x 8 register tile
+constexpr int kSmemPad = 4;                    // keeps the transposed stores conflict-free, float4 reads aligned
+constexpr int kSmemLd = kTileM + kSmemPad;     // 2 stages x 8 x 132 x 4 B = 8.25 KiB per operand
+constexpr int kTileGroup = 8;                  // row tiles walked together, so blocks in flight share B in L2
+constexpr int64_t kSplitTargetBlocks = 256;    // split-K aims at about this many blocks (~2 per SM on H100)
+constexpr int64_t kMinSplitK = 64;             // k per split at least: 8 stages
+constexpr int64_t kMaxSplits = 32;             // and at most this many partials per output
+
+static_assert(kTileM == kTileN, "one loader layout serves both operands");
+static_assert(kGemmThreads * 4 == kTileM * kTileK, "each thread loads 4 elements of each operand per stage");
+
+// op(x) seen as `rows` x K: a gives op(a) (M x K), b gives op(b)^T (N x K). KContig: stored
+// (rows, K) and element (row, k) is ptr[row * ld + k]; otherwise stored (K, rows) and it is
+// ptr[k * ld + row].
+struct Operand {
+  const float* ptr;
+  int64_t rows, ld;
+};
+
+struct Epilogue {
+  float* out;          // (M, N)
+  const float* bias;   // (N) or nullptr
+  float alpha, beta;   // beta == 0: out is not read
+  int act;             // ops::Act
+  bool out_vec;        // out is 16-byte aligned and N % 4 == 0
+};
+
+struct GemmParams {
+  Operand a, b;
+  Epilogue ep;
+  int64_t M, N, K;
+  int64_t tiles_m, tiles_n;
+  int64_t k_chunk;   // k per split (a multiple of kTileK when split)
+  float* partial;    // split-K: raw sums to partial[z][M][N]; nullptr: apply the epilogue
+};
+
+__device__ __forceinline__ float apply_act(int act, float x) {
+  switch (act) {
+    case static_cast<int>(Act::relu): return ops::activate<Act::relu>(x);
+    case static_cast<int>(Act::sigmoid): return ops::activate<Act::sigmoid>(x);
+    case static_cast<int>(Act::tanh): return ops::activate<Act::tanh>(x);
+    default: return x;
+  }
+}
+
+// Stores out[gm, gn .. gn+3] (the part inside N) = act(alpha * v + beta * out + bias). Not inlined:
+// 16 calls per thread instead of 16 inlined copies of every activation keep the kernels small
+// (and their compile fast); it runs once per output, after the k loop.
+__device__ __noinline__ void store_epilogue(float* out, const float* bias, float alpha, float beta, int act,
+                                            bool out_vec, int64_t N, int64_t gm, int64_t gn, float v0, float v1,
+                                            float v2, float v3) {
+  const float v[4] = {v0, v1, v2, v3};
+  float* o = out + gm * N + gn;
+  if (out_vec && gn + 3 < N) {
+    float old[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+    if (beta != 0.0f) {
+      const float4 t = *reinterpret_cast<const float4*>(o);
+      old[0] = t.x;
+      old[1] = t.y;
+      old[2] = t.z;
+      old[3] = t.w;
+    }
+    float r[4];
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      float x = alpha * v[j];
+      if (beta != 0.0f) x += beta * old[j];
+      if (bias) x += bias[gn + j];
+      r[j] = apply_act(act, x);
+    }
+    *reinterpret_cast<float4*>(o) = make_float4(r[0], r[1], r[2], r[3]);
+  } else {
+    for (int j = 0; j < 4 && gn + j < N; ++j) {
+      float x = alpha * v[j];
+      if (beta != 0.0f) x += beta * o[j];
+      if (bias) x += bias[gn + j];
+      o[j] = apply_act(act, x);
+    }
+  }
+}
+
+// Walks this thread's 4 elements of each stage of one operand: rows [row0, row0 + kTileM) x
+// k [k0, k0 + kTileK), zero outside rows x [k_begin, k_end). Everything but a pointer bump and a
+// counter is computed once, which keeps the kernel within 128 registers. Vec: one float4 per stage
+// (pointer 16-byte aligned and the contiguous extent % 4 == 0, so a group of four lies wholly
+// inside or wholly outside).
+template <bool KContig, bool Vec>
+struct StageLoader {
+  const float* src;   // this thread's first element at the current stage
+  int k_rel;          // this thread's k at the current stage minus k_end (K < 2^31 - 16 is checked on the host)
+  unsigned row_mask;  // bit j: element j's row is inside the operand's rows
+
+  __device__ __forceinline__ StageLoader(const Operand& op, int64_t row0, int64_t k_begin, int64_t k_end) {
+    const int t = threadIdx.x;
+    if constexpr (KContig) {
+      const int64_t gr = row0 + (t >> 1), gk = k_begin + (t & 1) * 4;
+      src = op.ptr + gr * op.ld + gk;
+      k_rel = static_cast<int>(gk - k_end);
+      row_mask = gr < op.rows ? 0xFu : 0u;
+    } else {
+      const int64_t gk = k_begin + (t >> 5), gr = row0 + (t & 31) * 4;
+      src = op.ptr + gk * op.ld + gr;
+      k_rel = static_cast<int>(gk - k_end);
+      row_mask = 0;
+      for (int j = 0; j < 4; ++j) row_mask |= (gr + j < op.rows ? 1u : 0u) << j;
+    }
+  }
+
+  // The current stage into r, then on to the next; ld is the operand's (a kernel parameter, so it
+  // costs no register).
+  __device__ __forceinline__ void load(float (&r)[4], int64_t ld) {
+    if constexpr (Vec) {
+      if ((row_mask & 1u) && k_rel < 0) {
+        const float4 v = __ldg(reinterpret_cast<const float4*>(src));
+        r[0] = v.x;
+        r[1] = v.y;
+        r[2] = v.z;
+        r[3] = v.w;
+      } else {
+        r[0] = r[1] = r[2] = r[3] = 0.0f;
+      }
+    } else if constexpr (KContig) {
+#pragma unroll
+      for (int j = 0; j < 4; ++j) r[j] = ((row_mask & 1u) && k_rel + j < 0) ? __ldg(src + j) : 0.0f;
+    } else {
+#pragma unroll
+      for (int j = 0; j < 4; ++j) r[j] = (((row_mask >> j) & 1u) && k_rel < 0) ? __ldg(src + j) : 0.0f;
+    }
+    src += KContig ? static_cast<int64_t>(kTileK) : kTileK * ld;
+    k_rel += kTileK;
+  }
+};
+
+// Writes the registers of StageLoader::load into the k-major stage tile s[k][row].
+template <bool KContig>
+__device__ __forceinline__ void store_stage(float (*s)[kSmemLd], const float (&r)[4]) {
+  const int t = threadIdx.x;
+  if constexpr (KContig) {
+    const int row = t >> 1, kk = (t & 1) * 4;
+#pragma unroll
+    for (int j = 0; j < 4; ++j) s[kk + j][row] = r[j];
+  } else {
+    const int kk = t >> 5, row = (t & 31) * 4;
+    *reinterpret_cast<float4*>(&s[kk][row]) = make_float4(r[0], r[1], r[2], r[3]);
+  }
+}
+
+// The register tile of thread (ty, tx): rows ty*4 + {0..3} and 64 + ty*4 + {0..3} of the block
+// tile, columns likewise with tx, so each k reads two float4 of each operand from shared memory.
+__device__ __forceinline__ int tile_offset(int half_index, int t) { return (half_index < 4 ? 0 : 64) + t * 4 + (half_index & 3); }
+
+template <bool AKContig, bool BKContig, bool Vec>
+__global__ void __launch_bounds__(kGemmThreads, 2) gemm_kernel(const GemmParams p) {
+  __shared__ __align__(16) float a_tile[2][kTileK][kSmemLd];
+  __shared__ __align__(16) float b_tile[2][kTileK][kSmemLd];
+
+  // Grouped tile order: kTileGroup row tiles share each column tile while they are in flight.
+  const int64_t pid = blockIdx.x;
+  const int64_t group_width = kTileGroup * p.tiles_n;
+  const int64_t first_m = (pid / group_width) * kTileGroup;
+  const int64_t group_rows = p.tiles_m - first_m < kTileGroup ? p.tiles_m - first_m : kTileGroup;
+  const int64_t m0 = (first_m + (pid % group_width) % group_rows) * kTileM;
+  const int64_t n0 = ((pid % group_width) / group_rows) * kTileN;
+
+  const int64_t k_begin = static_cast<int64_t>(blockIdx.z) * p.k_chunk;
+  const int64_t k_end = p.K < k_begin + p.k_chunk ? p.K : k_begin + p.k_chunk;
+  const int stages = k_end > k_begin ? static_cast<int>(ceil_div(k_end - k_begin, kTileK)) : 0;
+  const int tx = threadIdx.x % 16, ty = threadIdx.x / 16;
+
+  float acc[8][8];
+#pragma unroll
+  for (int i = 0; i < 8; ++i)
+#pragma unroll
+    for (int j = 0; j < 8; ++j) acc[i][j] = 0.0f;
+
+  StageLoader<AKContig, Vec> a_loader(p.a, m0, k_begin, k_end);
+  StageLoader<BKContig, Vec> b_loader(p.b, n0, k_begin, k_end);
+  float ra[4], rb[4];
+  if (stages > 0) {
+    a_loader.load(ra, p.a.ld);
+    b_loader.load(rb, p.b.ld);
+    store_stage<AKContig>(a_tile[0], ra);
+    store_stage<BKContig>(b_tile[0], rb);
+    __syncthreads();
+  }
+  for (int s = 0; s < stages; ++s) {
+    const int cur = s & 1;
+    const bool more = s + 1 < stages;
+    if (more) {  // the next stage's global loads overlap this stage's FMAs
+      a_loader.load(ra, p.a.ld);
+      b_loader.load(rb, p.b.ld);
+    }
+#pragma unroll
+    for (int k = 0; k < kTileK; ++k) {
+      const float4 a_lo = *reinterpret_cast<const float4*>(&a_tile[cur][k][ty * 4]);
+      const float4 a_hi = *reinterpret_cast<const float4*>(&a_tile[cur][k][64 + ty * 4]);
+      const float4 b_lo = *reinterpret_cast<const float4*>(&b_tile[cur][k][tx * 4]);
+      const float4 b_hi = *reinterpret_cast<const float4*>(&b_tile[cur][k][64 + tx * 4]);
+      const float av[8] = {a_lo.x, a_lo.y, a_lo.z, a_lo.w, a_hi.x, a_hi.y, a_hi.z, a_hi.w};
+      const float bv[8] = {b_lo.x, b_lo.y, b_lo.z, b_lo.w, b_hi.x, b_hi.y, b_hi.z, b_hi.w};
+#pragma unroll
+      for (int i = 0; i < 8; ++i)
+#pragma unroll
+        for (int j = 0; j < 8; ++j) acc[i][j] = fmaf(av[i], bv[j], acc[i][j]);
+    }
+    if (more) {  // the other buffer was last read before the previous barrier
+      store_stage<AKContig>(a_tile[cur ^ 1], ra);
+      store_stage<BKContig>(b_tile[cur ^ 1], rb);
+    }
+    __syncthreads();
+  }
+
+  const int64_t M = p.M, N = p.N;
+#pragma unroll
+  for (int i = 0; i < 8; ++i) {
+    const int64_t gm = m0 + tile_offset(i, ty);
+    if (gm >= M) continue;
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+      const int64_t gn = n0 + half * 64 + tx * 4;
+      if (gn >= N) continue;
+      const float v[4] = {acc[i][half * 4], acc[i][half * 4 + 1], acc[i][half * 4 + 2], acc[i][half * 4 + 3]};
+      if (p.partial) {
+        float* dst = p.partial + static_cast<int64_t>(blockIdx.z) * M * N + gm * N + gn;
+        if ((N & 3) == 0) {  // scratch is 256-byte aligned: row starts are 16-byte aligned when N % 4 == 0
+          *reinterpret_cast<float4*>(dst) = make_float4(v[0], v[1], v[2], v[3]);
+        } else {
+#pragma unroll
+          for (int j = 0; j < 4; ++j)
+            if (gn + j < N) dst[j] = v[j];
+        }
+      } else {
+        store_epilogue(p.ep.out, p.ep.bias, p.ep.alpha, p.ep.beta, p.ep.act, p.ep.out_vec, N, gm, gn, v[0], v[1], v[2],
+                       v[3]);
+      }
+    }
+  }
+}
+
+// out = epilogue(sum over z of partial[z]), z in order.
+__global__ void split_k_reduce_kernel(const float* partial, int64_t splits, Epilogue ep, int64_t M, int64_t N) {
+  const int64_t total = M * N;
+  for (int64_t idx = grid_start(); idx < total; idx += grid_stride()) {
+    float s = partial[idx];
+    for (int64_t z = 1; z < splits; ++z) s += partial[z * total + idx];
+    const int64_t gn = idx % N;
+    float x = ep.alpha * s;
+    if (ep.beta != 0.0f) x += ep.beta * ep.out[idx];
+    if (ep.bias) x += ep.bias[gn];
+    ep.out[idx] = apply_act(ep.act, x);
+  }
+}
+
+bool aligned16(const void* p) { return (reinterpret_cast<std::uintptr_t>(p) & 15u) == 0; }
+
+template <bool AK, bool BK, bool Vec>
+void launch_gemm(const GemmParams& p, dim3 grid, cudaStream_t stream) {
+  gemm_kernel<AK, BK, Vec><<<grid, kGemmThreads, 0, stream>>>(p);
+}
+
+// Turns the three runtime layout flags into template arguments.
+template <bool... Fixed>
+void dispatch_gemm(const GemmParams& p, dim3 grid, cudaStream_t stream, bool f0, bool f1, bool f2) {
+  constexpr size_t kFixed = sizeof...(Fixed);
+  if constexpr (kFixed == 3) {
+    launch_gemm<Fixed...>(p, grid, stream);
+  } else {
+    const bool flags[3] = {f0, f1, f2};
+    if (flags[kFixed]) dispatch_gemm<Fixed..., true>(p, grid, stream, f0, f1, f2);
+    else dispatch_gemm<Fixed..., false>(p, grid, stream, f0, f1, f2);
+  }
+}
+
+}  // namespace
+
+void gemm(const float* a, const float* b, float* out, const float* bias, int64_t M, int64_t N, int64_t K,
+          bool trans_a, bool trans_b, float alpha, float beta, Act act, Stream stream) {
+  if (M == 0 || N == 0) return;
+  GemmParams p;
+  // op(a) (M x K): k-contiguous unless trans_a (then stored (K, M)).
+  p.a = Operand{a, M, trans_a ? M : K};
+  // op(b)^T (N x K): k-contiguous when trans_b (stored (N, K)), else stored (K, N).
+  p.b = Operand{b, N, trans_b ? K : N};
+  p.ep = Epilogue{out, bias, alpha, beta, static_cast<int>(act), aligned16(out) && N % 4 == 0};
+  p.M = M;
+  p.N = N;
+  p.K = K;
+  p.tiles_m = ceil_div(M, kTileM);
+  p.tiles_n = ceil_div(N, kTileN);
+  p.k_chunk = K;
+  p.partial = nullptr;
+
+  const int64_t tiles = p.tiles_m * p.tiles_n;
+  int64_t splits = 1;
+  if (tiles * 2 <= kSplitTargetBlocks && K >= 2 * kMinSplitK) {
+    splits = ceil_div(kSplitTargetBlocks, tiles);
+    const int64_t by_k = K / kMinSplitK;
+    splits = splits < by_k ? splits : by_k;
+    splits = splits < kMaxSplits ? splits : kMaxSplits;
+    p.k_chunk = ceil_div(ceil_div(K, splits), kTileK) * kTileK;
+    splits = ceil_div(K, p.k_chunk);  // every split non-empty
+  }
+  if (splits > 1)
+    p.partial = static_cast<float*>(
+        scratch(sizeof(float) * static_cast<size_t>(splits * M * N), stream, "gemm (split-K partial sums)"));
+
+  // float4 loads: the contiguous extent is K for a k-contiguous operand, its rows otherwise.
+  const bool a_kcontig = !trans_a, b_kcontig = trans_b;
+  const bool a_vec = aligned16(a) && (a_kcontig ? K : M) % 4 == 0;
+  const bool b_vec = aligned16(b) && (b_kcontig ? K : N) % 4 == 0;
+  if (tiles > 0x7fffffffLL) throw std::invalid_argument("gemm: the output has too many 128x128 tiles for one grid");
+  if (K > 0x7fffffffLL - 2 * kTileK) throw std::invalid_argument("gemm: K must be below 2^31 - 16 on the GPU");
+  const dim3 grid(static_cast<unsigned>(tiles), 1, static_cast<unsigned>(splits));
+  // One vector flag for both operands (8 kernels, not 16): a mixed case takes the scalar loads.
+  dispatch_gemm<>(p, grid, stream, a_kcontig, b_kcontig, a_vec && b_vec);
+  check_launch("gemm");
+  if (splits > 1) {
+    split_k_reduce_kernel<<<grid_blocks(M * N), kBlockThreads, 0, stream>>>(p.partial, splits, p.ep, M, N);
+    check_launch("gemm (split-K reduction)");
+  }
+}
+
+}  // namespace cuda
+}  // namespace fastmlp

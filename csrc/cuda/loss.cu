@@ -1,0 +1,199 @@
+// Fused losses: a warp per row writes d loss / d logits (with the 1/rows factor) and the row's loss
+// in double; each block sums its fixed set of rows in a fixed order into one partial, and a
+// one-block kernel adds the partials in order and writes the mean into a device scalar (no host
+// sync). Element math from ops/loss.h; --fmad=false keeps it rounding like the CPU.
+#include <cmath>
+
+#include "cuda/check.cuh"
+#include "ops/loss.h"
+
+namespace fastmlp {
+namespace cuda {
+namespace {
+
+constexpr int kWarps = kBlockThreads / 32;               // rows in flight per block, one per warp
+constexpr int64_t kRowsPerWarp = 8;                      // rows each warp handles, in order
+constexpr int64_t kRowsPerBlock = kWarps * kRowsPerWarp;  // rows per partial sum: fixed, so deterministic
+
+__device__ __forceinline__ double warp_sum(double v) {
+#pragma unroll
+  for (int m = 16; m > 0; m >>= 1) v += __shfl_xor_sync(0xffffffffu, v, m);
+  return v;  // the same value in every lane: each step adds the same two operands, commutatively
+}
+
+__device__ __forceinline__ float warp_max(float v) {
+#pragma unroll
+  for (int m = 16; m > 0; m >>= 1) {
+    const float o = __shfl_xor_sync(0xffffffffu, v, m);
+    v = o > v ? o : v;
+  }
+  return v;
+}
+
+// Runs row_loss(r, lane) (a warp-wide call returning the row's loss in every lane) over this
+// block's rows, and writes their sum, in row order, to partial[blockIdx.x].
+template <class RowLoss>
+__device__ void block_rows(const RowLoss& row_loss, int64_t rows, double* partial) {
+  __shared__ double warp_totals[kWarps];
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int64_t first = static_cast<int64_t>(blockIdx.x) * kRowsPerBlock + warp * kRowsPerWarp;
+  double total = 0.0;
+  for (int64_t k = 0; k < kRowsPerWarp; ++k) {
+    const int64_t r = first + k;
+    if (r < rows) total += row_loss(r, lane);
+  }
+  if (lane == 0) warp_totals[warp] = total;
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    double s = warp_totals[0];
+    for (int w = 1; w < kWarps; ++w) s += warp_totals[w];
+    partial[blockIdx.x] = s;
+  }
+}
+
+struct SquaredErrorRow {
+  const float* pred;
+  const float* target;
+  float* grad;
+  int64_t cols;
+  double inv_rows;
+  __device__ double operator()(int64_t r, int lane) const {
+    const int64_t base = r * cols;
+    double acc = 0.0;
+    for (int64_t c = lane; c < cols; c += 32) {
+      const double d = ops::squared_error_diff(pred[base + c], target[base + c]);
+      grad[base + c] = static_cast<float>(d * inv_rows);
+      acc += d * d;
+    }
+    return warp_sum(acc);
+  }
+};
+
+struct SigmoidCrossEntropyRow {
+  const float* logits;
+  const float* targets;
+  float* grad;
+  int64_t cols;
+  double inv_rows;
+  __device__ double operator()(int64_t r, int lane) const {
+    const int64_t base = r * cols;
+    double acc = 0.0;
+    for (int64_t c = lane; c < cols; c += 32) {
+      float d;
+      acc += ops::sigmoid_cross_entropy_term(logits[base + c], targets[base + c], d);
+      grad[base + c] = static_cast<float>(static_cast<double>(d) * inv_rows);
+    }
+    return warp_sum(acc);
+  }
+};
+
+// m = max(x), e = exp(x - m) (parked in grad), loss = log(sum e) + m - x[label],
+// grad = e / (sum e * rows) - onehot / rows. A label outside [0, cols) gives a NaN row.
+// grad may be the logits: each lane reads its own elements before writing them, and x[label] is
+// read by every lane before the first write (the shuffles of warp_max order it).
+template <class Label>
+struct SoftmaxCrossEntropyRow {
+  const float* logits;
+  const Label* labels;
+  float* grad;
+  int64_t cols;
+  double inv_rows;
+  float onehot;
+  __device__ double operator()(int64_t r, int lane) const {
+    const float* x = logits + r * cols;
+    float* g = grad + r * cols;
+    const int64_t label = static_cast<int64_t>(labels[r]);
+    if (label < 0 || label >= cols) {
+      for (int64_t c = lane; c < cols; c += 32) g[c] = NAN;
+      return NAN;
+    }
+    const float x_label = x[label];
+    float m = -INFINITY;
+    for (int64_t c = lane; c < cols; c += 32) m = x[c] > m ? x[c] : m;
+    m = warp_max(m);
+    double acc = 0.0;
+    for (int64_t c = lane; c < cols; c += 32) {
+      const float e = ops::loss_exp(x[c] - m);
+      g[c] = e;
+      acc += static_cast<double>(e);
+    }
+    const double s = warp_sum(acc);
+    const float scale = static_cast<float>(inv_rows / s);
+    for (int64_t c = lane; c < cols; c += 32) {
+      float v = g[c] * scale;
+      if (c == label) v = v - onehot;
+      g[c] = v;
+    }
+    return ops::loss_log(s) + (static_cast<double>(m) - static_cast<double>(x_label));
+  }
+};
+
+template <class RowLoss>
+__global__ void __launch_bounds__(kBlockThreads) row_loss_kernel(RowLoss row_loss, int64_t rows, double* partial) {
+  block_rows(row_loss, rows, partial);
+}
+
+// loss = float(scale * sum of partial[0..count)), added in a fixed order by one block.
+__global__ void __launch_bounds__(kBlockThreads)
+    finish_loss_kernel(const double* partial, int64_t count, double scale, float* loss) {
+  __shared__ double sums[kBlockThreads];
+  double s = 0.0;
+  for (int64_t i = threadIdx.x; i < count; i += kBlockThreads) s += partial[i];
+  sums[threadIdx.x] = s;
+  __syncthreads();
+  for (int half = kBlockThreads / 2; half > 0; half /= 2) {
+    if (threadIdx.x < half) sums[threadIdx.x] += sums[threadIdx.x + half];
+    __syncthreads();
+  }
+  if (threadIdx.x == 0) *loss = static_cast<float>(sums[0] * scale);
+}
+
+template <class RowLoss>
+void launch_loss(const RowLoss& row_loss, int64_t rows, double scale, float* loss, cudaStream_t stream,
+                 const char* name) {
+  const int64_t blocks = ceil_div(rows, kRowsPerBlock);
+  double* partial = static_cast<double*>(scratch(sizeof(double) * static_cast<size_t>(blocks), stream, name));
+  row_loss_kernel<<<static_cast<unsigned>(blocks), kBlockThreads, 0, stream>>>(row_loss, rows, partial);
+  check_launch(name);
+  finish_loss_kernel<<<1, kBlockThreads, 0, stream>>>(partial, blocks, scale, loss);
+  check_launch(name);
+}
+
+void zero_loss(float* loss, cudaStream_t stream) {
+  check(cudaMemsetAsync(loss, 0, sizeof(float), stream), "cudaMemsetAsync");
+}
+
+}  // namespace
+
+void squared_error(const float* pred, const float* target, float* grad, float* loss, int64_t rows, int64_t cols,
+                   Stream stream) {
+  if (rows == 0) return zero_loss(loss, stream);
+  const double inv_rows = 1.0 / static_cast<double>(rows);
+  launch_loss(SquaredErrorRow{pred, target, grad, cols, inv_rows}, rows, 0.5 * inv_rows, loss, stream,
+              "squared_error");
+}
+
+void softmax_cross_entropy(const float* logits, const void* labels, int labels_itemsize, float* grad, float* loss,
+                           int64_t rows, int64_t cols, Stream stream) {
+  if (rows == 0) return zero_loss(loss, stream);
+  const double inv_rows = 1.0 / static_cast<double>(rows);
+  const float onehot = static_cast<float>(inv_rows);
+  if (labels_itemsize == 8) {
+    const SoftmaxCrossEntropyRow<int64_t> row{logits, static_cast<const int64_t*>(labels), grad, cols, inv_rows, onehot};
+    launch_loss(row, rows, inv_rows, loss, stream, "softmax_cross_entropy");
+  } else {
+    const SoftmaxCrossEntropyRow<int32_t> row{logits, static_cast<const int32_t*>(labels), grad, cols, inv_rows, onehot};
+    launch_loss(row, rows, inv_rows, loss, stream, "softmax_cross_entropy");
+  }
+}
+
+void sigmoid_cross_entropy(const float* logits, const float* targets, float* grad, float* loss, int64_t rows,
+                           int64_t cols, Stream stream) {
+  if (rows == 0) return zero_loss(loss, stream);
+  const double inv_rows = 1.0 / static_cast<double>(rows);
+  launch_loss(SigmoidCrossEntropyRow{logits, targets, grad, cols, inv_rows}, rows, inv_rows, loss, stream,
+              "sigmoid_cross_entropy");
+}
+
+}  // namespace cuda
+}  // namespace fastmlp

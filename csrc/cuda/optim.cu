@@ -1,0 +1,272 @@
+// Fused optimizer steps (SGD, AdaGrad, RMSprop, Adam/AdamW): one grid-stride pass over the flat
+// parameter arena with the element math of ops/optim.h. Each thread finds its element's segment
+// by binary search over the device segment table and keeps the range's coefficients until it
+// leaves that range. Coefficients are formed in double and cast exactly as csrc/cpu/optim.cpp does,
+// and --fmad=false keeps the float math unfused, so a step matches the CPU's bit for bit (when the
+// step number and bias corrections come from the host; computed on the device from step_ptr,
+// Adam's pow may differ from glibc's in the last bit of a double).
+//
+// Capturable schedule: with step_ptr every block reads t = step_ptr[0] + 1, and a one-thread kernel
+// launched after the update on the same stream stores t back, so no block sees a half-advanced step.
+#include <cmath>
+
+#include "cuda/check.cuh"
+#include "ops/optim.h"
+
+namespace fastmlp {
+namespace cuda {
+namespace {
+
+// Hyper-parameters of one range: a segment's row, or the scalar arguments in a gap.
+struct RangeParams {
+  double lr_scale, weight_decay, l1;
+};
+
+// The range [begin, end) of the segment table (or of a gap between segments) holding element i.
+struct RangeCursor {
+  int64_t begin = 0, end = 0;
+  RangeParams params{1.0, 0.0, 0.0};
+
+  __device__ bool contains(int64_t i) const { return i >= begin && i < end; }
+
+  __device__ void seek(int64_t i, int64_t n, const DeviceSegments& seg, double weight_decay, double l1) {
+    const int64_t* bounds = seg.bounds;
+    // First segment ending after i; ends are non-decreasing (rows sorted and disjoint).
+    int64_t lo = 0, hi = seg.count;
+    while (lo < hi) {
+      const int64_t mid = lo + (hi - lo) / 2;
+      if (bounds[2 * mid] + bounds[2 * mid + 1] <= i) lo = mid + 1;
+      else hi = mid;
+    }
+    if (lo < seg.count && bounds[2 * lo] <= i) {
+      begin = bounds[2 * lo];
+      end = begin + bounds[2 * lo + 1];
+      const double* v = seg.values + 3 * lo;
+      params = RangeParams{v[0], v[1], v[2]};
+    } else {
+      begin = lo > 0 ? bounds[2 * (lo - 1)] + bounds[2 * (lo - 1) + 1] : 0;
+      end = lo < seg.count ? bounds[2 * lo] : n;
+      params = RangeParams{1.0, weight_decay, l1};
+    }
+  }
+};
+
+__device__ __forceinline__ ops::Regularisation<float> regularisation(double weight_decay, double l1) {
+  ops::Regularisation<float> r;
+  r.weight_decay = static_cast<float>(weight_decay);
+  r.l1 = static_cast<float>(l1);
+  r.use_weight_decay = weight_decay != 0.0;
+  r.use_l1 = l1 != 0.0;
+  return r;
+}
+
+// The step number of this launch: step_ptr[0] + 1 when the schedule lives on the device.
+__device__ __forceinline__ int64_t current_step(const DeviceSchedule& sched, int64_t host_step) {
+  return sched.step_ptr ? *sched.step_ptr + 1 : host_step;
+}
+__device__ __forceinline__ double current_lr(const DeviceSchedule& sched, double host_lr) {
+  return sched.lr_ptr ? static_cast<double>(*sched.lr_ptr) : host_lr;
+}
+
+__global__ void advance_step_kernel(int64_t* step_ptr) { *step_ptr += 1; }
+
+// ---- SGD --------------------------------------------------------------------------------------
+
+struct SgdLaunch {
+  float* param;
+  const float* grad;
+  float* momentum_buffer;
+  int64_t n;
+  cpu::SgdArgs args;
+  DeviceSegments seg;
+  DeviceSchedule sched;
+};
+
+__global__ void sgd_kernel(SgdLaunch k) {
+  const cpu::SgdArgs& a = k.args;
+  const double lr = current_lr(k.sched, a.lr);
+  const bool first = current_step(k.sched, a.step) == 1;
+  const bool use_momentum = a.momentum != 0.0;
+  RangeCursor range;
+  ops::SgdCoef<float> c{};
+  for (int64_t i = grid_start(); i < k.n; i += grid_stride()) {
+    if (!range.contains(i)) {
+      range.seek(i, k.n, k.seg, a.weight_decay, a.l1);
+      c.lr = static_cast<float>(lr * range.params.lr_scale);
+      c.momentum = static_cast<float>(a.momentum);
+      c.one_minus_dampening = static_cast<float>(1.0 - a.dampening);
+      c.reg = regularisation(range.params.weight_decay, range.params.l1);
+      c.use_momentum = use_momentum;
+      c.nesterov = a.nesterov;
+      c.first = first;
+    }
+    float p = k.param[i];
+    ops::sgd_update(p, k.grad[i], use_momentum ? k.momentum_buffer + i : nullptr, c);
+    k.param[i] = p;
+  }
+}
+
+// ---- AdaGrad ----------------------------------------------------------------------------------
+
+struct AdagradLaunch {
+  float* param;
+  const float* grad;
+  float* state_sum;
+  int64_t n;
+  cpu::AdagradArgs args;
+  DeviceSegments seg;
+  DeviceSchedule sched;
+};
+
+__global__ void adagrad_kernel(AdagradLaunch k) {
+  const cpu::AdagradArgs& a = k.args;
+  const double lr = current_lr(k.sched, a.lr);
+  const double lr_divisor = 1.0 + static_cast<double>(current_step(k.sched, a.step) - 1) * a.lr_decay;
+  RangeCursor range;
+  ops::AdagradCoef<float> c{};
+  for (int64_t i = grid_start(); i < k.n; i += grid_stride()) {
+    if (!range.contains(i)) {
+      range.seek(i, k.n, k.seg, a.weight_decay, a.l1);
+      c.clr = static_cast<float>(lr * range.params.lr_scale / lr_divisor);
+      c.eps = static_cast<float>(a.eps);
+      c.reg = regularisation(range.params.weight_decay, range.params.l1);
+    }
+    float p = k.param[i], s = k.state_sum[i];
+    ops::adagrad_update(p, k.grad[i], s, c);
+    k.param[i] = p;
+    k.state_sum[i] = s;
+  }
+}
+
+// ---- RMSprop ----------------------------------------------------------------------------------
+
+struct RmspropLaunch {
+  float* param;
+  const float* grad;
+  float* square_avg;
+  float* momentum_buffer;
+  float* grad_avg;
+  int64_t n;
+  cpu::RmspropArgs args;
+  DeviceSegments seg;
+  DeviceSchedule sched;
+};
+
+__global__ void rmsprop_kernel(RmspropLaunch k) {
+  const cpu::RmspropArgs& a = k.args;
+  const double lr = current_lr(k.sched, a.lr);
+  const bool use_momentum = a.momentum > 0.0;
+  RangeCursor range;
+  ops::RmspropCoef<float> c{};
+  for (int64_t i = grid_start(); i < k.n; i += grid_stride()) {
+    if (!range.contains(i)) {
+      range.seek(i, k.n, k.seg, a.weight_decay, a.l1);
+      c.lr = static_cast<float>(lr * range.params.lr_scale);
+      c.alpha = static_cast<float>(a.alpha);
+      c.one_minus_alpha = static_cast<float>(1.0 - a.alpha);
+      c.eps = static_cast<float>(a.eps);
+      c.momentum = static_cast<float>(a.momentum);
+      c.reg = regularisation(range.params.weight_decay, range.params.l1);
+      c.use_momentum = use_momentum;
+      c.centered = a.centered;
+    }
+    float p = k.param[i], sq = k.square_avg[i];
+    ops::rmsprop_update(p, k.grad[i], sq, use_momentum ? k.momentum_buffer + i : nullptr,
+                        a.centered ? k.grad_avg + i : nullptr, c);
+    k.param[i] = p;
+    k.square_avg[i] = sq;
+  }
+}
+
+// ---- Adam / AdamW -----------------------------------------------------------------------------
+
+struct AdamLaunch {
+  float* param;
+  const float* grad;
+  float* exp_avg;
+  float* exp_avg_sq;
+  int64_t n;
+  cpu::AdamArgs args;
+  double bias_correction1, bias_correction2;  // for args.step, from the host's pow
+  DeviceSegments seg;
+  DeviceSchedule sched;
+};
+
+__global__ void adam_kernel(AdamLaunch k) {
+  const cpu::AdamArgs& a = k.args;
+  const double lr = current_lr(k.sched, a.lr);
+  double bias_correction1 = k.bias_correction1, bias_correction2 = k.bias_correction2;
+  if (k.sched.step_ptr) {
+    const double t = static_cast<double>(current_step(k.sched, a.step));
+    bias_correction1 = 1.0 - pow(a.beta1, t);
+    bias_correction2 = 1.0 - pow(a.beta2, t);
+  }
+  RangeCursor range;
+  ops::AdamCoef<float> c{};
+  for (int64_t i = grid_start(); i < k.n; i += grid_stride()) {
+    if (!range.contains(i)) {
+      range.seek(i, k.n, k.seg, a.weight_decay, a.l1);
+      const double range_lr = lr * range.params.lr_scale;
+      const double coupled_decay = a.decoupled ? 0.0 : range.params.weight_decay;  // AdamW: a factor on p
+      c.step_size = static_cast<float>(range_lr / bias_correction1);
+      c.beta1 = static_cast<float>(a.beta1);
+      c.one_minus_beta1 = static_cast<float>(1.0 - a.beta1);
+      c.beta2 = static_cast<float>(a.beta2);
+      c.one_minus_beta2 = static_cast<float>(1.0 - a.beta2);
+      c.sqrt_bc2 = static_cast<float>(sqrt(bias_correction2));
+      c.eps = static_cast<float>(a.eps);
+      c.decay = static_cast<float>(1.0 - range_lr * range.params.weight_decay);
+      c.reg = regularisation(coupled_decay, range.params.l1);
+      c.decoupled = a.decoupled;
+    }
+    float p = k.param[i], m = k.exp_avg[i], v = k.exp_avg_sq[i];
+    ops::adam_update(p, k.grad[i], m, v, c);
+    k.param[i] = p;
+    k.exp_avg[i] = m;
+    k.exp_avg_sq[i] = v;
+  }
+}
+
+// The update (when there are elements), then the step counter's advance (always: it also feeds
+// the random streams of the next step).
+template <class Launch>
+void run_step(void (*kernel)(Launch), const Launch& launch, const char* name, cudaStream_t stream) {
+  if (launch.n > 0) {
+    kernel<<<grid_blocks(launch.n), kBlockThreads, 0, stream>>>(launch);
+    check_launch(name);
+  }
+  if (launch.sched.step_ptr) {
+    advance_step_kernel<<<1, 1, 0, stream>>>(launch.sched.step_ptr);
+    check_launch(name);
+  }
+}
+
+}  // namespace
+
+void sgd_step(float* param, const float* grad, float* momentum_buffer, int64_t n, const cpu::SgdArgs& args,
+              const DeviceSegments& seg, const DeviceSchedule& sched, Stream stream) {
+  run_step(sgd_kernel, SgdLaunch{param, grad, momentum_buffer, n, args, seg, sched}, "sgd_step", stream);
+}
+
+void adagrad_step(float* param, const float* grad, float* state_sum, int64_t n, const cpu::AdagradArgs& args,
+                  const DeviceSegments& seg, const DeviceSchedule& sched, Stream stream) {
+  run_step(adagrad_kernel, AdagradLaunch{param, grad, state_sum, n, args, seg, sched}, "adagrad_step", stream);
+}
+
+void rmsprop_step(float* param, const float* grad, float* square_avg, float* momentum_buffer, float* grad_avg,
+                  int64_t n, const cpu::RmspropArgs& args, const DeviceSegments& seg, const DeviceSchedule& sched,
+                  Stream stream) {
+  run_step(rmsprop_kernel, RmspropLaunch{param, grad, square_avg, momentum_buffer, grad_avg, n, args, seg, sched},
+           "rmsprop_step", stream);
+}
+
+void adam_step(float* param, const float* grad, float* exp_avg, float* exp_avg_sq, int64_t n,
+               const cpu::AdamArgs& args, const DeviceSegments& seg, const DeviceSchedule& sched, Stream stream) {
+  const double step = static_cast<double>(args.step);
+  const AdamLaunch launch{param, grad, exp_avg, exp_avg_sq, n, args, 1.0 - std::pow(args.beta1, step),
+                          1.0 - std::pow(args.beta2, step), seg, sched};
+  run_step(adam_kernel, launch, "adam_step", stream);
+}
+
+}  // namespace cuda
+}  // namespace fastmlp

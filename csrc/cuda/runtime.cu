@@ -1,0 +1,285 @@
+// Device, memory, stream and graph helpers, and the scratch buffers the kernels borrow. Nothing
+// here may fail just because there is no GPU: device_count() and pointer_device() swallow the
+// "no driver / no device" errors so that a CUDA build imports and runs its CPU path anywhere.
+#include <cstdint>
+#include <map>
+#include <stdexcept>
+#include <string>
+#include <utility>
+
+#include "cuda/check.cuh"
+
+namespace fastmlp {
+namespace cuda {
+
+[[noreturn]] void throw_cuda_error(cudaError_t err, const char* call) {
+  cudaGetLastError();  // clear a non-sticky error so it is not reported again by the next call
+  throw std::runtime_error(std::string("fastmlp.cuda: ") + call + ": " + cudaGetErrorString(err));
+}
+
+namespace {
+
+// Makes `device` current for a scope and restores the previous one.
+class DeviceGuard {
+ public:
+  explicit DeviceGuard(int device) {
+    check(cudaGetDevice(&previous_), "cudaGetDevice");
+    if (device != previous_) {
+      check(cudaSetDevice(device), "cudaSetDevice");
+      switched_ = true;
+    }
+  }
+  ~DeviceGuard() {
+    if (switched_) cudaSetDevice(previous_);
+  }
+  DeviceGuard(const DeviceGuard&) = delete;
+  DeviceGuard& operator=(const DeviceGuard&) = delete;
+
+ private:
+  int previous_ = 0;
+  bool switched_ = false;
+};
+
+// ---- scratch ----------------------------------------------------------------------------------
+constexpr std::size_t kScratchGranule = std::size_t(1) << 20;  // grow in whole MiB, at least doubling
+
+struct ScratchBuffer {
+  void* ptr = nullptr;
+  std::size_t bytes = 0;
+  bool captured = false;  // handed out during a capture: a graph may hold the pointer
+};
+
+struct ScratchTable {
+  std::map<std::pair<int, std::uintptr_t>, ScratchBuffer> buffers;  // (device, stream) -> buffer
+  ~ScratchTable() {
+    for (auto& entry : buffers)
+      if (entry.second.ptr && !entry.second.captured) cudaFree(entry.second.ptr);  // errors at exit: ignored
+  }
+};
+
+thread_local ScratchTable t_scratch;
+
+std::uintptr_t stream_key(Stream stream) { return reinterpret_cast<std::uintptr_t>(stream); }
+
+}  // namespace
+
+void* scratch(std::size_t bytes, Stream stream, const char* who) {
+  int device = 0;
+  check(cudaGetDevice(&device), "cudaGetDevice");
+  ScratchBuffer& buf = t_scratch.buffers[{device, stream_key(stream)}];
+  cudaStreamCaptureStatus status = cudaStreamCaptureStatusNone;
+  check(cudaStreamIsCapturing(stream, &status), "cudaStreamIsCapturing");
+  const bool capturing = status != cudaStreamCaptureStatusNone;
+  if (bytes == 0) bytes = 1;
+  if (buf.bytes >= bytes) {
+    buf.captured = buf.captured || capturing;
+    return buf.ptr;
+  }
+  if (capturing)
+    throw std::runtime_error(std::string("fastmlp.cuda: ") + who + " needs " + std::to_string(bytes) +
+                             " bytes of scratch memory while the stream is being captured (this thread has " +
+                             std::to_string(buf.bytes) +
+                             "); run the step once eagerly before capturing it so the buffer is allocated");
+  std::size_t grown = bytes > 2 * buf.bytes ? bytes : 2 * buf.bytes;
+  grown = (grown + kScratchGranule - 1) / kScratchGranule * kScratchGranule;
+  if (buf.ptr) {
+    // Earlier kernels on this stream may still read the old buffer.
+    check(cudaStreamSynchronize(stream), "cudaStreamSynchronize");
+    if (!buf.captured) check(cudaFree(buf.ptr), "cudaFree");  // a captured one stays for its graphs
+    buf = ScratchBuffer{};
+  }
+  void* ptr = nullptr;
+  const cudaError_t err = cudaMalloc(&ptr, grown);
+  if (err != cudaSuccess) {
+    const std::string call = "cudaMalloc of " + std::to_string(grown) + " bytes of scratch for " + who;
+    throw_cuda_error(err, call.c_str());
+  }
+  buf.ptr = ptr;
+  buf.bytes = grown;
+  return ptr;
+}
+
+// ---- devices ----------------------------------------------------------------------------------
+
+int device_count() noexcept {
+  int n = 0;
+  if (cudaGetDeviceCount(&n) != cudaSuccess) {
+    cudaGetLastError();
+    return 0;
+  }
+  return n;
+}
+
+int runtime_version() {
+  int v = 0;
+  check(cudaRuntimeGetVersion(&v), "cudaRuntimeGetVersion");
+  return v;
+}
+
+int driver_version() noexcept {
+  int v = 0;
+  if (cudaDriverGetVersion(&v) != cudaSuccess) {
+    cudaGetLastError();
+    return 0;
+  }
+  return v;
+}
+
+int get_device() {
+  int d = 0;
+  check(cudaGetDevice(&d), "cudaGetDevice");
+  return d;
+}
+
+void set_device(int device) { check(cudaSetDevice(device), "cudaSetDevice"); }
+
+DeviceProperties device_properties(int device) {
+  cudaDeviceProp prop;
+  check(cudaGetDeviceProperties(&prop, device), "cudaGetDeviceProperties");
+  DeviceProperties p;
+  p.name = prop.name;
+  p.major = prop.major;
+  p.minor = prop.minor;
+  p.multiprocessors = prop.multiProcessorCount;
+  p.total_memory = prop.totalGlobalMem;
+  // Attributes rather than cudaDeviceProp fields: CUDA 13 dropped the clock fields from the struct.
+  check(cudaDeviceGetAttribute(&p.memory_clock_khz, cudaDevAttrMemoryClockRate, device), "cudaDeviceGetAttribute");
+  check(cudaDeviceGetAttribute(&p.memory_bus_width, cudaDevAttrGlobalMemoryBusWidth, device),
+        "cudaDeviceGetAttribute");
+  return p;
+}
+
+void synchronize(int device) {
+  DeviceGuard guard(device);
+  check(cudaDeviceSynchronize(), "cudaDeviceSynchronize");
+}
+
+int pointer_device(const void* ptr) noexcept {
+  cudaPointerAttributes attr;
+  if (cudaPointerGetAttributes(&attr, ptr) != cudaSuccess) {
+    cudaGetLastError();
+    return -1;
+  }
+  return (attr.type == cudaMemoryTypeDevice || attr.type == cudaMemoryTypeManaged) ? attr.device : -1;
+}
+
+// ---- memory -----------------------------------------------------------------------------------
+
+void* device_alloc(std::size_t nbytes, int device) {
+  if (nbytes == 0) return nullptr;
+  DeviceGuard guard(device);
+  void* ptr = nullptr;
+  const cudaError_t err = cudaMalloc(&ptr, nbytes);
+  if (err != cudaSuccess) {
+    const std::string call = "cudaMalloc of " + std::to_string(nbytes) + " bytes on device " + std::to_string(device);
+    throw_cuda_error(err, call.c_str());
+  }
+  return ptr;
+}
+
+void device_free(void* ptr, int device) noexcept {
+  if (!ptr) return;
+  int previous = 0;
+  const bool have_previous = cudaGetDevice(&previous) == cudaSuccess;
+  if (have_previous && previous != device) cudaSetDevice(device);
+  cudaFree(ptr);  // errors (e.g. at interpreter exit) cannot be reported from a destructor
+  if (have_previous && previous != device) cudaSetDevice(previous);
+  cudaGetLastError();
+}
+
+void* pinned_alloc(std::size_t nbytes) {
+  if (nbytes == 0) return nullptr;
+  void* ptr = nullptr;
+  const cudaError_t err = cudaHostAlloc(&ptr, nbytes, cudaHostAllocPortable);
+  if (err != cudaSuccess) {
+    const std::string call = "cudaHostAlloc of " + std::to_string(nbytes) + " bytes";
+    throw_cuda_error(err, call.c_str());
+  }
+  return ptr;
+}
+
+void pinned_free(void* ptr) noexcept {
+  if (!ptr) return;
+  cudaFreeHost(ptr);
+  cudaGetLastError();
+}
+
+void memcpy_sync(void* dst, const void* src, std::size_t nbytes, Stream stream) {
+  if (nbytes == 0) return;
+  check(cudaMemcpyAsync(dst, src, nbytes, cudaMemcpyDefault, stream), "cudaMemcpyAsync");
+  check(cudaStreamSynchronize(stream), "cudaStreamSynchronize");
+}
+
+void memcpy_async(void* dst, const void* src, std::size_t nbytes, Stream stream) {
+  if (nbytes == 0) return;
+  check(cudaMemcpyAsync(dst, src, nbytes, cudaMemcpyDefault, stream), "cudaMemcpyAsync");
+}
+
+void memset_async(void* ptr, int byte, std::size_t nbytes, Stream stream) {
+  if (nbytes == 0) return;
+  check(cudaMemsetAsync(ptr, byte, nbytes, stream), "cudaMemsetAsync");
+}
+
+// ---- streams and graphs -----------------------------------------------------------------------
+
+Stream stream_create() {
+  cudaStream_t s = nullptr;
+  check(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking), "cudaStreamCreateWithFlags");
+  return s;
+}
+
+void stream_destroy(Stream stream) {
+  check(cudaStreamSynchronize(stream), "cudaStreamSynchronize");
+  int device = 0;
+  check(cudaGetDevice(&device), "cudaGetDevice");
+  auto it = t_scratch.buffers.find({device, stream_key(stream)});
+  if (it != t_scratch.buffers.end()) {
+    if (it->second.ptr && !it->second.captured) check(cudaFree(it->second.ptr), "cudaFree");
+    t_scratch.buffers.erase(it);
+  }
+  check(cudaStreamDestroy(stream), "cudaStreamDestroy");
+}
+
+void stream_synchronize(Stream stream) { check(cudaStreamSynchronize(stream), "cudaStreamSynchronize"); }
+
+bool stream_is_capturing(Stream stream) {
+  cudaStreamCaptureStatus status = cudaStreamCaptureStatusNone;
+  check(cudaStreamIsCapturing(stream, &status), "cudaStreamIsCapturing");
+  return status != cudaStreamCaptureStatusNone;
+}
+
+struct GraphExec {
+  cudaGraphExec_t exec;
+};
+
+void capture_begin(Stream stream) {
+  // Thread-local mode: unsafe calls (cudaMalloc...) are refused on this thread only, so other
+  // Python threads may keep allocating while a training step is captured.
+  check(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal), "cudaStreamBeginCapture");
+}
+
+GraphExec* capture_end(Stream stream) {
+  cudaGraph_t graph = nullptr;
+  cudaError_t err = cudaStreamEndCapture(stream, &graph);
+  if (err != cudaSuccess) {
+    if (graph) cudaGraphDestroy(graph);
+    throw_cuda_error(err, "cudaStreamEndCapture");
+  }
+  cudaGraphExec_t exec = nullptr;
+  err = cudaGraphInstantiate(&exec, graph, 0);
+  cudaGraphDestroy(graph);  // the executable graph does not need it
+  if (err != cudaSuccess) throw_cuda_error(err, "cudaGraphInstantiate");
+  return new GraphExec{exec};
+}
+
+void graph_replay(GraphExec* graph, Stream stream) { check(cudaGraphLaunch(graph->exec, stream), "cudaGraphLaunch"); }
+
+void graph_destroy(GraphExec* graph) noexcept {
+  if (!graph) return;
+  cudaGraphExecDestroy(graph->exec);
+  cudaGetLastError();
+  delete graph;
+}
+
+}  // namespace cuda
+}  // namespace fastmlp

@@ -17,12 +17,14 @@ if os.environ.get("FASTMLP_EMULATE_CUDA") == "1":  # the Python CUDA path on an 
 
 ALL_ISAS = ("portable", "avx2", "avx512")
 _ran: set[str] = set()
+_unsupported: set[str] = set()
 
 
 @pytest.fixture(params=ALL_ISAS)
 def isa(request):
     name = request.param
     if name not in fastmlp.available_isas():
+        _unsupported.add(name)
         pytest.skip(f"ISA path {name!r} is not supported by this CPU")
     previous = fastmlp.get_isa()
     fastmlp.set_isa(name)
@@ -60,7 +62,11 @@ def rng():
 
 def pytest_terminal_summary(terminalreporter):
     ran = [n for n in ALL_ISAS if n in _ran]
-    skipped = [n for n in ALL_ISAS if n not in _ran]
-    terminalreporter.write_line(
-        f"fastmlp ISA paths tested: {', '.join(ran) or 'none'}; not available here: {', '.join(skipped) or 'none'}"
-        f" (default path: {fastmlp.get_isa()}, threads: {fastmlp.get_num_threads()})")
+    lacking = [n for n in ALL_ISAS if n in _unsupported]
+    unused = [n for n in ALL_ISAS if n not in _ran and n not in _unsupported]
+    line = f"fastmlp ISA paths tested: {', '.join(ran) or 'none'}"
+    if lacking:
+        line += f"; not supported by this CPU: {', '.join(lacking)}"
+    if unused:
+        line += f"; not exercised by the tests run: {', '.join(unused)}"
+    terminalreporter.write_line(f"{line} (default path: {fastmlp.get_isa()}, threads: {fastmlp.get_num_threads()})")

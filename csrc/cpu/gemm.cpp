@@ -6,6 +6,7 @@
 // batch composition, tile position and thread count. The epilogue is applied once per tile, as
 // the tile is stored.
 #include <cstring>
+#include <type_traits>
 
 #include "core/parallel.h"
 #include "core/scratch.h"
@@ -56,6 +57,56 @@ void micro_kernel(int64_t kc, const T* __restrict A, const T* __restrict B, T* _
     for (int j = 0; j < NV; ++j) S::store(acc + i * NR + j * W, c[i][j]);
 }
 
+#if defined(__AVX2__)
+// r[i] = row i of an 8x8 float block on entry, column i on exit.
+inline void transpose8x8(__m256 (&r)[8]) {
+  const __m256 t0 = _mm256_unpacklo_ps(r[0], r[1]), t1 = _mm256_unpackhi_ps(r[0], r[1]);
+  const __m256 t2 = _mm256_unpacklo_ps(r[2], r[3]), t3 = _mm256_unpackhi_ps(r[2], r[3]);
+  const __m256 t4 = _mm256_unpacklo_ps(r[4], r[5]), t5 = _mm256_unpackhi_ps(r[4], r[5]);
+  const __m256 t6 = _mm256_unpacklo_ps(r[6], r[7]), t7 = _mm256_unpackhi_ps(r[6], r[7]);
+  const __m256 s0 = _mm256_shuffle_ps(t0, t2, _MM_SHUFFLE(1, 0, 1, 0));
+  const __m256 s1 = _mm256_shuffle_ps(t0, t2, _MM_SHUFFLE(3, 2, 3, 2));
+  const __m256 s2 = _mm256_shuffle_ps(t1, t3, _MM_SHUFFLE(1, 0, 1, 0));
+  const __m256 s3 = _mm256_shuffle_ps(t1, t3, _MM_SHUFFLE(3, 2, 3, 2));
+  const __m256 s4 = _mm256_shuffle_ps(t4, t6, _MM_SHUFFLE(1, 0, 1, 0));
+  const __m256 s5 = _mm256_shuffle_ps(t4, t6, _MM_SHUFFLE(3, 2, 3, 2));
+  const __m256 s6 = _mm256_shuffle_ps(t5, t7, _MM_SHUFFLE(1, 0, 1, 0));
+  const __m256 s7 = _mm256_shuffle_ps(t5, t7, _MM_SHUFFLE(3, 2, 3, 2));
+  r[0] = _mm256_permute2f128_ps(s0, s4, 0x20);
+  r[1] = _mm256_permute2f128_ps(s1, s5, 0x20);
+  r[2] = _mm256_permute2f128_ps(s2, s6, 0x20);
+  r[3] = _mm256_permute2f128_ps(s3, s7, 0x20);
+  r[4] = _mm256_permute2f128_ps(s0, s4, 0x31);
+  r[5] = _mm256_permute2f128_ps(s1, s5, 0x31);
+  r[6] = _mm256_permute2f128_ps(s2, s6, 0x31);
+  r[7] = _mm256_permute2f128_ps(s3, s7, 0x31);
+}
+
+// The first `count` (4, 6 or 8) lanes of v to p.
+inline void store_lanes(float* p, __m256 v, int count) {
+  if (count == 8) {
+    _mm256_storeu_ps(p, v);
+    return;
+  }
+  _mm_storeu_ps(p, _mm256_castps256_ps128(v));
+  if (count == 6) _mm_storel_pi(reinterpret_cast<__m64*>(p + 4), _mm256_extractf128_ps(v, 1));
+}
+
+// Transposing packs of float panels, 8x8 blocks at a time: `lines[i]` (i < n_lines <= 8) are
+// contiguous along k; k-column j of the block goes to dst + j * ld (n_lines lanes). Returns the
+// k handled (a multiple of 8); the caller packs the rest.
+inline int64_t pack_transposed_8(const float* const* lines, int n_lines, int64_t kc, float* dst, int64_t ld) {
+  int64_t k = 0;
+  for (; k + 8 <= kc; k += 8) {
+    __m256 r[8];
+    for (int i = 0; i < 8; ++i) r[i] = i < n_lines ? _mm256_loadu_ps(lines[i] + k) : _mm256_setzero_ps();
+    transpose8x8(r);
+    for (int j = 0; j < 8; ++j) store_lanes(dst + (k + j) * ld, r[j], n_lines);
+  }
+  return k;
+}
+#endif
+
 // Rows [i0, i0+rows) x cols [k0, k0+kc) of op(a), as MR-row micro-panels (zero-padded rows).
 template <class T>
 void pack_a(const GemmArgs<T>& g, int64_t i0, int64_t rows, int64_t k0, int64_t kc, T* __restrict dst) {
@@ -68,7 +119,15 @@ void pack_a(const GemmArgs<T>& g, int64_t i0, int64_t rows, int64_t k0, int64_t 
       const T* rows[MR];
       for (int r = 0; r < MR; ++r) rows[r] = g.a + (i0 + p + (r < mr ? r : 0)) * g.K + k0;
       if (mr == MR) {
-        for (int64_t k = 0; k < kc; ++k) {
+        int64_t k_done = 0;
+#if defined(__AVX2__)
+        if constexpr (std::is_same_v<T, float> && (MR == 6 || MR == 12)) {
+          // MR rows in groups of 8 (6 = 6; 12 = 8 + 4): 8 k at a time, transposed in registers.
+          for (int g = 0; g < MR; g += 8)
+            k_done = pack_transposed_8(rows + g, MR - g < 8 ? MR - g : 8, kc, d + g, MR);
+        }
+#endif
+        for (int64_t k = k_done; k < kc; ++k) {
 #pragma GCC unroll 16
           for (int r = 0; r < MR; ++r) d[k * MR + r] = rows[r][k];
         }
@@ -102,14 +161,38 @@ void pack_b_panel(const GemmArgs<T>& g, int64_t jp, int64_t k0, int64_t kc, T* _
       }
     }
   } else {
+    int64_t k_done = 0;
+#if defined(__AVX2__)
+    if constexpr (std::is_same_v<T, float> && NR % 8 == 0) {
+      if (nr == NR) {  // a full panel: 8 columns x 8 k at a time, transposed in registers
+        for (int c0 = 0; c0 < NR; c0 += 8) {
+          const T* lines[8];
+          for (int i = 0; i < 8; ++i) lines[i] = g.b + (j0 + c0 + i) * g.K + k0;
+          k_done = pack_transposed_8(lines, 8, kc, dst + c0, NR);
+        }
+      }
+    }
+#endif
     for (int c = 0; c < NR; ++c) {
       if (c < nr) {
         const T* src = g.b + (j0 + c) * g.K + k0;
-        for (int64_t k = 0; k < kc; ++k) dst[k * NR + c] = src[k];
+        for (int64_t k = k_done; k < kc; ++k) dst[k * NR + c] = src[k];
       } else {
-        for (int64_t k = 0; k < kc; ++k) dst[k * NR + c] = T(0);
+        for (int64_t k = k_done; k < kc; ++k) dst[k * NR + c] = T(0);
       }
     }
+  }
+}
+
+// Full panels [first, end) of Unit columns each, from a source whose row k (width elements) holds
+// the panels side by side: k outer, so each source row is read as one contiguous run.
+template <int Unit, class T>
+void pack_rows_along_width(const T* __restrict src, int64_t width, int64_t k0, int64_t kc, int64_t first,
+                           int64_t end, T* __restrict dst) {
+  for (int64_t k = 0; k < kc; ++k) {
+    const T* row = src + (k0 + k) * width;
+    for (int64_t panel = first; panel < end; ++panel)
+      std::memcpy(dst + panel * kc * Unit + k * Unit, row + panel * Unit, sizeof(T) * Unit);
   }
 }
 
@@ -196,7 +279,23 @@ void gemm(const GemmArgs<T>& g) {
     const int64_t end = min_i64(is_b ? n_panels : m_panels_all, first + kPanelsPerTask);
     for (int64_t k0 = 0; k0 < K; k0 += kc_size) {
       const int64_t kc = min_i64(kc_size, K - k0);
-      for (int64_t panel = first; panel < end; ++panel) {
+      // Panels whose source rows run along the panel's width (op(b) not transposed, op(a)
+      // transposed) are packed k-outer over all full panels of the task, so each source row is
+      // read as one contiguous run instead of a 64-byte piece per panel.
+      const bool rows_along_width = is_b ? !g.trans_b : g.trans_a;
+      int64_t full_end = first;
+      if (rows_along_width) {
+        const int64_t width = is_b ? N : M;
+        const int64_t unit = is_b ? NR : MR;
+        full_end = min_i64(end, width / unit);
+        if (full_end > first) {
+          if (is_b) pack_rows_along_width<NR>(g.b, width, k0, kc, first, full_end, packed_b + k0 * n_pad);
+          else pack_rows_along_width<MR>(g.a, width, k0, kc, first, full_end, packed_a + k0 * m_pad);
+        } else {
+          full_end = first;
+        }
+      }
+      for (int64_t panel = full_end; panel < end; ++panel) {
         if (is_b) {
           pack_b_panel(g, panel, k0, kc, packed_b + k0 * n_pad + panel * kc * NR);
         } else {

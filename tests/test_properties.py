@@ -199,3 +199,132 @@ def test_bias_grad_with_arbitrary_shapes_either_works_or_raises_cleanly(shape, d
 @pytest.mark.parametrize("name", ["dev", "ci", "thorough"])
 def test_hypothesis_profiles_are_registered(name):
     assert settings.get_profile(name).deadline is None
+
+
+# --- layouts, optimizer formulas, model files (issue 8) ----------------------------------------------
+
+def _strided(rng, shape, dtype, how):
+    """A non-C-contiguous view of ``shape``: every other column, or a transpose."""
+    if how == "transposed" and len(shape) == 2 and shape[0] > 1 and shape[1] > 1:
+        return np.ascontiguousarray(rng.standard_normal(shape[::-1]).astype(dtype)).T
+    wide = rng.standard_normal(shape[:-1] + (2 * shape[-1],)).astype(dtype)
+    return wide[..., ::2]
+
+
+# (kernel name, the argument made non-contiguous, call(arrays by name) -> result)
+_LAYOUT_CALLS = [
+    ("gemm", "a", lambda v: kernels.gemm(v["a"], v["b"], out=v["out"])),
+    ("gemm", "b", lambda v: kernels.gemm(v["a"], v["b"], out=v["out"])),
+    ("gemm", "out", lambda v: kernels.gemm(v["a"], v["b"], out=v["out"])),
+    ("activation", "x", lambda v: kernels.activation(v["x"], "tanh", out=v["out"])),
+    ("activation", "out", lambda v: kernels.activation(v["x"], "relu", out=v["out"])),
+    ("activation_backward", "grad_out", lambda v: kernels.activation_backward(v["grad_out"], v["y"], "sigmoid")),
+    ("activation_backward", "y", lambda v: kernels.activation_backward(v["grad_out"], v["y"], "tanh")),
+    ("bias_grad", "grad", lambda v: kernels.bias_grad(v["grad"])),
+    ("dropout", "x", lambda v: kernels.dropout(v["x"], 0.5, seed=1, offset=2)),
+    ("dropout_backward", "grad_out", lambda v: kernels.dropout_backward(v["grad_out"], 0.5, seed=1, offset=2)),
+    ("add_noise", "x", lambda v: kernels.add_noise(v["x"], "gaussian", 0.1, seed=1, offset=2)),
+    ("squared_error", "pred", lambda v: kernels.squared_error(v["pred"], v["target"])),
+    ("sigmoid_cross_entropy", "targets", lambda v: kernels.sigmoid_cross_entropy(v["logits"], v["targets"])),
+    ("sgd_step", "grad", lambda v: kernels.sgd_step(v["param"], v["grad"], None, step=1, lr=0.1)),
+    ("adam_step", "exp_avg_sq", lambda v: kernels.adam_step(v["param"], v["grad"], v["exp_avg"], v["exp_avg_sq"],
+                                                             step=1, lr=0.1)),
+]
+
+
+@PROFILE
+@given(case=st.sampled_from(_LAYOUT_CALLS), rows=st.integers(2, 9), cols=st.integers(2, 9), dtype=dtypes,
+       how=st.sampled_from(["columns", "transposed"]), seed=seeds)
+def test_non_contiguous_arguments_are_rejected_with_a_value_error_naming_them(case, rows, cols, dtype, how, seed):
+    name, arg, call = case
+    rng = np.random.default_rng(seed)
+    arrays = {k: rng.standard_normal((rows, cols)).astype(dtype)
+              for k in ("x", "y", "grad_out", "grad", "pred", "target", "logits", "targets", "param", "exp_avg",
+                        "exp_avg_sq")}
+    arrays.update(a=rng.standard_normal((rows, cols)).astype(dtype), b=rng.standard_normal((cols, rows)).astype(dtype),
+                  out=np.zeros((rows, rows) if name == "gemm" else (rows, cols), dtype))
+    arrays[arg] = _strided(rng, arrays[arg].shape, dtype, how)
+    assert not arrays[arg].flags.c_contiguous
+    with pytest.raises(ValueError, match=f"^{name}: {arg} .*not C-contiguous"):
+        call(arrays)
+
+
+def _optimizer_hyper_parameters(opt):
+    small = st.floats(0.0, 0.05)
+    if opt == "sgd":
+        return st.fixed_dictionaries(dict(
+            lr=st.floats(0.0, 0.1), momentum=st.sampled_from([0.0, 0.5, 0.9, 0.99]), weight_decay=small, l1=small,
+            dampening=st.sampled_from([0.0, 0.0, 0.3, 1.0]), nesterov=st.booleans())).map(
+            lambda hp: dict(hp, nesterov=hp["nesterov"] and hp["momentum"] > 0 and hp["dampening"] == 0))
+    if opt == "adagrad":
+        return st.fixed_dictionaries(dict(lr=st.floats(0.0, 0.1), lr_decay=st.floats(0.0, 0.5), weight_decay=small,
+                                          eps=st.sampled_from([0.0, 1e-10, 1e-6, 0.1]), l1=small))
+    if opt == "rmsprop":
+        return st.fixed_dictionaries(dict(lr=st.floats(0.0, 0.05), alpha=st.floats(0.0, 1.0), weight_decay=small,
+                                          eps=st.sampled_from([1e-8, 1e-3, 0.5]), l1=small,
+                                          momentum=st.sampled_from([0.0, 0.9]), centered=st.booleans()))
+    return st.fixed_dictionaries(dict(lr=st.floats(0.0, 0.05), beta1=st.floats(0.0, 0.99), beta2=st.floats(0.0, 0.999),
+                                      eps=st.sampled_from([0.0, 1e-8, 1e-3]), weight_decay=small, l1=small,
+                                      decoupled=st.booleans()))
+
+
+@PROFILE
+@given(data=st.data(), opt=st.sampled_from(["sgd", "adagrad", "rmsprop", "adam"]), n=st.integers(1, 300),
+       steps=st.integers(1, 4), with_segments=st.booleans(), seed=seeds, isa=isas)
+def test_optimizer_steps_match_the_reference_formula_for_arbitrary_hyper_parameters(data, opt, n, steps, with_segments,
+                                                                                    seed, isa):
+    from test_optim_kernels import (assert_float64_close, gradients, initial_params, new_state, random_segments,
+                                    run_kernel, run_reference)
+
+    hp = data.draw(_optimizer_hyper_parameters(opt), label="hyper-parameters")
+    rng = np.random.default_rng(seed)
+    if with_segments and n >= 8:
+        hp["segments"] = random_segments(rng, n, rows=int(rng.integers(1, min(4, n // 2) + 1)))
+    p_ref = initial_params(rng, n)
+    grads = gradients(rng, n, steps)
+    p, state, state_ref = p_ref.copy(), new_state(opt, n, np.float64), new_state(opt, n, np.float64)
+    with on_isa(isa):
+        for t in range(1, steps + 1):
+            run_reference(opt, p_ref, grads[t - 1], state_ref, t, hp)
+            assert run_kernel(opt, p, grads[t - 1].copy(), state, t, hp) is p
+    assert_float64_close(p, p_ref, f"{opt} param after {steps} steps with {hp}")
+    for name in state:
+        assert_float64_close(state[name], state_ref[name], f"{opt} {name}")
+
+
+@PROFILE
+@given(sizes=st.lists(st.integers(1, 7), min_size=2, max_size=4), activation=st.sampled_from(["relu", "tanh",
+       "sigmoid"]), output=st.sampled_from(["identity", "softmax", "sigmoid"]), batch_norm=st.booleans(),
+       dropout=st.sampled_from([0.0, 0.25]), dtype=st.sampled_from(["float32", "float64"]),
+       scaler=st.booleans(), seed=st.integers(0, 2**63 - 1), kind=st.sampled_from(["mlp", "autoencoder"]))
+def test_load_of_save_is_the_same_model_for_random_architectures(sizes, activation, output, batch_norm, dropout, dtype,
+                                                                 scaler, seed, kind):
+    import tempfile
+
+    rng = np.random.default_rng(seed % 2**32)
+    if kind == "autoencoder":
+        model = fastmlp.Autoencoder(sizes, activation=activation, tied=batch_norm, dropout=dropout, seed=seed,
+                                    dtype=dtype)
+        net = model.model
+    else:
+        model = net = fastmlp.MLP(sizes, activation=activation, output=output, batch_norm=batch_norm and len(sizes) > 2,
+                                  dropout=dropout, seed=seed, dtype=dtype)
+    for buf in net.buffers().values():  # batch-norm statistics as after training
+        buf[...] = rng.uniform(0.5, 2.0, buf.shape)
+    if scaler:
+        net.scaler = {"x_mean": rng.standard_normal(sizes[0]), "x_scale": rng.uniform(0.5, 2, sizes[0])}
+    with tempfile.TemporaryDirectory() as d:
+        model.save(os.path.join(d, "m.npz"))
+        loaded = fastmlp.load(os.path.join(d, "m.npz"))
+    assert type(loaded) is type(model)
+    loaded_net = loaded.model if kind == "autoencoder" else loaded
+    np.testing.assert_array_equal(loaded_net.parameters(), net.parameters())
+    assert loaded_net.parameters().dtype == net.parameters().dtype
+    for name, buf in net.buffers().items():
+        np.testing.assert_array_equal(loaded_net.buffers()[name], buf)
+    X = rng.standard_normal((3, sizes[0]))
+    if kind == "autoencoder":
+        np.testing.assert_array_equal(loaded.reconstruct(X), model.reconstruct(X))
+    else:
+        np.testing.assert_array_equal(loaded.forward(X), model.forward(X))
+        assert loaded.config() == model.config()

@@ -79,6 +79,8 @@ FloatArray float_arg(py::handle h, const char* fn, const char* name, bool writea
   if (!(a.flags() & py::array::c_style))
     value_error(prefix(fn) + name + " with " + describe(a) +
                 " is not C-contiguous; pass numpy.ascontiguousarray(" + name + ")");
+  if (!(a.flags() & py::detail::npy_api::NPY_ARRAY_ALIGNED_))  // e.g. a view at an odd byte offset
+    value_error(prefix(fn) + name + " with " + describe(a) + " is not aligned to its dtype; pass " + name + ".copy()");
   if (writeable && !a.writeable()) value_error(prefix(fn) + name + " is read-only; it is written in place");
   f.arr = a;
   f.shape = shape_of(a);
@@ -205,6 +207,8 @@ std::vector<int64_t> labels_arg(py::handle h, const char* fn, const char* name, 
   if (!native_order(a.dtype().byteorder()))
     type_error(prefix(fn) + name + " has non-native byte order (" + dtype_str(a) + ")");
   if (!(a.flags() & py::array::c_style)) value_error(prefix(fn) + name + " is not C-contiguous");
+  if (!(a.flags() & py::detail::npy_api::NPY_ARRAY_ALIGNED_))
+    value_error(prefix(fn) + name + " is not aligned to its dtype; pass " + name + ".copy()");
   if (a.ndim() != 1 || a.shape(0) != rows)
     value_error(prefix(fn) + name + " has shape " + shape_str(shape_of(a)) + " but logits have " +
                 std::to_string(rows) + " rows; expected shape (" + std::to_string(rows) + ",)");
@@ -287,7 +291,13 @@ std::vector<int64_t> shape_arg(py::handle h, const char* fn, const char* name) {
 }
 
 DType dtype_arg(py::handle h, const char* fn) {
-  py::dtype d = py::dtype::from_args(py::reinterpret_borrow<py::object>(h));
+  py::dtype d;
+  try {
+    d = py::dtype::from_args(py::reinterpret_borrow<py::object>(h));
+  } catch (py::error_already_set& e) {  // numpy's "data type 'x' not understood" does not name fn
+    if (!e.matches(PyExc_TypeError) && !e.matches(PyExc_ValueError)) throw;
+    type_error(prefix(fn) + "dtype must be float32 or float64, got " + py::repr(h).cast<std::string>());
+  }
   if (d.kind() == 'f' && d.itemsize() == 4) return DType::f32;
   if (d.kind() == 'f' && d.itemsize() == 8) return DType::f64;
   type_error(prefix(fn) + "dtype must be float32 or float64, got " + py::str(d).cast<std::string>());

@@ -3,6 +3,7 @@
 // table, then update in place without the GIL. Returns param.
 #include <limits>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "bindings/arrays.h"
@@ -83,6 +84,9 @@ SegmentTable segments_arg(py::handle h, const char* fn, int64_t n) {
   if (!values.dtype().is(py::dtype::of<double>()))
     type_error(pre + " values has dtype " + py::str(values.dtype()).cast<std::string>() +
                "; expected float64 rows of (lr_scale, weight_decay, l1)");
+  for (const auto& [array, what] : {std::pair<const py::array&, const char*>{bounds, "bounds"}, {values, "values"}})
+    if (!(array.flags() & py::detail::npy_api::NPY_ARRAY_ALIGNED_))
+      value_error(pre + " " + what + " is not aligned to its dtype; pass a copy");
   if (bounds.ndim() != 2 || bounds.shape(1) != 2)
     value_error(pre + " bounds has " + describe(bounds) + "; expected shape (n, 2) of (start, length)");
   if (values.ndim() != 2 || values.shape(1) != 3)

@@ -11,12 +11,12 @@ tampered file cannot make the loader allocate far beyond its size.
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import struct
 import tempfile
 import threading
-import tokenize
 import zipfile
 from typing import Dict, Tuple
 
@@ -102,6 +102,14 @@ def _write_member(z: zipfile.ZipFile, name: str, arr: np.ndarray) -> None:
         np.lib.format.write_array(m, arr, allow_pickle=False)
 
 
+def _header_int(digits: str) -> int:
+    """JSON integers of the header: none that fastmlp writes exceeds 64 bits, so a longer one is
+    tampering (and would overflow float() or int64 conversions further on)."""
+    if len(digits.lstrip("-")) > 20:
+        raise ModelFileError(f"header holds an integer of {len(digits.lstrip('-'))} digits (at most 20)")
+    return int(digits)
+
+
 def read_file(path) -> Tuple[dict, Dict[str, np.ndarray]]:
     """Read and validate a file written by :func:`write_file`. Raises :class:`ModelFileError`
     (a ValueError) for anything malformed, ``OSError`` for I/O problems."""
@@ -137,9 +145,11 @@ def read_file(path) -> Tuple[dict, Dict[str, np.ndarray]]:
     if raw.dtype != np.uint8 or raw.ndim != 1 or raw.size > _MAX_HEADER_BYTES:
         raise ModelFileError(f"{path}: malformed header array")
     try:
-        header = json.loads(raw.tobytes().decode("utf-8"))
+        header = json.loads(raw.tobytes().decode("utf-8"), parse_int=_header_int)
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
         raise ModelFileError(f"{path}: header is not valid JSON ({e})") from None
+    except ModelFileError as e:
+        raise ModelFileError(f"{path}: {e}") from None
     if not isinstance(header, dict) or header.get("format") != FORMAT_NAME:
         raise ModelFileError(f"{path}: not a fastmlp model file (header format {header.get('format')!r})"
                              if isinstance(header, dict) else f"{path}: header is not a JSON object")
@@ -150,23 +160,62 @@ def read_file(path) -> Tuple[dict, Dict[str, np.ndarray]]:
     return header, arrays
 
 
+_NPY_MAGIC = b"\x93NUMPY"
+_MAX_NPY_HEADER_BYTES = 10000
+
+
+def _read_npy_header(f, what: str):
+    """(shape, fortran_order, descr) of a .npy header, parsed here rather than by numpy: numpy's
+    reader retries a header that is not a Python literal with a Python 2 filter and warns
+    (a UserWarning, an error under warnings-as-errors); a fastmlp file never needs that."""
+    magic = f.read(8)
+    if len(magic) != 8 or magic[:6] != _NPY_MAGIC:
+        raise ModelFileError(f"{what} is not a .npy array")
+    major, minor = magic[6], magic[7]
+    if (major, minor) == (1, 0):
+        size_bytes, encoding = 2, "latin1"
+    elif (major, minor) in ((2, 0), (3, 0)):
+        size_bytes, encoding = 4, "latin1" if major == 2 else "utf-8"
+    else:
+        raise ModelFileError(f"{what} has unsupported .npy version {(major, minor)}")
+    size = f.read(size_bytes)
+    length = int.from_bytes(size, "little")
+    if len(size) != size_bytes or length > _MAX_NPY_HEADER_BYTES:
+        raise ModelFileError(f"{what} has a .npy header of {length} bytes (at most {_MAX_NPY_HEADER_BYTES})")
+    raw = f.read(length)
+    if len(raw) != length:
+        raise ModelFileError(f"{what} is truncated inside its .npy header")
+    try:
+        header = ast.literal_eval(raw.decode(encoding))
+    except (UnicodeDecodeError, SyntaxError, ValueError, TypeError, RecursionError, MemoryError) as e:
+        raise ModelFileError(f"{what} has a malformed .npy header ({type(e).__name__}: {e})") from None
+    if not isinstance(header, dict) or set(header) != {"descr", "fortran_order", "shape"}:
+        raise ModelFileError(f"{what} has a malformed .npy header (expected the keys descr, fortran_order, shape)")
+    return header["shape"], header["fortran_order"], header["descr"]
+
+
+def _dtype_name(descr) -> str:
+    """A refused .npy descr as numpy names it ("object" for "|O"), else its repr."""
+    if isinstance(descr, str):
+        try:
+            return str(np.dtype(descr))
+        except Exception:  # noqa: BLE001 - only names the dtype in the message
+            pass
+    return repr(descr)
+
+
 def _read_member(z: zipfile.ZipFile, info: zipfile.ZipInfo, path: str) -> np.ndarray:
     name = info.filename
     try:
         with z.open(info) as f:
-            version = np.lib.format.read_magic(f)
-            if version == (1, 0):
-                shape, fortran, dtype = np.lib.format.read_array_header_1_0(f, max_header_size=10000)
-            elif version in ((2, 0), (3, 0)):
-                shape, fortran, dtype = np.lib.format.read_array_header_2_0(f, max_header_size=10000)
-            else:
-                raise ModelFileError(f"{path}: member {name!r} has unsupported .npy version {version}")
-            if dtype.hasobject or dtype.str not in _ALLOWED_DTYPES:
-                raise ModelFileError(f"{path}: member {name!r} has disallowed dtype {dtype}")
-            if fortran:
+            shape, fortran, descr = _read_npy_header(f, f"{path}: member {name!r}")
+            if not isinstance(descr, str) or descr not in _ALLOWED_DTYPES:
+                raise ModelFileError(f"{path}: member {name!r} has disallowed dtype {_dtype_name(descr)}")
+            dtype = np.dtype(descr)
+            if fortran is not False:
                 raise ModelFileError(f"{path}: member {name!r} is Fortran-ordered")
-            if any((not isinstance(d, int)) or d < 0 for d in shape):
-                raise ModelFileError(f"{path}: member {name!r} has an invalid shape {shape}")
+            if not isinstance(shape, tuple) or any(type(d) is not int or d < 0 for d in shape):
+                raise ModelFileError(f"{path}: member {name!r} has an invalid shape {shape!r}")
             count = 1
             for d in shape:
                 count *= d
@@ -181,6 +230,5 @@ def _read_member(z: zipfile.ZipFile, info: zipfile.ZipInfo, path: str) -> np.nda
             return np.frombuffer(data, dtype=dtype).reshape(shape).copy()
     except ModelFileError:
         raise
-    except _CORRUPT_ZIP_ERRORS + (OSError, KeyError, SyntaxError, TypeError, tokenize.TokenError,
-                                  RecursionError) as e:
+    except _CORRUPT_ZIP_ERRORS + (OSError, KeyError, TypeError) as e:
         raise ModelFileError(f"{path}: member {name!r} is corrupt ({type(e).__name__}: {e})") from None

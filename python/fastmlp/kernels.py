@@ -1,10 +1,15 @@
 """The fastmlp kernel API: dense-layer math on C-contiguous NumPy arrays or CUDA device arrays.
 
-Every kernel takes float32 or float64 arrays (one float dtype per call), C-contiguous, releases
-the GIL while it runs, and is safe to call from several threads. Results are written into ``out=``
-when given (and ``out`` is returned), otherwise into a new array. Bad input raises ``TypeError``
-(wrong dtype, mixed dtypes) or ``ValueError`` (shapes, non-contiguous arrays, read-only outputs,
-overlapping memory, out-of-range hyper-parameters), naming the argument.
+Every kernel takes float32 or float64 arrays (one float dtype per call), C-contiguous and aligned
+to their item size, releases the GIL while it runs, and is safe to call from several threads.
+Results are written into ``out=`` when given (and ``out`` is returned), otherwise into a new array.
+Bad input raises ``TypeError`` (wrong dtype, mixed dtypes) or ``ValueError`` (shapes,
+non-contiguous or misaligned arrays, read-only outputs, overlapping memory, out-of-range
+hyper-parameters), naming the argument; an output too large for this machine's memory raises
+``MemoryError`` before anything is allocated. NaN and Inf propagate as in PyTorch: through gemm and
+its epilogue (only the rows they touch), the activations (ReLU's backward gives a zero gradient
+where the output is NaN, as torch does), the losses, batch norm (only that column) and the
+optimizer steps (only that element).
 
 Conventions (random streams, loss reductions, the optimizer segment table, batch norm) are those of
 the project's DESIGN.md and are summarised in each docstring.

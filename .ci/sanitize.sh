@@ -95,7 +95,9 @@ FUZZ_SECONDS="${FASTMLP_SANITIZE_FUZZ_SECONDS:-60}"
 if [ "$FUZZ_SECONDS" -gt 0 ]; then
   mkdir -p "$LOGDIR/fuzz-corpus" && cp fuzz/corpus/kernels/* "$LOGDIR/fuzz-corpus/"
   t=$(date +%s)
-  (cd "$LOGDIR" && "$PY" "$ROOT/fuzz/fuzz_kernels.py" "$LOGDIR/fuzz-corpus" -max_total_time="$FUZZ_SECONDS" \
+  # A fixed seed and number of inputs (the time is a cap), as in .ci/fuzz.sh: reproducible.
+  (cd "$LOGDIR" && PYTHONHASHSEED=0 "$PY" "$ROOT/fuzz/fuzz_kernels.py" "$LOGDIR/fuzz-corpus" \
+     -seed="${FASTMLP_FUZZ_SEED:-1}" -runs="${FASTMLP_SANITIZE_FUZZ_RUNS:-40000}" -max_total_time="$FUZZ_SECONDS" \
      -timeout=60 -rss_limit_mb=4096 -print_final_stats=1 -artifact_prefix="$LOGDIR/") >"$LOGDIR/fuzz.log" 2>&1 \
     || { status=1; grep -v "^INFO: Instrumenting" "$LOGDIR/fuzz.log" | tail -n 40; ls "$LOGDIR"/crash-* 2>/dev/null; }
   execs=$(grep -o "stat::number_of_executed_units: *[0-9]*" "$LOGDIR/fuzz.log" | grep -o "[0-9]*$" || echo "?")

@@ -130,6 +130,21 @@ def test_batch_norm_buffer_with_nan_or_negative_variance_is_rejected(tmp_path, m
     _load_rejects(tmp_path, _edited(mlp_parts, edit_arrays=poison), match)
 
 
+@pytest.mark.parametrize("key, value", [("scaler.x_scale.npy", 1e-300), ("scaler.x_scale.npy", 1e300),
+                                        ("scaler.y_scale.npy", 1e-300), ("scaler.x_mean.npy", 1e39),
+                                        ("scaler.x_mean.npy", 1e308)])
+def test_scaler_outside_float32_range_is_rejected(tmp_path, mlp_parts, key, value):
+    # Was (CI fuzz run, 60 s): x_scale = 1e-300 loaded, then predict overflowed in the float32 cast;
+    # then (a 180 s run) the first check itself overflowed in |mean| / scale.
+    def poison(arrays):
+        for entry in arrays:
+            if entry[0] == key:
+                arr = np.lib.format.read_array(__import__("io").BytesIO(entry[1]))
+                arr[0] = value
+                entry[1] = fuzz_load.npy_bytes(arr)
+    _load_rejects(tmp_path, _edited(mlp_parts, edit_arrays=poison), "outside float32's range")
+
+
 # --- kernel findings -------------------------------------------------------------------------------
 
 

@@ -203,6 +203,17 @@ def model_from_parts(header: dict, arrays: Dict[str, np.ndarray], prefix: str = 
             if k.endswith("scale"):
                 _require(bool(np.all(arr > 0)), f"scaler.{k} must be positive")
             scaler[k] = arr.astype(np.float64)
+        # The model computes in its dtype: the standardisation must map zero and its own means into
+        # that range (a scale of 1e-300 would turn every input into inf).
+        limits = np.finfo(model.dtype)
+        for side in ("x", "y"):
+            if side + "_mean" in scaler:
+                mean, scale = scaler[side + "_mean"], scaler[side + "_scale"]
+                with np.errstate(over="ignore"):  # an overflowing ratio is inf, which fails the test
+                    ratio_ok = bool(np.all(np.abs(mean) / scale <= limits.max))
+                _require(bool(np.all(scale >= limits.tiny) and np.all(scale <= limits.max)) and ratio_ok,
+                         f"scaler.{side}_scale/{side}_mean are outside {model.dtype.name}'s range (scales in "
+                         f"[{limits.tiny:.3g}, {limits.max:.3g}], |mean| / scale <= {limits.max:.3g})")
         model.scaler = scaler
     return model
 

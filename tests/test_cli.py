@@ -171,7 +171,7 @@ def test_global_threads_option_before_the_default_command(threads):
 
 # -- error paths: status 2 and a message that names the problem ------------------------------------
 
-def _fails(argv, capsys, *fragments):
+def assert_cli_fails(argv, capsys, *fragments):
     status, out = run(argv)
     err = capsys.readouterr().err
     assert status == 2, out
@@ -182,54 +182,54 @@ def _fails(argv, capsys, *fragments):
 
 
 def test_missing_file(tmp_path, capsys):
-    _fails(["train", "--data", str(tmp_path / "nope.csv")], capsys, "nope.csv", "no such file")
+    assert_cli_fails(["train", "--data", str(tmp_path / "nope.csv")], capsys, "nope.csv", "no such file")
 
 
 def test_directory_instead_of_a_file(tmp_path, capsys):
-    _fails(["train", "--data", str(tmp_path)], capsys, "is a directory")
+    assert_cli_fails(["train", "--data", str(tmp_path)], capsys, "is a directory")
 
 
 def test_unknown_extension(tmp_path, capsys):
     path = tmp_path / "data.json"
     path.write_text("{}")
-    _fails(["train", "--data", str(path)], capsys, "unknown data format", ".npz", ".csv")
+    assert_cli_fails(["train", "--data", str(path)], capsys, "unknown data format", ".npz", ".csv")
 
 
 def test_wrong_target_column_name_lists_the_columns(classification_csv, capsys):
-    _fails(["train", "--data", str(classification_csv), "--target", "price"], capsys, "no column 'price'",
+    assert_cli_fails(["train", "--data", str(classification_csv), "--target", "price"], capsys, "no column 'price'",
            "x0, label, x1, x2")
 
 
 def test_target_column_index_out_of_range(classification_csv, capsys):
-    _fails(["train", "--data", str(classification_csv), "--target", "7"], capsys, "index 7 is out of range",
+    assert_cli_fails(["train", "--data", str(classification_csv), "--target", "7"], capsys, "index 7 is out of range",
            "4 columns")
 
 
 def test_csv_with_only_the_target_column(tmp_path, capsys):
     path = _write_csv(tmp_path / "one.csv", ["y"], [[0], [1], [0], [1], [1]])
-    _fails(["train", "--data", str(path)], capsys, "at least one feature column")
+    assert_cli_fails(["train", "--data", str(path)], capsys, "at least one feature column")
 
 
 def test_target_option_with_an_npz(digits_npz, capsys):
-    _fails(["train", "--data", str(digits_npz), "--target", "y"], capsys, "--target", "'y'")
+    assert_cli_fails(["train", "--data", str(digits_npz), "--target", "y"], capsys, "--target", "'y'")
 
 
 def test_non_numeric_csv_cell_names_row_and_column(tmp_path, capsys):
     path = _write_csv(tmp_path / "bad.csv", ["a", "b", "label"], [[1, 2, 0], [3, 4, 1], [5, "high", 0], [7, 8, 1]])
-    _fails(["train", "--data", str(path)], capsys, "non-numeric value 'high'", "row 4", "column 'b'")
+    assert_cli_fails(["train", "--data", str(path)], capsys, "non-numeric value 'high'", "row 4", "column 'b'")
 
 
 def test_ragged_csv_rows(tmp_path, capsys):
     path = _write_csv(tmp_path / "ragged.csv", None, [[1, 2, 0], [3, 4, 1], [5, 0], [7, 8, 1]])
-    _fails(["train", "--data", str(path)], capsys, "row 3 has 2 columns, expected 3")
+    assert_cli_fails(["train", "--data", str(path)], capsys, "row 3 has 2 columns, expected 3")
 
 
 def test_empty_and_header_only_csv(tmp_path, capsys):
     empty = tmp_path / "empty.csv"
     empty.write_text("\n\n")
-    _fails(["train", "--data", str(empty)], capsys, "empty")
+    assert_cli_fails(["train", "--data", str(empty)], capsys, "empty")
     header_only = _write_csv(tmp_path / "header.csv", ["a", "b"], [])
-    _fails(["train", "--data", str(header_only)], capsys, "no data rows")
+    assert_cli_fails(["train", "--data", str(header_only)], capsys, "no data rows")
 
 
 def test_binary_file_named_csv(tmp_path, capsys):
@@ -251,13 +251,13 @@ def test_binary_file_named_csv(tmp_path, capsys):
 def test_malformed_npz(arrays, fragment, tmp_path, capsys):
     path = tmp_path / "data.npz"
     np.savez(path, **arrays)
-    _fails(["train", "--data", str(path)], capsys, fragment)
+    assert_cli_fails(["train", "--data", str(path)], capsys, fragment)
 
 
 def test_npz_that_is_not_a_zip(tmp_path, capsys):
     path = tmp_path / "data.npz"
     path.write_bytes(b"not a zip file at all")
-    _fails(["train", "--data", str(path)], capsys, "cannot read the .npz")
+    assert_cli_fails(["train", "--data", str(path)], capsys, "cannot read the .npz")
 
 
 @pytest.mark.parametrize("where", ["csv_feature", "csv_target", "npz_feature", "npz_inf"])
@@ -272,24 +272,24 @@ def test_nan_or_infinite_data(where, tmp_path, capsys):
         X[4, 2] = np.nan if where == "npz_feature" else np.inf
         path = tmp_path / "nan.npz"
         np.savez(path, X=X, y=y)
-    _fails(["train", "--data", str(path)], capsys, "NaN or infinite")
+    assert_cli_fails(["train", "--data", str(path)], capsys, "NaN or infinite")
 
 
 def test_single_class_target(tmp_path, capsys):
     path = _write_csv(tmp_path / "one_class.csv", ["a", "b", "label"], [[i, i * 2, 3] for i in range(10)])
-    _fails(["train", "--data", str(path)], capsys, "single class")
+    assert_cli_fails(["train", "--data", str(path)], capsys, "single class")
 
 
 def test_save_into_a_missing_directory_fails_before_training(tmp_path, capsys):
-    _fails(["train", "--save", str(tmp_path / "no" / "model.npz")] + FAST, capsys, "does not exist")
+    assert_cli_fails(["train", "--save", str(tmp_path / "no" / "model.npz")] + FAST, capsys, "does not exist")
 
 
 def test_autoencode_plot_needs_a_2d_code(capsys):
-    _fails(["autoencode", "--code", "3", "--plot", "codes.png"] + FAST, capsys, "needs --code 2")
+    assert_cli_fails(["autoencode", "--code", "3", "--plot", "codes.png"] + FAST, capsys, "needs --code 2")
 
 
 def test_autoencode_mask_level_must_be_below_one(capsys):
-    _fails(["autoencode", "--noise", "mask", "--level", "1.5"] + FAST, capsys, "--level")
+    assert_cli_fails(["autoencode", "--noise", "mask", "--level", "1.5"] + FAST, capsys, "--level")
 
 
 @pytest.mark.parametrize("argv, fragment", [
@@ -324,5 +324,5 @@ def test_saved_classifier_notes_how_indices_map_to_labels(tmp_path):
 
 
 def test_a_diverging_run_is_reported_not_raised(capsys):
-    _fails(["train", "--optimizer", "sgd", "--lr", "1e12"] + FAST, capsys, "non-finite training loss",
+    assert_cli_fails(["train", "--optimizer", "sgd", "--lr", "1e12"] + FAST, capsys, "non-finite training loss",
            "Lower the learning rate")

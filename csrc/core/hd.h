@@ -4,6 +4,8 @@
 #pragma once
 #if defined(__CUDACC__)
 #define FASTMLP_HD __host__ __device__ __forceinline__
+#elif defined(__GNUC__)
+#define FASTMLP_HD inline __attribute__((always_inline))
 #else
 #define FASTMLP_HD inline
 #endif

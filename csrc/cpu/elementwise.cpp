@@ -2,6 +2,7 @@
 // cut into fixed chunks of kElementwiseChunk elements (a multiple of 4, so a chunk starts on a
 // Philox block): what an element gets depends only on its index, never on the thread count.
 #include <cmath>
+#include <type_traits>
 #if defined(__AVX2__) || defined(__AVX512F__)
 #include <immintrin.h>
 #endif
@@ -13,6 +14,7 @@
 #include "core/parallel.h"
 #include "core/scratch.h"
 #include "cpu/isa.h"
+#include "cpu/lanes.h"
 #include "ops/random.h"
 
 namespace fastmlp {
@@ -33,7 +35,16 @@ void for_chunks(int64_t n, const F& f) {
 template <Act A, class T>
 void activation_act(const T* __restrict x, T* __restrict out, int64_t n) {
   for_chunks(n, [&](int64_t b, int64_t e) {
-    for (int64_t i = b; i < e; ++i) out[i] = ops::activate<A>(x[i]);
+    if constexpr (std::is_same_v<T, float> && (A == Act::sigmoid || A == Act::tanh)) {
+      // exp and a divide per element: explicit SIMD bundles (cpu/lanes.h), same math and bits
+      // as ops::activate.
+      map_lanes(x + b, out + b, e - b, [](auto v) __attribute__((always_inline)) {
+        if constexpr (A == Act::sigmoid) return ops::sigmoid_t(v);
+        else return ops::tanh_t(v);
+      });
+    } else {
+      for (int64_t i = b; i < e; ++i) out[i] = ops::activate<A>(x[i]);
+    }
   });
 }
 
@@ -46,7 +57,9 @@ void activation_backward_act(const T* __restrict g, const T* __restrict y, T* __
 
 // Philox4x32-10 for `count` consecutive blocks starting at `first_block`, written as words
 // [4*k .. 4*k+3] of block k: the arithmetic of core/philox.h, with one block per 64-bit vector lane
-// on AVX2/AVX-512 (vpmuludq gives the 32x32->64-bit products), scalar elsewhere.
+// on AVX2/AVX-512 (vpmuludq gives the 32x32->64-bit products), scalar elsewhere. Only the low
+// 32 bits of a lane are meaningful: vpmuludq reads nothing else, so the rounds never clear the
+// high halves, and the output keeps just the low words.
 #if defined(__AVX512F__)
 struct PhiloxVec {
   using V = __m512i;
@@ -54,10 +67,16 @@ struct PhiloxVec {
   static V set1(uint64_t x) { return _mm512_set1_epi64(static_cast<long long>(x)); }
   static V mul(V a, V b) { return _mm512_mul_epu32(a, b); }
   static V hi(V p) { return _mm512_srli_epi64(p, 32); }
-  static V lo(V p) { return _mm512_and_si512(p, set1(0xFFFFFFFFu)); }
-  static V x3(V a, V b, V c) { return _mm512_xor_si512(_mm512_xor_si512(a, b), c); }
+  static V x3(V a, V b, V c) { return _mm512_ternarylogic_epi64(a, b, c, 0x96); }
   static V blocks(uint64_t first) { return _mm512_add_epi64(set1(first), _mm512_set_epi64(7, 6, 5, 4, 3, 2, 1, 0)); }
-  static void store(uint64_t* out, V v) { _mm512_storeu_si512(reinterpret_cast<void*>(out), v); }
+  // Lane l of the result: low word of a's lane l, then low word of b's lane l.
+  static V pair(V a, V b) { return _mm512_mask_blend_epi32(0xAAAA, a, _mm512_slli_epi64(b, 32)); }
+  // Block l's four words are lane l of p01 then lane l of p23.
+  static void store_words(uint32_t* w, V p01, V p23) {
+    const V lo = _mm512_unpacklo_epi64(p01, p23), hi = _mm512_unpackhi_epi64(p01, p23);  // blocks 0,2,4,6 / 1,3,5,7
+    _mm512_storeu_si512(reinterpret_cast<void*>(w), _mm512_permutex2var_epi64(lo, _mm512_set_epi64(11, 10, 3, 2, 9, 8, 1, 0), hi));
+    _mm512_storeu_si512(reinterpret_cast<void*>(w + 16), _mm512_permutex2var_epi64(lo, _mm512_set_epi64(15, 14, 7, 6, 13, 12, 5, 4), hi));
+  }
 };
 #elif defined(__AVX2__)
 struct PhiloxVec {
@@ -66,10 +85,14 @@ struct PhiloxVec {
   static V set1(uint64_t x) { return _mm256_set1_epi64x(static_cast<long long>(x)); }
   static V mul(V a, V b) { return _mm256_mul_epu32(a, b); }
   static V hi(V p) { return _mm256_srli_epi64(p, 32); }
-  static V lo(V p) { return _mm256_and_si256(p, set1(0xFFFFFFFFu)); }
   static V x3(V a, V b, V c) { return _mm256_xor_si256(_mm256_xor_si256(a, b), c); }
   static V blocks(uint64_t first) { return _mm256_add_epi64(set1(first), _mm256_set_epi64x(3, 2, 1, 0)); }
-  static void store(uint64_t* out, V v) { _mm256_storeu_si256(reinterpret_cast<__m256i*>(out), v); }
+  static V pair(V a, V b) { return _mm256_blend_epi32(a, _mm256_slli_epi64(b, 32), 0xAA); }
+  static void store_words(uint32_t* w, V p01, V p23) {
+    const V lo = _mm256_unpacklo_epi64(p01, p23), hi = _mm256_unpackhi_epi64(p01, p23);  // blocks 0,2 / 1,3
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(w), _mm256_permute2x128_si256(lo, hi, 0x20));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(w + 8), _mm256_permute2x128_si256(lo, hi, 0x31));
+  }
 };
 #endif
 
@@ -78,7 +101,7 @@ void philox_blocks(uint64_t seed, uint64_t stream, uint64_t first_block, int64_t
 #if defined(__AVX512F__) || defined(__AVX2__)
   using P = PhiloxVec;
   using V = P::V;
-  constexpr int G = 3;  // independent vectors in flight
+  constexpr int G = 2;  // independent vectors in flight
   constexpr int64_t kStep = G * P::kBlocks;
   const V m0 = P::set1(0xD2511F53u), m1 = P::set1(0xCD9E8D57u);
   const V s0 = P::set1(static_cast<uint32_t>(stream)), s1 = P::set1(static_cast<uint32_t>(stream >> 32));
@@ -86,7 +109,7 @@ void philox_blocks(uint64_t seed, uint64_t stream, uint64_t first_block, int64_t
     V c0[G], c1[G], c2[G], c3[G];
     for (int g = 0; g < G; ++g) {
       const V blk = P::blocks(first_block + static_cast<uint64_t>(done + g * P::kBlocks));
-      c0[g] = P::lo(blk);
+      c0[g] = blk;  // high half ignored
       c1[g] = P::hi(blk);
       c2[g] = s0;
       c3[g] = s1;
@@ -101,26 +124,14 @@ void philox_blocks(uint64_t seed, uint64_t stream, uint64_t first_block, int64_t
       for (int g = 0; g < G; ++g) {
         const V p0 = P::mul(m0, c0[g]), p1 = P::mul(m1, c2[g]);
         const V n0 = P::x3(P::hi(p1), c1[g], vk0), n2 = P::x3(P::hi(p0), c3[g], vk1);
-        c1[g] = P::lo(p1);
-        c3[g] = P::lo(p0);
+        c1[g] = p1;  // lo(p1)
+        c3[g] = p0;  // lo(p0)
         c0[g] = n0;
         c2[g] = n2;
       }
     }
-    uint64_t lanes[4][P::kBlocks];
-    for (int g = 0; g < G; ++g) {
-      P::store(lanes[0], c0[g]);
-      P::store(lanes[1], c1[g]);
-      P::store(lanes[2], c2[g]);
-      P::store(lanes[3], c3[g]);
-      uint32_t* w = words + (done + g * P::kBlocks) * 4;
-      for (int l = 0; l < P::kBlocks; ++l) {
-        w[4 * l] = static_cast<uint32_t>(lanes[0][l]);
-        w[4 * l + 1] = static_cast<uint32_t>(lanes[1][l]);
-        w[4 * l + 2] = static_cast<uint32_t>(lanes[2][l]);
-        w[4 * l + 3] = static_cast<uint32_t>(lanes[3][l]);
-      }
-    }
+    for (int g = 0; g < G; ++g)
+      P::store_words(words + (done + g * P::kBlocks) * 4, P::pair(c0[g], c1[g]), P::pair(c2[g], c3[g]));
   }
 #endif
   for (; done < count; ++done) {
@@ -241,7 +252,10 @@ void dropout(const T* x, T* out, int64_t n, double p, uint64_t seed, uint64_t of
       T* __restrict os = out + s;
       const int32_t th = threshold_s;  // locals, not captured references: the loop vectorises
       const T sc = scale;
-      for (int64_t j = 0; j < len; ++j) os[j] = keep_signed(w[j], th) ? xs[j] * sc : T(0);
+      for (int64_t j = 0; j < len; ++j) {
+        const T v = xs[j] * sc;  // read unconditionally: a plain load, not a masked one
+        os[j] = keep_signed(w[j], th) ? v : T(0);
+      }
     });
   });
 }
@@ -293,7 +307,10 @@ void add_noise(const T* x, T* out, int64_t n, NoiseKind kind, double level, uint
         const T* __restrict xs = x + s;
         T* __restrict os = out + s;
         const int32_t th = threshold_s;
-        for (int64_t j = 0; j < len; ++j) os[j] = keep_signed(w[j], th) ? xs[j] : T(0);
+        for (int64_t j = 0; j < len; ++j) {
+          const T v = xs[j];
+          os[j] = keep_signed(w[j], th) ? v : T(0);
+        }
       });
     });
   } else {

@@ -4,10 +4,12 @@
 // count. The gradient buffer may be the logits themselves: every element is read before its
 // slot is written.
 #include <cmath>
+#include <type_traits>
 
 #include "core/parallel.h"
 #include "core/scratch.h"
 #include "cpu/isa.h"
+#include "cpu/lanes.h"
 #include "ops/loss.h"
 
 namespace fastmlp {
@@ -47,6 +49,19 @@ double sum_row_losses(int64_t rows, int64_t cols, const RowLoss& row_loss) {
 
 template <class T>
 T row_max(const T* x, int64_t n) {
+  if constexpr (std::is_same_v<T, float>) {
+    if (n >= VecF::kWidth) {  // lane_max(v, m) is the scalar v > m ? v : m of the loop below
+      VecF acc = VecF::load(x);
+      int64_t c = VecF::kWidth;
+      for (; c + VecF::kWidth <= n; c += VecF::kWidth) acc = lane_max(VecF::load(x + c), acc);
+      alignas(64) float lanes[VecF::kWidth];
+      acc.store(lanes);
+      float r = lanes[0];
+      for (int k = 1; k < VecF::kWidth; ++k) r = lanes[k] > r ? lanes[k] : r;
+      for (; c < n; ++c) r = x[c] > r ? x[c] : r;
+      return r;
+    }
+  }
   T m[kLanes];
   for (int64_t k = 0; k < kLanes; ++k) m[k] = x[0];
   int64_t c = 0;
@@ -66,6 +81,25 @@ double row_sum(const T* x, int64_t n) {
     for (int64_t k = 0; k < kLanes; ++k) acc[k] += static_cast<double>(x[c + k]);
   for (; c < n; ++c) acc[c % kLanes] += static_cast<double>(x[c]);
   return combine_lanes(acc);
+}
+
+// g = exp(x - m) in SIMD bundles, and its sum in double: one accumulator per lane, combined in
+// a fixed order.
+double exp_shifted_and_sum(const float* x, float m, float* g, int64_t n) {
+  constexpr int W = VecF::kWidth;
+  double acc[W] = {};
+  int64_t c = 0;
+  for (; c + W <= n; c += W) {
+    ops::exp_t(VecF::load(x + c) - VecF(m)).store(g + c);
+    for (int k = 0; k < W; ++k) acc[k] += static_cast<double>(g[c + k]);
+  }
+  for (; c < n; ++c) {
+    g[c] = ops::exp_t(x[c] - m);
+    acc[c % W] += static_cast<double>(g[c]);
+  }
+  for (int width = W / 2; width >= 1; width /= 2)
+    for (int k = 0; k < width; ++k) acc[k] += acc[k + width];
+  return acc[0];
 }
 
 }  // namespace
@@ -108,8 +142,13 @@ double softmax_cross_entropy(const T* logits, const int64_t* labels, T* grad, in
     const int64_t label = labels[r];
     const T x_label = x[label];
     const T m = row_max(x, cols);
-    for (int64_t c = 0; c < cols; ++c) g[c] = ops::loss_exp(x[c] - m);
-    const double s = row_sum(g, cols);
+    double s;
+    if constexpr (std::is_same_v<T, float>) {
+      s = exp_shifted_and_sum(x, m, g, cols);
+    } else {
+      for (int64_t c = 0; c < cols; ++c) g[c] = ops::loss_exp(x[c] - m);
+      s = row_sum(g, cols);
+    }
     const T scale = static_cast<T>(inv_rows / s);
     for (int64_t c = 0; c < cols; ++c) g[c] *= scale;
     g[label] -= onehot;
@@ -126,17 +165,49 @@ double sigmoid_cross_entropy(const T* logits, const T* targets, T* grad, int64_t
     const T* t = targets + r * cols;
     T* g = grad + r * cols;
     double acc[kLanes] = {};
-    int64_t c = 0;
-    for (; c + kLanes <= cols; c += kLanes)
-      for (int64_t k = 0; k < kLanes; ++k) {
-        T d;
-        acc[k] += ops::sigmoid_cross_entropy_term(x[c + k], t[c + k], d);
-        g[c + k] = static_cast<T>(static_cast<double>(d) * inv_rows);
+    if constexpr (std::is_same_v<T, float>) {
+      // Runs of kRun columns: the float parts in SIMD bundles (exp, log, two divides), then the
+      // double loss and the scaled gradient in a loop the compiler vectorises.
+      constexpr int64_t kRun = 256;
+      static_assert(kRun % VecF::kWidth == 0 && kRun % kLanes == 0, "runs hold whole bundles");
+      alignas(64) float dlogit[kRun], log1p_e[kRun];
+      for (int64_t c0 = 0; c0 < cols; c0 += kRun) {
+        const int64_t len = min_i64(kRun, cols - c0);
+        int64_t j = 0;
+        for (; j + VecF::kWidth <= len; j += VecF::kWidth) {
+          VecF d, l;
+          ops::sigmoid_cross_entropy_parts(VecF::load(x + c0 + j), VecF::load(t + c0 + j), d, l);
+          d.store(dlogit + j);
+          l.store(log1p_e + j);
+        }
+        for (; j < len; ++j) ops::sigmoid_cross_entropy_parts(x[c0 + j], t[c0 + j], dlogit[j], log1p_e[j]);
+        const float* __restrict xs = x + c0;
+        const float* __restrict ts = t + c0;
+        float* __restrict gs = g + c0;
+        int64_t k = 0;
+        for (; k + kLanes <= len; k += kLanes)
+          for (int64_t q = 0; q < kLanes; ++q) {
+            acc[q] += ops::sigmoid_cross_entropy_loss(xs[k + q], ts[k + q], log1p_e[k + q]);
+            gs[k + q] = static_cast<float>(static_cast<double>(dlogit[k + q]) * inv_rows);
+          }
+        for (; k < len; ++k) {
+          acc[k % kLanes] += ops::sigmoid_cross_entropy_loss(xs[k], ts[k], log1p_e[k]);
+          gs[k] = static_cast<float>(static_cast<double>(dlogit[k]) * inv_rows);
+        }
       }
-    for (; c < cols; ++c) {
-      T d;
-      acc[c % kLanes] += ops::sigmoid_cross_entropy_term(x[c], t[c], d);
-      g[c] = static_cast<T>(static_cast<double>(d) * inv_rows);
+    } else {
+      int64_t c = 0;
+      for (; c + kLanes <= cols; c += kLanes)
+        for (int64_t k = 0; k < kLanes; ++k) {
+          T d;
+          acc[k] += ops::sigmoid_cross_entropy_term(x[c + k], t[c + k], d);
+          g[c + k] = static_cast<T>(static_cast<double>(d) * inv_rows);
+        }
+      for (; c < cols; ++c) {
+        T d;
+        acc[c % kLanes] += ops::sigmoid_cross_entropy_term(x[c], t[c], d);
+        g[c] = static_cast<T>(static_cast<double>(d) * inv_rows);
+      }
     }
     return combine_lanes(acc);
   });

@@ -1,6 +1,7 @@
-// fastmlp's own float32 math (exp, log, tanh, sigmoid, sincos of 2*pi*u), branch-free so the
-// compiler vectorises it, and identical on CPU and GPU. Polynomials after Cephes (S. Moshier);
-// max error about 2 ulp over the float range. float64 callers use the C library instead.
+// fastmlp's own float32 math (exp, log, tanh, sigmoid, sincos of 2*pi*u), branch-free and
+// identical on the GPU and the CPU's FMA paths (the portable path rounds a*b+c twice). Polynomials
+// after Cephes (S. Moshier); max error about 2 ulp over the float range. float64 callers use the C
+// library instead.
 #pragma once
 #include <cmath>
 #include <cstdint>
@@ -23,69 +24,110 @@ FASTMLP_HD uint32_t float_to_bits(float f) {
   return u;
 }
 
+// The lane helpers the generic math below is written in. For F = float they are scalar; the CPU
+// kernels add overloads for their SIMD bundle (cpu/lanes.h), so one template body serves the GPU,
+// the scalar tails and the vector loops, and all three round alike.
+
+// a * b + c with one rounding where the hardware has FMA (CUDA, AVX2, AVX-512); the portable path
+// rounds twice. Explicit, since -ffp-contract=off (and nvcc --fmad=false) keeps a*b+c unfused.
+FASTMLP_HD float fmadd(float a, float b, float c) {
+#if defined(__CUDA_ARCH__)
+  return __fmaf_rn(a, b, c);
+#elif defined(__FMA__)
+  return __builtin_fmaf(a, b, c);
+#else
+  return a * b + c;
+#endif
+}
+FASTMLP_HD float lane_min(float a, float b) { return a < b ? a : b; }
+FASTMLP_HD float lane_max(float a, float b) { return a > b ? a : b; }
+FASTMLP_HD float lane_abs(float a) { return std::fabs(a); }
+FASTMLP_HD float lane_floor(float a) { return std::floor(a); }
+// a integral with |a| < 2^31; NaN gives 0 here (an unspecified value in vectors): callers' results are NaN then anyway.
+FASTMLP_HD int32_t lane_to_int(float a) { return a == a ? static_cast<int32_t>(a) : 0; }
+FASTMLP_HD int32_t lane_half(int32_t n) { return n / 2; }                     // rounds toward zero
+FASTMLP_HD float lane_select(bool m, float a, float b) { return m ? a : b; }
+
 // 2^n for integer n in [-126, 127], exactly.
 FASTMLP_HD float pow2i(int32_t n) { return bits_to_float(static_cast<uint32_t>(n + 127) << 23); }
 
-FASTMLP_HD float exp_f32(float x) {
+template <class F>
+FASTMLP_HD F exp_t(F x) {
   // e^x = 2^n * e^r, |r| <= ln2/2; 2^n applied as two factors so results reach the subnormals.
-  float xc = x > 88.8f ? 88.8f : x;
-  xc = xc < -104.0f ? -104.0f : xc;
-  const float n = std::floor(xc * 1.44269504088896341f + 0.5f);
-  float r = xc - n * 0.693359375f;
-  r = r - n * -2.12194440e-4f;
-  float p = 1.9875691500e-4f;
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  const float e = p * (r * r) + r + 1.0f;
-  const int32_t ni = static_cast<int32_t>(n);
-  const int32_t n1 = ni / 2;
-  const float result = e * pow2i(n1) * pow2i(ni - n1);
-  return x != x ? x : result;  // NaN in, NaN out
+  // The clamps keep x second so that a NaN passes through them, and on to the result.
+  const F xc = lane_max(F(-104.0f), lane_min(F(88.8f), x));
+  const F n = lane_floor(fmadd(xc, F(1.44269504088896341f), F(0.5f)));
+  F r = fmadd(n, F(-0.693359375f), xc);
+  r = fmadd(n, F(2.12194440e-4f), r);
+  F p = F(1.9875691500e-4f);
+  p = fmadd(p, r, F(1.3981999507e-3f));
+  p = fmadd(p, r, F(8.3334519073e-3f));
+  p = fmadd(p, r, F(4.1665795894e-2f));
+  p = fmadd(p, r, F(1.6666665459e-1f));
+  p = fmadd(p, r, F(5.0000001201e-1f));
+  const F e = fmadd(p, r * r, r) + F(1.0f);
+  const auto ni = lane_to_int(n);
+  const auto n1 = lane_half(ni);
+  return e * pow2i(n1) * pow2i(ni - n1);
 }
 
-FASTMLP_HD float sigmoid_f32(float x) { return 1.0f / (1.0f + exp_f32(-x)); }
-
-FASTMLP_HD float tanh_f32(float x) {
-  const float ax = std::fabs(x);
-  const float z = x * x;
-  float p = -5.70498872745e-3f;
-  p = p * z + 2.06390887954e-2f;
-  p = p * z - 5.37397155531e-2f;
-  p = p * z + 1.33314422036e-1f;
-  p = p * z - 3.33332819422e-1f;
-  const float small = p * z * x + x;
-  const float t = 1.0f - 2.0f / (exp_f32(2.0f * ax) + 1.0f);
-  const float large = x < 0.0f ? -t : t;
-  return ax < 0.625f ? small : (x != x ? x : large);
+template <class F>
+FASTMLP_HD F sigmoid_t(F x) {
+  return F(1.0f) / (F(1.0f) + exp_t(-x));
 }
 
-// Natural log for finite x > 0.
-FASTMLP_HD float log_f32(float x) {
-  uint32_t u = float_to_bits(x);
-  int32_t e = static_cast<int32_t>((u >> 23) & 0xff) - 126;
-  float m = bits_to_float((u & 0x807fffffu) | 0x3f000000u);  // mantissa in [0.5, 1)
-  const bool below = m < 0.707106781186547524f;
-  e = below ? e - 1 : e;
-  m = below ? m + m - 1.0f : m - 1.0f;
-  const float z = m * m;
-  float y = 7.0376836292e-2f;
-  y = y * m - 1.1514610310e-1f;
-  y = y * m + 1.1676998740e-1f;
-  y = y * m - 1.2420140846e-1f;
-  y = y * m + 1.4249322787e-1f;
-  y = y * m - 1.6668057665e-1f;
-  y = y * m + 2.0000714765e-1f;
-  y = y * m - 2.4999993993e-1f;
-  y = y * m + 3.3333331174e-1f;
+template <class F>
+FASTMLP_HD F tanh_t(F x) {
+  const F ax = lane_abs(x);
+  const F z = x * x;
+  F p = F(-5.70498872745e-3f);
+  p = fmadd(p, z, F(2.06390887954e-2f));
+  p = fmadd(p, z, F(-5.37397155531e-2f));
+  p = fmadd(p, z, F(1.33314422036e-1f));
+  p = fmadd(p, z, F(-3.33332819422e-1f));
+  const F small = fmadd(p * z, x, x);
+  const F t = F(1.0f) - F(2.0f) / (exp_t(F(2.0f) * ax) + F(1.0f));
+  const F large = lane_select(x < F(0.0f), -t, t);
+  return lane_select(ax < F(0.625f), small, large);  // NaN: large is NaN
+}
+
+FASTMLP_HD float exp_f32(float x) { return exp_t(x); }
+FASTMLP_HD float sigmoid_f32(float x) { return sigmoid_t(x); }
+FASTMLP_HD float tanh_f32(float x) { return tanh_t(x); }
+
+// Natural log for finite x > 0. Plain multiplies and adds (no fmadd): Box-Muller normals use it
+// and are bitwise the same on every ISA path, the portable one included.
+FASTMLP_HD int32_t lane_bits(float a) { return static_cast<int32_t>(float_to_bits(a)); }
+FASTMLP_HD float lane_from_bits(int32_t a) { return bits_to_float(static_cast<uint32_t>(a)); }
+FASTMLP_HD float lane_to_float(int32_t a) { return static_cast<float>(a); }
+FASTMLP_HD int32_t lane_select(bool m, int32_t a, int32_t b) { return m ? a : b; }
+
+template <class F>
+FASTMLP_HD F log_t(F x) {
+  const auto u = lane_bits(x);
+  auto e = ((u >> 23) & 0xff) - 126;
+  F m = lane_from_bits((u & static_cast<int32_t>(0x807fffffu)) | 0x3f000000);  // mantissa in [0.5, 1)
+  const auto below = m < F(0.707106781186547524f);
+  e = lane_select(below, e - 1, e);
+  m = lane_select(below, m + m - F(1.0f), m - F(1.0f));
+  const F z = m * m;
+  F y = F(7.0376836292e-2f);
+  y = y * m - F(1.1514610310e-1f);
+  y = y * m + F(1.1676998740e-1f);
+  y = y * m - F(1.2420140846e-1f);
+  y = y * m + F(1.4249322787e-1f);
+  y = y * m - F(1.6668057665e-1f);
+  y = y * m + F(2.0000714765e-1f);
+  y = y * m - F(2.4999993993e-1f);
+  y = y * m + F(3.3333331174e-1f);
   y = y * m * z;
-  const float fe = static_cast<float>(e);
-  y = y + fe * -2.12194440e-4f;
-  y = y - 0.5f * z;
-  return m + y + fe * 0.693359375f;
+  const F fe = lane_to_float(e);
+  y = y + fe * F(-2.12194440e-4f);
+  y = y - F(0.5f) * z;
+  return m + y + fe * F(0.693359375f);
 }
+
+FASTMLP_HD float log_f32(float x) { return log_t(x); }
 
 // sin(2*pi*u) and cos(2*pi*u) for u in [0, 1].
 FASTMLP_HD void sincos_2pi_f32(float u, float& s, float& c) {

@@ -3,6 +3,7 @@
 // term comes back in double so the row and batch sums lose nothing to float32 accumulation.
 #pragma once
 #include <cmath>
+#include <type_traits>
 
 #include "core/hd.h"
 #include "ops/fastmath.h"
@@ -18,12 +19,24 @@ FASTMLP_HD double loss_log(double x) { return std::log(x); }
 
 // log(1 + e) for e in [0, 1]. For float32, Goldberg's trick: the rounding of u = 1 + e is undone
 // by the factor e / (u - 1), so the result keeps full relative accuracy for tiny e.
-FASTMLP_HD float log1p_unit(float e) {
-  const float u = 1.0f + e;
-  const float d = u - 1.0f;
-  return d == 0.0f ? e : log_f32(u) * (e / d);
+template <class F>
+FASTMLP_HD F log1p_unit_t(F e) {
+  const F u = F(1.0f) + e;
+  const F d = u - F(1.0f);
+  return lane_select(d == F(0.0f), e, log_t(u) * (e / d));
 }
+FASTMLP_HD float log1p_unit(float e) { return log1p_unit_t(e); }
 FASTMLP_HD double log1p_unit(double e) { return std::log1p(e); }
+
+// The float32 parts of the binary cross-entropy on logit x with target t: dlogit = sigmoid(x) - t
+// and log1p(exp(-|x|)), from one exp. Generic over lanes (cpu/lanes.h) like ops/fastmath.h.
+template <class F>
+FASTMLP_HD void sigmoid_cross_entropy_parts(F x, F t, F& dlogit, F& log1p_e) {
+  const F e = exp_t(-lane_abs(x));  // in [0, 1]
+  const F inv = F(1.0f) / (F(1.0f) + e);
+  dlogit = lane_select(x >= F(0.0f), inv, e * inv) - t;
+  log1p_e = log1p_unit_t(e);
+}
 
 // Squared error term: d = pred - target (exact in double for float32 inputs); the loss adds d².
 template <class T>
@@ -34,14 +47,26 @@ FASTMLP_HD double squared_error_diff(T pred, T target) {
 // Binary cross-entropy on a logit x with target t: softplus(x) - t·x, written stably as
 // max(x, 0) - t·x + log1p(exp(-|x|)); dlogit = sigmoid(x) - t from the same exp, so neither
 // overflows for |x| up to the float range. NaN in x or t propagates to both.
+// The loss term from the parts, in double.
 template <class T>
-FASTMLP_HD double sigmoid_cross_entropy_term(T x, T t, T& dlogit) {
-  const T e = loss_exp(-std::fabs(x));  // in [0, 1]
-  const T inv = T(1) / (T(1) + e);
-  dlogit = (x >= T(0) ? inv : e * inv) - t;
+FASTMLP_HD double sigmoid_cross_entropy_loss(T x, T t, T log1p_e) {
   const double xd = static_cast<double>(x);
   const double relu = x > T(0) ? xd : 0.0;
-  return relu - static_cast<double>(t) * xd + static_cast<double>(log1p_unit(e));
+  return relu - static_cast<double>(t) * xd + static_cast<double>(log1p_e);
+}
+
+template <class T>
+FASTMLP_HD double sigmoid_cross_entropy_term(T x, T t, T& dlogit) {
+  T log1p_e;
+  if constexpr (std::is_same_v<T, float>) {
+    sigmoid_cross_entropy_parts(x, t, dlogit, log1p_e);
+  } else {
+    const T e = loss_exp(-std::fabs(x));
+    const T inv = T(1) / (T(1) + e);
+    dlogit = (x >= T(0) ? inv : e * inv) - t;
+    log1p_e = log1p_unit(e);
+  }
+  return sigmoid_cross_entropy_loss(x, t, log1p_e);
 }
 
 }  // namespace

@@ -39,6 +39,7 @@ void micro_kernel(int64_t kc, const T* __restrict A, const T* __restrict B, T* _
   for (int i = 0; i < MR; ++i)
 #pragma GCC unroll 4
     for (int j = 0; j < NV; ++j) c[i][j] = load ? S::load(acc + i * NR + j * W) : S::zero();
+#pragma GCC unroll 4
   for (int64_t k = 0; k < kc; ++k) {
     V b[NV];
 #pragma GCC unroll 4

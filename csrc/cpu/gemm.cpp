@@ -4,7 +4,8 @@
 // element is one FMA chain over k = 0..K-1 in order, starting from zero (partial sums are parked
 // in a per-task tile buffer between KC blocks, never added), so row i is bitwise the same for any
 // batch composition, tile position and thread count. The epilogue is applied once per tile, as
-// the tile is stored.
+// the tile is stored: from registers for full tiles with the identity or ReLU, else from the
+// parked partial sums.
 #include <cstring>
 #include <type_traits>
 
@@ -28,9 +29,11 @@ struct Blocking {
   static constexpr int64_t NC_MAX = 16 * NR;     // columns per task: the B block streams from L2/L3
 };
 
-// acc (MR x NR) = (load ? acc : 0) + sum_k A[k] (x) B[k]; A packed k-major by MR, B by NR.
-template <class T>
-void micro_kernel(int64_t kc, const T* __restrict A, const T* __restrict B, T* __restrict acc, bool load) {
+// c (MR x NR registers) = (load ? acc : 0) + sum_k A[k] (x) B[k], then finish(c); A packed k-major
+// by MR, B by NR.
+template <class T, class Finish>
+inline __attribute__((always_inline)) void micro_tile(int64_t kc, const T* __restrict A, const T* __restrict B,
+                                                      const T* __restrict acc, bool load, const Finish& finish) {
   using S = Simd<T>;
   using V = typename S::V;
   constexpr int MR = Blocking<T>::MR, NV = Blocking<T>::NV, W = S::W, NR = Blocking<T>::NR;
@@ -52,10 +55,64 @@ void micro_kernel(int64_t kc, const T* __restrict A, const T* __restrict B, T* _
       for (int j = 0; j < NV; ++j) c[i][j] = S::fma(ai, b[j], c[i][j]);
     }
   }
+  finish(c);
+}
+
+// The tile's partial sums to acc (MR x NR, row-major).
+template <class T>
+void micro_kernel(int64_t kc, const T* __restrict A, const T* __restrict B, T* __restrict acc, bool load) {
+  using S = Simd<T>;
+  constexpr int MR = Blocking<T>::MR, NV = Blocking<T>::NV, W = S::W, NR = Blocking<T>::NR;
+  micro_tile(kc, A, B, acc, load, [acc](const typename S::V (&c)[MR][NV]) __attribute__((always_inline)) {
 #pragma GCC unroll 16
-  for (int i = 0; i < MR; ++i)
+    for (int i = 0; i < MR; ++i)
 #pragma GCC unroll 4
-    for (int j = 0; j < NV; ++j) S::store(acc + i * NR + j * W, c[i][j]);
+      for (int j = 0; j < NV; ++j) S::store(acc + i * NR + j * W, c[i][j]);
+  });
+}
+
+// The last k block of a full tile with the identity or ReLU epilogue applied in registers and
+// stored to out (row stride ld): the operations of store_rows, in its order, a vector at a time.
+template <Act Ac, bool HasBeta, bool HasBias, class T>
+void micro_kernel_out(int64_t kc, const T* __restrict A, const T* __restrict B, const T* __restrict acc, bool load,
+                      T* __restrict out, int64_t ld, const T* __restrict bias, T alpha, T beta) {
+  using S = Simd<T>;
+  using V = typename S::V;
+  constexpr int MR = Blocking<T>::MR, NV = Blocking<T>::NV, W = S::W;
+  static_assert(Ac == Act::identity || Ac == Act::relu, "other activations go through store_tile");
+  micro_tile(kc, A, B, acc, load, [&](const V (&c)[MR][NV]) __attribute__((always_inline)) {
+    const V va = S::set1(alpha), vb = S::set1(beta), zero = S::zero();
+    V bv[NV];
+#pragma GCC unroll 4
+    for (int j = 0; j < NV; ++j) bv[j] = HasBias ? S::load(bias + j * W) : zero;
+#pragma GCC unroll 16
+    for (int i = 0; i < MR; ++i)
+#pragma GCC unroll 4
+      for (int j = 0; j < NV; ++j) {
+        T* o = out + i * ld + j * W;
+        V v = va * c[i][j];
+        if constexpr (HasBeta) v = v + vb * S::load(o);
+        if constexpr (HasBias) v = v + bv[j];
+        if constexpr (Ac == Act::relu) v = v < zero ? zero : v;  // as ops::relu: NaN and -0 kept
+        S::store(o, v);
+      }
+  });
+}
+
+template <class T>
+using OutKernel = void (*)(int64_t, const T*, const T*, const T*, bool, T*, int64_t, const T*, T, T);
+
+// The register-epilogue kernel for this call's epilogue, or nullptr (sigmoid, tanh).
+template <class T>
+OutKernel<T> pick_out_kernel(Act act, bool has_beta, bool has_bias) {
+  if (act != Act::identity && act != Act::relu) return nullptr;
+  const bool relu = act == Act::relu;
+  if (has_beta) {
+    if (has_bias) return relu ? micro_kernel_out<Act::relu, true, true, T> : micro_kernel_out<Act::identity, true, true, T>;
+    return relu ? micro_kernel_out<Act::relu, true, false, T> : micro_kernel_out<Act::identity, true, false, T>;
+  }
+  if (has_bias) return relu ? micro_kernel_out<Act::relu, false, true, T> : micro_kernel_out<Act::identity, false, true, T>;
+  return relu ? micro_kernel_out<Act::relu, false, false, T> : micro_kernel_out<Act::identity, false, false, T>;
 }
 
 #if defined(__AVX2__)
@@ -317,6 +374,8 @@ void gemm(const GemmArgs<T>& g) {
     else mc = ceil_div(ceil_div(mc, 2), MR) * MR;
   }
   const int64_t m_blocks = ceil_div(M, mc), n_blocks = ceil_div(N, nc);
+  const OutKernel<T> out_kernel = pick_out_kernel<T>(g.act, g.beta != 0.0, g.bias != nullptr);
+  const T alpha = static_cast<T>(g.alpha), beta = static_cast<T>(g.beta);
 
   parallel_for_if(parallel, m_blocks * n_blocks, [&](int64_t task) {
     const int64_t i0 = (task / n_blocks) * mc, j0 = (task % n_blocks) * nc;
@@ -330,12 +389,18 @@ void gemm(const GemmArgs<T>& g) {
       const T* ap = packed_a + k0 * m_pad + (i0 / MR) * kc * MR;
       for (int64_t jp = 0; jp < c_panels; ++jp) {
         const T* bp = packed_b + k0 * n_pad + (j0 / NR + jp) * kc * NR;
+        const int64_t tile_cols = min_i64(NR, cols - jp * NR);
         for (int64_t ip = 0; ip < m_panels; ++ip) {
           T* tile = acc + (ip * c_panels + jp) * MR * NR;
+          const int64_t tile_rows = min_i64(MR, rows - ip * MR);
+          if (last && out_kernel && tile_rows == MR && tile_cols == NR) {
+            const int64_t r0 = i0 + ip * MR, c0 = j0 + jp * NR;
+            out_kernel(kc, ap + ip * kc * MR, bp, tile, !first, g.out + r0 * N + c0, N, g.bias ? g.bias + c0 : nullptr,
+                       alpha, beta);
+            continue;
+          }
           micro_kernel(kc, ap + ip * kc * MR, bp, tile, !first);
-          if (last)
-            store_tile(g, tile, NR, i0 + ip * MR, j0 + jp * NR, min_i64(MR, rows - ip * MR),
-                       min_i64(NR, cols - jp * NR));
+          if (last) store_tile(g, tile, NR, i0 + ip * MR, j0 + jp * NR, tile_rows, tile_cols);
         }
       }
     }

@@ -83,15 +83,26 @@ double row_sum(const T* x, int64_t n) {
   return combine_lanes(acc);
 }
 
-// g = exp(x - m) in SIMD bundles, and its sum in double: one accumulator per lane, combined in
-// a fixed order.
+// g = exp(x - m) in SIMD bundles, and its sum: runs of kRunBundles bundles summed lane-wise in
+// float (each lane adds at most kRunBundles values in [0, 1]), each run's lanes added to one double
+// accumulator per lane, the lanes combined in a fixed order.
 double exp_shifted_and_sum(const float* x, float m, float* g, int64_t n) {
   constexpr int W = VecF::kWidth;
+  constexpr int64_t kRunBundles = 16;
   double acc[W] = {};
   int64_t c = 0;
-  for (; c + W <= n; c += W) {
-    ops::exp_t(VecF::load(x + c) - VecF(m)).store(g + c);
-    for (int k = 0; k < W; ++k) acc[k] += static_cast<double>(g[c + k]);
+  while (c + W <= n) {
+    VecF run = ops::exp_t(VecF::load(x + c) - VecF(m));
+    run.store(g + c);
+    c += W;
+    for (int64_t b = 1; b < kRunBundles && c + W <= n; ++b, c += W) {
+      const VecF e = ops::exp_t(VecF::load(x + c) - VecF(m));
+      e.store(g + c);
+      run = run + e;
+    }
+    alignas(64) float lanes[W];
+    run.store(lanes);
+    for (int k = 0; k < W; ++k) acc[k] += static_cast<double>(lanes[k]);
   }
   for (; c < n; ++c) {
     g[c] = ops::exp_t(x[c] - m);

@@ -304,6 +304,24 @@ def test_losses_are_bitwise_identical_on_1_and_several_threads(isa, rng, threads
             np.testing.assert_array_equal(grad_n, grad1)
 
 
+def test_float32_loss_gradients_agree_bitwise_in_vector_bundles_and_scalar_tails(isa, rng):
+    # Rows of 67 columns run SIMD bundles then a scalar tail; single-column rows are all tail.
+    # Per-element gradients (rows = 1, so no batch scaling differs) must match bit for bit.
+    x = make_logits(rng, (1, 67), np.float32)
+    t = rng.uniform(size=(1, 67)).astype(np.float32)
+    _, grad = K.sigmoid_cross_entropy(x, t)
+    for c in range(67):
+        _, g1 = K.sigmoid_cross_entropy(x[:, c:c + 1].copy(), t[:, c:c + 1].copy())
+        assert g1.view(np.uint32)[0, 0] == grad.view(np.uint32)[0, c], c
+    # softmax: appending a zero-probability column regroups the row's bundles and tail; only the
+    # summation order of the normaliser changes, so the probabilities agree to float32 rounding.
+    row = make_logits(rng, (1, 67), np.float32)
+    _, g_a = K.softmax_cross_entropy(row, np.array([0]))
+    _, g_b = K.softmax_cross_entropy(np.concatenate([row, row[:, :1] * 0 - 1e30], axis=1).astype(np.float32),
+                                     np.array([0]))
+    np.testing.assert_allclose(g_b[:, :67], g_a, rtol=1e-6, atol=1e-9)
+
+
 # ---------------------------------------------------------------------------------------------
 # bad input
 

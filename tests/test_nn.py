@@ -373,6 +373,28 @@ def test_value_and_grad_infers_the_loss_from_the_output():
         assert inferred == explicit == pytest.approx(_numpy_loss(loss, m.forward(X), y), rel=1e-12)
 
 
+@pytest.mark.parametrize("bn", [False, True])
+def test_relu_dropout_backward_shortcut_trains_bitwise_like_the_mask_regenerating_path(bn):
+    # On the CPU, a dropout after Dense+ReLU takes its gradient from its own output instead of
+    # drawing the mask again; the trained weights must not differ by a bit. (With batch norm the
+    # shortcut does not apply; the test pins that both settings train alike.)
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((300, 12)).astype(np.float32)
+    y = rng.integers(0, 3, 300)
+
+    def train(shortcut):
+        model = fastmlp.MLP([12, 32, 16, 3], output="softmax", dropout=0.3, batch_norm=bn, seed=1)
+        for b in model._blocks:
+            if hasattr(b, "relu_before"):
+                assert b.relu_before == (not bn)
+                b.relu_before = b.relu_before and shortcut
+        fastmlp.Trainer(model, optimizer=fastmlp.optim.Adam(1e-2), batch_size=64, epochs=3, seed=2,
+                        progress=False).fit(X, y)
+        return model.parameters().copy()
+
+    np.testing.assert_array_equal(train(True).view(np.uint32), train(False).view(np.uint32))
+
+
 def test_value_and_grad_in_inference_mode_ignores_dropout():
     rng = np.random.default_rng(10)
     X, y = rng.normal(size=(12, 3)), rng.normal(size=(12, 2))

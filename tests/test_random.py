@@ -116,6 +116,35 @@ def test_dropout_backward_uses_the_same_mask_and_scale(rng, dtype):
         np.testing.assert_array_equal(back == 0, ~keep_mask(g.size, p, seed, offset) | (g == 0))
 
 
+@pytest.mark.parametrize("p", [0.0, 0.2, 0.5, 0.9])
+@pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
+def test_relu_dropout_backward_is_bitwise_dropout_backward_then_relu_backward(isa, rng, p, dtype):
+    # fastmlp.nn's CPU path for Dense+ReLU -> Dropout: the gradient from the dropout's output
+    # alone. Zeros (+0, -0), NaN and infinities included, on both sides.
+    from fastmlp import _core
+    n = 3 * CHUNK + 5
+    z = rng.standard_normal(n).astype(dtype)
+    z[::11] = 0.0
+    z[5::11] = -0.0
+    z[7::97] = np.nan
+    z[9::101] = np.inf
+    g = rng.standard_normal(n).astype(dtype)
+    g[3::89] = np.nan
+    g[4::83] = -np.inf
+    relu = kernels.activation(z, "relu")
+    y = kernels.dropout(relu, p, seed=3, offset=4)
+    expected = kernels.activation_backward(kernels.dropout_backward(g, p, seed=3, offset=4), relu, "relu")
+    got = _core._relu_dropout_backward(g, y, p, None)
+    np.testing.assert_array_equal(got.view(np.uint8), expected.view(np.uint8))
+    in_place = g.copy()
+    assert _core._relu_dropout_backward(in_place, y, p, in_place) is in_place
+    np.testing.assert_array_equal(in_place.view(np.uint8), expected.view(np.uint8))
+    with pytest.raises(ValueError, match="y"):
+        _core._relu_dropout_backward(g, y[:-1], p, None)
+    with pytest.raises(ValueError, match="p"):
+        _core._relu_dropout_backward(g, y, 1.0, None)
+
+
 @pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
 def test_dropout_with_p_zero_is_identity(isa, rng, dtype):
     x = rng.standard_normal(CHUNK + 9).astype(dtype)

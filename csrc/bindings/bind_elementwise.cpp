@@ -76,6 +76,26 @@ py::object dropout_impl(const char* fn, const char* x_name, py::handle x_obj, do
   return out.arr;
 }
 
+// Private to fastmlp.nn (CPU models): the backward of Dense+ReLU -> Dropout without regenerating the
+// mask. out may be grad_out.
+py::object relu_dropout_backward(py::handle g_obj, py::handle y_obj, double p, py::handle out_obj) {
+  const char* fn = "relu_dropout_backward";
+  FloatArray g = float_arg(g_obj, fn, "grad_out");
+  FloatArray y = float_arg(y_obj, fn, "y");
+  require_same_dtype(g, y, fn);
+  require_shape(y, g.shape, fn, "the shape of grad_out");
+  prob_arg(p, fn, "p");
+  FloatArray out = elementwise_out(out_obj, fn, g);
+  require_no_overlap(out, y, fn, true);
+  dispatch(g.dtype, [&](auto zero) {
+    using T = decltype(zero);
+    py::gil_scoped_release release;
+    cpu::active_for<T>().relu_dropout_backward(g.data<T>(), y.data<T>(), out.data<T>(), g.size, p);
+    return 0;
+  });
+  return out.arr;
+}
+
 py::object dropout_mask(py::handle shape_obj, double p, py::handle seed_obj, py::handle offset_obj) {
   const char* fn = "dropout_mask";
   const std::vector<int64_t> shape = shape_arg(shape_obj, fn, "shape");
@@ -196,6 +216,8 @@ void register_elementwise(py::module_& m) {
       },
       py::arg("grad_out"), py::arg("p"), py::kw_only(), py::arg("seed"), py::arg("offset"),
       py::arg("out") = py::none());
+  m.def("_relu_dropout_backward", &relu_dropout_backward, py::arg("grad_out"), py::arg("y"), py::arg("p"),
+        py::arg("out"));
   m.def("dropout_mask", &dropout_mask, py::arg("shape"), py::arg("p"), py::kw_only(), py::arg("seed"),
         py::arg("offset"));
   m.def("add_noise", &add_noise, py::arg("x"), py::arg("kind"), py::arg("level"), py::kw_only(), py::arg("seed"),

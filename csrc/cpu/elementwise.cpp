@@ -268,6 +268,24 @@ void dropout(const T* x, T* out, int64_t n, double p, uint64_t seed, uint64_t of
   });
 }
 
+// Where y = dropout(relu(z)) > 0 the element was kept and z > 0: the gradient is grad * scale (the
+// product dropout's backward forms). Elsewhere it is 0: dropped, or relu's derivative is 0 (z <= 0,
+// or NaN, where relu's backward gives 0 too). No mask to regenerate.
+template <class T>
+void relu_dropout_backward(const T* grad_out, const T* y, T* out, int64_t n, double p) {
+  const T scale = static_cast<T>(1.0 / (1.0 - p));  // as dropout's
+  for_chunks(n, [&](int64_t b, int64_t e) {
+    const T* g = grad_out;  // out may be grad_out: each element is read before it is written
+    const T* yy = y;
+    T* o = out;
+    const T sc = scale;
+    for (int64_t i = b; i < e; ++i) {
+      const T v = g[i] * sc;
+      o[i] = yy[i] > T(0) ? v : T(0);
+    }
+  });
+}
+
 void dropout_mask(uint8_t* out, int64_t n, double p, uint64_t seed, uint64_t offset) {
   const uint32_t threshold = ops::drop_threshold(p);
   for_chunks(n, [&](int64_t b, int64_t e) {
@@ -338,6 +356,7 @@ void add_noise(const T* x, T* out, int64_t n, NoiseKind kind, double level, uint
   template void activation_backward<T>(const T*, const T*, T*, int64_t, Act);                                \
   template void bias_grad<T>(const T*, T*, int64_t, int64_t);                                                \
   template void dropout<T>(const T*, T*, int64_t, double, uint64_t, uint64_t);                               \
+  template void relu_dropout_backward<T>(const T*, const T*, T*, int64_t, double);                           \
   template void add_noise<T>(const T*, T*, int64_t, NoiseKind, double, uint64_t, uint64_t);                  \
   template void random_uniform<T>(T*, int64_t, double, double, uint64_t, uint64_t);                          \
   template void random_normal<T>(T*, int64_t, double, double, uint64_t, uint64_t);

@@ -17,6 +17,7 @@ template <class T> void activation(const T* x, T* out, int64_t n, Act act);
 template <class T> void activation_backward(const T* grad_out, const T* y, T* out, int64_t n, Act act);
 template <class T> void bias_grad(const T* grad, T* out, int64_t rows, int64_t cols);
 template <class T> void dropout(const T* x, T* out, int64_t n, double p, uint64_t seed, uint64_t offset);
+template <class T> void relu_dropout_backward(const T* grad_out, const T* y, T* out, int64_t n, double p);
 template <class T>
 void add_noise(const T* x, T* out, int64_t n, NoiseKind kind, double level, uint64_t seed, uint64_t offset);
 template <class T> void random_uniform(T* out, int64_t n, double low, double high, uint64_t seed, uint64_t offset);

@@ -64,6 +64,9 @@ struct KernelsT {
 
   // out = x * keep / (1 - p); the same function serves forward and backward.
   void (*dropout)(const T* x, T* out, int64_t n, double p, uint64_t seed, uint64_t offset);
+  // The backward of ReLU followed by dropout, from the dropout's output y alone:
+  // out = y > 0 ? grad_out * (1 / (1 - p)) : 0. Bitwise what dropout's backward then ReLU's give.
+  void (*relu_dropout_backward)(const T* grad_out, const T* y, T* out, int64_t n, double p);
   void (*add_noise)(const T* x, T* out, int64_t n, NoiseKind kind, double level, uint64_t seed, uint64_t offset);
   void (*random_uniform)(T* out, int64_t n, double low, double high, uint64_t seed, uint64_t offset);
   void (*random_normal)(T* out, int64_t n, double mean, double std, uint64_t seed, uint64_t offset);

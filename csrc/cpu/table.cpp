@@ -14,6 +14,7 @@ KernelsT<T> make_table() {
   k.activation_backward = &activation_backward<T>;
   k.bias_grad = &bias_grad<T>;
   k.dropout = &dropout<T>;
+  k.relu_dropout_backward = &relu_dropout_backward<T>;
   k.add_noise = &add_noise<T>;
   k.random_uniform = &random_uniform<T>;
   k.random_normal = &random_normal<T>;

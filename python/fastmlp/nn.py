@@ -20,7 +20,7 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from . import _arrays
+from . import _arrays, _core
 from . import init as _init
 from . import kernels as K
 from . import losses as _losses
@@ -366,11 +366,14 @@ class _DenseBlock:
             ctx.append((x, z, y, mean, invstd))
         return y
 
-    def backward(self, grad_y, saved, need_input_grad):
+    def backward(self, grad_y, saved, need_input_grad, act_done=False):
+        """``act_done``: grad_y is already the gradient before the activation (the dropout block
+        after a ReLU block did both, see _DropoutBlock.backward_through_relu)."""
         d = self.dense
         if self.bn is None:
             x, y = saved
-            dz = K.activation_backward(grad_y, y, self.act, out=grad_y) if self.act != "identity" else grad_y
+            dz = K.activation_backward(grad_y, y, self.act, out=grad_y) if self.act != "identity" and not act_done \
+                else grad_y
         else:
             x, z, y, mean, invstd = saved
             dz, dgamma, dbeta = K.batch_norm_backward(grad_y, z, self.bn.gamma, mean, invstd, activation=self.act,
@@ -510,6 +513,7 @@ class _DropoutBlock:
     def __init__(self, layer: Dropout, stream_index: int):
         self.layer, self.stream_index = layer, stream_index
         self.ws = _Workspace()
+        self.relu_before = False
 
     def forward(self, x, training, ctx, seed=0, offset=0, rng=None):
         if not training or self.layer.p == 0.0:
@@ -525,6 +529,17 @@ class _DropoutBlock:
             return grad_y
         offset, rng = saved
         return K.dropout_backward(grad_y, self.layer.p, seed=seed, offset=offset, out=grad_y, **rng)
+
+    def fuses_relu_backward(self, grad_y, saved) -> bool:
+        """Whether backward_through_relu applies: a CPU step that drew a mask, after a block whose
+        output went through a plain ReLU (``relu_before``, set by Sequential)."""
+        return self.relu_before and saved is not None and not saved[1] and type(grad_y) is np.ndarray
+
+    def backward_through_relu(self, grad_y):
+        """The gradient through this dropout and the ReLU before it, from the dropout's output:
+        kept elements of a positive ReLU output are exactly those with output > 0, so the mask need
+        not be drawn again. Bitwise what dropout's backward then ReLU's backward give."""
+        return _core._relu_dropout_backward(grad_y, self.ws.arrays["y"], self.layer.p, grad_y)
 
 
 class Sequential:
@@ -692,6 +707,9 @@ class Sequential:
         for b in blocks:
             if isinstance(b, _DenseBlock) and id(b.dense) in tied_sources:
                 b.accumulate_weight_grad = True
+        for prev, b in zip(blocks, blocks[1:]):
+            if isinstance(b, _DropoutBlock):
+                b.relu_before = type(prev) is _DenseBlock and prev.bn is None and prev.act == "relu"
         self._blocks = blocks
         # Blocks before the first one with parameters need no input gradient.
         self._first_param_block = next(
@@ -907,12 +925,18 @@ class Sequential:
     def _backward(self, grad: np.ndarray, need_input_grad: bool = False) -> Optional[np.ndarray]:
         """backward on a gradient array the model may overwrite (the Trainer's loss buffer)."""
         ctx = self._saved
+        act_done = False
         for idx in range(len(self._blocks) - 1, -1, -1):
             block = self._blocks[idx]
             saved = ctx[idx]
             need = need_input_grad or idx > self._first_param_block
+            if isinstance(block, _DropoutBlock) and block.fuses_relu_backward(grad, saved):
+                grad, act_done = block.backward_through_relu(grad), True  # the ReLU block's too
+                continue
             if isinstance(block, (_DropoutBlock, _NoiseBlock)):
                 grad = block.backward(grad, saved, need, seed=self._saved_seed)
+            elif act_done:
+                grad, act_done = block.backward(grad, saved, need, act_done=True), False
             else:
                 grad = block.backward(grad, saved, need)
             if grad is None:

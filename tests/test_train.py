@@ -633,3 +633,41 @@ def test_find_step_size_works_with_adaptive_optimizers_and_batch_norm():
     assert 1e-5 < lr < 10 and math.isfinite(tried[lr])
     for k, v in model.buffers().items():
         np.testing.assert_array_equal(v, buffers[k])
+
+
+# --- the batch gather -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.int64])
+@pytest.mark.parametrize("shape", [(0,), (1,), (97,), (300, 13), (1000, 784), (50, 3, 5)])
+def test_gather_rows_is_numpy_take_over_rows(dtype, shape):
+    from fastmlp import _core
+    rng = np.random.default_rng(1)
+    src = (rng.standard_normal(shape) * 100).astype(dtype)
+    for n in ((0, 1, 7, 256) if shape[0] else (0,)):
+        idx = rng.integers(0, shape[0], n).astype(np.int64)
+        out = np.full((n,) + shape[1:], 7, dtype)
+        assert _core._gather_rows(src, idx, out) is None
+        np.testing.assert_array_equal(out, np.take(src, idx, axis=0))
+
+
+def test_gather_rows_rejects_bad_indices_and_buffers():
+    from fastmlp import _core
+    src = np.arange(20, dtype=np.float32).reshape(10, 2)
+    out = np.zeros((3, 2), np.float32)
+    for bad in ([0, 10, 1], [-1, 0, 0]):
+        with pytest.raises(IndexError, match="out of bounds for 10 rows"):
+            _core._gather_rows(src, np.array(bad, np.int64), out)
+    np.testing.assert_array_equal(out, 0)  # nothing written before the check
+    with pytest.raises(ValueError, match="shape"):
+        _core._gather_rows(src, np.array([0, 1], np.int64), out)
+    with pytest.raises(TypeError, match="int64"):
+        _core._gather_rows(src, np.array([0, 1, 2], np.int32), out)
+    with pytest.raises(TypeError, match="dtype"):
+        _core._gather_rows(src, np.array([0, 1, 2], np.int64), out.astype(np.float64))
+    with pytest.raises(ValueError, match="C-contiguous"):
+        _core._gather_rows(src[:, :1], np.array([0, 1, 2], np.int64), out[:, :1])
+    with pytest.raises(TypeError, match="objects"):
+        _core._gather_rows(src.astype(object), np.array([0, 1, 2], np.int64), out.astype(object))
+    with pytest.raises(ValueError, match="overlaps"):
+        _core._gather_rows(src, np.array([0, 1, 2], np.int64), src[4:7])

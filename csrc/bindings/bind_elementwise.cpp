@@ -1,5 +1,9 @@
-// Bindings of the elementwise kernels: activations, bias gradient, dropout, noise, random fills.
+// Bindings of the elementwise kernels: activations, bias gradient, dropout, noise, random fills;
+// and the Trainer's batch gather.
+#include <cstring>
+
 #include "bindings/arrays.h"
+#include "core/parallel.h"
 
 namespace fastmlp {
 namespace bind {
@@ -94,6 +98,47 @@ py::object relu_dropout_backward(py::handle g_obj, py::handle y_obj, double p, p
     return 0;
   });
   return out.arr;
+}
+
+// Private to fastmlp.train: out[i] = src[idx[i]] over the first axis of C-contiguous arrays of one
+// dtype (numpy.take(src, idx, axis=0, out=out)), rows copied in parallel without the GIL. A batch
+// of random rows is bound by memory latency; two threads keep twice the misses in flight.
+void gather_rows(py::handle src_obj, py::handle idx_obj, py::handle out_obj) {
+  const char* fn = "gather_rows";
+  py::array src = require_ndarray(src_obj, fn, "src");
+  py::array idx = require_ndarray(idx_obj, fn, "idx");
+  py::array out = require_ndarray(out_obj, fn, "out");
+  if (src.ndim() < 1) value_error("gather_rows: src must have at least one axis");
+  if (!(src.flags() & py::array::c_style) || !(out.flags() & py::array::c_style) ||
+      !(idx.flags() & py::array::c_style))
+    value_error("gather_rows: src, idx and out must be C-contiguous");
+  if (idx.ndim() != 1 || idx.dtype().num() != py::dtype::of<int64_t>().num())
+    type_error("gather_rows: idx must be a 1-D int64 array");
+  if (!out.writeable()) value_error("gather_rows: out is read-only");
+  if (!out.dtype().is(src.dtype())) type_error("gather_rows: out must have src's dtype");
+  if (src.dtype().has_fields() || src.dtype().kind() == 'O' || src.dtype().kind() == 'V')
+    type_error("gather_rows: src must hold plain numbers, not objects or records");
+  const int64_t n = static_cast<int64_t>(idx.size()), rows = static_cast<int64_t>(src.shape(0));
+  bool shape_ok = out.ndim() == src.ndim() && out.shape(0) == n;
+  for (py::ssize_t d = 1; shape_ok && d < src.ndim(); ++d) shape_ok = out.shape(d) == src.shape(d);
+  if (!shape_ok) value_error("gather_rows: out must have shape (len(idx),) + src.shape[1:]");
+  const auto* src_b = static_cast<const char*>(src.data());
+  auto* out_b = static_cast<char*>(out.mutable_data());
+  const size_t row_bytes = rows > 0 ? static_cast<size_t>(src.nbytes()) / static_cast<size_t>(rows) : 0;
+  if (n > 0 && out_b < src_b + src.nbytes() && src_b < out_b + out.nbytes())
+    value_error("gather_rows: out overlaps src");
+  const int64_t* ix = static_cast<const int64_t*>(idx.data());
+  for (int64_t i = 0; i < n; ++i)
+    if (ix[i] < 0 || ix[i] >= rows)
+      throw py::index_error("gather_rows: index " + std::to_string(ix[i]) + " is out of bounds for " +
+                            std::to_string(rows) + " rows");
+  py::gil_scoped_release release;
+  constexpr int64_t kRowsPerTask = 16;
+  parallel_for_if(static_cast<size_t>(n) * row_bytes >= (size_t{1} << 16), ceil_div(n, kRowsPerTask), [&](int64_t t) {
+    const int64_t end = min_i64(n, (t + 1) * kRowsPerTask);
+    for (int64_t i = t * kRowsPerTask; i < end; ++i)
+      std::memcpy(out_b + static_cast<size_t>(i) * row_bytes, src_b + static_cast<size_t>(ix[i]) * row_bytes, row_bytes);
+  });
 }
 
 py::object dropout_mask(py::handle shape_obj, double p, py::handle seed_obj, py::handle offset_obj) {
@@ -216,6 +261,7 @@ void register_elementwise(py::module_& m) {
       },
       py::arg("grad_out"), py::arg("p"), py::kw_only(), py::arg("seed"), py::arg("offset"),
       py::arg("out") = py::none());
+  m.def("_gather_rows", &gather_rows, py::arg("src"), py::arg("idx"), py::arg("out"));
   m.def("_relu_dropout_backward", &relu_dropout_backward, py::arg("grad_out"), py::arg("y"), py::arg("p"),
         py::arg("out"));
   m.def("dropout_mask", &dropout_mask, py::arg("shape"), py::arg("p"), py::kw_only(), py::arg("seed"),

@@ -22,7 +22,8 @@ def main(path: str) -> None:
           f"threads; numpy {m['numpy']} (OpenBLAS {m['openblas']}), torch {m.get('torch', '—')}, "
           f"jax {m.get('jax', '—')}; {m['date']}.")
     print(f"Limits measured in the run: FMA probe {fma} GFLOP/s; best GEMM {lim.get('gemm_best_gflops', 0):.0f} "
-          f"GFLOP/s; STREAM triad {lim['stream_gbps']:.1f} GB/s.\n")
+          f"GFLOP/s; STREAM triad {lim['stream_gbps']:.1f} GB/s at the start (each memory-bound row's % is "
+          f"against the triad run interleaved with it, in its note).\n")
     print("| op | shape | fastmlp | numpy | torch | jax.jit | vs best | rate | % of limit | target |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for r in data["rows"]:

@@ -8,7 +8,9 @@ best competitor, the achieved rate (GFLOP/s or GB/s) and the % of this machine's
 - the FMA probe (independent vector FMAs on all kernel threads) and the best GEMM rate any library
   reaches in this run, whichever is larger, for compute-bound rows;
 - the STREAM triad (``a = b + s·c``, 12 bytes per float32 element, multi-threaded, 128 MB+
-  arrays) for memory-bound rows (bytes read plus bytes written, DESIGN.md).
+  arrays) for memory-bound rows (bytes read plus bytes written, DESIGN.md). The triad runs
+  interleaved with every memory-bound row, as one more competitor, and the row's % is against
+  that triad: on a shared machine the bandwidth drifts by a third within a run.
 
 NumPy gets its best kernel: the runner clears ``OPENBLAS_CORETYPE`` and ``OPENBLAS_L2_SIZE`` for
 its own process (re-executing itself before NumPy loads) and prints the OpenBLAS core in use.
@@ -177,17 +179,43 @@ class Table:
 # -- benchmarks ----------------------------------------------------------------------------------
 
 
-def probe_limits(threads: int, quick: bool) -> dict:
+class Triad:
+    """The STREAM triad over >= 128 MB (12 bytes per float32 element moved, multi-threaded)."""
+
+    def __init__(self, quick: bool):
+        n = (32 if quick else 64) * 1024 * 1024 // 4  # float32 elements per array
+        self.n = max(n, 128 * 1024 * 1024 // 12)
+        self.a = np.empty(self.n, np.float32)
+        self.b = np.ones(self.n, np.float32)
+        self.c = np.ones(self.n, np.float32)
+
+    def __call__(self) -> None:
+        _core.triad(self.a, self.b, self.c, 2.0)
+
+    def gbps(self, seconds: float) -> float:
+        return 12.0 * self.n / seconds / 1e9
+
+
+TRIAD = "triad"  # the name of the triad among a memory-bound row's interleaved functions
+
+
+def memory_row(table: "Table", group: str, op: str, shape: str, fns: Dict[str, Callable[[], None]], triad: Triad,
+               nbytes: float, repeats: int, target: Optional[str] = None, note: str = "") -> dict:
+    """A memory-bound row: fns and the triad interleaved; the % is against this row's triad."""
+    times = interleaved({**fns, TRIAD: triad}, repeats=repeats)
+    bw = triad.gbps(times.pop(TRIAD))
+    note = f"{note}; " if note else ""
+    row = table.add(group, op, shape, times, nbytes=nbytes, limit=bw, target=target,
+                    note=f"{note}triad beside it {bw:.1f} GB/s")
+    row["triad_gbps"] = bw
+    return row
+
+
+def probe_limits(threads: int, quick: bool, triad: Triad) -> dict:
     iters = 5_000_000 if quick else 20_000_000
     fma = {t: max(_core.fma_probe(iters, t) for _ in range(3)) for t in sorted({1, threads})}
-    n = (32 if quick else 64) * 1024 * 1024 // 4 * 1  # float32 elements per array (>= 128 MB in total)
-    n = max(n, 128 * 1024 * 1024 // 12)
-    a = np.empty(n, np.float32)
-    b = np.ones(n, np.float32)
-    c = np.ones(n, np.float32)
-    secs = interleaved({"fastmlp": lambda: _core.triad(a, b, c, 2.0)}, repeats=5 if quick else 9)["fastmlp"]
-    del a, b, c
-    return {"fma_gflops": fma, "stream_gbps": 12.0 * n / secs / 1e9}
+    secs = interleaved({"fastmlp": triad}, repeats=5 if quick else 9)["fastmlp"]
+    return {"fma_gflops": fma, "stream_gbps": triad.gbps(secs)}
 
 
 def bench_gemm(table: Table, torch, limits: dict, quick: bool) -> float:
@@ -242,7 +270,7 @@ def bench_gemm_epilogue(table: Table, torch, limit: float, quick: bool) -> None:
               target=">= 1.2x numpy")
 
 
-def bench_optimizers(table: Table, torch, bw: float, quick: bool) -> None:
+def bench_optimizers(table: Table, torch, triad: Triad, quick: bool) -> None:
     n = (4 if quick else 16) * 1024 * 1024
     rng = np.random.default_rng(2)
     p = rng.standard_normal(n).astype(np.float32)
@@ -263,19 +291,17 @@ def bench_optimizers(table: Table, torch, bw: float, quick: bool) -> None:
         except (RuntimeError, TypeError):
             opt = torch.optim.Adam([tp], lr=1e-6, foreach=True)
         fns["torch"] = opt.step
-    times = interleaved(fns, repeats=5 if quick else 11)
-    table.add("optimizer", "adam_step", f"{n // (1024 * 1024)}M params", times, nbytes=28.0 * n, limit=bw,
-              target=">= 1.0x torch fused; >= 85% of stream", note="28 B/param")
+    memory_row(table, "optimizer", "adam_step", f"{n // (1024 * 1024)}M params", fns, triad, 28.0 * n,
+               repeats=5 if quick else 11, target=">= 1.0x torch fused; >= 85% of stream", note="28 B/param")
     for name, fn, nbytes in (
             ("sgd_step momentum", lambda: K.sgd_step(p, g, buf, step=2, lr=1e-6, momentum=0.9), 16.0),
             ("rmsprop_step", lambda: K.rmsprop_step(p, g, m2, lr=1e-6), 16.0),
             ("adagrad_step", lambda: K.adagrad_step(p, g, m2, step=2, lr=1e-6), 16.0)):
-        times = interleaved({"fastmlp": fn}, repeats=5 if quick else 9)
-        table.add("optimizer", name, f"{n // (1024 * 1024)}M params", times, nbytes=nbytes * n, limit=bw,
-                  note=f"{nbytes:.0f} B/param")
+        memory_row(table, "optimizer", name, f"{n // (1024 * 1024)}M params", {"fastmlp": fn}, triad, nbytes * n,
+                   repeats=5 if quick else 9, note=f"{nbytes:.0f} B/param")
 
 
-def bench_memory_bound(table: Table, torch, bw: float, quick: bool) -> None:
+def bench_memory_bound(table: Table, torch, triad: Triad, quick: bool) -> None:
     rows, cols = (4096, 2048) if quick else (8192, 4096)  # 128 MB of float32 at full size
     n = rows * cols
     rng = np.random.default_rng(3)
@@ -286,8 +312,7 @@ def bench_memory_bound(table: Table, torch, bw: float, quick: bool) -> None:
     rep = 5 if quick else 9
 
     def row(op, fns, nbytes, target=">= 70% of stream"):
-        times = interleaved(fns, repeats=rep)
-        table.add("memory", op, shape, times, nbytes=nbytes, limit=bw, target=target)
+        memory_row(table, "memory", op, shape, fns, triad, nbytes, repeats=rep, target=target)
 
     row("dropout p=0.2", {"fastmlp": lambda: K.dropout(x, 0.2, seed=1, offset=0, out=y),
                           "numpy": lambda: np.multiply(x, (np.random.random(x.shape) >= 0.2) * 1.25, out=y)}, 8.0 * n)
@@ -729,7 +754,8 @@ def main(argv=None) -> int:
           f"ISA path {info['isa']} (available: {', '.join(info['available_isas'])}), {threads} threads")
     print(f"numpy {np.__version__} with OpenBLAS core {info['openblas']}; torch: "
           f"{info.get('torch', 'not installed (skipped)')}; jax: {info.get('jax', 'not installed (skipped)')}")
-    limits = probe_limits(threads, args.quick)
+    triad = Triad(args.quick)
+    limits = probe_limits(threads, args.quick, triad)
     print(f"limits: FMA probe {', '.join(f'{t} thr {g:.0f} GFLOP/s' for t, g in limits['fma_gflops'].items())}; "
           f"STREAM triad {limits['stream_gbps']:.1f} GB/s")
     table = Table()
@@ -738,11 +764,11 @@ def main(argv=None) -> int:
     if "gemm" in groups:
         limit = bench_gemm(table, torch, limits, args.quick)
         bench_gemm_epilogue(table, torch, limit, args.quick)
-    bw = limits["stream_gbps"]
     if "optimizer" in groups:
-        bench_optimizers(table, torch, bw, args.quick)
+        bench_optimizers(table, torch, triad, args.quick)
     if "memory" in groups:
-        bench_memory_bound(table, torch, bw, args.quick)
+        bench_memory_bound(table, torch, triad, args.quick)
+    del triad
     if "training" in groups:
         bench_train_step(table, torch, jax, limit, args.quick)
     if "fit" in groups:

@@ -451,9 +451,10 @@ def test_unknown_activation_name_raises_value_error_listing_the_valid_names(bad)
 def test_every_documented_activation_name_is_accepted():
     x = np.ones((2, 2), F32)
     for name in kernels.ACTIVATIONS:
-        kernels.gemm(x, x, activation=name)
-        kernels.activation(x, name)
-        kernels.activation_backward(x, x, name)
+        y = kernels.activation(x, name)
+        assert y.shape == x.shape and np.isfinite(y).all(), name
+        np.testing.assert_array_equal(kernels.gemm(x, x, activation=name), kernels.activation(x @ x, name))
+        assert kernels.activation_backward(x, y, name).shape == x.shape
 
 
 def test_unknown_noise_kind_raises_value_error_listing_the_valid_kinds():

@@ -1,6 +1,7 @@
 // Bindings of the elementwise kernels: activations, bias gradient, dropout, noise, random fills;
 // and the Trainer's batch gather.
 #include <cstring>
+#include <utility>
 
 #include "bindings/arrays.h"
 #include "core/parallel.h"
@@ -31,12 +32,18 @@ py::object activation(py::handle x_obj, const std::string& kind, py::handle out_
   return out.arr;
 }
 
-py::object activation_backward(py::handle g_obj, py::handle y_obj, const std::string& kind, py::handle out_obj) {
-  const char* fn = "activation_backward";
+// grad_out and the forward output y of a backward op: float arrays of one dtype and shape.
+std::pair<FloatArray, FloatArray> grad_and_output(py::handle g_obj, py::handle y_obj, const char* fn) {
   FloatArray g = float_arg(g_obj, fn, "grad_out");
   FloatArray y = float_arg(y_obj, fn, "y");
   require_same_dtype(g, y, fn);
   require_shape(y, g.shape, fn, "the shape of grad_out");
+  return {std::move(g), std::move(y)};
+}
+
+py::object activation_backward(py::handle g_obj, py::handle y_obj, const std::string& kind, py::handle out_obj) {
+  const char* fn = "activation_backward";
+  auto [g, y] = grad_and_output(g_obj, y_obj, fn);
   const cpu::Act act = activation_arg(kind, fn, "kind");
   FloatArray out = elementwise_out(out_obj, fn, g);
   require_no_overlap(out, y, fn, true);
@@ -84,10 +91,7 @@ py::object dropout_impl(const char* fn, const char* x_name, py::handle x_obj, do
 // mask. out may be grad_out.
 py::object relu_dropout_backward(py::handle g_obj, py::handle y_obj, double p, py::handle out_obj) {
   const char* fn = "relu_dropout_backward";
-  FloatArray g = float_arg(g_obj, fn, "grad_out");
-  FloatArray y = float_arg(y_obj, fn, "y");
-  require_same_dtype(g, y, fn);
-  require_shape(y, g.shape, fn, "the shape of grad_out");
+  auto [g, y] = grad_and_output(g_obj, y_obj, fn);
   prob_arg(p, fn, "p");
   FloatArray out = elementwise_out(out_obj, fn, g);
   require_no_overlap(out, y, fn, true);

@@ -105,6 +105,15 @@ void philox_blocks(uint64_t seed, uint64_t stream, uint64_t first_block, int64_t
   constexpr int64_t kStep = G * P::kBlocks;
   const V m0 = P::set1(0xD2511F53u), m1 = P::set1(0xCD9E8D57u);
   const V s0 = P::set1(static_cast<uint32_t>(stream)), s1 = P::set1(static_cast<uint32_t>(stream >> 32));
+  // The round keys, broadcast once per call: the rounds read them as memory operands.
+  V key0[10], key1[10];
+  {
+    uint32_t k0 = static_cast<uint32_t>(seed), k1 = static_cast<uint32_t>(seed >> 32);
+    for (int round = 0; round < 10; ++round, k0 += 0x9E3779B9u, k1 += 0xBB67AE85u) {
+      key0[round] = P::set1(k0);
+      key1[round] = P::set1(k1);
+    }
+  }
   for (; done + kStep <= count; done += kStep) {
     V c0[G], c1[G], c2[G], c3[G];
     for (int g = 0; g < G; ++g) {
@@ -114,16 +123,12 @@ void philox_blocks(uint64_t seed, uint64_t stream, uint64_t first_block, int64_t
       c2[g] = s0;
       c3[g] = s1;
     }
-    uint32_t k0 = static_cast<uint32_t>(seed), k1 = static_cast<uint32_t>(seed >> 32);
+#pragma GCC unroll 10
     for (int round = 0; round < 10; ++round) {
-      if (round > 0) {
-        k0 += 0x9E3779B9u;
-        k1 += 0xBB67AE85u;
-      }
-      const V vk0 = P::set1(k0), vk1 = P::set1(k1);
+#pragma GCC unroll 4
       for (int g = 0; g < G; ++g) {
         const V p0 = P::mul(m0, c0[g]), p1 = P::mul(m1, c2[g]);
-        const V n0 = P::x3(P::hi(p1), c1[g], vk0), n2 = P::x3(P::hi(p0), c3[g], vk1);
+        const V n0 = P::x3(P::hi(p1), c1[g], key0[round]), n2 = P::x3(P::hi(p0), c3[g], key1[round]);
         c1[g] = p1;  // lo(p1)
         c3[g] = p0;  // lo(p0)
         c0[g] = n0;

@@ -247,8 +247,16 @@ void pack_b_panel(const GemmArgs<T>& g, int64_t jp, int64_t k0, int64_t kc, T* _
 template <int Unit, class T>
 void pack_rows_along_width(const T* __restrict src, int64_t width, int64_t k0, int64_t kc, int64_t first,
                            int64_t end, T* __restrict dst) {
+  // The strip [first, end) of a row is a few cache lines and the next row is a page or more away:
+  // fetch the strip kAhead rows ahead, or each row's first touch waits on L3.
+  constexpr int64_t kAhead = 6;
+  const int64_t strip_bytes = (end - first) * Unit * static_cast<int64_t>(sizeof(T));
   for (int64_t k = 0; k < kc; ++k) {
     const T* row = src + (k0 + k) * width;
+    if (k + kAhead < kc) {
+      const char* ahead = reinterpret_cast<const char*>(row + kAhead * width + first * Unit);
+      for (int64_t off = 0; off < strip_bytes; off += 64) __builtin_prefetch(ahead + off);
+    }
     for (int64_t panel = first; panel < end; ++panel)
       std::memcpy(dst + panel * kc * Unit + k * Unit, row + panel * Unit, sizeof(T) * Unit);
   }

@@ -29,11 +29,12 @@ struct Blocking {
   static constexpr int64_t NC_MAX = 16 * NR;     // columns per task: the B block streams from L2/L3
 };
 
-// c (MR x NR registers) = (load ? acc : 0) + sum_k A[k] (x) B[k], then finish(c); A packed k-major
-// by MR, B by NR.
-template <class T, class Finish>
+// c (MR x NR registers) = (load ? acc : 0) + sum_k A[k] (x) B[k], then finish(c); B packed k-major
+// by NR, A packed k-major by MR or, when Direct, read in place: element (i, k) at A[i * si + k * sk].
+template <class T, bool Direct = false, class Finish>
 inline __attribute__((always_inline)) void micro_tile(int64_t kc, const T* __restrict A, const T* __restrict B,
-                                                      const T* __restrict acc, bool load, const Finish& finish) {
+                                                      const T* __restrict acc, bool load, const Finish& finish,
+                                                      int64_t si = 0, int64_t sk = 0) {
   using S = Simd<T>;
   using V = typename S::V;
   constexpr int MR = Blocking<T>::MR, NV = Blocking<T>::NV, W = S::W, NR = Blocking<T>::NR;
@@ -47,10 +48,10 @@ inline __attribute__((always_inline)) void micro_tile(int64_t kc, const T* __res
     V b[NV];
 #pragma GCC unroll 4
     for (int j = 0; j < NV; ++j) b[j] = S::load(B + k * NR + j * W);
-    const T* a = A + k * MR;
+    const T* a = Direct ? A + k * sk : A + k * MR;
 #pragma GCC unroll 16
     for (int i = 0; i < MR; ++i) {
-      const V ai = S::set1(a[i]);
+      const V ai = S::set1(Direct ? a[i * si] : a[i]);
 #pragma GCC unroll 4
       for (int j = 0; j < NV; ++j) c[i][j] = S::fma(ai, b[j], c[i][j]);
     }
@@ -69,6 +70,23 @@ void micro_kernel(int64_t kc, const T* __restrict A, const T* __restrict B, T* _
 #pragma GCC unroll 4
       for (int j = 0; j < NV; ++j) S::store(acc + i * NR + j * W, c[i][j]);
   });
+}
+
+// micro_kernel with op(a) read in place (see micro_tile): all MR rows must exist.
+template <class T>
+void micro_kernel_direct(int64_t kc, const T* __restrict A, int64_t si, int64_t sk, const T* __restrict B,
+                         T* __restrict acc, bool load) {
+  using S = Simd<T>;
+  constexpr int MR = Blocking<T>::MR, NV = Blocking<T>::NV, W = S::W, NR = Blocking<T>::NR;
+  micro_tile<T, true>(
+      kc, A, B, acc, load,
+      [acc](const typename S::V (&c)[MR][NV]) __attribute__((always_inline)) {
+#pragma GCC unroll 16
+        for (int i = 0; i < MR; ++i)
+#pragma GCC unroll 4
+          for (int j = 0; j < NV; ++j) S::store(acc + i * NR + j * W, c[i][j]);
+      },
+      si, sk);
 }
 
 // The last k block of a full tile with the identity or ReLU epilogue applied in registers and
@@ -329,6 +347,11 @@ void gemm(const GemmArgs<T>& g) {
   // Pack all of op(a) and op(b) once, in one parallel pass: block kb (k0, kc) of op(b) starts at
   // k0 * n_pad and its panel jp at jp * kc * NR; likewise op(a) with m_pad and MR. The compute tasks
   // then only read packed panels (no task repacks a block another task already packed).
+  // One column panel (N <= NR: an output layer): each element of op(a) meets a single B panel, so
+  // packing op(a) would copy it only to read it once. The micro-kernel reads it in place instead
+  // (bitwise the same sums), and each task touches only its own rows.
+  const bool direct_a = n_panels == 1;
+  const int64_t a_si = g.trans_a ? 1 : K, a_sk = g.trans_a ? M : 1;
   const int64_t m_panels_all = ceil_div(M, MR);
   const int64_t m_pad = m_panels_all * MR;
   char* packed = static_cast<char*>(
@@ -338,7 +361,7 @@ void gemm(const GemmArgs<T>& g) {
   // Below ~2^20 flops (a few microseconds) waking the pool costs more than it saves.
   const bool parallel = 2.0 * static_cast<double>(M) * static_cast<double>(N) * static_cast<double>(K) >= 1048576.0;
   constexpr int64_t kPanelsPerTask = 8;
-  const int64_t b_tasks = ceil_div(n_panels, kPanelsPerTask), a_tasks = ceil_div(m_panels_all, kPanelsPerTask);
+  const int64_t b_tasks = ceil_div(n_panels, kPanelsPerTask), a_tasks = direct_a ? 0 : ceil_div(m_panels_all, kPanelsPerTask);
   parallel_for_if(parallel, b_tasks + a_tasks, [&](int64_t task) {
     const bool is_b = task < b_tasks;
     const int64_t first = (is_b ? task : task - b_tasks) * kPanelsPerTask;
@@ -401,6 +424,18 @@ void gemm(const GemmArgs<T>& g) {
         for (int64_t ip = 0; ip < m_panels; ++ip) {
           T* tile = acc + (ip * c_panels + jp) * MR * NR;
           const int64_t tile_rows = min_i64(MR, rows - ip * MR);
+          if (direct_a) {
+            const int64_t r0 = i0 + ip * MR;
+            if (tile_rows == MR) {
+              micro_kernel_direct(kc, g.a + r0 * a_si + k0 * a_sk, a_si, a_sk, bp, tile, !first);
+            } else {  // rows past M do not exist: pack the short panel (zero rows) and use it
+              alignas(64) T a_panel[MR * B::KC];
+              pack_a(g, r0, tile_rows, k0, kc, a_panel);
+              micro_kernel(kc, a_panel, bp, tile, !first);
+            }
+            if (last) store_tile(g, tile, NR, r0, j0 + jp * NR, tile_rows, tile_cols);
+            continue;
+          }
           if (last && out_kernel && tile_rows == MR && tile_cols == NR) {
             const int64_t r0 = i0 + ip * MR, c0 = j0 + jp * NR;
             out_kernel(kc, ap + ip * kc * MR, bp, tile, !first, g.out + r0 * N + c0, N, g.bias ? g.bias + c0 : nullptr,

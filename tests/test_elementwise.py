@@ -3,7 +3,7 @@
 Tolerances: fastmlp's float32 exp/tanh are documented at about 2 ulp, and sigmoid adds two roundings
 (1 + e, then 1 / .), so a forward activation is checked at ACT_ULPS * eps * |y| + tiny, where tiny
 is the smallest normal number: below it results are subnormal and ulps stop scaling (float32 sigmoid
-flushes to 0 below about -88.8, where its exp saturates). The backward
+flushes to 0 below about -88.4, where its exp overflows). The backward
 formulas are two or three roundings of terms bounded by |grad_out| * M, where M is the formula
 with every term replaced by its absolute value (sigmoid: |y| (1 + |y|), tanh: 1 + y**2), so they are
 checked at BACKWARD_ROUNDINGS * eps * |grad_out| * M (+ tiny, for subnormal results). relu and

@@ -85,7 +85,6 @@ FASTMLP_LANEWISE(VecF, lane_abs(const VecF& a), reinterpret_cast<NativeF>(reinte
 // Truncation toward zero, exact for |a| < 2^31.
 FASTMLP_LANEWISE(VecI, lane_to_int(const VecF& a), __builtin_convertvector(a.p[k], NativeI))
 // n / 2 rounded toward zero, as C++ integer division.
-FASTMLP_LANEWISE(VecI, lane_half(const VecI& n), (n.p[k] + reinterpret_cast<NativeI>(reinterpret_cast<NativeU>(n.p[k]) >> 31)) >> 1)
 FASTMLP_LANEWISE(VecF, pow2i(const VecI& n), reinterpret_cast<NativeF>((n.p[k] + 127) << 23))
 // vminps/vmaxps return their second operand unless the first is strictly smaller/larger: exactly
 // the scalar a < b ? a : b (NaN and signed zeros included).

@@ -45,17 +45,19 @@ FASTMLP_HD float lane_abs(float a) { return std::fabs(a); }
 FASTMLP_HD float lane_floor(float a) { return std::floor(a); }
 // a integral with |a| < 2^31; NaN gives 0 here (an unspecified value in vectors): callers' results are NaN then anyway.
 FASTMLP_HD int32_t lane_to_int(float a) { return a == a ? static_cast<int32_t>(a) : 0; }
-FASTMLP_HD int32_t lane_half(int32_t n) { return n / 2; }                     // rounds toward zero
 FASTMLP_HD float lane_select(bool m, float a, float b) { return m ? a : b; }
 
-// 2^n for integer n in [-126, 127], exactly.
+// 2^n for integer n in [-126, 127], exactly; n = 128 gives inf.
 FASTMLP_HD float pow2i(int32_t n) { return bits_to_float(static_cast<uint32_t>(n + 127) << 23); }
 
+// e^x for the activations and losses, which add it to 1 or divide by a sum holding a 1, so they
+// need no subnormal results: x is clamped to [-87.3, 88.8], n lies in [-126, 128], and 2^n is one
+// exact factor (2^128 = inf: e^x overflows to inf from x = 88.38, a little before the true
+// 88.72). The clamps keep x second so that a NaN passes through them, and on to the result.
 template <class F>
 FASTMLP_HD F exp_t(F x) {
-  // e^x = 2^n * e^r, |r| <= ln2/2; 2^n applied as two factors so results reach the subnormals.
-  // The clamps keep x second so that a NaN passes through them, and on to the result.
-  const F xc = lane_max(F(-104.0f), lane_min(F(88.8f), x));
+  // e^x = 2^n * e^r, |r| <= ln2/2.
+  const F xc = lane_max(F(-87.3f), lane_min(F(88.8f), x));
   const F n = lane_floor(fmadd(xc, F(1.44269504088896341f), F(0.5f)));
   F r = fmadd(n, F(-0.693359375f), xc);
   r = fmadd(n, F(2.12194440e-4f), r);
@@ -66,9 +68,7 @@ FASTMLP_HD F exp_t(F x) {
   p = fmadd(p, r, F(1.6666665459e-1f));
   p = fmadd(p, r, F(5.0000001201e-1f));
   const F e = fmadd(p, r * r, r) + F(1.0f);
-  const auto ni = lane_to_int(n);
-  const auto n1 = lane_half(ni);
-  return e * pow2i(n1) * pow2i(ni - n1);
+  return e * pow2i(lane_to_int(n));
 }
 
 template <class F>

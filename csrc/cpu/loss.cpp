@@ -4,6 +4,7 @@
 // count. The gradient buffer may be the logits themselves: every element is read before its
 // slot is written.
 #include <cmath>
+#include <cstring>
 #include <type_traits>
 
 #include "core/parallel.h"
@@ -83,13 +84,20 @@ double row_sum(const T* x, int64_t n) {
   return combine_lanes(acc);
 }
 
-// g = exp(x - m) in SIMD bundles, and its sum: runs of kRunBundles bundles summed lane-wise in
+// g = exp(x - m) in SIMD bundles (lane for lane what the scalar exp_t gives), and its sum: runs of kRunBundles bundles summed lane-wise in
 // float (each lane adds at most kRunBundles values in [0, 1]), each run's lanes added to one double
 // accumulator per lane, the lanes combined in a fixed order.
 double exp_shifted_and_sum(const float* x, float m, float* g, int64_t n) {
-  constexpr int W = VecF::kWidth;
+  // The W per-lane double accumulators as vectors of 4 (a plain double[W] cost a rep stos and a
+  // division loop per row: most of the time on rows of ten classes).
+  typedef double D4 __attribute__((vector_size(32)));
+  typedef float F4 __attribute__((vector_size(16)));
+  constexpr int W = VecF::kWidth, NA = W / 4;
+  static_assert(W % 4 == 0 && NA >= 1, "bundles hold whole groups of four lanes");
   constexpr int64_t kRunBundles = 16;
-  double acc[W] = {};
+  D4 acc[NA];
+#pragma GCC unroll 8
+  for (int v = 0; v < NA; ++v) acc[v] = D4{0.0, 0.0, 0.0, 0.0};
   int64_t c = 0;
   while (c + W <= n) {
     VecF run = ops::exp_t(VecF::load(x + c) - VecF(m));
@@ -102,15 +110,28 @@ double exp_shifted_and_sum(const float* x, float m, float* g, int64_t n) {
     }
     alignas(64) float lanes[W];
     run.store(lanes);
-    for (int k = 0; k < W; ++k) acc[k] += static_cast<double>(lanes[k]);
+#pragma GCC unroll 8
+    for (int v = 0; v < NA; ++v) {
+      F4 f;
+      std::memcpy(&f, lanes + 4 * v, sizeof f);
+      acc[v] += __builtin_convertvector(f, D4);
+    }
   }
-  for (; c < n; ++c) {
-    g[c] = ops::exp_t(x[c] - m);
-    acc[c % W] += static_cast<double>(g[c]);
+  if (c < n) {  // the tail (all of a row narrower than a bundle): one bundle, padded with m
+    alignas(64) float tail[W];
+    for (int k = 0; k < W; ++k) tail[k] = c + k < n ? x[c + k] : m;
+    ops::exp_t(VecF::load(tail) - VecF(m)).store(tail);
+    for (int k = 0; c < n; ++k, ++c) {  // c is a multiple of W plus k
+      g[c] = tail[k];
+      acc[k / 4][k % 4] += static_cast<double>(tail[k]);
+    }
   }
-  for (int width = W / 2; width >= 1; width /= 2)
-    for (int k = 0; k < width; ++k) acc[k] += acc[k + width];
-  return acc[0];
+  // Lanes combined pairwise, halving the width: lane k += lane k + width.
+#pragma GCC unroll 8
+  for (int width = NA / 2; width >= 1; width /= 2)
+#pragma GCC unroll 8
+    for (int v = 0; v < width; ++v) acc[v] += acc[v + width];
+  return (acc[0][0] + acc[0][2]) + (acc[0][1] + acc[0][3]);
 }
 
 }  // namespace

@@ -39,6 +39,7 @@ SHAPES = [
     (129, 33, 257), (33, 257, 129), (257, 129, 17),
     (6, 16, 256), (12, 32, 512), (7, 17, 257), (121, 257, 1),
     (1000, 3, 7), (3, 1000, 513), (1, 1000, 300), (1000, 1, 300),
+    (19, 37, 2053), (8, 3, 1031),  # several k blocks on every ISA path (AVX2's hold up to 1024)
 ]
 
 
@@ -134,7 +135,7 @@ EPILOGUES = {
     "alpha=2.5,beta=-0.75,bias": dict(alpha=2.5, beta=-0.75, bias=True),
     "alpha=0,beta=0.5,bias": dict(alpha=0.0, beta=0.5, bias=True),
 }
-EPILOGUE_SHAPES = [(33, 17, 65), (7, 257, 13), (1, 1, 300), (130, 20, 0), (129, 40, 300)]
+EPILOGUE_SHAPES = [(33, 17, 65), (7, 257, 13), (1, 1, 300), (130, 20, 0), (129, 40, 300), (13, 35, 1031)]
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
@@ -251,6 +252,7 @@ INVARIANCE_CASES = [
     ((130, 300, 40), dict(bias=True, activation="relu")),
     ((250, 33, 257), dict(alpha=0.5, bias=True, activation="sigmoid")),
     ((64, 129, 17), dict(beta=0.5, activation="tanh")),
+    ((70, 40, 1100), dict(bias=True, activation="relu")),  # two k blocks even on AVX2
 ]
 
 

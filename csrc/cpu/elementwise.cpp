@@ -85,7 +85,8 @@ struct PhiloxVec {
   static V set1(uint64_t x) { return _mm256_set1_epi64x(static_cast<long long>(x)); }
   static V mul(V a, V b) { return _mm256_mul_epu32(a, b); }
   static V hi(V p) { return _mm256_srli_epi64(p, 32); }
-  static V x3(V a, V b, V c) { return _mm256_xor_si256(_mm256_xor_si256(a, b), c); }
+  // a ^ (b ^ c): a (the fresh product) is last on the round's critical path.
+  static V x3(V a, V b, V c) { return _mm256_xor_si256(a, _mm256_xor_si256(b, c)); }
   static V blocks(uint64_t first) { return _mm256_add_epi64(set1(first), _mm256_set_epi64x(3, 2, 1, 0)); }
   static V pair(V a, V b) { return _mm256_blend_epi32(a, _mm256_slli_epi64(b, 32), 0xAA); }
   static void store_words(uint32_t* w, V p01, V p23) {

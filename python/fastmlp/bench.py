@@ -652,8 +652,147 @@ def _gpu_times(fns: Dict[str, Callable[[], None]], timer, repeats: int) -> Dict[
     return {name: min(v) for name, v in times.items()}
 
 
+def _torch_cuda_step(torch, sizes, dropout, lr, x, y, graph: bool):
+    """The same MLP step in PyTorch on the GPU: eager, or captured once as a CUDA graph and
+    replayed (capturable fused Adam, static input buffers)."""
+    layers = []
+    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+        layers.append(torch.nn.Linear(a, b))
+        if i < len(sizes) - 2:
+            layers.append(torch.nn.ReLU())
+            if dropout:
+                layers.append(torch.nn.Dropout(dropout))
+    net = torch.nn.Sequential(*layers).cuda()
+    opt = torch.optim.Adam(net.parameters(), lr=lr, fused=True, capturable=graph)
+    lossf = torch.nn.CrossEntropyLoss()
+    tx, ty = torch.from_numpy(x).cuda(), torch.from_numpy(y).cuda()
+
+    def step():
+        opt.zero_grad(set_to_none=not graph)
+        lossf(net(tx), ty).backward()
+        opt.step()
+
+    if not graph:
+        return step
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(3):
+            step()
+    torch.cuda.current_stream().wait_stream(side)
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        step()
+    return g.replay
+
+
+def _fastmlp_cuda_step(sizes, dropout, lr, x, y, graph: bool):
+    """fastmlp's device step. Eager: ``Trainer.train_step`` on device arrays (a launch per kernel
+    from Python, a fresh device loss scalar per call). Graph: the step ``Trainer.fit`` replays
+    (forward, loss into a fixed slot, backward, Adam with the device-side step counter) captured
+    once and replayed."""
+    from fastmlp import cuda
+
+    model = fastmlp.MLP(sizes, output="softmax", dropout=dropout, device="cuda")
+    trainer = fastmlp.Trainer(model, optimizer=fastmlp.optim.Adam(lr), batch_size=x.shape[0], progress=False)
+    dx, dy = cuda.asarray(x), cuda.asarray(y)
+    s = cuda.current_stream()
+    for _ in range(2):  # workspaces, optimizer state and the device step counter exist before capture
+        trainer.train_step(dx, dy)
+    if not graph:
+        return lambda: trainer.train_step(dx, dy)
+    opt = trainer.optimizer
+    grad, loss = cuda.empty((x.shape[0], sizes[-1])), cuda.empty(())
+
+    def body():  # as _device_train.DeviceLoop._body, minus the on-device batch gather
+        opt.step_count += 1
+        logits = model._forward(dx, True, trainer.seed, device_step=opt.device_step)
+        K.softmax_cross_entropy(logits, dy, out=grad, loss_out=loss, stream=s)
+        model._backward(grad)
+        opt._update(model.parameters(), model.gradients(), None)
+
+    body()
+    with cuda.graph_capture(s) as g:
+        body()
+    g.keepalive.extend(model._workspace_arrays())
+    g.keepalive.extend([dx, dy, grad, loss, trainer])
+    return lambda: g.replay(s)
+
+
+def _fastmlp_cuda_fit_step(sizes, dropout, lr, x, y, steps: int) -> float:
+    """Seconds per step of ``Trainer.fit`` (one epoch of ``steps`` batches) on device-resident
+    data: batch gather, one eager step and a capture, then graph replays, loss slots and a host
+    check every 50 steps; the best of three fresh fits after a warm-up fit."""
+    from fastmlp import cuda
+
+    X = cuda.asarray(np.tile(x, (steps, 1)))
+    Y = cuda.asarray(np.tile(y, steps))
+    best = float("inf")
+    for i in range(4):
+        model = fastmlp.MLP(sizes, output="softmax", dropout=dropout, device="cuda")
+        trainer = fastmlp.Trainer(model, optimizer=fastmlp.optim.Adam(lr), batch_size=x.shape[0], epochs=1,
+                                  progress=False)
+        cuda.synchronize()
+        t = time.perf_counter()
+        trainer.fit(X, Y)
+        cuda.synchronize()
+        if i:
+            best = min(best, (time.perf_counter() - t) / steps)
+        assert trainer.step == steps, (trainer.step, steps)
+    return best
+
+
+def bench_cuda_training(table: Table, torch, jax, timer, repeats: int, quick: bool) -> None:
+    rng = np.random.default_rng(6)
+    configs = [([784, 512, 512, 10], 256)] + ([] if quick else [([784, 2048, 2048, 10], 4096)])
+    for sizes, batch in configs:
+        x = rng.standard_normal((batch, sizes[0])).astype(np.float32)
+        y = rng.integers(0, sizes[-1], batch).astype(np.int64)
+        fns = {}
+        for name, make in (("fastmlp", lambda: _fastmlp_cuda_step(sizes, 0.2, 1e-4, x, y, True)),
+                           ("fastmlp eager", lambda: _fastmlp_cuda_step(sizes, 0.2, 1e-4, x, y, False))):
+            try:
+                fns[name] = make()
+            except Exception as e:  # noqa: BLE001 - report and go on with the other rows
+                print(f"{name} step {sizes}: {type(e).__name__}: {e}")
+        if torch is not None:
+            for name, graph in (("torch graph", True), ("torch eager", False)):
+                try:
+                    fns[name] = _torch_cuda_step(torch, sizes, 0.2, 1e-4, x, y, graph)
+                except Exception as e:  # noqa: BLE001
+                    print(f"{name} step {sizes}: {type(e).__name__}: {e}")
+        if jax is not None:
+            try:
+                fns["jax.jit"] = _jax_step(jax, sizes, 0.2, batch, 1e-4, x, y)
+            except Exception as e:  # noqa: BLE001
+                print(f"jax.jit step {sizes}: {type(e).__name__}: {e}")
+        if "fastmlp" not in fns:
+            continue
+        times = _gpu_times(fns, timer, repeats)
+        name = '-'.join(map(str, sizes))
+        flops = _mlp_flops(sizes, batch)
+        target = ">= 2x torch graph, >= 3x jax.jit" if batch == 256 else ">= 0.9x jax.jit"
+        main = {k: v for k, v in times.items() if k != "fastmlp eager"}
+        table.add("training", f"train step {name}", f"batch {batch}", main, flops=flops, target=target,
+                  note=f"graph replay, {batch / times['fastmlp']:,.0f} samples/s")
+        if "fastmlp eager" in times:
+            eager = {"fastmlp": times["fastmlp eager"], **{k: v for k, v in times.items() if "eager" in k and
+                                                           k != "fastmlp eager"}}
+            table.add("training", f"train_step eager {name}", f"batch {batch}", eager, flops=flops,
+                      note="Trainer.train_step from Python")
+        try:
+            per_step = _fastmlp_cuda_fit_step(sizes, 0.2, 1e-4, x, y, 100 if quick or batch > 256 else 400)
+            table.add("training", f"fit per step {name}", f"batch {batch}",
+                      {"fastmlp": per_step, **{k: v for k, v in main.items() if k != "fastmlp"}}, flops=flops,
+                      note=f"Trainer.fit on device data, {batch / per_step:,.0f} samples/s")
+        except Exception as e:  # noqa: BLE001
+            print(f"fit {sizes}: {type(e).__name__}: {e}")
+
+
 def bench_cuda(args) -> int:
-    """GPU rows: GEMM and fused Adam against cuBLAS/torch, copy and triad bandwidth."""
+    """GPU rows: GEMM (every transpose pair) against cuBLAS through torch and CuPy, the training
+    step against PyTorch (eager and CUDA graph) and JAX, fused Adam and elementwise kernels against
+    the device's own copy and triad bandwidth."""
     from fastmlp import cuda
 
     if not cuda.is_available():
@@ -666,50 +805,97 @@ def bench_cuda(args) -> int:
         import cupy  # noqa: F401
     except Exception:  # noqa: BLE001
         cupy = None
-    native = _core.cuda
-    groups = set(args.only.split(",")) if args.only else {"gemm", "optimizer", "memory"}
+    groups = set(args.only.split(",")) if args.only else {"gemm", "optimizer", "memory", "training"}
+    jax = None
+    if "training" in groups:
+        os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")  # share the GPU with torch
+        os.environ["JAX_PLATFORMS"] = "cuda"
+        jax = _try_jax()
+        if jax is not None:
+            try:
+                jax.config.update("jax_default_matmul_precision", "highest")  # float32, not TF32
+                jax.devices("gpu")
+            except Exception as e:  # noqa: BLE001
+                print(f"jax: no GPU backend ({type(e).__name__}: {e}); skipped")
+                jax = None
+    native = cuda._native()
     timer, repeats = _gpu_timer(torch), 5 if args.quick else 20
     props = cuda.get_device_properties()
     print(f"device: {props['name']}; fastmlp {fastmlp.__version__}; torch: "
           f"{torch.__version__ if torch is not None else 'no CUDA torch (skipped)'}; cupy: "
-          f"{cupy.__version__ if cupy is not None else 'not installed (skipped)'}; timing: "
+          f"{cupy.__version__ if cupy is not None else 'not installed (skipped)'}; jax: "
+          f"{jax.__version__ if jax is not None else 'no GPU jax (skipped)'}; timing: "
           f"{'CUDA events' if torch is not None else 'synchronised wall clock'}")
     if torch is not None:
         torch.backends.cuda.matmul.allow_tf32 = False  # compare float32 with float32
+        torch.backends.cudnn.allow_tf32 = False
     table = Table()
     rng = np.random.default_rng(0)
     s = cuda.PER_THREAD_DEFAULT_STREAM
     # Bandwidth: device copy and STREAM triad over >= 256 MB (bytes read + written).
-    n = (64 if args.quick else 128) * 1024 * 1024 // 4
-    a, b, c = cuda.zeros(n), cuda.zeros(n), cuda.zeros(n)
+    n = (64 if args.quick else 256) * 1024 * 1024 // 4
+    a, b, c = (cuda.asarray(rng.standard_normal(n, dtype=np.float32)) for _ in range(3))
     triad = _gpu_times({"fastmlp": lambda: native.triad(a.ptr, b.ptr, c.ptr, 2.0, n, s)}, timer, repeats)["fastmlp"]
     bw = 12 * n / triad / 1e9
     print(f"limits: triad {bw:.0f} GB/s on {3 * 4 * n / 2**20:.0f} MiB")
     if "memory" in groups:
         copies = {"fastmlp": lambda: native.copy(a.ptr, b.ptr, n, s)}
         if torch is not None:
-            ta, tb = torch.zeros(n, device="cuda"), torch.zeros(n, device="cuda")
+            ta, tb = torch.from_dlpack(a), torch.from_dlpack(b)
             copies["torch"] = lambda: ta.copy_(tb)
         table.add("memory", "device copy", f"{n * 4 >> 20} MiB", _gpu_times(copies, timer, repeats), nbytes=8 * n,
                   limit=bw, unit="GB/s")
         table.add("memory", "triad a=b+s*c", f"{n * 4 >> 20} MiB", {"fastmlp": triad}, nbytes=12 * n, limit=bw)
+        rows, cols = n // 1024, 1024
+        x2, g2 = a.reshape(rows, cols), c.reshape(rows, cols)
+        colsum = cuda.empty((cols,))
+        labels = cuda.asarray(rng.integers(0, cols, rows).astype(np.int64))
+        loss = cuda.empty(())
+        elementwise = [
+            ("relu", 8 * n, lambda: K.activation(a, "relu", out=b), lambda: torch.relu(ta, out=tb)),
+            ("relu backward", 12 * n, lambda: K.activation_backward(c, a, "relu", out=b),
+             lambda: torch.ops.aten.threshold_backward(tc, ta, 0.0)),
+            ("dropout p=0.2", 8 * n, lambda: K.dropout(a, 0.2, seed=1, offset=0, out=b),
+             lambda: torch.nn.functional.dropout(ta, 0.2)),
+            ("bias_grad", 4 * n, lambda: K.bias_grad(g2, out=colsum), lambda: tg2.sum(0)),
+            ("softmax cross-entropy", 8 * n, lambda: K.softmax_cross_entropy(x2, labels, out=g2, loss_out=loss),
+             lambda: torch.nn.functional.cross_entropy(tx2, tlabels)),
+        ]
+        if torch is not None:
+            tc = torch.from_dlpack(c)
+            tx2, tg2, tlabels = ta.view(rows, cols), tc.view(rows, cols), torch.from_dlpack(labels)
+        for op, nbytes, ours, theirs in elementwise:
+            fns = {"fastmlp": ours}
+            if torch is not None:
+                fns["torch"] = theirs
+            try:
+                table.add("memory", op, f"{n * 4 >> 20} MiB", _gpu_times(fns, timer, repeats), nbytes=nbytes,
+                          limit=bw, target=">= 90% of triad")
+            except Exception as e:  # noqa: BLE001
+                print(f"{op}: {type(e).__name__}: {e}")
     del a, b, c
     if "gemm" in groups:
         shapes = [(4096, 4096, 4096), (8192, 1024, 1024), (256, 512, 784), (256, 512, 512)]
         for M, N, inner in shapes[1:] if args.quick else shapes:
-            x = rng.standard_normal((M, inner), dtype=np.float32)
-            w = rng.standard_normal((N, inner), dtype=np.float32)
-            dx, dw, out = cuda.asarray(x), cuda.asarray(w), cuda.empty((M, N))
-            fns = {"fastmlp": lambda: K.gemm(dx, dw, trans_b=True, out=out)}
-            if torch is not None:
-                tx, tw = torch.from_dlpack(dx), torch.from_dlpack(dw)
-                tout = torch.empty(M, N, device="cuda")
-                fns["torch"] = lambda: torch.mm(tx, tw.t(), out=tout)
-            if cupy is not None:
-                cx, cw = cupy.asarray(x), cupy.asarray(w)
-                fns["cupy"] = lambda: cupy.matmul(cx, cw.T)
-            table.add("gemm", "gemm X·Wᵀ (float32)", f"{M}x{N}x{inner}", _gpu_times(fns, timer, repeats),
-                      flops=2.0 * M * N * inner, note="vs cuBLAS, TF32 off")
+            for ta_, tb_ in ((False, True), (False, False), (True, False), (True, True)):
+                A = rng.standard_normal((inner, M) if ta_ else (M, inner), dtype=np.float32)
+                B = rng.standard_normal((N, inner) if tb_ else (inner, N), dtype=np.float32)
+                dA, dB, out = cuda.asarray(A), cuda.asarray(B), cuda.empty((M, N))
+                fns = {"fastmlp": lambda: K.gemm(dA, dB, trans_a=ta_, trans_b=tb_, out=out)}
+                if torch is not None:
+                    tA, tB = torch.from_dlpack(dA), torch.from_dlpack(dB)
+                    tout = torch.empty(M, N, device="cuda")
+                    opA, opB = (tA.t() if ta_ else tA), (tB.t() if tb_ else tB)
+                    fns["torch"] = lambda: torch.mm(opA, opB, out=tout)
+                if cupy is not None:
+                    cA, cB = cupy.asarray(A), cupy.asarray(B)
+                    cA, cB = (cA.T if ta_ else cA), (cB.T if tb_ else cB)
+                    fns["cupy"] = lambda: cupy.matmul(cA, cB)
+                pair = ("Aᵀ" if ta_ else "A") + "·" + ("Bᵀ" if tb_ else "B")
+                big = M * N * inner >= 8192 * 1024 * 1024
+                table.add("gemm", f"gemm {pair} (float32)", f"{M}x{N}x{inner}", _gpu_times(fns, timer, repeats),
+                          flops=2.0 * M * N * inner, target=">= 0.9x cuBLAS" if big else ">= 2x cuBLAS",
+                          note="vs cuBLAS, TF32 off")
     if "optimizer" in groups:
         n = (4 if args.quick else 16) * 1024 * 1024
         p, g, m, v = cuda.asarray(rng.standard_normal(n, dtype=np.float32)), cuda.zeros(n), cuda.zeros(n), cuda.zeros(n)
@@ -721,7 +907,9 @@ def bench_cuda(args) -> int:
             opt = torch.optim.Adam([tp], lr=1e-3, fused=True)
             fns["torch"] = opt.step
         table.add("optimizer", "adam_step (fused)", f"{n >> 20}M params", _gpu_times(fns, timer, repeats),
-                  nbytes=28.0 * n, limit=bw, note="28 B/param")
+                  nbytes=28.0 * n, limit=bw, target=">= 90% of triad", note="28 B/param")
+    if "training" in groups:
+        bench_cuda_training(table, torch, jax, timer, repeats, args.quick)
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"device": props, "triad_gbps": bw, "rows": table.rows}, f, indent=1, default=str)
@@ -736,7 +924,7 @@ def main(argv=None) -> int:
     parser.add_argument("--only", default=None,
                         help="comma-separated groups: gemm,optimizer,memory,training,fit,threads,rss")
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"),
-                        help="cpu (default) or cuda: the GPU rows (gemm, optimizer, memory)")
+                        help="cpu (default) or cuda: the GPU rows (gemm, optimizer, memory, training)")
     args = parser.parse_args(argv)
     if args.device == "cuda":
         return bench_cuda(args)

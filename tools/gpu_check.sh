@@ -4,7 +4,12 @@
 # (memcheck and racecheck) on a named subset, then the GPU benchmark. Each stage has its own time
 # limit so that one hang cannot eat the call; logs and results go to $OUT (default /tmp/gpu-out).
 #
-#   bash tools/gpu_check.sh [stages...]      stages: build tests bench sanitize (default: all, in this order)
+#   bash tools/gpu_check.sh [stages...]
+#
+# stages, run in this order: build diag tests cputests sweep bench sanitize (default: build tests
+# bench sanitize). diag: the CPU, compiler and a backtrace (cuda-gdb) of REPRO, a Python statement;
+# cputests: the CPU kernel tests on this machine's ISA paths (AVX-512 where the host has it);
+# sweep: bench/cuda_sweep.py under each FASTMLP_CUDA_GEMM_SPLIT_BLOCKS:MIN_SPLIT_K pair in SWEEP.
 #
 # Environment: ARCH (default 90), PY (default python3), TEST_ARGS (extra pytest arguments),
 # BENCH_ARGS (extra `python -m fastmlp.bench --device cuda` arguments), T_TESTS, T_BENCH and
@@ -23,7 +28,9 @@ stages=("$@")
 want() { local s; for s in "${stages[@]}"; do [ "$s" = "$1" ] && return 0; done; return 1; }
 status=0
 
-nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.mem --format=csv 2>&1 | tee "$OUT/gpu.txt"
+# At most 8 files come back from $OUT: diag.txt, tests.log, cputests.log, sweep.txt, bench-cuda.{txt,json},
+# sanitize.log (build.log only when the build fails).
+nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.mem --format=csv 2>&1 | tee -a "$OUT/diag.txt"
 # Tests see the warnings-as-errors filter of pyproject.toml; third-party imports (torch, JAX, CuPy)
 # on that machine may warn on import, which must not fail the interop tests.
 PYTEST=("$PY" -m pytest -q -p no:cacheprovider -W "default::DeprecationWarning" -W "default::FutureWarning"
@@ -38,6 +45,7 @@ if want build; then
     say "build FAILED"
     exit 1
   fi
+  rm -f "$OUT/build.log"
   if ! (cd /tmp && "$PY" -c "
 import fastmlp, fastmlp._core as core, fastmlp.cuda as c
 n = core.cuda.device_count()
@@ -49,11 +57,39 @@ raise SystemExit(0 if n else 1)"); then
   fi
 fi
 
+if want diag; then
+  say "diagnostics"
+  { lscpu | grep -E "Model name|^CPU\(s\)"
+    grep -o -w -E "avx2|fma|avx512f|avx512bw|avx512vl" /proc/cpuinfo | sort | uniq -c
+    gcc --version | head -1; nvcc --version | tail -2
+    "$PY" -c "import pybind11, numpy, fastmlp; print('pybind11', pybind11.__version__, 'numpy', numpy.__version__, 'isa', fastmlp.get_isa(), fastmlp.available_isas())"
+  } 2>&1 | tee -a "$OUT/diag.txt"
+  if [ -n "${REPRO:-}" ]; then
+    (cd /tmp && timeout 120 cuda-gdb -q -batch -ex run -ex bt -ex "x/4i \$pc" -ex "info registers rip rsp" \
+      --args "$PY" -c "$REPRO") 2>&1 | grep -v "^\[New Thread\|^\[Thread" | tail -40 | tee -a "$OUT/diag.txt"
+  fi
+fi
+
 if want tests; then
   say "GPU tests"
   timeout "${T_TESTS:-150}" "${PYTEST[@]}" tests/test_cuda.py tests/test_cuda_training.py ${TEST_ARGS:-} 2>&1 \
     | tee "$OUT/tests.log" | grep -E "passed|failed|error|FAILED|ERROR" | tail -40
   [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
+fi
+
+if want cputests; then
+  say "CPU kernel tests on this host's ISA paths"
+  timeout "${T_CPUTESTS:-150}" "${PYTEST[@]}" -x tests/test_gemm.py tests/test_elementwise.py tests/test_losses.py \
+    tests/test_optim_kernels.py tests/test_random.py tests/test_batchnorm.py 2>&1 | tee "$OUT/cputests.log" | tail -4
+  [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
+fi
+
+if want sweep; then
+  say "split-K sweep"
+  for pair in ${SWEEP:-256:64}; do
+    (cd /tmp && FASTMLP_CUDA_GEMM_SPLIT_BLOCKS="${pair%%:*}" FASTMLP_CUDA_GEMM_MIN_SPLIT_K="${pair##*:}" \
+      timeout 60 "$PY" "$ROOT/bench/cuda_sweep.py" sweep) 2>&1 | tail -1
+  done | tee "$OUT/sweep.txt"
 fi
 
 if want bench; then
@@ -67,9 +103,11 @@ if want sanitize; then
   for tool in memcheck racecheck; do
     say "compute-sanitizer --tool $tool"
     timeout "${T_SANITIZE:-100}" compute-sanitizer --tool "$tool" --error-exitcode 99 --print-limit 20 \
-      "${PYTEST[@]}" -x tests/test_cuda.py -k "($subset) and not torch and not cupy" >"$OUT/sanitize-$tool.log" 2>&1
+      "${PYTEST[@]}" -x tests/test_cuda.py -k "($subset) and not torch and not cupy" ${TEST_ARGS:-} \
+      >"/tmp/sanitize-$tool.log" 2>&1
     rc=$?
-    grep -E "ERROR SUMMARY|RACECHECK SUMMARY|passed|failed|Device not supported" "$OUT/sanitize-$tool.log" | tail -5
+    { echo "=== $tool (exit $rc)"; tail -150 "/tmp/sanitize-$tool.log"; } >>"$OUT/sanitize.log"
+    grep -E "ERROR SUMMARY|RACECHECK SUMMARY|passed|failed|Device not supported" "/tmp/sanitize-$tool.log" | tail -5
     say "$tool exit $rc"
     [ $rc -eq 0 ] || status=1
   done

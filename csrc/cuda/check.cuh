@@ -33,6 +33,12 @@ inline unsigned grid_blocks(int64_t items, int threads = kBlockThreads) {
   return static_cast<unsigned>(blocks < kMaxGridBlocks ? blocks : kMaxGridBlocks);
 }
 
+// Blocks for a grid-stride loop whose threads carry per-thread setup worth amortising (the
+// optimizers form their coefficients in double, with pow, per thread): at most as many blocks as
+// the current device keeps resident (8 blocks of 256 threads per multiprocessor), so each thread
+// walks many elements instead of paying the setup for one or two.
+unsigned resident_blocks(int64_t items, int threads = kBlockThreads);  // runtime.cu
+
 __device__ __forceinline__ int64_t grid_start() {
   return static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
 }

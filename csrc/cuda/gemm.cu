@@ -6,6 +6,7 @@
 // time), guarded scalar loads elsewhere, so any M, N, K is correct. Small M*N with long K is split
 // over k (split-K): partials go to scratch and a second kernel adds them in split order and applies
 // the epilogue, so the result is deterministic for a given shape.
+#include <cstdlib>
 #include <stdexcept>
 
 #include "cuda/check.cuh"
@@ -271,6 +272,28 @@ __global__ void split_k_reduce_kernel(const float* partial, int64_t splits, Epil
   }
 }
 
+// The split-K policy: kSplitTargetBlocks and kMinSplitK, or for tuning sweeps the environment's
+// FASTMLP_CUDA_GEMM_SPLIT_BLOCKS / FASTMLP_CUDA_GEMM_MIN_SPLIT_K (read once; a multiple of kTileK
+// and at least kTileK for the latter). Either way the result is deterministic for a given shape.
+struct SplitPolicy {
+  int64_t target_blocks, min_split_k;
+};
+
+int64_t env_int(const char* name, int64_t fallback, int64_t lo, int64_t hi) {
+  const char* v = std::getenv(name);
+  if (!v || !*v) return fallback;
+  char* end = nullptr;
+  const long long x = std::strtoll(v, &end, 10);
+  return (end && *end == 0 && x >= lo && x <= hi) ? x : fallback;
+}
+
+const SplitPolicy& split_policy() {
+  static const SplitPolicy policy{
+      env_int("FASTMLP_CUDA_GEMM_SPLIT_BLOCKS", kSplitTargetBlocks, 1, 1 << 16),
+      env_int("FASTMLP_CUDA_GEMM_MIN_SPLIT_K", kMinSplitK, kTileK, 1 << 20) / kTileK * kTileK};
+  return policy;
+}
+
 bool aligned16(const void* p) { return (reinterpret_cast<std::uintptr_t>(p) & 15u) == 0; }
 
 template <bool AK, bool BK, bool Vec>
@@ -311,10 +334,11 @@ void gemm(const float* a, const float* b, float* out, const float* bias, int64_t
   p.partial = nullptr;
 
   const int64_t tiles = p.tiles_m * p.tiles_n;
+  const SplitPolicy& policy = split_policy();
   int64_t splits = 1;
-  if (tiles * 2 <= kSplitTargetBlocks && K >= 2 * kMinSplitK) {
-    splits = ceil_div(kSplitTargetBlocks, tiles);
-    const int64_t by_k = K / kMinSplitK;
+  if (tiles * 2 <= policy.target_blocks && K >= 2 * policy.min_split_k) {
+    splits = ceil_div(policy.target_blocks, tiles);
+    const int64_t by_k = K / policy.min_split_k;
     splits = splits < by_k ? splits : by_k;
     splits = splits < kMaxSplits ? splits : kMaxSplits;
     p.k_chunk = ceil_div(ceil_div(K, splits), kTileK) * kTileK;

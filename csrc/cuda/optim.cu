@@ -232,7 +232,7 @@ __global__ void adam_kernel(AdamLaunch k) {
 template <class Launch>
 void run_step(void (*kernel)(Launch), const Launch& launch, const char* name, cudaStream_t stream) {
   if (launch.n > 0) {
-    kernel<<<grid_blocks(launch.n), kBlockThreads, 0, stream>>>(launch);
+    kernel<<<resident_blocks(launch.n), kBlockThreads, 0, stream>>>(launch);
     check_launch(name);
   }
   if (launch.sched.step_ptr) {

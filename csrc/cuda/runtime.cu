@@ -1,6 +1,7 @@
 // Device, memory, stream and graph helpers, and the scratch buffers the kernels borrow. Nothing
 // here may fail just because there is no GPU: device_count() and pointer_device() swallow the
 // "no driver / no device" errors so that a CUDA build imports and runs its CPU path anywhere.
+#include <atomic>
 #include <cstdint>
 #include <map>
 #include <stdexcept>
@@ -98,6 +99,21 @@ void* scratch(std::size_t bytes, Stream stream, const char* who) {
   buf.ptr = ptr;
   buf.bytes = grown;
   return ptr;
+}
+
+unsigned resident_blocks(int64_t items, int threads) {
+  constexpr int kMaxDevices = 64;
+  static std::atomic<int> sms[kMaxDevices];  // multiprocessors per device, looked up once (0: not yet)
+  int device = 0;
+  check(cudaGetDevice(&device), "cudaGetDevice");
+  int count = device >= 0 && device < kMaxDevices ? sms[device].load(std::memory_order_relaxed) : 0;
+  if (count == 0) {
+    check(cudaDeviceGetAttribute(&count, cudaDevAttrMultiProcessorCount, device), "cudaDeviceGetAttribute");
+    if (device >= 0 && device < kMaxDevices) sms[device].store(count, std::memory_order_relaxed);
+  }
+  const int64_t cap = static_cast<int64_t>(count > 0 ? count : 1) * (2048 / threads);
+  const int64_t blocks = grid_blocks(items, threads);
+  return static_cast<unsigned>(blocks < cap ? blocks : cap);
 }
 
 // ---- devices ----------------------------------------------------------------------------------

@@ -509,20 +509,29 @@ def _optimizer_step(name, arrays, step, lr, segments):
 @requires_gpu
 @pytest.mark.parametrize("name", sorted(OPTIMIZERS))
 @pytest.mark.parametrize("capturable", [False, True])
-def test_optimizer_steps_match_the_cpu_over_ten_steps(name, capturable, rng):
-    n = 1000
+@pytest.mark.parametrize("layout", ["aligned", "tail", "offset"])
+def test_optimizer_steps_match_the_cpu_over_ten_steps(name, capturable, layout, rng):
+    # aligned: n % 4 == 0 on fresh buffers (float4 groups); tail: n % 4 == 3, the last three one by
+    # one; offset: views one element into their buffers (not 16-byte aligned: the scalar path).
+    # The latter two also put segment boundaries inside groups of four (601, 702, 1001).
+    n = {"aligned": 1000, "tail": 1003, "offset": 1001}[layout]
+    segments = SEGMENTS if layout == "aligned" else (np.array([[0, 601], [702, 299]], np.int64), SEGMENTS[1])
+
+    def upload(v):
+        return cuda.asarray(np.concatenate([np.zeros(1, v.dtype), v]))[1:] if layout == "offset" else cuda.asarray(v)
+
     host = {"param": rng.standard_normal(n).astype(np.float32)}
     host.update({k: np.zeros(n, np.float32) for k in OPTIMIZERS[name][0]})
-    dev = {k: cuda.asarray(v) for k, v in host.items()}
+    dev = {k: upload(v) for k, v in host.items()}
     step_counter = cuda.asarray(np.array([0], np.int64))
     lr_scalar = cuda.asarray(np.array([0.01], np.float32))
     for t in range(1, 11):
         grad = rng.standard_normal(n).astype(np.float32)
-        host["grad"], dev["grad"] = grad, cuda.asarray(grad)
-        _optimizer_step(name, host, t, 0.01, SEGMENTS)
+        host["grad"], dev["grad"] = grad, upload(grad)
+        _optimizer_step(name, host, t, 0.01, segments)
         step = step_counter if capturable else t
         lr = lr_scalar if capturable else 0.01
-        assert _optimizer_step(name, dev, step, lr, SEGMENTS) is dev["param"]
+        assert _optimizer_step(name, dev, step, lr, segments) is dev["param"]
     if capturable:
         assert int(step_counter) == 10  # advanced exactly once per call
     for k in host:

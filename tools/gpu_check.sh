@@ -63,6 +63,12 @@ if want diag; then
     grep -o -w -E "avx2|fma|avx512f|avx512bw|avx512vl" /proc/cpuinfo | sort | uniq -c
     gcc --version | head -1; nvcc --version | tail -2
     "$PY" -c "import pybind11, numpy, fastmlp; print('pybind11', pybind11.__version__, 'numpy', numpy.__version__, 'isa', fastmlp.get_isa(), fastmlp.available_isas())"
+    env | grep -E "FLAGS|^CMAKE|^CC=|^CXX=" || true
+    echo "libstdc++.so for g++: $(g++ -print-file-name=libstdc++.so)"
+    so=$("$PY" -c "import fastmlp._core as c; print(c.__file__)")
+    readelf -d "$so" | grep NEEDED
+    echo "libstdc++ symbols defined in _core (0 = none): $(nm -D --defined-only "$so" | grep -c "_ZNSo9_M_insert")"
+    grep -E "LINK_FLAGS|LINK_LIBRARIES" /tmp/fastmlp-build/build.ninja | grep -v "^ *$" | head -6
   } 2>&1 | tee -a "$OUT/diag.txt"
   if [ -n "${REPRO:-}" ]; then
     (cd /tmp && timeout 120 cuda-gdb -q -batch -ex run -ex bt -ex "x/4i \$pc" -ex "info registers rip rsp" \
@@ -79,8 +85,9 @@ fi
 
 if want cputests; then
   say "CPU kernel tests on this host's ISA paths"
-  timeout "${T_CPUTESTS:-150}" "${PYTEST[@]}" -x tests/test_gemm.py tests/test_elementwise.py tests/test_losses.py \
-    tests/test_optim_kernels.py tests/test_random.py tests/test_batchnorm.py 2>&1 | tee "$OUT/cputests.log" | tail -4
+  timeout "${T_CPUTESTS:-150}" "${PYTEST[@]}" tests/test_gemm.py tests/test_elementwise.py tests/test_losses.py \
+    tests/test_optim_kernels.py tests/test_random.py tests/test_batchnorm.py tests/test_bad_input.py \
+    tests/test_threads.py tests/test_concurrency.py tests/test_nn.py 2>&1 | tee "$OUT/cputests.log" | tail -4
   [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
 fi
 

@@ -192,6 +192,10 @@ struct AdamLaunch {
   DeviceSchedule sched;
 };
 
+// Vec: the four arrays are 16-byte aligned, so groups of four elements move as float4 (fewer
+// instructions and more bytes in flight per thread); the last n % 4 elements go one by one. The
+// element math and the per-range coefficients are the scalar path's, so results are identical.
+template <bool Vec>
 __global__ void adam_kernel(AdamLaunch k) {
   const cpu::AdamArgs& a = k.args;
   const double lr = current_lr(k.sched, a.lr);
@@ -203,22 +207,47 @@ __global__ void adam_kernel(AdamLaunch k) {
   }
   RangeCursor range;
   ops::AdamCoef<float> c{};
-  for (int64_t i = grid_start(); i < k.n; i += grid_stride()) {
-    if (!range.contains(i)) {
-      range.seek(i, k.n, k.seg, a.weight_decay, a.l1);
-      const double range_lr = lr * range.params.lr_scale;
-      const double coupled_decay = a.decoupled ? 0.0 : range.params.weight_decay;  // AdamW: a factor on p
-      c.step_size = static_cast<float>(range_lr / bias_correction1);
-      c.beta1 = static_cast<float>(a.beta1);
-      c.one_minus_beta1 = static_cast<float>(1.0 - a.beta1);
-      c.beta2 = static_cast<float>(a.beta2);
-      c.one_minus_beta2 = static_cast<float>(1.0 - a.beta2);
-      c.sqrt_bc2 = static_cast<float>(sqrt(bias_correction2));
-      c.eps = static_cast<float>(a.eps);
-      c.decay = static_cast<float>(1.0 - range_lr * range.params.weight_decay);
-      c.reg = regularisation(coupled_decay, range.params.l1);
-      c.decoupled = a.decoupled;
+  auto coefficients_for = [&](int64_t i) {
+    if (range.contains(i)) return;
+    range.seek(i, k.n, k.seg, a.weight_decay, a.l1);
+    const double range_lr = lr * range.params.lr_scale;
+    const double coupled_decay = a.decoupled ? 0.0 : range.params.weight_decay;  // AdamW: a factor on p
+    c.step_size = static_cast<float>(range_lr / bias_correction1);
+    c.beta1 = static_cast<float>(a.beta1);
+    c.one_minus_beta1 = static_cast<float>(1.0 - a.beta1);
+    c.beta2 = static_cast<float>(a.beta2);
+    c.one_minus_beta2 = static_cast<float>(1.0 - a.beta2);
+    c.sqrt_bc2 = static_cast<float>(sqrt(bias_correction2));
+    c.eps = static_cast<float>(a.eps);
+    c.decay = static_cast<float>(1.0 - range_lr * range.params.weight_decay);
+    c.reg = regularisation(coupled_decay, range.params.l1);
+    c.decoupled = a.decoupled;
+  };
+  int64_t first_scalar = 0;
+  if constexpr (Vec) {
+    const int64_t groups = k.n / 4;
+    for (int64_t q = grid_start(); q < groups; q += grid_stride()) {
+      const int64_t i = 4 * q;
+      float4 p = reinterpret_cast<const float4*>(k.param)[q];
+      const float4 g = __ldg(reinterpret_cast<const float4*>(k.grad) + q);
+      float4 m = reinterpret_cast<const float4*>(k.exp_avg)[q];
+      float4 v = reinterpret_cast<const float4*>(k.exp_avg_sq)[q];
+      coefficients_for(i);
+      ops::adam_update(p.x, g.x, m.x, v.x, c);
+      coefficients_for(i + 1);
+      ops::adam_update(p.y, g.y, m.y, v.y, c);
+      coefficients_for(i + 2);
+      ops::adam_update(p.z, g.z, m.z, v.z, c);
+      coefficients_for(i + 3);
+      ops::adam_update(p.w, g.w, m.w, v.w, c);
+      reinterpret_cast<float4*>(k.param)[q] = p;
+      reinterpret_cast<float4*>(k.exp_avg)[q] = m;
+      reinterpret_cast<float4*>(k.exp_avg_sq)[q] = v;
     }
+    first_scalar = 4 * groups;
+  }
+  for (int64_t i = first_scalar + grid_start(); i < k.n; i += grid_stride()) {
+    coefficients_for(i);
     float p = k.param[i], m = k.exp_avg[i], v = k.exp_avg_sq[i];
     ops::adam_update(p, k.grad[i], m, v, c);
     k.param[i] = p;
@@ -230,9 +259,10 @@ __global__ void adam_kernel(AdamLaunch k) {
 // The update (when there are elements), then the step counter's advance (always: it also feeds
 // the random streams of the next step).
 template <class Launch>
-void run_step(void (*kernel)(Launch), const Launch& launch, const char* name, cudaStream_t stream) {
+void run_step(void (*kernel)(Launch), const Launch& launch, const char* name, cudaStream_t stream,
+              int64_t work_items = -1) {  // threads' worth of work (default: one per element)
   if (launch.n > 0) {
-    kernel<<<resident_blocks(launch.n), kBlockThreads, 0, stream>>>(launch);
+    kernel<<<resident_blocks(work_items < 0 ? launch.n : work_items), kBlockThreads, 0, stream>>>(launch);
     check_launch(name);
   }
   if (launch.sched.step_ptr) {
@@ -265,7 +295,11 @@ void adam_step(float* param, const float* grad, float* exp_avg, float* exp_avg_s
   const double step = static_cast<double>(args.step);
   const AdamLaunch launch{param, grad, exp_avg, exp_avg_sq, n, args, 1.0 - std::pow(args.beta1, step),
                           1.0 - std::pow(args.beta2, step), seg, sched};
-  run_step(adam_kernel, launch, "adam_step", stream);
+  const auto aligned16 = [](const void* p) { return (reinterpret_cast<std::uintptr_t>(p) & 15u) == 0; };
+  if (aligned16(param) && aligned16(grad) && aligned16(exp_avg) && aligned16(exp_avg_sq))
+    run_step(adam_kernel<true>, launch, "adam_step", stream, (n + 3) / 4);
+  else
+    run_step(adam_kernel<false>, launch, "adam_step", stream, n);
 }
 
 }  // namespace cuda

@@ -6,10 +6,11 @@
 #
 #   bash tools/gpu_check.sh [stages...]
 #
-# stages, run in this order: build diag tests cputests sweep bench sanitize (default: build tests
-# bench sanitize). diag: the CPU, compiler and a backtrace (cuda-gdb) of REPRO, a Python statement;
+# stages, run in this order: build diag tests cputests sweep profile bench sanitize (default:
+# build tests bench sanitize). diag: the CPU, compiler and a backtrace (cuda-gdb) of REPRO, a Python statement;
 # cputests: the CPU kernel tests on this machine's ISA paths (AVX-512 where the host has it);
-# sweep: bench/cuda_sweep.py under each FASTMLP_CUDA_GEMM_SPLIT_BLOCKS:MIN_SPLIT_K pair in SWEEP.
+# sweep: bench/cuda_sweep.py under each FASTMLP_CUDA_GEMM_SPLIT_BLOCKS:MIN_SPLIT_K:MINBLOCKS triple
+# in SWEEP; profile: Nsight Compute's time for each kernel of one eager training step.
 #
 # Environment: ARCH (default 90), PY (default python3), TEST_ARGS (extra pytest arguments),
 # BENCH_ARGS (extra `python -m fastmlp.bench --device cuda` arguments), T_TESTS, T_BENCH and
@@ -28,8 +29,8 @@ stages=("$@")
 want() { local s; for s in "${stages[@]}"; do [ "$s" = "$1" ] && return 0; done; return 1; }
 status=0
 
-# At most 8 files come back from $OUT: diag.txt, tests.log, cputests.log, sweep.txt, bench-cuda.{txt,json},
-# sanitize.log (build.log only when the build fails).
+# At most 8 files come back from $OUT: diag.txt, tests.log, cputests.log, sweep.txt, profile.txt,
+# bench-cuda.{txt,json}, sanitize.log (build.log only when the build fails).
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.mem --format=csv 2>&1 | tee -a "$OUT/diag.txt"
 # Tests see the warnings-as-errors filter of pyproject.toml; third-party imports (torch, JAX, CuPy)
 # on that machine may warn on import, which must not fail the interop tests.
@@ -81,6 +82,10 @@ if want tests; then
   timeout "${T_TESTS:-150}" "${PYTEST[@]}" tests/test_cuda.py tests/test_cuda_training.py ${TEST_ARGS:-} 2>&1 \
     | tee "$OUT/tests.log" | grep -E "passed|failed|error|FAILED|ERROR" | tail -40
   [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
+  # The GEMM kernel's other register budget (a tuning knob) must be correct too.
+  FASTMLP_CUDA_GEMM_MINBLOCKS=1 timeout 60 "${PYTEST[@]}" tests/test_cuda.py -k gemm 2>&1 \
+    | tee -a "$OUT/tests.log" | grep -E "passed|failed|error|FAILED|ERROR" | tail -10
+  [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
 fi
 
 if want cputests; then
@@ -93,10 +98,18 @@ fi
 
 if want sweep; then
   say "split-K sweep"
-  for pair in ${SWEEP:-256:64}; do
-    (cd /tmp && FASTMLP_CUDA_GEMM_SPLIT_BLOCKS="${pair%%:*}" FASTMLP_CUDA_GEMM_MIN_SPLIT_K="${pair##*:}" \
-      timeout 60 "$PY" "$ROOT/bench/cuda_sweep.py" sweep) 2>&1 | tail -1
+  for triple in ${SWEEP:-256:32:2}; do
+    IFS=: read -r blocks min_k min_blocks <<<"$triple"
+    (cd /tmp && FASTMLP_CUDA_GEMM_SPLIT_BLOCKS="$blocks" FASTMLP_CUDA_GEMM_MIN_SPLIT_K="$min_k" \
+      FASTMLP_CUDA_GEMM_MINBLOCKS="${min_blocks:-2}" timeout 60 "$PY" "$ROOT/bench/cuda_sweep.py" sweep) 2>&1 | tail -1
   done | tee "$OUT/sweep.txt"
+fi
+
+if want profile; then
+  say "ncu: the step's kernels"
+  (cd /tmp && timeout 120 ncu --clock-control none --metrics gpu__time_duration.sum --csv \
+    "$PY" "$ROOT/bench/cuda_step_profile.py" >/tmp/ncu-step.csv 2>/tmp/ncu-step.err) || tail -5 /tmp/ncu-step.err
+  "$PY" tools/ncu_summary.py /tmp/ncu-step.csv 2>&1 | tee "$OUT/profile.txt" | tail -45
 fi
 
 if want bench; then

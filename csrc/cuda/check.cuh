@@ -34,10 +34,15 @@ inline unsigned grid_blocks(int64_t items, int threads = kBlockThreads) {
 }
 
 // Blocks for a grid-stride loop whose threads carry per-thread setup worth amortising (the
-// optimizers form their coefficients in double, with pow, per thread): at most as many blocks as
-// the current device keeps resident (8 blocks of 256 threads per multiprocessor), so each thread
-// walks many elements instead of paying the setup for one or two.
-unsigned resident_blocks(int64_t items, int threads = kBlockThreads);  // runtime.cu
+// optimizers form their coefficients in double, with pow, per thread): at most as many blocks of
+// `kernel` as the current device keeps resident at once (its occupancy, from its registers), so
+// the grid is one full wave and each thread walks many elements instead of paying the setup for
+// one or two.
+unsigned resident_blocks(const void* kernel, int64_t items, int threads = kBlockThreads);  // runtime.cu
+template <class... Args>
+unsigned resident_blocks(void (*kernel)(Args...), int64_t items, int threads = kBlockThreads) {
+  return resident_blocks(reinterpret_cast<const void*>(kernel), items, threads);
+}
 
 __device__ __forceinline__ int64_t grid_start() {
   return static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;

@@ -30,6 +30,23 @@ __device__ __forceinline__ float warp_max(float v) {
   return v;
 }
 
+// Visits a lane's columns c = lane, lane + 32, ... in order, four at a time: load(c) for the four,
+// then use(c, value) for each in order. Four loads are in flight per lane instead of one (the loops
+// were latency-bound: 37% of the copy bandwidth), the order of every sum is unchanged, and each
+// batch reads before it writes, so an output aliasing its input (grad == logits) stays correct.
+template <class T, class Load, class Use>
+__device__ __forceinline__ void for_lane_columns(int lane, int64_t cols, const Load& load, const Use& use) {
+  int64_t c = lane;
+  for (; c + 96 < cols; c += 128) {
+    T v[4];
+#pragma unroll
+    for (int j = 0; j < 4; ++j) v[j] = load(c + 32 * j);
+#pragma unroll
+    for (int j = 0; j < 4; ++j) use(c + 32 * j, v[j]);
+  }
+  for (; c < cols; c += 32) use(c, load(c));
+}
+
 // Runs row_loss(r, lane) (a warp-wide call returning the row's loss in every lane) over this
 // block's rows, and writes their sum, in row order, to partial[blockIdx.x].
 template <class RowLoss>
@@ -60,11 +77,13 @@ struct SquaredErrorRow {
   __device__ double operator()(int64_t r, int lane) const {
     const int64_t base = r * cols;
     double acc = 0.0;
-    for (int64_t c = lane; c < cols; c += 32) {
-      const double d = ops::squared_error_diff(pred[base + c], target[base + c]);
-      grad[base + c] = static_cast<float>(d * inv_rows);
-      acc += d * d;
-    }
+    for_lane_columns<float2>(
+        lane, cols, [&](int64_t c) { return make_float2(pred[base + c], target[base + c]); },
+        [&](int64_t c, float2 v) {
+          const double d = ops::squared_error_diff(v.x, v.y);
+          grad[base + c] = static_cast<float>(d * inv_rows);
+          acc += d * d;
+        });
     return warp_sum(acc);
   }
 };
@@ -78,11 +97,13 @@ struct SigmoidCrossEntropyRow {
   __device__ double operator()(int64_t r, int lane) const {
     const int64_t base = r * cols;
     double acc = 0.0;
-    for (int64_t c = lane; c < cols; c += 32) {
-      float d;
-      acc += ops::sigmoid_cross_entropy_term(logits[base + c], targets[base + c], d);
-      grad[base + c] = static_cast<float>(static_cast<double>(d) * inv_rows);
-    }
+    for_lane_columns<float2>(
+        lane, cols, [&](int64_t c) { return make_float2(logits[base + c], targets[base + c]); },
+        [&](int64_t c, float2 v) {
+          float d;
+          acc += ops::sigmoid_cross_entropy_term(v.x, v.y, d);
+          grad[base + c] = static_cast<float>(static_cast<double>(d) * inv_rows);
+        });
     return warp_sum(acc);
   }
 };
@@ -110,21 +131,22 @@ struct SoftmaxCrossEntropyRow {
     const float x_label = x[label];
     __syncwarp();  // every lane has read x[label] before any writes g (grad may alias logits)
     float m = -INFINITY;
-    for (int64_t c = lane; c < cols; c += 32) m = x[c] > m ? x[c] : m;
+    const auto load_x = [&](int64_t c) { return x[c]; };
+    for_lane_columns<float>(lane, cols, load_x, [&](int64_t, float v) { m = v > m ? v : m; });
     m = warp_max(m);
     double acc = 0.0;
-    for (int64_t c = lane; c < cols; c += 32) {
-      const float e = ops::loss_exp(x[c] - m);
+    for_lane_columns<float>(lane, cols, load_x, [&](int64_t c, float v) {
+      const float e = ops::loss_exp(v - m);
       g[c] = e;
       acc += static_cast<double>(e);
-    }
+    });
     const double s = warp_sum(acc);
     const float scale = static_cast<float>(inv_rows / s);
-    for (int64_t c = lane; c < cols; c += 32) {
-      float v = g[c] * scale;
+    for_lane_columns<float>(lane, cols, [&](int64_t c) { return g[c]; }, [&](int64_t c, float e) {
+      float v = e * scale;
       if (c == label) v = v - onehot;
       g[c] = v;
-    }
+    });
     return ops::loss_log(s) + (static_cast<double>(m) - static_cast<double>(x_label));
   }
 };

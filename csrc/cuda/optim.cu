@@ -262,7 +262,7 @@ template <class Launch>
 void run_step(void (*kernel)(Launch), const Launch& launch, const char* name, cudaStream_t stream,
               int64_t work_items = -1) {  // threads' worth of work (default: one per element)
   if (launch.n > 0) {
-    kernel<<<resident_blocks(work_items < 0 ? launch.n : work_items), kBlockThreads, 0, stream>>>(launch);
+    kernel<<<resident_blocks(kernel, work_items < 0 ? launch.n : work_items), kBlockThreads, 0, stream>>>(launch);
     check_launch(name);
   }
   if (launch.sched.step_ptr) {

@@ -39,6 +39,8 @@ __global__ void __launch_bounds__(kColTile* kRowLanes)
     if (c < cols) {
       const int64_t r0 = rb * row_block;
       const int64_t r1 = rows < r0 + row_block ? rows : r0 + row_block;
+      // Unrolled so that several rows' loads are in flight before their (ordered) adds.
+#pragma unroll 8
       for (int64_t r = r0 + ry; r < r1; r += kRowLanes) {
         const Sums<S> t = term(r, c);
 #pragma unroll

@@ -1,7 +1,6 @@
 // Device, memory, stream and graph helpers, and the scratch buffers the kernels borrow. Nothing
 // here may fail just because there is no GPU: device_count() and pointer_device() swallow the
 // "no driver / no device" errors so that a CUDA build imports and runs its CPU path anywhere.
-#include <atomic>
 #include <cstdint>
 #include <map>
 #include <stdexcept>
@@ -101,17 +100,19 @@ void* scratch(std::size_t bytes, Stream stream, const char* who) {
   return ptr;
 }
 
-unsigned resident_blocks(int64_t items, int threads) {
-  constexpr int kMaxDevices = 64;
-  static std::atomic<int> sms[kMaxDevices];  // multiprocessors per device, looked up once (0: not yet)
+unsigned resident_blocks(const void* kernel, int64_t items, int threads) {
+  // (device, kernel) -> blocks resident on the whole device; looked up once per thread.
+  thread_local std::map<std::pair<int, const void*>, int64_t> resident;
   int device = 0;
   check(cudaGetDevice(&device), "cudaGetDevice");
-  int count = device >= 0 && device < kMaxDevices ? sms[device].load(std::memory_order_relaxed) : 0;
-  if (count == 0) {
-    check(cudaDeviceGetAttribute(&count, cudaDevAttrMultiProcessorCount, device), "cudaDeviceGetAttribute");
-    if (device >= 0 && device < kMaxDevices) sms[device].store(count, std::memory_order_relaxed);
+  int64_t& cap = resident[{device, kernel}];
+  if (cap == 0) {
+    int sms = 0, per_sm = 0;
+    check(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device), "cudaDeviceGetAttribute");
+    check(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, threads, 0),
+          "cudaOccupancyMaxActiveBlocksPerMultiprocessor");
+    cap = static_cast<int64_t>(sms > 0 ? sms : 1) * (per_sm > 0 ? per_sm : 1);
   }
-  const int64_t cap = static_cast<int64_t>(count > 0 ? count : 1) * (2048 / threads);
   const int64_t blocks = grid_blocks(items, threads);
   return static_cast<unsigned>(blocks < cap ? blocks : cap);
 }

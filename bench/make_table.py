@@ -13,9 +13,33 @@ def fmt_time(t):
     return Table._fmt_time(t)
 
 
+def gpu_table(data: dict) -> None:
+    """The table of a ``python -m fastmlp.bench --device cuda --json`` result."""
+    d = data["device"]
+    print(f"Device: {d['name']} ({d['multiprocessors']} SMs, {d['total_memory'] / 2**30:.0f} GiB); limit measured "
+          f"in the run: STREAM triad {data['triad_gbps']:.0f} GB/s (bytes read + written). GEMMs are timed inside "
+          f"captured graphs on both sides; training steps: fastmlp's graph replay against torch's CUDA-graph "
+          f"replay, torch eager and a `jax.jit` step.\n")
+    cols = ("torch", "torch graph", "torch eager", "jax.jit")
+    print("| op | shape | fastmlp | " + " | ".join(cols) + " | vs best | rate | % of triad | target |")
+    print("| --- | --- | --- | " + " | ".join("---" for _ in cols) + " | --- | --- | --- | --- |")
+    for r in data["rows"]:
+        t = r["times_s"]
+        rate = (f"{r['gflops'] / 1e3:.1f} TFLOP/s" if "gflops" in r else
+                (f"{r['gbps']:.0f} GB/s" if "gbps" in r else ""))
+        pct = f"{r['pct_of_limit']:.0f}%" if r.get("pct_of_limit") is not None and "gbps" in r else ""
+        ratio = f"{r['ratio_vs_best']:.2f}× {r['best_competitor']}" if r.get("ratio_vs_best") else ""
+        print(f"| {r['op']} | {r['shape']} | {fmt_time(t.get('fastmlp'))} | "
+              + " | ".join(fmt_time(t.get(c)) for c in cols)
+              + f" | {ratio} | {rate} | {pct} | {r.get('target') or ''} |")
+
+
 def main(path: str) -> None:
     with open(path) as f:
         data = json.load(f)
+    if "device" in data:
+        gpu_table(data)
+        return
     m, lim = data["machine"], data["limits"]
     fma = ", ".join(f"{k} thread(s) {v:.0f}" for k, v in lim["fma_gflops"].items())
     print(f"Machine: {m['cpu']}, {m['logical_cpus']} logical CPUs, ISA path `{m['isa']}`, {m['fastmlp_threads']} "

@@ -171,10 +171,11 @@ __device__ __forceinline__ void store_stage(float (*s)[kSmemLd], const float (&r
 // tile, columns likewise with tx, so each k reads two float4 of each operand from shared memory.
 __device__ __forceinline__ int tile_offset(int half_index, int t) { return (half_index < 4 ? 0 : 64) + t * 4 + (half_index & 3); }
 
-// MinBlocks: blocks per multiprocessor the register budget is cut for (2: at most 128 registers,
-// a few spilled; 1: no cap below 255, no spills, half the warps).
-template <bool AKContig, bool BKContig, bool Vec, int MinBlocks>
-__global__ void __launch_bounds__(kGemmThreads, MinBlocks) gemm_kernel(const GemmParams p) {
+// Two blocks per multiprocessor: at most 128 registers, a few bytes spilled. (One block, no cap
+// below 255 and no spills, measured on the H200: 4096^3 42.4 vs 42.2 TFLOP/s, but 8192x1024x1024
+// TN 26 vs 38 TFLOP/s, so it was dropped.)
+template <bool AKContig, bool BKContig, bool Vec>
+__global__ void __launch_bounds__(kGemmThreads, 2) gemm_kernel(const GemmParams p) {
   __shared__ __align__(16) float a_tile[2][kTileK][kSmemLd];
   __shared__ __align__(16) float b_tile[2][kTileK][kSmemLd];
 
@@ -277,11 +278,9 @@ __global__ void split_k_reduce_kernel(const float* partial, int64_t splits, Epil
 
 // The split-K policy: kSplitTargetBlocks and kMinSplitK, or for tuning sweeps the environment's
 // FASTMLP_CUDA_GEMM_SPLIT_BLOCKS / FASTMLP_CUDA_GEMM_MIN_SPLIT_K (read once; a multiple of kTileK
-// and at least kTileK for the latter), and FASTMLP_CUDA_GEMM_MINBLOCKS (the kernel's register
-// budget). Either way the result is deterministic for a given shape.
+// and at least kTileK for the latter). Either way the result is deterministic for a given shape.
 struct SplitPolicy {
   int64_t target_blocks, min_split_k;
-  int64_t min_blocks;  // gemm_kernel's MinBlocks (FASTMLP_CUDA_GEMM_MINBLOCKS, 1 or 2; default 2)
 };
 
 int64_t env_int(const char* name, int64_t fallback, int64_t lo, int64_t hi) {
@@ -295,8 +294,7 @@ int64_t env_int(const char* name, int64_t fallback, int64_t lo, int64_t hi) {
 const SplitPolicy& split_policy() {
   static const SplitPolicy policy{
       env_int("FASTMLP_CUDA_GEMM_SPLIT_BLOCKS", kSplitTargetBlocks, 1, 1 << 16),
-      env_int("FASTMLP_CUDA_GEMM_MIN_SPLIT_K", kMinSplitK, kTileK, 1 << 20) / kTileK * kTileK,
-      env_int("FASTMLP_CUDA_GEMM_MINBLOCKS", 2, 1, 2)};
+      env_int("FASTMLP_CUDA_GEMM_MIN_SPLIT_K", kMinSplitK, kTileK, 1 << 20) / kTileK * kTileK};
   return policy;
 }
 
@@ -304,8 +302,7 @@ bool aligned16(const void* p) { return (reinterpret_cast<std::uintptr_t>(p) & 15
 
 template <bool AK, bool BK, bool Vec>
 void launch_gemm(const GemmParams& p, dim3 grid, cudaStream_t stream) {
-  if (split_policy().min_blocks == 1) gemm_kernel<AK, BK, Vec, 1><<<grid, kGemmThreads, 0, stream>>>(p);
-  else gemm_kernel<AK, BK, Vec, 2><<<grid, kGemmThreads, 0, stream>>>(p);
+  gemm_kernel<AK, BK, Vec><<<grid, kGemmThreads, 0, stream>>>(p);
 }
 
 // Turns the three runtime layout flags into template arguments.

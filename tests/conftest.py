@@ -35,24 +35,56 @@ def isa(request):
         fastmlp.set_isa(previous)
 
 
+class Backend(str):
+    """What the `backend` fixture yields: "cpu" (with one ISA path set) or "cuda". ``put`` moves a
+    NumPy array to the backend (float32 only on CUDA; a test of float64 data skips there) and
+    ``get`` brings a result back; on "cpu" both are the identity."""
+
+    def put(self, x):
+        if self != "cuda" or not isinstance(x, np.ndarray):
+            return x
+        from fastmlp import cuda
+
+        if x.dtype == np.float64:
+            pytest.skip("CUDA kernels take float32")
+        return cuda.asarray(x)
+
+    @staticmethod
+    def get(x):
+        return x.to_numpy() if hasattr(x, "to_numpy") else x
+
+
+@pytest.fixture(params=ALL_ISAS + ("cuda",))
+def backend(request):
+    """Runs a reference test once per CPU kernel path (like `isa`) and once on the CUDA kernels;
+    the CUDA run is skipped with the reason "no CUDA device" where none is usable (no CUDA build,
+    driver or GPU), and its float64 cases with "CUDA kernels take float32"."""
+    name = request.param
+    if name == "cuda":
+        from fastmlp import cuda
+
+        if not cuda.is_available():
+            pytest.skip("no CUDA device")
+        yield Backend("cuda")
+        return
+    if name not in fastmlp.available_isas():
+        _unsupported.add(name)
+        pytest.skip(f"ISA path {name!r} is not supported by this CPU")
+    previous = fastmlp.get_isa()
+    fastmlp.set_isa(name)
+    _ran.add(name)
+    try:
+        yield Backend("cpu")
+    finally:
+        fastmlp.set_isa(previous)
+
+
 @pytest.fixture
 def threads():
     """Restores the thread count a test changes."""
     previous = fastmlp.get_num_threads()
     yield
     fastmlp.set_num_threads(previous)
-
-
-@pytest.fixture(params=("cpu", "cuda"))
-def device(request):
-    """Runs a test on the CPU kernels and on the CUDA ones: "cpu" or "cuda". The CUDA run is
-    skipped with the reason "no CUDA device" where none is usable (no CUDA build, driver or GPU)."""
-    if request.param == "cuda":
-        from fastmlp import cuda
-
-        if not cuda.is_available():
-            pytest.skip("no CUDA device")
-    return request.param
 
 
 @pytest.fixture

@@ -103,12 +103,21 @@ def make_labels(rng, rows, cols, dtype=np.int64):
 # agreement with the float64 references
 
 
+def backend_loss(backend, loss_fn, logits, second):
+    """loss_fn on the backend, as (float loss, host gradient): on CUDA the loss comes back as a
+    device scalar and the gradient as a device array."""
+    loss, grad = loss_fn(backend.put(logits), backend.put(second))
+    if backend == "cuda":
+        loss = float(backend.get(loss))
+    return loss, backend.get(grad)
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape", SHAPES)
-def test_squared_error_matches_float64_reference(isa, rng, dtype, shape):
+def test_squared_error_matches_float64_reference(backend, rng, dtype, shape):
     pred = make_logits(rng, shape, dtype)
     target = make_logits(rng, shape, dtype)
-    loss, grad = K.squared_error(pred, target)
+    loss, grad = backend_loss(backend, K.squared_error, pred, target)
     ref_loss, ref_grad = ref_squared_error(pred, target)
     eps = eps_of(dtype)
     assert isinstance(loss, float)
@@ -120,11 +129,11 @@ def test_squared_error_matches_float64_reference(isa, rng, dtype, shape):
 @pytest.mark.parametrize("label_dtype", (np.int32, np.int64))
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape", [s for s in SHAPES if s[1] > 0 or s[0] == 0])
-def test_softmax_cross_entropy_matches_float64_reference(isa, rng, dtype, shape, label_dtype):
+def test_softmax_cross_entropy_matches_float64_reference(backend, rng, dtype, shape, label_dtype):
     rows, cols = shape
     logits = make_logits(rng, shape, dtype)
     labels = make_labels(rng, rows, cols, label_dtype)
-    loss, grad = K.softmax_cross_entropy(logits, labels)
+    loss, grad = backend_loss(backend, K.softmax_cross_entropy, logits, labels)
     ref_loss, ref_grad = ref_softmax_cross_entropy(logits, labels)
     eps = eps_of(dtype)
     assert isinstance(loss, float)
@@ -135,12 +144,12 @@ def test_softmax_cross_entropy_matches_float64_reference(isa, rng, dtype, shape,
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape", SHAPES)
-def test_sigmoid_cross_entropy_matches_float64_reference(isa, rng, dtype, shape):
+def test_sigmoid_cross_entropy_matches_float64_reference(backend, rng, dtype, shape):
     logits = make_logits(rng, shape, dtype)
     targets = rng.uniform(0.0, 1.0, size=shape).astype(dtype)
     targets[rng.uniform(size=shape) < 0.3] = 1.0  # the usual 0/1 labels too
     targets[rng.uniform(size=shape) < 0.3] = 0.0
-    loss, grad = K.sigmoid_cross_entropy(logits, targets)
+    loss, grad = backend_loss(backend, K.sigmoid_cross_entropy, logits, targets)
     ref_loss, ref_grad = ref_sigmoid_cross_entropy(logits, targets)
     eps = eps_of(dtype)
     assert isinstance(loss, float)

@@ -153,14 +153,16 @@ def gradients(rng, n, steps=STEPS):
     return rng.normal(0.0, 1.0, (steps, n)).astype(np.float32).astype(np.float64)
 
 
-def golden(opt, hp, dtype, n, seed, segments=None):
-    """Runs STEPS kernel steps in `dtype` and the float64 reference on the same inputs; returns
-    (kernel param, kernel state, reference param, reference state, float32 error bound)."""
+def golden(opt, hp, dtype, n, seed, segments=None, backend=None):
+    """Runs STEPS kernel steps in `dtype` (on `backend`'s kernels: the CPU when None) and the float64
+    reference on the same inputs; returns (kernel param, kernel state, reference param, reference
+    state, float32 error bound), the kernel's arrays on the host."""
     rng = np.random.default_rng(seed)
     p_ref = initial_params(rng, n)
     grads = gradients(rng, n)
-    p = p_ref.astype(dtype)
-    state = new_state(opt, n, dtype)
+    put = backend.put if backend is not None else (lambda x: x)
+    p = put(p_ref.astype(dtype))
+    state = {k: put(v) for k, v in new_state(opt, n, dtype).items()}
     state_ref = new_state(opt, n, np.float64)
     hp = dict(hp, segments=segments)
     bound = np.zeros(n)
@@ -170,8 +172,10 @@ def golden(opt, hp, dtype, n, seed, segments=None):
         run_reference(opt, p_ref, grads[t - 1], state_ref, t, hp)
         bound += np.abs(before) + K_ROUNDINGS * t * np.abs(p_ref - before)
         min_abs_p = np.minimum(min_abs_p, np.abs(p_ref))
-        out = run_kernel(opt, p, grads[t - 1].astype(dtype), state, t, hp)
+        out = run_kernel(opt, p, put(grads[t - 1].astype(dtype)), state, t, hp)
         assert out is p
+    if backend is not None:
+        p, state = backend.get(p), {k: backend.get(v) for k, v in state.items()}
     bound *= EPS32
     uses_l1 = hp.get("l1", 0.0) > 0 or (segments is not None and np.any(segments[1][:, 2] > 0))
     if uses_l1:  # the test's design: sign(p) must not hinge on a rounding error
@@ -258,20 +262,21 @@ def test_float64_trajectory_matches_reference_over_100_steps(isa, opt, hp):
 
 
 @pytest.mark.parametrize("opt,hp", CASES, ids=CASE_IDS)
-def test_float32_trajectory_stays_within_rounding_bound_of_float64_reference(isa, opt, hp):
-    p, _, p_ref, _, bound = golden(opt, hp, np.float32, 257, seed=2)
+def test_float32_trajectory_stays_within_rounding_bound_of_float64_reference(backend, opt, hp):
+    p, _, p_ref, _, bound = golden(opt, hp, np.float32, 257, seed=2, backend=backend)
     err = np.abs(p.astype(np.float64) - p_ref)
     assert np.all(err <= bound), f"max error {err.max():.3g}, worst error/bound {(err / bound).max():.3g}"
 
 
 @pytest.mark.parametrize("opt,hp", CASES, ids=CASE_IDS)
-def test_segment_table_trajectory_matches_reference(isa, opt, hp):
+def test_segment_table_trajectory_matches_reference(backend, opt, hp):
     segments, n = two_layer_segments()
-    p, state, p_ref, state_ref, _ = golden(opt, hp, np.float64, n, seed=3, segments=segments)
-    assert_float64_close(p, p_ref, "param")
-    for name in STATE_NAMES[opt]:
-        assert_float64_close(state[name], state_ref[name], name)
-    p32, _, p32_ref, _, bound = golden(opt, hp, np.float32, n, seed=3, segments=segments)
+    if backend == "cpu":  # the CUDA kernels take float32 only
+        p, state, p_ref, state_ref, _ = golden(opt, hp, np.float64, n, seed=3, segments=segments)
+        assert_float64_close(p, p_ref, "param")
+        for name in STATE_NAMES[opt]:
+            assert_float64_close(state[name], state_ref[name], name)
+    p32, _, p32_ref, _, bound = golden(opt, hp, np.float32, n, seed=3, segments=segments, backend=backend)
     assert np.all(np.abs(p32.astype(np.float64) - p32_ref) <= bound)
 
 

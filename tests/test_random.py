@@ -32,17 +32,19 @@ def binomial_bound(p, n):
 
 @pytest.mark.parametrize("seed", SEEDS)
 @pytest.mark.parametrize("size", SIZES)
-def test_dropout_mask_equals_reference_for_every_seed_and_size(isa, seed, size):
+def test_dropout_mask_equals_reference_for_every_seed_and_size(backend, seed, size):
     for p in (0.1, 0.5, 0.9):
-        got = kernels.dropout_mask(size, p, seed=seed, offset=3)
+        got = backend.get(kernels.dropout_mask(size, p, seed=seed, offset=3,
+                                               device="cuda" if backend == "cuda" else None))
         assert got.dtype == np.bool_ and got.shape == (size,)
         np.testing.assert_array_equal(got, keep_mask(size, p, seed, 3), err_msg=f"p={p}")
 
 
 @pytest.mark.parametrize("offset", OFFSETS)
-def test_dropout_mask_equals_reference_for_every_offset(isa, offset):
+def test_dropout_mask_equals_reference_for_every_offset(backend, offset):
     for seed in (0, 2**64 - 1):
-        got = kernels.dropout_mask(CHUNK + 3, 0.3, seed=seed, offset=offset)
+        got = backend.get(kernels.dropout_mask(CHUNK + 3, 0.3, seed=seed, offset=offset,
+                                               device="cuda" if backend == "cuda" else None))
         np.testing.assert_array_equal(got, keep_mask(CHUNK + 3, 0.3, seed, offset))
 
 

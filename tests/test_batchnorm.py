@@ -129,12 +129,14 @@ def check_forward(x, gamma, beta, rm_before, rv_before, result, rm_after, rv_aft
 @pytest.mark.parametrize("activation", ACTIVATIONS)
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape", SHAPES)
-def test_batch_norm_training_matches_float64_reference(isa, rng, shape, dtype, activation):
+def test_batch_norm_training_matches_float64_reference(backend, rng, shape, dtype, activation):
     x, gamma, beta, rm, rv = make_inputs(rng, shape, dtype)
     rm_before, rv_before = rm.copy(), rv.copy()
-    result = K.batch_norm(x, gamma, beta, rm, rv, training=True, activation=activation)
-    check_forward(x, gamma, beta, rm_before, rv_before, result, rm, rv, training=True, momentum=0.1, eps=1e-5,
-                  activation=activation)
+    put, get = backend.put, backend.get
+    d_rm, d_rv = put(rm), put(rv)
+    result = K.batch_norm(put(x), put(gamma), put(beta), d_rm, d_rv, training=True, activation=activation)
+    check_forward(x, gamma, beta, rm_before, rv_before, tuple(get(r) for r in result), get(d_rm), get(d_rv),
+                  training=True, momentum=0.1, eps=1e-5, activation=activation)
 
 
 @pytest.mark.parametrize("activation", ACTIVATIONS)
@@ -233,12 +235,15 @@ def test_batch_norm_backward_over_zero_rows_is_zero(isa):
 @pytest.mark.parametrize("activation", ACTIVATIONS)
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape", SHAPES)
-def test_batch_norm_backward_matches_float64_reference(isa, rng, shape, dtype, activation):
+def test_batch_norm_backward_matches_float64_reference(backend, rng, shape, dtype, activation):
     x, gamma, beta, rm, rv = make_inputs(rng, shape, dtype)
-    y, save_mean, save_invstd = K.batch_norm(x, gamma, beta, rm, rv, training=True, activation=activation)
+    put, get = backend.put, backend.get
+    dev = [put(v) for v in (x, gamma, beta, rm, rv)]
+    y, save_mean, save_invstd = K.batch_norm(*dev, training=True, activation=activation)
     grad_out = rng.standard_normal(shape).astype(dtype)
-    dx, dgamma, dbeta = K.batch_norm_backward(grad_out, x, gamma, save_mean, save_invstd, activation=activation,
-                                              y=y)
+    dx, dgamma, dbeta = (get(r) for r in K.batch_norm_backward(put(grad_out), dev[0], dev[1], save_mean, save_invstd,
+                                                               activation=activation, y=y))
+    y, save_mean, save_invstd = get(y), get(save_mean), get(save_invstd)
     assert dx.shape == shape and dx.dtype == dtype
     assert dgamma.shape == dbeta.shape == gamma.shape and dgamma.dtype == dbeta.dtype == dtype
     ref_dx, ref_dgamma, ref_dbeta, g, xhat = ref_batch_norm_backward(grad_out, x, gamma, save_mean, save_invstd, y,

@@ -83,7 +83,7 @@ if want tests; then
   [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
   # The reference tests' CUDA cases (the `backend` fixture): the CPU suites' shapes and bounds.
   timeout "${T_TESTS:-150}" "${PYTEST[@]}" -k cuda tests/test_gemm.py tests/test_elementwise.py \
-    tests/test_losses.py tests/test_optim_kernels.py tests/test_random.py 2>&1 \
+    tests/test_losses.py tests/test_optim_kernels.py tests/test_random.py tests/test_batchnorm.py 2>&1 \
     | tee -a "$OUT/tests.log" | grep -E "passed|failed|error|FAILED|ERROR" | tail -40
   [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
 fi

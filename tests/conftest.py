@@ -3,6 +3,7 @@ lacks are skipped with the reason, and the summary line says which paths ran."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 import numpy as np
@@ -20,9 +21,9 @@ _ran: set[str] = set()
 _unsupported: set[str] = set()
 
 
-@pytest.fixture(params=ALL_ISAS)
-def isa(request):
-    name = request.param
+@contextlib.contextmanager
+def _on_isa(name):
+    """The CPU kernels on ISA path `name` for the block (skipped where the CPU lacks it)."""
     if name not in fastmlp.available_isas():
         _unsupported.add(name)
         pytest.skip(f"ISA path {name!r} is not supported by this CPU")
@@ -30,9 +31,15 @@ def isa(request):
     fastmlp.set_isa(name)
     _ran.add(name)
     try:
-        yield name
+        yield
     finally:
         fastmlp.set_isa(previous)
+
+
+@pytest.fixture(params=ALL_ISAS)
+def isa(request):
+    with _on_isa(request.param):
+        yield request.param
 
 
 class Backend(str):
@@ -67,16 +74,8 @@ def backend(request):
             pytest.skip("no CUDA device")
         yield Backend("cuda")
         return
-    if name not in fastmlp.available_isas():
-        _unsupported.add(name)
-        pytest.skip(f"ISA path {name!r} is not supported by this CPU")
-    previous = fastmlp.get_isa()
-    fastmlp.set_isa(name)
-    _ran.add(name)
-    try:
+    with _on_isa(name):
         yield Backend("cpu")
-    finally:
-        fastmlp.set_isa(previous)
 
 
 @pytest.fixture

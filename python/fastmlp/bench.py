@@ -377,7 +377,8 @@ def _mlp_flops(sizes, batch) -> float:
     return total
 
 
-def _torch_step(torch, sizes, dropout, batch, lr, x, y):
+def _torch_mlp(torch, sizes, dropout):
+    """The benchmark's MLP in torch: Linear, then ReLU and Dropout between layers."""
     layers = []
     for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
         layers.append(torch.nn.Linear(a, b))
@@ -385,7 +386,11 @@ def _torch_step(torch, sizes, dropout, batch, lr, x, y):
             layers.append(torch.nn.ReLU())
             if dropout:
                 layers.append(torch.nn.Dropout(dropout))
-    net = torch.nn.Sequential(*layers)
+    return torch.nn.Sequential(*layers)
+
+
+def _torch_step(torch, sizes, dropout, batch, lr, x, y):
+    net = _torch_mlp(torch, sizes, dropout)
     opt = torch.optim.Adam(net.parameters(), lr=lr)
     lossf = torch.nn.CrossEntropyLoss() if sizes[-1] > 1 else torch.nn.MSELoss()
     tx = torch.from_numpy(x)
@@ -657,14 +662,7 @@ def _gpu_times(fns: Dict[str, Callable[[], None]], timer, repeats: int) -> Dict[
 def _torch_cuda_step(torch, sizes, dropout, lr, x, y, graph: bool):
     """The same MLP step in PyTorch on the GPU: eager, or captured once as a CUDA graph and
     replayed (capturable fused Adam, static input buffers)."""
-    layers = []
-    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
-        layers.append(torch.nn.Linear(a, b))
-        if i < len(sizes) - 2:
-            layers.append(torch.nn.ReLU())
-            if dropout:
-                layers.append(torch.nn.Dropout(dropout))
-    net = torch.nn.Sequential(*layers).cuda()
+    net = _torch_mlp(torch, sizes, dropout).cuda()
     opt = torch.optim.Adam(net.parameters(), lr=lr, fused=True, capturable=graph)
     lossf = torch.nn.CrossEntropyLoss()
     tx, ty = torch.from_numpy(x).cuda(), torch.from_numpy(y).cuda()

@@ -45,6 +45,11 @@ class Buffer:
 
     def __del__(self):
         _live.pop(getattr(self, "ptr", 0), None)
+        if _capture and getattr(self, "_a", None) is not None:  # as runtime.cu: the graph being captured owns it
+            _deferred.append(self._a)
+
+
+_deferred = []  # host memory of buffers freed during a capture
 
 
 class PinnedBuffer:
@@ -55,8 +60,9 @@ class PinnedBuffer:
 
 
 class _Graph:
-    def __init__(self, thunks):
+    def __init__(self, thunks, owned=()):
         self.thunks = thunks
+        self.owned = list(owned)  # freed during the capture: kept while the graph may replay
 
     def replay(self, stream):
         for t in self.thunks:
@@ -130,7 +136,10 @@ class Fake:
         _capture[int(s)] = []
 
     def capture_end(self, s):
-        return _Graph(_capture.pop(int(s)))
+        graph = _Graph(_capture.pop(int(s)), _deferred if not _capture else ())
+        if not _capture:
+            _deferred.clear()
+        return graph
 
     def to_dlpack(self, owner, ptr, shape, device, dtype):
         raise NotImplementedError

@@ -288,23 +288,25 @@ def test_softmax_cross_entropy_treats_minus_inf_as_probability_zero(isa, dtype):
 
 @pytest.mark.parametrize("name", ("squared", "softmax", "sigmoid"))
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_gradient_can_be_written_in_place_over_the_logits(isa, rng, name, dtype):
-    x = make_logits(rng, (13, 7), dtype)
-    other = rng.uniform(size=x.shape).astype(dtype)
-    labels = make_labels(rng, 13, 7)
+def test_gradient_can_be_written_in_place_over_the_logits(backend, rng, name, dtype):
+    # 300 columns: past the CUDA kernels' four-columns-per-lane batches (and a label inside them)
+    x = make_logits(rng, (13, 300), dtype)
+    put, get = backend.put, backend.get
+    other = put(rng.uniform(size=x.shape).astype(dtype))
+    labels = put(make_labels(rng, 13, 300))
     fn = {"squared": lambda z, out=None: K.squared_error(z, other, out=out),
           "softmax": lambda z, out=None: K.softmax_cross_entropy(z, labels, out=out),
           "sigmoid": lambda z, out=None: K.sigmoid_cross_entropy(z, other, out=out)}[name]
-    loss, grad = fn(x)
-    buf = np.full_like(x, np.nan)
-    loss_out, grad_out = fn(x, out=buf)
+    loss, grad = fn(put(x))
+    buf = put(np.full_like(x, np.nan))
+    loss_out, grad_out = fn(put(x), out=buf)
     assert grad_out is buf
-    inplace = x.copy()
+    inplace = put(x.copy())
     loss_in, grad_in = fn(inplace, out=inplace)
     assert grad_in is inplace
-    assert loss_out == loss and loss_in == loss
-    np.testing.assert_array_equal(grad_out, grad)
-    np.testing.assert_array_equal(grad_in, grad)
+    assert float(get(loss_out)) == float(get(loss)) and float(get(loss_in)) == float(get(loss))
+    np.testing.assert_array_equal(get(grad_out), get(grad))
+    np.testing.assert_array_equal(get(grad_in), get(grad))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -12,12 +12,14 @@
 # sweep: bench/cuda_sweep.py under each FASTMLP_CUDA_GEMM_SPLIT_BLOCKS:MIN_SPLIT_K pair in SWEEP; profile: Nsight Compute's time for each kernel of one eager training step.
 #
 # Environment: ARCH (default 90), PY (default python3), TEST_ARGS (extra pytest arguments),
-# BENCH_ARGS (extra `python -m fastmlp.bench --device cuda` arguments), T_TESTS, T_BENCH and
-# T_SANITIZE (seconds per stage; 150, 200 and 100 per tool by default).
+# BENCH_ARGS (extra `python -m fastmlp.bench --device cuda` arguments), SWEEP (the sweep's pairs,
+# e.g. "256:32 256:64"), REPRO (diag), T_TESTS, T_CPUTESTS, T_BENCH and T_SANITIZE (seconds per
+# stage; 150, 150, 200 and 100 per tool by default).
 set -u
 cd "$(dirname "$0")/.."
 ROOT="$(pwd)"
 OUT="${OUT:-/tmp/gpu-out}"
+mkdir -p "$OUT" && OUT="$(cd "$OUT" && pwd)"  # absolute: some stages run from /tmp
 PY="${PY:-python3}"
 ARCH="${ARCH:-90}"
 mkdir -p "$OUT"
@@ -99,14 +101,15 @@ fi
 if want sweep; then
   say "split-K sweep"
   for pair in ${SWEEP:-256:32}; do
-    (cd /tmp && FASTMLP_CUDA_GEMM_SPLIT_BLOCKS="${pair%%:*}" FASTMLP_CUDA_GEMM_MIN_SPLIT_K="${pair##*:}" \
-      timeout 60 "$PY" "$ROOT/bench/cuda_sweep.py" sweep) 2>&1 | tail -1
+    IFS=: read -r split_blocks min_split_k _ <<<"$pair"
+    (cd /tmp && FASTMLP_CUDA_GEMM_SPLIT_BLOCKS="$split_blocks" FASTMLP_CUDA_GEMM_MIN_SPLIT_K="$min_split_k" \
+      timeout 60 "$PY" "$ROOT/bench/cuda_sweep.py" sweep) 2>&1 | tail -2
   done | tee "$OUT/sweep.txt"
 fi
 
 if want profile; then
   say "ncu: the step's kernels"
-  (cd /tmp && timeout 120 ncu --clock-control none --metrics gpu__time_duration.sum --csv \
+  (cd /tmp && timeout 120 ncu --clock-control none --print-units base --metrics gpu__time_duration.sum --csv \
     "$PY" "$ROOT/bench/cuda_step_profile.py" >/tmp/ncu-step.csv 2>/tmp/ncu-step.err) || tail -5 /tmp/ncu-step.err
   "$PY" tools/ncu_summary.py /tmp/ncu-step.csv 2>&1 | tee "$OUT/profile.txt" | tail -45
 fi

@@ -6,6 +6,7 @@
 // time), guarded scalar loads elsewhere, so any M, N, K is correct. Small M*N with long K is split
 // over k (split-K): partials go to scratch and a second kernel adds them in split order and applies
 // the epilogue, so the result is deterministic for a given shape.
+#include <cstdio>
 #include <cstdlib>
 #include <stdexcept>
 
@@ -278,7 +279,8 @@ __global__ void split_k_reduce_kernel(const float* partial, int64_t splits, Epil
 
 // The split-K policy: kSplitTargetBlocks and kMinSplitK, or for tuning sweeps the environment's
 // FASTMLP_CUDA_GEMM_SPLIT_BLOCKS / FASTMLP_CUDA_GEMM_MIN_SPLIT_K (read once; a multiple of kTileK
-// and at least kTileK for the latter). Either way the result is deterministic for a given shape.
+// and at least kTileK for the latter, rounded down to one; a value out of range is reported on
+// stderr and ignored). Either way the result is deterministic for a given shape.
 struct SplitPolicy {
   int64_t target_blocks, min_split_k;
 };
@@ -288,7 +290,10 @@ int64_t env_int(const char* name, int64_t fallback, int64_t lo, int64_t hi) {
   if (!v || !*v) return fallback;
   char* end = nullptr;
   const long long x = std::strtoll(v, &end, 10);
-  return (end && *end == 0 && x >= lo && x <= hi) ? x : fallback;
+  if (end && *end == 0 && x >= lo && x <= hi) return x;
+  std::fprintf(stderr, "fastmlp: ignoring %s=%s (an integer in [%lld, %lld] is expected); using %lld\n", name, v,
+               static_cast<long long>(lo), static_cast<long long>(hi), static_cast<long long>(fallback));
+  return fallback;
 }
 
 const SplitPolicy& split_policy() {

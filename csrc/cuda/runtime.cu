@@ -5,6 +5,7 @@
 #include <map>
 #include <stdexcept>
 #include <string>
+#include <tuple>
 #include <utility>
 #include <vector>
 
@@ -101,11 +102,11 @@ void* scratch(std::size_t bytes, Stream stream, const char* who) {
 }
 
 unsigned resident_blocks(const void* kernel, int64_t items, int threads) {
-  // (device, kernel) -> blocks resident on the whole device; looked up once per thread.
-  thread_local std::map<std::pair<int, const void*>, int64_t> resident;
+  // (device, kernel, block size) -> blocks resident on the whole device; looked up once per thread.
+  thread_local std::map<std::tuple<int, const void*, int>, int64_t> resident;
   int device = 0;
   check(cudaGetDevice(&device), "cudaGetDevice");
-  int64_t& cap = resident[{device, kernel}];
+  int64_t& cap = resident[{device, kernel, threads}];
   if (cap == 0) {
     int sms = 0, per_sm = 0;
     check(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device), "cudaDeviceGetAttribute");
@@ -197,9 +198,12 @@ void* device_alloc(std::size_t nbytes, int device) {
 
 namespace {
 // Frees that arrive while this thread captures a stream (a Python object collected inside
-// graph_capture) wait until capture_end: cudaFree/cudaFreeHost during a capture would invalidate it.
+// graph_capture) are held back: cudaFree/cudaFreeHost during a capture would invalidate it. The
+// graph may use those buffers, so a successful capture hands them to its graph, which frees them
+// when it is destroyed; a failed one frees them at once.
+using DeferredFrees = std::vector<std::pair<void*, int>>;  // (ptr, device); device -1: pinned
 thread_local int t_capturing = 0;
-thread_local std::vector<std::pair<void*, int>> t_deferred_frees;  // (ptr, device); device -1: pinned
+thread_local DeferredFrees t_deferred_frees;
 }  // namespace
 
 void device_free(void* ptr, int device) noexcept {
@@ -289,7 +293,20 @@ bool stream_is_capturing(Stream stream) {
 
 struct GraphExec {
   cudaGraphExec_t exec;
+  DeferredFrees owned;  // buffers freed by their owners during the capture (see t_deferred_frees)
 };
+
+namespace {
+void release(DeferredFrees& frees) noexcept {
+  for (const auto& [ptr, device] : frees) {
+    if (device < 0)
+      pinned_free(ptr);
+    else
+      device_free(ptr, device);
+  }
+  frees.clear();
+}
+}  // namespace
 
 void capture_begin(Stream stream) {
   // Thread-local mode: unsafe calls (cudaMalloc...) are refused on this thread only, so other
@@ -301,23 +318,29 @@ void capture_begin(Stream stream) {
 GraphExec* capture_end(Stream stream) {
   cudaGraph_t graph = nullptr;
   cudaError_t err = cudaStreamEndCapture(stream, &graph);
-  if (t_capturing > 0 && --t_capturing == 0) {
-    for (const auto& [ptr, device] : std::exchange(t_deferred_frees, {})) {
-      if (device < 0)
-        pinned_free(ptr);
-      else
-        device_free(ptr, device);
-    }
-  }
+  DeferredFrees frees;
+  if (t_capturing > 0 && --t_capturing == 0) frees = std::exchange(t_deferred_frees, {});
   if (err != cudaSuccess) {
     if (graph) cudaGraphDestroy(graph);
+    release(frees);
     throw_cuda_error(err, "cudaStreamEndCapture");
   }
   cudaGraphExec_t exec = nullptr;
   err = cudaGraphInstantiate(&exec, graph, 0);
   cudaGraphDestroy(graph);  // the executable graph does not need it
-  if (err != cudaSuccess) throw_cuda_error(err, "cudaGraphInstantiate");
-  return new GraphExec{exec};
+  if (err != cudaSuccess) {
+    release(frees);
+    throw_cuda_error(err, "cudaGraphInstantiate");
+  }
+  GraphExec* result = nullptr;
+  try {
+    result = new GraphExec{exec, std::move(frees)};
+  } catch (...) {
+    cudaGraphExecDestroy(exec);
+    release(frees);
+    throw;
+  }
+  return result;
 }
 
 void graph_replay(GraphExec* graph, Stream stream) { check(cudaGraphLaunch(graph->exec, stream), "cudaGraphLaunch"); }
@@ -326,6 +349,7 @@ void graph_destroy(GraphExec* graph) noexcept {
   if (!graph) return;
   cudaGraphExecDestroy(graph->exec);
   cudaGetLastError();
+  release(graph->owned);
   delete graph;
 }
 

@@ -680,7 +680,9 @@ def _torch_cuda_step(torch, sizes, dropout, lr, x, y, graph: bool):
         for _ in range(3):
             step()
     torch.cuda.current_stream().wait_stream(side)
-    gc.collect()  # a fastmlp buffer freed by the collector inside a global-mode capture would void it
+    # A cudaFree on this thread during torch's capture (a fastmlp buffer the collector frees) would
+    # void it: collect first. Thread-local mode keeps other threads' frees out of it.
+    gc.collect()
     g = torch.cuda.CUDAGraph()
     with torch.cuda.graph(g, capture_error_mode="thread_local"):
         step()
@@ -883,12 +885,14 @@ def bench_cuda(args) -> int:
             ("dropout p=0.2", 8 * n, lambda: K.dropout(a, 0.2, seed=1, offset=0, out=b),
              lambda: torch.nn.functional.dropout(ta, 0.2)),
             ("bias_grad", 4 * n, lambda: K.bias_grad(g2, out=colsum), lambda: tg2.sum(0)),
+            # torch: the loss and its gradient (autograd), as the fused kernel gives both
             ("softmax cross-entropy", 8 * n, lambda: K.softmax_cross_entropy(x2, labels, out=g2, loss_out=loss),
-             lambda: torch.nn.functional.cross_entropy(tx2, tlabels)),
+             lambda: torch.autograd.grad(torch.nn.functional.cross_entropy(tleaf, tlabels), tleaf)),
         ]
         if torch is not None:
             tc = torch.from_dlpack(c)
             tx2, tg2, tlabels = ta.view(rows, cols), tc.view(rows, cols), torch.from_dlpack(labels)
+            tleaf = tx2.detach().requires_grad_(True)
         for op, nbytes, ours, theirs in elementwise:
             fns = {"fastmlp": ours}
             if torch is not None:

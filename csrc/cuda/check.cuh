@@ -25,6 +25,9 @@ inline void check_launch(const char* kernel) { check(cudaGetLastError(), kernel)
 constexpr int kBlockThreads = 256;           // threads per block of the elementwise kernels: 8 warps
 constexpr int64_t kMaxGridBlocks = 1 << 16;  // grid-stride loops cover the rest (2^24 threads in flight)
 
+// Whether a pointer allows 16-byte (float4) accesses.
+inline bool aligned16(const void* p) { return (reinterpret_cast<std::uintptr_t>(p) & 15u) == 0; }
+
 __host__ __device__ __forceinline__ int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
 // Blocks for a grid-stride loop over `items` with `threads` per block (items > 0).

@@ -41,8 +41,6 @@ __device__ __forceinline__ void store4(float* p, int64_t i, int64_t n, const flo
   }
 }
 
-bool aligned16(const void* p) { return (reinterpret_cast<std::uintptr_t>(p) & 15u) == 0; }
-
 // Groups of four for n elements.
 int64_t groups_of_4(int64_t n) { return ceil_div(n, 4); }
 

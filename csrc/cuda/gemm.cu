@@ -303,8 +303,6 @@ const SplitPolicy& split_policy() {
   return policy;
 }
 
-bool aligned16(const void* p) { return (reinterpret_cast<std::uintptr_t>(p) & 15u) == 0; }
-
 template <bool AK, bool BK, bool Vec>
 void launch_gemm(const GemmParams& p, dim3 grid, cudaStream_t stream) {
   gemm_kernel<AK, BK, Vec><<<grid, kGemmThreads, 0, stream>>>(p);

@@ -295,7 +295,6 @@ void adam_step(float* param, const float* grad, float* exp_avg, float* exp_avg_s
   const double step = static_cast<double>(args.step);
   const AdamLaunch launch{param, grad, exp_avg, exp_avg_sq, n, args, 1.0 - std::pow(args.beta1, step),
                           1.0 - std::pow(args.beta2, step), seg, sched};
-  const auto aligned16 = [](const void* p) { return (reinterpret_cast<std::uintptr_t>(p) & 15u) == 0; };
   if (aligned16(param) && aligned16(grad) && aligned16(exp_avg) && aligned16(exp_avg_sq))
     run_step(adam_kernel<true>, launch, "adam_step", stream, (n + 3) / 4);
   else

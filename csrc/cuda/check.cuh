@@ -36,6 +36,9 @@ inline unsigned grid_blocks(int64_t items, int threads = kBlockThreads) {
   return static_cast<unsigned>(blocks < kMaxGridBlocks ? blocks : kMaxGridBlocks);
 }
 
+// The current device's multiprocessor count (cached per thread and device).
+int multiprocessors();  // runtime.cu
+
 // Blocks for a grid-stride loop whose threads carry per-thread setup worth amortising (the
 // optimizers form their coefficients in double, with pow, per thread): at most as many blocks of
 // `kernel` as the current device keeps resident at once (its occupancy, from its registers), so

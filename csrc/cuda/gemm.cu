@@ -1,6 +1,7 @@
 // SGEMM with a fused epilogue: out = act(alpha * op(a) op(b) + beta * out + bias). The classic
-// 128x128x8 design: 256 threads, an 8x8 register tile each, both operands staged k-major in
-// double-buffered shared memory (next stage loaded into registers while this one is multiplied).
+// 128x128 design with 16 k per stage: 256 threads, an 8x8 register tile each, both operands staged
+// k-major in double-buffered shared memory (next stage loaded into registers while this one is
+// multiplied).
 // One loader serves all four transpose cases: an operand is either k-contiguous or row-contiguous
 // in memory; float4 loads are used where the pointer and leading dimension allow (checked at run
 // time), guarded scalar loads elsewhere, so any M, N, K is correct. Small M*N with long K is split
@@ -19,18 +20,20 @@ namespace {
 
 constexpr int kTileM = 128;                    // rows of out per block
 constexpr int kTileN = 128;                    // columns of out per block
-constexpr int kTileK = 8;                      // k per shared-memory stage
+constexpr int kTileK = 16;                     // k per shared-memory stage (H100: 8 -> 16 took the 784-512-512-10
+                                               // step 138.7 -> 131.6 us, 8192x1024x1024 TN 37.9 -> 41.2 TFLOP/s)
 constexpr int kGemmThreads = 256;              // 16 x 16 threads, each an 8 x 8 register tile
-constexpr int kSmemPad = 4;                    // keeps the transposed stores conflict-free, float4 reads aligned
-constexpr int kSmemLd = kTileM + kSmemPad;     // 2 stages x 8 x 132 x 4 B = 8.25 KiB per operand
+constexpr int kSmemPad = 4;                    // transposed stores at most 2-way conflicts, float4 reads aligned
+constexpr int kSmemLd = kTileM + kSmemPad;     // 2 stages x 16 x 132 x 4 B = 16.5 KiB per operand
 constexpr int kTileGroup = 8;                  // row tiles walked together, so blocks in flight share B in L2
-constexpr int64_t kSplitTargetBlocks = 256;    // split-K aims at about this many blocks (~2 per SM on H100)
-constexpr int64_t kMinSplitK = 32;             // k per split at least: 4 stages (H200 sweep: 64 -> 32 took
-                                               // (256,512,512) 13.9 -> 11.1 us, the step 152 -> 139 us)
+// Split-K aims at about one block per multiprocessor (H200 sweep, BK = 16: 132 blocks vs 256 took
+// 512x784x256 TN 15.0 -> 13.5 us and 256x784x512 NN 15.9 -> 13.9 us, the step 120.9 -> 119.3 us).
+constexpr int64_t kMinSplitK = 32;             // k per split at least: 2 stages (H200 sweeps: 64 -> 32 took
+                                               // (256,512,512) 13.9 -> 11.1 us, the step 152 -> 139 us at
+                                               // BK = 8; 48 and 64 were slower at BK = 16 too)
 constexpr int64_t kMaxSplits = 32;             // and at most this many partials per output
 
 static_assert(kTileM == kTileN, "one loader layout serves both operands");
-static_assert(kGemmThreads * 4 == kTileM * kTileK, "each thread loads 4 elements of each operand per stage");
 
 // op(x) seen as `rows` x K: a gives op(a) (M x K), b gives op(b)^T (N x K). KContig: stored
 // (rows, K) and element (row, k) is ptr[row * ld + k]; otherwise stored (K, rows) and it is
@@ -102,24 +105,31 @@ __device__ __noinline__ void store_epilogue(float* out, const float* bias, float
   }
 }
 
-// Walks this thread's 4 elements of each stage of one operand: rows [row0, row0 + kTileM) x
-// k [k0, k0 + kTileK), zero outside rows x [k_begin, k_end). Everything but a pointer bump and a
-// counter is computed once, which keeps the kernel within 128 registers. Vec: one float4 per stage
-// (pointer 16-byte aligned and the contiguous extent % 4 == 0, so a group of four lies wholly
-// inside or wholly outside).
-template <bool KContig, bool Vec>
+// Walks this thread's elements of each stage of one operand: rows [row0, row0 + kTileM) x
+// k [k0, k0 + BK), zero outside rows x [k_begin, k_end). A stage is BK / 8 groups of four per
+// thread (kLoads); everything but a pointer bump and a counter is computed once, which keeps the
+// kernel within 128 registers. KContig: group j is row t / (BK / 4) + j * kRowStep, k (t % (BK / 4)) * 4;
+// otherwise row (t % 32) * 4, k t / 32 + 8 j. Vec: one float4 per group (pointer 16-byte aligned
+// and the contiguous extent % 4 == 0, so a group lies wholly inside or wholly outside).
+// (A KContig layout of row t / 2, k (t % 2) * 4 + 8 j, whose transposed stores are conflict-free
+// where these are 2-way, measured the same or slower on the H100: 4096^3 NT 39.6 -> 40.1, NN
+// 40.8 -> 39.9 TFLOP/s, the step 129.0 -> 130.6 us.)
+template <int BK, bool KContig, bool Vec>
 struct StageLoader {
+  static constexpr int kLoads = BK / 8;
+  static constexpr int kRowStep = kGemmThreads / (BK / 4);  // KContig: rows between a thread's groups
   const float* src;   // this thread's first element at the current stage
-  int k_rel;          // this thread's k at the current stage minus k_end (K < 2^31 - 16 is checked on the host)
-  unsigned row_mask;  // bit j: element j's row is inside the operand's rows
+  int k_rel;          // this thread's k at the current stage minus k_end (K < 2^31 - 32 is checked on the host)
+  unsigned row_mask;  // KContig: bit j: group j's row is inside; else bit j: row + j is inside
 
   __device__ __forceinline__ StageLoader(const Operand& op, int64_t row0, int64_t k_begin, int64_t k_end) {
     const int t = threadIdx.x;
     if constexpr (KContig) {
-      const int64_t gr = row0 + (t >> 1), gk = k_begin + (t & 1) * 4;
+      const int64_t gr = row0 + t / (BK / 4), gk = k_begin + (t % (BK / 4)) * 4;
       src = op.ptr + gr * op.ld + gk;
       k_rel = static_cast<int>(gk - k_end);
-      row_mask = gr < op.rows ? 0xFu : 0u;
+      row_mask = 0;
+      for (int j = 0; j < kLoads; ++j) row_mask |= (gr + j * kRowStep < op.rows ? 1u : 0u) << j;
     } else {
       const int64_t gk = k_begin + (t >> 5), gr = row0 + (t & 31) * 4;
       src = op.ptr + gk * op.ld + gr;
@@ -131,40 +141,49 @@ struct StageLoader {
 
   // The current stage into r, then on to the next; ld is the operand's (a kernel parameter, so it
   // costs no register).
-  __device__ __forceinline__ void load(float (&r)[4], int64_t ld) {
-    if constexpr (Vec) {
-      if ((row_mask & 1u) && k_rel < 0) {
-        const float4 v = __ldg(reinterpret_cast<const float4*>(src));
-        r[0] = v.x;
-        r[1] = v.y;
-        r[2] = v.z;
-        r[3] = v.w;
+  __device__ __forceinline__ void load(float (&r)[kLoads][4], int64_t ld) {
+#pragma unroll
+    for (int g = 0; g < kLoads; ++g) {
+      const float* p = src + (KContig ? g * kRowStep * ld : g * 8 * ld);
+      const int kr = KContig ? k_rel : k_rel + g * 8;
+      const bool row_in = KContig ? ((row_mask >> g) & 1u) : true;
+      if constexpr (Vec) {
+        if (row_in && (KContig || (row_mask & 1u)) && kr < 0) {
+          const float4 v = __ldg(reinterpret_cast<const float4*>(p));
+          r[g][0] = v.x;
+          r[g][1] = v.y;
+          r[g][2] = v.z;
+          r[g][3] = v.w;
+        } else {
+          r[g][0] = r[g][1] = r[g][2] = r[g][3] = 0.0f;
+        }
+      } else if constexpr (KContig) {
+#pragma unroll
+        for (int j = 0; j < 4; ++j) r[g][j] = (row_in && kr + j < 0) ? __ldg(p + j) : 0.0f;
       } else {
-        r[0] = r[1] = r[2] = r[3] = 0.0f;
+#pragma unroll
+        for (int j = 0; j < 4; ++j) r[g][j] = (((row_mask >> j) & 1u) && kr < 0) ? __ldg(p + j) : 0.0f;
       }
-    } else if constexpr (KContig) {
-#pragma unroll
-      for (int j = 0; j < 4; ++j) r[j] = ((row_mask & 1u) && k_rel + j < 0) ? __ldg(src + j) : 0.0f;
-    } else {
-#pragma unroll
-      for (int j = 0; j < 4; ++j) r[j] = (((row_mask >> j) & 1u) && k_rel < 0) ? __ldg(src + j) : 0.0f;
     }
-    src += KContig ? static_cast<int64_t>(kTileK) : kTileK * ld;
-    k_rel += kTileK;
+    src += KContig ? static_cast<int64_t>(BK) : BK * ld;
+    k_rel += BK;
   }
 };
 
 // Writes the registers of StageLoader::load into the k-major stage tile s[k][row].
-template <bool KContig>
-__device__ __forceinline__ void store_stage(float (*s)[kSmemLd], const float (&r)[4]) {
+template <int BK, bool KContig>
+__device__ __forceinline__ void store_stage(float (*s)[kSmemLd], const float (&r)[BK / 8][4]) {
   const int t = threadIdx.x;
-  if constexpr (KContig) {
-    const int row = t >> 1, kk = (t & 1) * 4;
 #pragma unroll
-    for (int j = 0; j < 4; ++j) s[kk + j][row] = r[j];
-  } else {
-    const int kk = t >> 5, row = (t & 31) * 4;
-    *reinterpret_cast<float4*>(&s[kk][row]) = make_float4(r[0], r[1], r[2], r[3]);
+  for (int g = 0; g < BK / 8; ++g) {
+    if constexpr (KContig) {
+      const int row = t / (BK / 4) + g * StageLoader<BK, true, true>::kRowStep, kk = (t % (BK / 4)) * 4;
+#pragma unroll
+      for (int j = 0; j < 4; ++j) s[kk + j][row] = r[g][j];
+    } else {
+      const int kk = (t >> 5) + g * 8, row = (t & 31) * 4;
+      *reinterpret_cast<float4*>(&s[kk][row]) = make_float4(r[g][0], r[g][1], r[g][2], r[g][3]);
+    }
   }
 }
 
@@ -172,13 +191,14 @@ __device__ __forceinline__ void store_stage(float (*s)[kSmemLd], const float (&r
 // tile, columns likewise with tx, so each k reads two float4 of each operand from shared memory.
 __device__ __forceinline__ int tile_offset(int half_index, int t) { return (half_index < 4 ? 0 : 64) + t * 4 + (half_index & 3); }
 
-// Two blocks per multiprocessor: at most 128 registers, a few bytes spilled. (One block, no cap
-// below 255 and no spills, measured on the H200: 4096^3 42.4 vs 42.2 TFLOP/s, but 8192x1024x1024
-// TN 26 vs 38 TFLOP/s, so it was dropped.)
+// Two blocks per multiprocessor: at most 128 registers, a few bytes spilled. (One block, up to 255
+// registers: on the H200 at BK = 16, 4096^3 NT 39.5 -> 32.4 and 8192x1024x1024 TN 41.0 -> 33.1
+// TFLOP/s, so it was dropped.)
 template <bool AKContig, bool BKContig, bool Vec>
 __global__ void __launch_bounds__(kGemmThreads, 2) gemm_kernel(const GemmParams p) {
-  __shared__ __align__(16) float a_tile[2][kTileK][kSmemLd];
-  __shared__ __align__(16) float b_tile[2][kTileK][kSmemLd];
+  constexpr int BK = kTileK;
+  __shared__ __align__(16) float a_tile[2][BK][kSmemLd];
+  __shared__ __align__(16) float b_tile[2][BK][kSmemLd];
 
   // Grouped tile order: kTileGroup row tiles share each column tile while they are in flight.
   const int64_t pid = blockIdx.x;
@@ -190,7 +210,7 @@ __global__ void __launch_bounds__(kGemmThreads, 2) gemm_kernel(const GemmParams 
 
   const int64_t k_begin = static_cast<int64_t>(blockIdx.z) * p.k_chunk;
   const int64_t k_end = p.K < k_begin + p.k_chunk ? p.K : k_begin + p.k_chunk;
-  const int stages = k_end > k_begin ? static_cast<int>(ceil_div(k_end - k_begin, kTileK)) : 0;
+  const int stages = k_end > k_begin ? static_cast<int>(ceil_div(k_end - k_begin, BK)) : 0;
   const int tx = threadIdx.x % 16, ty = threadIdx.x / 16;
 
   float acc[8][8];
@@ -199,14 +219,14 @@ __global__ void __launch_bounds__(kGemmThreads, 2) gemm_kernel(const GemmParams 
 #pragma unroll
     for (int j = 0; j < 8; ++j) acc[i][j] = 0.0f;
 
-  StageLoader<AKContig, Vec> a_loader(p.a, m0, k_begin, k_end);
-  StageLoader<BKContig, Vec> b_loader(p.b, n0, k_begin, k_end);
-  float ra[4], rb[4];
+  StageLoader<BK, AKContig, Vec> a_loader(p.a, m0, k_begin, k_end);
+  StageLoader<BK, BKContig, Vec> b_loader(p.b, n0, k_begin, k_end);
+  float ra[BK / 8][4], rb[BK / 8][4];
   if (stages > 0) {
     a_loader.load(ra, p.a.ld);
     b_loader.load(rb, p.b.ld);
-    store_stage<AKContig>(a_tile[0], ra);
-    store_stage<BKContig>(b_tile[0], rb);
+    store_stage<BK, AKContig>(a_tile[0], ra);
+    store_stage<BK, BKContig>(b_tile[0], rb);
     __syncthreads();
   }
   for (int s = 0; s < stages; ++s) {
@@ -217,7 +237,7 @@ __global__ void __launch_bounds__(kGemmThreads, 2) gemm_kernel(const GemmParams 
       b_loader.load(rb, p.b.ld);
     }
 #pragma unroll
-    for (int k = 0; k < kTileK; ++k) {
+    for (int k = 0; k < BK; ++k) {
       const float4 a_lo = *reinterpret_cast<const float4*>(&a_tile[cur][k][ty * 4]);
       const float4 a_hi = *reinterpret_cast<const float4*>(&a_tile[cur][k][64 + ty * 4]);
       const float4 b_lo = *reinterpret_cast<const float4*>(&b_tile[cur][k][tx * 4]);
@@ -230,8 +250,8 @@ __global__ void __launch_bounds__(kGemmThreads, 2) gemm_kernel(const GemmParams 
         for (int j = 0; j < 8; ++j) acc[i][j] = fmaf(av[i], bv[j], acc[i][j]);
     }
     if (more) {  // the other buffer was last read before the previous barrier
-      store_stage<AKContig>(a_tile[cur ^ 1], ra);
-      store_stage<BKContig>(b_tile[cur ^ 1], rb);
+      store_stage<BK, AKContig>(a_tile[cur ^ 1], ra);
+      store_stage<BK, BKContig>(b_tile[cur ^ 1], rb);
     }
     __syncthreads();
   }
@@ -277,12 +297,43 @@ __global__ void split_k_reduce_kernel(const float* partial, int64_t splits, Epil
   }
 }
 
-// The split-K policy: kSplitTargetBlocks and kMinSplitK, or for tuning sweeps the environment's
-// FASTMLP_CUDA_GEMM_SPLIT_BLOCKS / FASTMLP_CUDA_GEMM_MIN_SPLIT_K (read once; a multiple of kTileK
-// and at least kTileK for the latter, rounded down to one; a value out of range is reported on
-// stderr and ignored). Either way the result is deterministic for a given shape.
+// The same over groups of four columns (N % 4 == 0 and out 16-byte aligned): float4 loads of each
+// partial, the same sums in the same order, so the result is bitwise the scalar kernel's.
+__global__ void split_k_reduce_vec_kernel(const float4* partial, int64_t splits, Epilogue ep, int64_t M, int64_t N) {
+  const int64_t total = M * N / 4;
+  for (int64_t idx = grid_start(); idx < total; idx += grid_stride()) {
+    float4 s = partial[idx];
+    for (int64_t z = 1; z < splits; ++z) {
+      const float4 t = partial[z * total + idx];
+      s.x += t.x;
+      s.y += t.y;
+      s.z += t.z;
+      s.w += t.w;
+    }
+    const int64_t gn = (idx * 4) % N;
+    float4 old = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+    if (ep.beta != 0.0f) old = reinterpret_cast<const float4*>(ep.out)[idx];
+    const float v[4] = {s.x, s.y, s.z, s.w}, o[4] = {old.x, old.y, old.z, old.w};
+    float r[4];
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      float x = ep.alpha * v[j];
+      if (ep.beta != 0.0f) x += ep.beta * o[j];
+      if (ep.bias) x += ep.bias[gn + j];
+      r[j] = apply_act(ep.act, x);
+    }
+    reinterpret_cast<float4*>(ep.out)[idx] = make_float4(r[0], r[1], r[2], r[3]);
+  }
+}
+
+// The split-K policy: about one block per multiprocessor and kMinSplitK, or for tuning sweeps the
+// environment's FASTMLP_CUDA_GEMM_SPLIT_BLOCKS / FASTMLP_CUDA_GEMM_MIN_SPLIT_K (read once; a
+// multiple of kTileK and at least kTileK for the latter, rounded down to one; a value out of range
+// is reported on stderr and ignored). Either way the result is deterministic for a given shape on a
+// given device.
 struct SplitPolicy {
-  int64_t target_blocks, min_split_k;
+  int64_t target_blocks;  // 0: the device's multiprocessor count
+  int64_t min_split_k;
 };
 
 int64_t env_int(const char* name, int64_t fallback, int64_t lo, int64_t hi) {
@@ -298,7 +349,7 @@ int64_t env_int(const char* name, int64_t fallback, int64_t lo, int64_t hi) {
 
 const SplitPolicy& split_policy() {
   static const SplitPolicy policy{
-      env_int("FASTMLP_CUDA_GEMM_SPLIT_BLOCKS", kSplitTargetBlocks, 1, 1 << 16),
+      env_int("FASTMLP_CUDA_GEMM_SPLIT_BLOCKS", 0, 1, 1 << 16),
       env_int("FASTMLP_CUDA_GEMM_MIN_SPLIT_K", kMinSplitK, kTileK, 1 << 20) / kTileK * kTileK};
   return policy;
 }
@@ -343,8 +394,9 @@ void gemm(const float* a, const float* b, float* out, const float* bias, int64_t
   const int64_t tiles = p.tiles_m * p.tiles_n;
   const SplitPolicy& policy = split_policy();
   int64_t splits = 1;
-  if (tiles * 2 <= policy.target_blocks && K >= 2 * policy.min_split_k) {
-    splits = ceil_div(policy.target_blocks, tiles);
+  const int64_t target_blocks = policy.target_blocks > 0 ? policy.target_blocks : multiprocessors();
+  if (tiles * 2 <= target_blocks && K >= 2 * policy.min_split_k) {
+    splits = ceil_div(target_blocks, tiles);
     const int64_t by_k = K / policy.min_split_k;
     splits = splits < by_k ? splits : by_k;
     splits = splits < kMaxSplits ? splits : kMaxSplits;
@@ -360,13 +412,17 @@ void gemm(const float* a, const float* b, float* out, const float* bias, int64_t
   const bool a_vec = aligned16(a) && (a_kcontig ? K : M) % 4 == 0;
   const bool b_vec = aligned16(b) && (b_kcontig ? K : N) % 4 == 0;
   if (tiles > 0x7fffffffLL) throw std::invalid_argument("gemm: the output has too many 128x128 tiles for one grid");
-  if (K > 0x7fffffffLL - 2 * kTileK) throw std::invalid_argument("gemm: K must be below 2^31 - 16 on the GPU");
+  if (K > 0x7fffffffLL - 32) throw std::invalid_argument("gemm: K must be below 2^31 - 32 on the GPU");
   const dim3 grid(static_cast<unsigned>(tiles), 1, static_cast<unsigned>(splits));
   // One vector flag for both operands (8 kernels, not 16): a mixed case takes the scalar loads.
   dispatch_gemm<>(p, grid, stream, a_kcontig, b_kcontig, a_vec && b_vec);
   check_launch("gemm");
   if (splits > 1) {
-    split_k_reduce_kernel<<<grid_blocks(M * N), kBlockThreads, 0, stream>>>(p.partial, splits, p.ep, M, N);
+    if (p.ep.out_vec)  // N % 4 == 0 too: partial rows start 16-byte aligned (scratch is 256-byte aligned)
+      split_k_reduce_vec_kernel<<<grid_blocks(M * N / 4), kBlockThreads, 0, stream>>>(
+          reinterpret_cast<const float4*>(p.partial), splits, p.ep, M, N);
+    else
+      split_k_reduce_kernel<<<grid_blocks(M * N), kBlockThreads, 0, stream>>>(p.partial, splits, p.ep, M, N);
     check_launch("gemm (split-K reduction)");
   }
 }

@@ -3,6 +3,7 @@
 // one-block kernel adds the partials in order and writes the mean into a device scalar (no host
 // sync). Element math from ops/loss.h; --fmad=false keeps it rounding like the CPU.
 #include <cmath>
+#include <type_traits>
 
 #include "cuda/check.cuh"
 #include "ops/loss.h"
@@ -154,6 +155,71 @@ struct SoftmaxCrossEntropyRow {
   }
 };
 
+// The same loss for rows of at most kChunks * 128 columns, cols % 4 == 0 and 16-byte aligned rows:
+// the row is read once into registers (lane l holds columns 4 (32 j + l) .. + 3 of chunk j, float4
+// loads all in flight together) and the gradient written once, instead of three passes over memory
+// (max, exp, scale). Sums run over the lane's columns in chunk order, then across lanes, so the
+// result is fixed for a shape.
+template <class Label, int kChunks>
+struct SoftmaxCrossEntropyRowRegs {
+  const float* logits;
+  const Label* labels;
+  float* grad;
+  int64_t cols;
+  double inv_rows;
+  float onehot;
+  __device__ double operator()(int64_t r, int lane) const {
+    const float* x = logits + r * cols;
+    float* g = grad + r * cols;
+    const int64_t label = static_cast<int64_t>(labels[r]);
+    if (label < 0 || label >= cols) {
+      for (int64_t c = lane; c < cols; c += 32) g[c] = NAN;
+      return NAN;
+    }
+    const float x_label = x[label];
+    float4 v[kChunks];
+#pragma unroll
+    for (int j = 0; j < kChunks; ++j) {
+      const int64_t c = 4 * (32 * j + lane);
+      v[j] = c < cols ? *reinterpret_cast<const float4*>(x + c) : make_float4(-INFINITY, -INFINITY, -INFINITY, -INFINITY);
+    }
+    __syncwarp();  // every lane has read its row and x[label] before any writes g (grad may alias logits)
+    float m = -INFINITY;
+#pragma unroll
+    for (int j = 0; j < kChunks; ++j) m = fmaxf(fmaxf(fmaxf(m, v[j].x), fmaxf(v[j].y, v[j].z)), v[j].w);
+    m = warp_max(m);
+    double acc = 0.0;
+#pragma unroll
+    for (int j = 0; j < kChunks; ++j) {
+      if (4 * (32 * j + lane) < cols) {
+        v[j].x = ops::loss_exp(v[j].x - m);
+        v[j].y = ops::loss_exp(v[j].y - m);
+        v[j].z = ops::loss_exp(v[j].z - m);
+        v[j].w = ops::loss_exp(v[j].w - m);
+        acc += static_cast<double>(v[j].x);
+        acc += static_cast<double>(v[j].y);
+        acc += static_cast<double>(v[j].z);
+        acc += static_cast<double>(v[j].w);
+      }
+    }
+    const double s = warp_sum(acc);
+    const float scale = static_cast<float>(inv_rows / s);
+#pragma unroll
+    for (int j = 0; j < kChunks; ++j) {
+      const int64_t c = 4 * (32 * j + lane);
+      if (c < cols) {
+        float4 o = make_float4(v[j].x * scale, v[j].y * scale, v[j].z * scale, v[j].w * scale);
+        if (label == c) o.x -= onehot;
+        if (label == c + 1) o.y -= onehot;
+        if (label == c + 2) o.z -= onehot;
+        if (label == c + 3) o.w -= onehot;
+        *reinterpret_cast<float4*>(g + c) = o;
+      }
+    }
+    return ops::loss_log(s) + (static_cast<double>(m) - static_cast<double>(x_label));
+  }
+};
+
 template <class RowLoss>
 __global__ void __launch_bounds__(kBlockThreads)
     row_loss_kernel(RowLoss row_loss, int64_t rows, int64_t per_warp, double* partial) {
@@ -191,6 +257,28 @@ void zero_loss(float* loss, cudaStream_t stream) {
   check(cudaMemsetAsync(loss, 0, sizeof(float), stream), "cudaMemsetAsync");
 }
 
+// Rows held in registers where they fit (at most 1024 columns, cols % 4 == 0, aligned), else the
+// three-pass row loss.
+template <class Label>
+void softmax_ce_typed(const float* logits, const Label* labels, float* grad, float* loss, int64_t rows, int64_t cols,
+                      double inv_rows, float onehot, cudaStream_t stream) {
+  const char* name = "softmax_cross_entropy";
+  if (cols % 4 == 0 && cols <= 1024 && aligned16(logits) && aligned16(grad)) {
+    const auto go = [&](auto chunks) {
+      constexpr int kChunks = decltype(chunks)::value;
+      const SoftmaxCrossEntropyRowRegs<Label, kChunks> row{logits, labels, grad, cols, inv_rows, onehot};
+      launch_loss(row, rows, inv_rows, loss, stream, name);
+    };
+    if (cols <= 128) go(std::integral_constant<int, 1>{});
+    else if (cols <= 256) go(std::integral_constant<int, 2>{});
+    else if (cols <= 512) go(std::integral_constant<int, 4>{});
+    else go(std::integral_constant<int, 8>{});
+    return;
+  }
+  launch_loss(SoftmaxCrossEntropyRow<Label>{logits, labels, grad, cols, inv_rows, onehot}, rows, inv_rows, loss, stream,
+              name);
+}
+
 }  // namespace
 
 void squared_error(const float* pred, const float* target, float* grad, float* loss, int64_t rows, int64_t cols,
@@ -206,13 +294,10 @@ void softmax_cross_entropy(const float* logits, const void* labels, int labels_i
   if (rows == 0) return zero_loss(loss, stream);
   const double inv_rows = 1.0 / static_cast<double>(rows);
   const float onehot = static_cast<float>(inv_rows);
-  if (labels_itemsize == 8) {
-    const SoftmaxCrossEntropyRow<int64_t> row{logits, static_cast<const int64_t*>(labels), grad, cols, inv_rows, onehot};
-    launch_loss(row, rows, inv_rows, loss, stream, "softmax_cross_entropy");
-  } else {
-    const SoftmaxCrossEntropyRow<int32_t> row{logits, static_cast<const int32_t*>(labels), grad, cols, inv_rows, onehot};
-    launch_loss(row, rows, inv_rows, loss, stream, "softmax_cross_entropy");
-  }
+  if (labels_itemsize == 8)
+    softmax_ce_typed(logits, static_cast<const int64_t*>(labels), grad, loss, rows, cols, inv_rows, onehot, stream);
+  else
+    softmax_ce_typed(logits, static_cast<const int32_t*>(labels), grad, loss, rows, cols, inv_rows, onehot, stream);
 }
 
 void sigmoid_cross_entropy(const float* logits, const float* targets, float* grad, float* loss, int64_t rows,

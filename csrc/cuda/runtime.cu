@@ -101,6 +101,18 @@ void* scratch(std::size_t bytes, Stream stream, const char* who) {
   return ptr;
 }
 
+int multiprocessors() {
+  thread_local std::map<int, int> count;  // device -> multiprocessors, looked up once per thread
+  int device = 0;
+  check(cudaGetDevice(&device), "cudaGetDevice");
+  int& n = count[device];
+  if (n == 0) {
+    check(cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, device), "cudaDeviceGetAttribute");
+    if (n <= 0) n = 1;
+  }
+  return n;
+}
+
 unsigned resident_blocks(const void* kernel, int64_t items, int threads) {
   // (device, kernel, block size) -> blocks resident on the whole device; looked up once per thread.
   thread_local std::map<std::tuple<int, const void*, int>, int64_t> resident;

@@ -117,21 +117,36 @@ struct SigmoidCrossEntropyRow {
 // grad may be the logits: each lane reads its own elements before writing them, and x[label] is
 // read by every lane before the first write (the shuffles of warp_max order it).
 template <class Label>
-struct SoftmaxCrossEntropyRow {
+struct SoftmaxArgs {
   const float* logits;
   const Label* labels;
   float* grad;
   int64_t cols;
   double inv_rows;
   float onehot;
+
+  // Row r's logits, gradient and label; false (the row's gradient set to NaN) for a label
+  // outside [0, cols).
+  __device__ bool row(int64_t r, int lane, const float*& x, float*& g, int64_t& label) const {
+    x = logits + r * cols;
+    g = grad + r * cols;
+    label = static_cast<int64_t>(labels[r]);
+    if (label >= 0 && label < cols) return true;
+    for (int64_t c = lane; c < cols; c += 32) g[c] = NAN;
+    return false;
+  }
+};
+
+template <class Label>
+struct SoftmaxCrossEntropyRow : SoftmaxArgs<Label> {
   __device__ double operator()(int64_t r, int lane) const {
-    const float* x = logits + r * cols;
-    float* g = grad + r * cols;
-    const int64_t label = static_cast<int64_t>(labels[r]);
-    if (label < 0 || label >= cols) {
-      for (int64_t c = lane; c < cols; c += 32) g[c] = NAN;
-      return NAN;
-    }
+    const double inv_rows = this->inv_rows;
+    const float onehot = this->onehot;
+    const int64_t cols = this->cols;
+    const float* x;
+    float* g;
+    int64_t label;
+    if (!this->row(r, lane, x, g, label)) return NAN;
     const float x_label = x[label];
     __syncwarp();  // every lane has read x[label] before any writes g (grad may alias logits)
     float m = -INFINITY;
@@ -161,21 +176,15 @@ struct SoftmaxCrossEntropyRow {
 // (max, exp, scale). Sums run over the lane's columns in chunk order, then across lanes, so the
 // result is fixed for a shape.
 template <class Label, int kChunks>
-struct SoftmaxCrossEntropyRowRegs {
-  const float* logits;
-  const Label* labels;
-  float* grad;
-  int64_t cols;
-  double inv_rows;
-  float onehot;
+struct SoftmaxCrossEntropyRowRegs : SoftmaxArgs<Label> {
   __device__ double operator()(int64_t r, int lane) const {
-    const float* x = logits + r * cols;
-    float* g = grad + r * cols;
-    const int64_t label = static_cast<int64_t>(labels[r]);
-    if (label < 0 || label >= cols) {
-      for (int64_t c = lane; c < cols; c += 32) g[c] = NAN;
-      return NAN;
-    }
+    const double inv_rows = this->inv_rows;
+    const float onehot = this->onehot;
+    const int64_t cols = this->cols;
+    const float* x;
+    float* g;
+    int64_t label;
+    if (!this->row(r, lane, x, g, label)) return NAN;
     const float x_label = x[label];
     float4 v[kChunks];
 #pragma unroll
@@ -263,10 +272,11 @@ template <class Label>
 void softmax_ce_typed(const float* logits, const Label* labels, float* grad, float* loss, int64_t rows, int64_t cols,
                       double inv_rows, float onehot, cudaStream_t stream) {
   const char* name = "softmax_cross_entropy";
+  const SoftmaxArgs<Label> args{logits, labels, grad, cols, inv_rows, onehot};
   if (cols % 4 == 0 && cols <= 1024 && aligned16(logits) && aligned16(grad)) {
     const auto go = [&](auto chunks) {
       constexpr int kChunks = decltype(chunks)::value;
-      const SoftmaxCrossEntropyRowRegs<Label, kChunks> row{logits, labels, grad, cols, inv_rows, onehot};
+      const SoftmaxCrossEntropyRowRegs<Label, kChunks> row{{args}};
       launch_loss(row, rows, inv_rows, loss, stream, name);
     };
     if (cols <= 128) go(std::integral_constant<int, 1>{});
@@ -275,8 +285,7 @@ void softmax_ce_typed(const float* logits, const Label* labels, float* grad, flo
     else go(std::integral_constant<int, 8>{});
     return;
   }
-  launch_loss(SoftmaxCrossEntropyRow<Label>{logits, labels, grad, cols, inv_rows, onehot}, rows, inv_rows, loss, stream,
-              name);
+  launch_loss(SoftmaxCrossEntropyRow<Label>{{args}}, rows, inv_rows, loss, stream, name);
 }
 
 }  // namespace

@@ -161,6 +161,10 @@ class Fake:
         _launch(stream, lambda: _core.activation_backward(_view(g, (n,), np.float32), _view(y, (n,), np.float32), act,
                                                           out=_view(out, (n,), np.float32)))
 
+    def relu_dropout_backward(self, g, y, out, n, p, stream):
+        _launch(stream, lambda: _core._relu_dropout_backward(_view(g, (n,), np.float32), _view(y, (n,), np.float32), p,
+                                                             _view(out, (n,), np.float32)))
+
     def bias_grad(self, g, out, rows, cols, stream):
         _launch(stream, lambda: _core.bias_grad(_view(g, (rows, cols), np.float32), out=_view(out, (cols,), np.float32)))
 

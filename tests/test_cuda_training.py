@@ -103,6 +103,26 @@ def test_captured_graph_training_matches_eager_training_bitwise():
 
 
 @needs_gpu
+@pytest.mark.parametrize("graphs", [False, True])
+def test_cuda_relu_dropout_backward_shortcut_trains_bitwise_like_the_mask_regenerating_path(graphs):
+    # As on the CPU (test_nn): a dropout after Dense+ReLU takes its gradient from its own output in
+    # one kernel instead of drawing the mask again and then applying relu's backward (two kernels).
+    X, y = _digits(300)
+
+    def train(shortcut):
+        model = fastmlp.MLP([64, 32, 16, 10], output="softmax", dropout=0.3, seed=1, device="cuda")
+        for b in model._blocks:
+            if hasattr(b, "relu_before"):
+                assert b.relu_before
+                b.relu_before = shortcut
+        Trainer(model, optimizer=Adam(1e-2), batch_size=64, epochs=3, seed=2, progress=False,
+                use_graphs=graphs).fit(X, y)
+        return model.parameters().to_numpy()
+
+    np.testing.assert_array_equal(train(True).view(np.uint32), train(False).view(np.uint32))
+
+
+@needs_gpu
 def test_cuda_training_streams_large_host_data_like_resident_data(monkeypatch):
     from fastmlp import _device_train
 

@@ -120,10 +120,10 @@ def test_dropout_backward_uses_the_same_mask_and_scale(rng, dtype):
 
 @pytest.mark.parametrize("p", [0.0, 0.2, 0.5, 0.9])
 @pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
-def test_relu_dropout_backward_is_bitwise_dropout_backward_then_relu_backward(isa, rng, p, dtype):
-    # fastmlp.nn's CPU path for Dense+ReLU -> Dropout: the gradient from the dropout's output
-    # alone. Zeros (+0, -0), NaN and infinities included, on both sides.
-    from fastmlp import _core
+def test_relu_dropout_backward_is_bitwise_dropout_backward_then_relu_backward(backend, rng, p, dtype):
+    # fastmlp.nn's path for Dense+ReLU -> Dropout (CPU and GPU): the gradient from the dropout's
+    # output alone. Zeros (+0, -0), NaN and infinities included, on both sides.
+    from fastmlp import _cuda_kernels
     n = 3 * CHUNK + 5
     z = rng.standard_normal(n).astype(dtype)
     z[::11] = 0.0
@@ -136,15 +136,17 @@ def test_relu_dropout_backward_is_bitwise_dropout_backward_then_relu_backward(is
     relu = kernels.activation(z, "relu")
     y = kernels.dropout(relu, p, seed=3, offset=4)
     expected = kernels.activation_backward(kernels.dropout_backward(g, p, seed=3, offset=4), relu, "relu")
-    got = _core._relu_dropout_backward(g, y, p, None)
+    fused = _cuda_kernels.relu_dropout_backward
+    g_b, y_b = backend.put(g), backend.put(y)
+    got = backend.get(fused(g_b, y_b, p, out=None, stream=None))
     np.testing.assert_array_equal(got.view(np.uint8), expected.view(np.uint8))
-    in_place = g.copy()
-    assert _core._relu_dropout_backward(in_place, y, p, in_place) is in_place
-    np.testing.assert_array_equal(in_place.view(np.uint8), expected.view(np.uint8))
+    in_place = backend.put(g.copy())
+    assert fused(in_place, y_b, p, out=in_place, stream=None) is in_place
+    np.testing.assert_array_equal(backend.get(in_place).view(np.uint8), expected.view(np.uint8))
     with pytest.raises(ValueError, match="y"):
-        _core._relu_dropout_backward(g, y[:-1], p, None)
+        fused(g_b, backend.put(y[:-1].copy()), p, out=None, stream=None)
     with pytest.raises(ValueError, match="p"):
-        _core._relu_dropout_backward(g, y, 1.0, None)
+        fused(g_b, y_b, 1.0, out=None, stream=None)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)

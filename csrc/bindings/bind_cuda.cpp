@@ -314,6 +314,17 @@ void register_kernels(py::module_& m) {
     cu::activation_backward(ptr<const float>(grad_out), ptr<const float>(y), ptr<float>(out), n, act,
                             stream_arg(stream));
   }, py::arg("grad_out"), py::arg("y"), py::arg("out"), py::arg("n"), py::arg("activation"), py::arg("stream"));
+  m.def("relu_dropout_backward", [](Ptr grad_out, Ptr y, Ptr out, int64_t n, double p, Ptr stream) {
+    const char* fn = "relu_dropout_backward";
+    size_arg(n, fn, "n");
+    require_ptr(grad_out, n, fn, "grad_out");
+    require_ptr(y, n, fn, "y");
+    require_ptr(out, n, fn, "out");
+    prob_arg(p, fn, "p");
+    py::gil_scoped_release release;
+    cu::relu_dropout_backward(ptr<const float>(grad_out), ptr<const float>(y), ptr<float>(out), n, p,
+                              stream_arg(stream));
+  }, py::arg("grad_out"), py::arg("y"), py::arg("out"), py::arg("n"), py::arg("p"), py::arg("stream"));
   m.def("bias_grad", [](Ptr grad, Ptr out, int64_t rows, int64_t cols, Ptr stream) {
     const char* fn = "bias_grad";
     size_arg(rows, fn, "rows");

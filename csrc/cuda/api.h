@@ -61,6 +61,8 @@ void gemm(const float* a, const float* b, float* out, const float* bias, int64_t
 
 void activation(const float* x, float* out, int64_t n, Act act, Stream stream);
 void activation_backward(const float* grad_out, const float* y, float* out, int64_t n, Act act, Stream stream);
+// The backward of Dense+ReLU -> Dropout from the dropout's output y (no mask): y > 0 ? grad / (1 - p) : 0.
+void relu_dropout_backward(const float* grad_out, const float* y, float* out, int64_t n, double p, Stream stream);
 void bias_grad(const float* grad /*(rows,cols)*/, float* out /*(cols)*/, int64_t rows, int64_t cols, Stream stream);
 
 // The Philox stream of a random kernel: `offset`, or step_ptr[0] * n_streams + offset read on the

@@ -87,6 +87,25 @@ void launch_activation_backward(const float* grad_out, const float* y, float* ou
   check_launch("activation_backward");
 }
 
+// relu_dropout_backward: where y = dropout(relu(z)) > 0 the element was kept and z > 0, so the
+// gradient is grad * scale; elsewhere 0. The CPU kernel's arithmetic (one float multiply), so the
+// result is bitwise the CPU's, and bitwise dropout_backward followed by relu's backward.
+template <bool Vec>
+__global__ void relu_dropout_backward_kernel(const float* grad_out, const float* y, float* out, int64_t n,
+                                             float scale) {
+  for (int64_t g = grid_start(); g < ceil_div(n, 4); g += grid_stride()) {
+    float go[4], yv[4];
+    load4<Vec>(grad_out, 4 * g, n, go);
+    load4<Vec>(y, 4 * g, n, yv);
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      const float v = go[j] * scale;
+      go[j] = yv[j] > 0.0f ? v : 0.0f;
+    }
+    store4<Vec>(out, 4 * g, n, go);
+  }
+}
+
 // ---- randomness -------------------------------------------------------------------------------
 
 // The Philox stream actually used: offset, or step_ptr[0] * n_streams + offset (mod 2^64).
@@ -240,6 +259,17 @@ void activation_backward(const float* grad_out, const float* y, float* out, int6
     case Act::tanh: launch_activation_backward<Act::tanh>(grad_out, y, out, n, stream); break;
     default: launch_activation_backward<Act::identity>(grad_out, y, out, n, stream); break;
   }
+}
+
+void relu_dropout_backward(const float* grad_out, const float* y, float* out, int64_t n, double p, Stream stream) {
+  if (n == 0) return;
+  const float scale = static_cast<float>(1.0 / (1.0 - p));  // as dropout's
+  const unsigned blocks = grid_blocks(groups_of_4(n));
+  if (aligned16(grad_out) && aligned16(y) && aligned16(out))
+    relu_dropout_backward_kernel<true><<<blocks, kBlockThreads, 0, stream>>>(grad_out, y, out, n, scale);
+  else
+    relu_dropout_backward_kernel<false><<<blocks, kBlockThreads, 0, stream>>>(grad_out, y, out, n, scale);
+  check_launch("relu_dropout_backward");
 }
 
 void bias_grad(const float* grad, float* out, int64_t rows, int64_t cols, Stream stream) {

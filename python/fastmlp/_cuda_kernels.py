@@ -496,6 +496,24 @@ def activation_backward(grad_out, y, kind, *, out, stream):
     return O.obj
 
 
+def relu_dropout_backward(grad_out, y, p, *, out, stream):
+    """Private to fastmlp.nn: the backward of Dense+ReLU -> Dropout from the dropout's output ``y``
+    (no mask drawn): ``y > 0 ? grad_out / (1 - p) : 0``, as ``_core._relu_dropout_backward``."""
+    fn = "relu_dropout_backward"
+    arrays = (("grad_out", grad_out), ("y", y), ("out", out))
+    if not _classify(fn, arrays):
+        _host_only(fn, stream)
+        return _core._relu_dropout_backward(grad_out, y, p, out)
+    c = _Call(fn, stream, arrays)
+    G, Y = c.f32("grad_out"), c.f32("y")
+    c.shape(Y, G.shape, "the shape of grad_out")
+    p = _prob(p, fn, "p")
+    O = _elementwise_out(c, G)
+    c.no_overlap(O, Y, True)
+    c.launch(c.native.relu_dropout_backward, G.ptr, Y.ptr, O.ptr, G.size, p)
+    return O.obj
+
+
 def bias_grad(grad, *, out, stream):
     fn = "bias_grad"
     arrays = (("grad", grad), ("out", out))

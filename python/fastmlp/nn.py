@@ -20,7 +20,7 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from . import _arrays, _core
+from . import _arrays, _core, _cuda_kernels
 from . import init as _init
 from . import kernels as K
 from . import losses as _losses
@@ -531,15 +531,19 @@ class _DropoutBlock:
         return K.dropout_backward(grad_y, self.layer.p, seed=seed, offset=offset, out=grad_y, **rng)
 
     def fuses_relu_backward(self, grad_y, saved) -> bool:
-        """Whether backward_through_relu applies: a CPU step that drew a mask, after a block whose
+        """Whether backward_through_relu applies: a step that drew a mask, after a block whose
         output went through a plain ReLU (``relu_before``, set by Sequential)."""
-        return self.relu_before and saved is not None and not saved[1] and type(grad_y) is np.ndarray
+        return self.relu_before and saved is not None
 
     def backward_through_relu(self, grad_y):
         """The gradient through this dropout and the ReLU before it, from the dropout's output:
         kept elements of a positive ReLU output are exactly those with output > 0, so the mask need
-        not be drawn again. Bitwise what dropout's backward then ReLU's backward give."""
-        return _core._relu_dropout_backward(grad_y, self.ws.arrays["y"], self.layer.p, grad_y)
+        not be drawn again (one kernel instead of two on a GPU). Bitwise what dropout's backward
+        then ReLU's backward give."""
+        y = self.ws.arrays["y"]
+        if type(grad_y) is np.ndarray:
+            return _core._relu_dropout_backward(grad_y, y, self.layer.p, grad_y)
+        return _cuda_kernels.relu_dropout_backward(grad_y, y, self.layer.p, out=grad_y, stream=None)
 
 
 class Sequential:

@@ -34,6 +34,8 @@ constexpr int64_t kMinSplitK = 32;             // k per split at least: 2 stages
 constexpr int64_t kMaxSplits = 32;             // and at most this many partials per output
 
 static_assert(kTileM == kTileN, "one loader layout serves both operands");
+static_assert(kTileK % 8 == 0 && kTileM * kTileK == kGemmThreads * 4 * (kTileK / 8),
+              "a stage is kTileK / 8 groups of four elements of each operand per thread");
 
 // op(x) seen as `rows` x K: a gives op(a) (M x K), b gives op(b)^T (N x K). KContig: stored
 // (rows, K) and element (row, k) is ptr[row * ld + k]; otherwise stored (K, rows) and it is

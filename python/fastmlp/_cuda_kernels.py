@@ -480,38 +480,36 @@ def activation(x, kind, *, out, stream):
     return O.obj
 
 
-def activation_backward(grad_out, y, kind, *, out, stream):
-    fn = "activation_backward"
+def _grad_and_output(fn, grad_out, y, out, stream, host, param):
+    """activation_backward and relu_dropout_backward: ``host()`` for host arrays, else the checks
+    (float32, y shaped like grad_out, out not overlapping y), ``param()`` (the checked scalar
+    argument) and the launch of the native ``fn``."""
     arrays = (("grad_out", grad_out), ("y", y), ("out", out))
     if not _classify(fn, arrays):
         _host_only(fn, stream)
-        return _core.activation_backward(grad_out, y, kind, out=out)
+        return host()
     c = _Call(fn, stream, arrays)
     G, Y = c.f32("grad_out"), c.f32("y")
     c.shape(Y, G.shape, "the shape of grad_out")
-    act = _activation(kind, fn, "kind")
+    arg = param()
     O = _elementwise_out(c, G)
     c.no_overlap(O, Y, True)
-    c.launch(c.native.activation_backward, G.ptr, Y.ptr, O.ptr, G.size, act)
+    c.launch(getattr(c.native, fn), G.ptr, Y.ptr, O.ptr, G.size, arg)
     return O.obj
+
+
+def activation_backward(grad_out, y, kind, *, out, stream):
+    fn = "activation_backward"
+    return _grad_and_output(fn, grad_out, y, out, stream, lambda: _core.activation_backward(grad_out, y, kind, out=out),
+                            lambda: _activation(kind, fn, "kind"))
 
 
 def relu_dropout_backward(grad_out, y, p, *, out, stream):
     """Private to fastmlp.nn: the backward of Dense+ReLU -> Dropout from the dropout's output ``y``
     (no mask drawn): ``y > 0 ? grad_out / (1 - p) : 0``, as ``_core._relu_dropout_backward``."""
     fn = "relu_dropout_backward"
-    arrays = (("grad_out", grad_out), ("y", y), ("out", out))
-    if not _classify(fn, arrays):
-        _host_only(fn, stream)
-        return _core._relu_dropout_backward(grad_out, y, p, out)
-    c = _Call(fn, stream, arrays)
-    G, Y = c.f32("grad_out"), c.f32("y")
-    c.shape(Y, G.shape, "the shape of grad_out")
-    p = _prob(p, fn, "p")
-    O = _elementwise_out(c, G)
-    c.no_overlap(O, Y, True)
-    c.launch(c.native.relu_dropout_backward, G.ptr, Y.ptr, O.ptr, G.size, p)
-    return O.obj
+    return _grad_and_output(fn, grad_out, y, out, stream, lambda: _core._relu_dropout_backward(grad_out, y, p, out),
+                            lambda: _prob(p, fn, "p"))
 
 
 def bias_grad(grad, *, out, stream):

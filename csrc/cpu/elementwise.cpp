@@ -153,13 +153,25 @@ void philox_blocks(uint64_t seed, uint64_t stream, uint64_t first_block, int64_t
 // Calls f(start, n, words) for consecutive runs of at most kWordBatch elements of [b, e), where
 // words[j] is the Philox word of element start + j (word i%4 of block i/4; b is a multiple of 4).
 // The callers' loops over a run see plain arrays, so they vectorise.
+// With `in` / `out` (arrays indexed like the elements), the next run's lines of each are
+// prefetched (out for writing) before this run's words are generated: the Philox arithmetic
+// issues no loads, so without this the hardware prefetchers sit idle during it and the run's
+// first loads and stores then wait on memory.
 constexpr int64_t kWordBatch = 512;
 
-template <class F>
-void for_word_runs(int64_t b, int64_t e, uint64_t seed, uint64_t offset, const F& f) {
+template <class F, class In = float, class Out = float>
+void for_word_runs(int64_t b, int64_t e, uint64_t seed, uint64_t offset, const F& f, const In* in = nullptr,
+                   Out* out = nullptr) {
   alignas(64) uint32_t words[kWordBatch];
   for (int64_t start = b; start < e; start += kWordBatch) {
     const int64_t n = min_i64(e - start, kWordBatch);
+    const int64_t next = start + kWordBatch, next_n = min_i64(e - next, kWordBatch);
+    if (next_n > 0) {
+      if (in)
+        for (int64_t j = 0; j < next_n; j += 64 / static_cast<int64_t>(sizeof(In))) __builtin_prefetch(in + next + j, 0);
+      if (out)
+        for (int64_t j = 0; j < next_n; j += 64 / static_cast<int64_t>(sizeof(Out))) __builtin_prefetch(out + next + j, 1);
+    }
     philox_blocks(seed, offset, static_cast<uint64_t>(start / 4), ceil_div(n, 4), words);
     f(start, n, static_cast<const uint32_t*>(words));
   }
@@ -270,7 +282,7 @@ void dropout(const T* x, T* out, int64_t n, double p, uint64_t seed, uint64_t of
         const T v = xs[j] * sc;  // read unconditionally: a plain load, not a masked one
         os[j] = keep_signed(w[j], th) ? v : T(0);
       }
-    });
+    }, x, out);
   });
 }
 
@@ -343,7 +355,7 @@ void add_noise(const T* x, T* out, int64_t n, NoiseKind kind, double level, uint
           const T v = xs[j];
           os[j] = keep_signed(w[j], th) ? v : T(0);
         }
-      });
+      }, x, out);
     });
   } else {
     const T sigma = static_cast<T>(level);

@@ -87,8 +87,9 @@ double row_sum(const T* x, int64_t n) {
 // g = exp(x - m) in SIMD bundles (lane for lane what the scalar exp_t gives), and its sum: runs of kRunBundles bundles summed lane-wise in
 // float (each lane adds at most kRunBundles values in [0, 1]), each run's lanes added to one double
 // accumulator per lane, the lanes combined in a fixed order. `prefetch` (n floats: the next row's
-// logits) is fetched into cache on the way.
-double exp_shifted_and_sum(const float* x, float m, float* g, int64_t n, const float* prefetch) {
+// logits) is fetched into cache on the way, and `prefetch_w` (the next row's gradient) for writing:
+// its lines are not in cache, and the store that first touches each would wait on memory.
+double exp_shifted_and_sum(const float* x, float m, float* g, int64_t n, const float* prefetch, float* prefetch_w) {
   // The W per-lane double accumulators as vectors of 4 (a plain double[W] cost a rep stos and a
   // division loop per row: most of the time on rows of ten classes).
   typedef double D4 __attribute__((vector_size(32)));
@@ -99,14 +100,20 @@ double exp_shifted_and_sum(const float* x, float m, float* g, int64_t n, const f
   D4 acc[NA];
 #pragma GCC unroll 8
   for (int v = 0; v < NA; ++v) acc[v] = D4{0.0, 0.0, 0.0, 0.0};
+  auto fetch_ahead = [prefetch, prefetch_w](int64_t c) __attribute__((always_inline)) {
+    if (((c * 4) & 63) == 0) {  // once per 64-byte line
+      __builtin_prefetch(prefetch + c);
+      __builtin_prefetch(prefetch_w + c, 1);
+    }
+  };
   int64_t c = 0;
   while (c + W <= n) {
     VecF run = ops::exp_t(VecF::load(x + c) - VecF(m));
     run.store(g + c);
-    if (((c * 4) & 63) == 0) __builtin_prefetch(prefetch + c);  // once per 64-byte line
+    fetch_ahead(c);
     c += W;
     for (int64_t b = 1; b < kRunBundles && c + W <= n; ++b, c += W) {
-      if (((c * 4) & 63) == 0) __builtin_prefetch(prefetch + c);
+      fetch_ahead(c);
       const VecF e = ops::exp_t(VecF::load(x + c) - VecF(m));
       e.store(g + c);
       run = run + e;
@@ -179,9 +186,10 @@ double softmax_cross_entropy(const T* logits, const int64_t* labels, T* grad, in
     const T m = row_max(x, cols);
     double s;
     if constexpr (std::is_same_v<T, float>) {
-      // The next row's logits are fetched while this row computes (its three passes run from
-      // cache: without this the max pass waits on memory, then the exp pass on the arithmetic).
-      s = exp_shifted_and_sum(x, m, g, cols, r + 1 < rows ? x + cols : x);
+      // The next row's logits and gradient lines are fetched while this row computes (its three
+      // passes run from cache: without this the max pass waits on memory, then the exp pass on the
+      // arithmetic).
+      s = exp_shifted_and_sum(x, m, g, cols, r + 1 < rows ? x + cols : x, r + 1 < rows ? g + cols : g);
     } else {
       for (int64_t c = 0; c < cols; ++c) g[c] = ops::loss_exp(x[c] - m);
       s = row_sum(g, cols);

@@ -334,6 +334,23 @@ def test_losses_are_bitwise_identical_on_1_and_several_threads(isa, rng, threads
             np.testing.assert_array_equal(grad_n, grad1)
 
 
+@pytest.mark.parametrize("rows", [1, 3, 4, 5, 8, 12, 16])
+def test_float32_sigmoid_gradient_is_one_rounding_of_the_scaled_difference(isa, rng, rows):
+    # grad = float32(float64(sigmoid(x) - t) / rows): with 1/rows a power of two the kernel scales in
+    # float32 (exact, so the same bits), otherwise in float64; both must give this rounding. Rows of
+    # 277 columns cover whole runs, bundles and a scalar tail; logits near -87 with target 0 make
+    # gradients near the float32 normal limit, subnormal once divided by rows.
+    x = make_logits(rng, (rows, 277), np.float32)
+    t = rng.uniform(size=(rows, 277)).astype(np.float32)
+    x[:, ::5] = rng.uniform(-88.0, -85.0, size=x[:, ::5].shape).astype(np.float32)
+    t[:, ::5] = 0.0
+    _, grad = K.sigmoid_cross_entropy(x, t)
+    d = np.concatenate([K.sigmoid_cross_entropy(x[r:r + 1].copy(), t[r:r + 1].copy())[1] for r in range(rows)])
+    expected = (d.astype(np.float64) * (1.0 / rows)).astype(np.float32)
+    assert rows == 1 or np.any((expected != 0) & (np.abs(expected) < np.finfo(np.float32).tiny))
+    np.testing.assert_array_equal(grad.view(np.uint32), expected.view(np.uint32))
+
+
 def test_float32_loss_gradients_agree_bitwise_in_vector_bundles_and_scalar_tails(isa, rng):
     # Rows of 67 columns run SIMD bundles then a scalar tail; single-column rows are all tail.
     # Per-element gradients (rows = 1, so no batch scaling differs) must match bit for bit.

@@ -209,32 +209,60 @@ double sigmoid_cross_entropy(const T* logits, const T* targets, T* grad, int64_t
     const T* x = logits + r * cols;
     const T* t = targets + r * cols;
     T* g = grad + r * cols;
-    double acc[kLanes] = {};
     if constexpr (std::is_same_v<T, float>) {
-      // Runs of kRun columns: the float parts in SIMD bundles (exp, one divide), then the double
-      // linear terms and the scaled gradient in a loop the compiler vectorises. The log1p terms
-      // come in factored form (ops::sigmoid_cross_entropy_factors): per lane, the u of up to
-      // kProduct bundles are multiplied (each in [1, 2], so the product stays below 2^16) and take
-      // one log, so the row pays one log per kProduct elements a lane instead of one each.
+      // Runs of kRun columns in SIMD bundles: the float parts (exp, one divide), the gradient, and
+      // the two sums of the loss. The log1p terms come in factored form
+      // (ops::sigmoid_cross_entropy_factors): per lane, the u of up to kProduct bundles are
+      // multiplied (each in [1, 2], so the product stays below 2^16) and take one log, so the row
+      // pays one log per kProduct elements a lane instead of one each. The linear terms
+      // relu(x) - t*x are summed per lane in float over kLinear bundles (a few roundings of
+      // non-negative terms for t in [0, 1]) and then in double.
+      // The gradient is d / rows rounded once from the exact product: when 1/rows is a power of
+      // two the float product is that (a power-of-two scale is exact, and a subnormal result
+      // rounds once either way), else the product is formed in double in a second loop.
       constexpr int64_t kRun = 256;
-      constexpr int kProduct = 16;
-      static_assert(kRun % VecF::kWidth == 0 && kRun % kLanes == 0, "runs hold whole bundles");
+      constexpr int kProduct = 16, kLinear = 4;
+      static_assert(kRun % VecF::kWidth == 0, "runs hold whole bundles");
+      typedef double D4 __attribute__((vector_size(32)));
+      typedef float F4 __attribute__((vector_size(16)));
+      constexpr int kD4 = VecF::kWidth / 4;
+      D4 linear_acc[kD4];
+      for (auto& a : linear_acc) a = D4{0.0, 0.0, 0.0, 0.0};
+      const bool scale_in_float = static_cast<double>(static_cast<float>(inv_rows)) == inv_rows;
+      const VecF inv_rows_f(static_cast<float>(inv_rows));
       alignas(64) float dlogit[kRun];
-      double log_total = 0.0;
+      double log_total = 0.0, tail_linear = 0.0;
       auto add_lanes = [&log_total](const VecF& v) {
         alignas(64) float lanes[VecF::kWidth];
         v.store(lanes);
         for (int k = 0; k < VecF::kWidth; ++k) log_total += static_cast<double>(lanes[k]);
       };
+      auto add_linear = [&linear_acc](const VecF& v) {
+        alignas(64) float lanes[VecF::kWidth];
+        v.store(lanes);
+        for (int k = 0; k < kD4; ++k) {
+          F4 f;
+          std::memcpy(&f, lanes + 4 * k, sizeof f);
+          linear_acc[k] += __builtin_convertvector(f, D4);
+        }
+      };
       for (int64_t c0 = 0; c0 < cols; c0 += kRun) {
         const int64_t len = min_i64(kRun, cols - c0);
+        float* d_out = scale_in_float ? g + c0 : dlogit;
         int64_t j = 0;
-        VecF product(1.0f), corr_sum(0.0f);
-        int in_product = 0;
+        VecF product(1.0f), corr_sum(0.0f), linear(0.0f);
+        int in_product = 0, in_linear = 0;
         for (; j + VecF::kWidth <= len; j += VecF::kWidth) {
+          const VecF xv = VecF::load(x + c0 + j), tv = VecF::load(t + c0 + j);
           VecF d, u, corr;
-          ops::sigmoid_cross_entropy_factors(VecF::load(x + c0 + j), VecF::load(t + c0 + j), d, u, corr);
-          d.store(dlogit + j);
+          ops::sigmoid_cross_entropy_factors(xv, tv, d, u, corr);
+          (scale_in_float ? d * inv_rows_f : d).store(d_out + j);  // x and t of these lanes are read
+          linear = linear + (lane_select(xv > VecF(0.0f), xv, VecF(0.0f)) - tv * xv);
+          if (++in_linear == kLinear) {
+            add_linear(linear);
+            linear = VecF(0.0f);
+            in_linear = 0;
+          }
           product = product * u;
           corr_sum = corr_sum + corr;
           if (++in_product == kProduct) {
@@ -244,28 +272,27 @@ double sigmoid_cross_entropy(const T* logits, const T* targets, T* grad, int64_t
             in_product = 0;
           }
         }
+        if (in_linear > 0) add_linear(linear);
         if (in_product > 0) add_lanes(ops::log_t(product) + corr_sum);
         for (; j < len; ++j) {
-          float u, corr;
-          ops::sigmoid_cross_entropy_factors(x[c0 + j], t[c0 + j], dlogit[j], u, corr);
+          float u, corr, d;
+          ops::sigmoid_cross_entropy_factors(x[c0 + j], t[c0 + j], d, u, corr);
+          tail_linear += ops::sigmoid_cross_entropy_linear(x[c0 + j], t[c0 + j]);
           log_total += static_cast<double>(ops::log_t(u) + corr);
+          if (scale_in_float) g[c0 + j] = d * static_cast<float>(inv_rows);
+          else dlogit[j] = d;
         }
-        const float* __restrict xs = x + c0;
-        const float* __restrict ts = t + c0;
-        float* __restrict gs = g + c0;
-        int64_t k = 0;
-        for (; k + kLanes <= len; k += kLanes)
-          for (int64_t q = 0; q < kLanes; ++q) {
-            acc[q] += ops::sigmoid_cross_entropy_linear(xs[k + q], ts[k + q]);
-            gs[k + q] = static_cast<float>(static_cast<double>(dlogit[k + q]) * inv_rows);
-          }
-        for (; k < len; ++k) {
-          acc[k % kLanes] += ops::sigmoid_cross_entropy_linear(xs[k], ts[k]);
-          gs[k] = static_cast<float>(static_cast<double>(dlogit[k]) * inv_rows);
+        if (!scale_in_float) {
+          float* gs = g + c0;
+          for (int64_t k = 0; k < len; ++k) gs[k] = static_cast<float>(static_cast<double>(dlogit[k]) * inv_rows);
         }
       }
-      return combine_lanes(acc) + log_total;
+      for (int width = kD4 / 2; width >= 1; width /= 2)
+        for (int k = 0; k < width; ++k) linear_acc[k] += linear_acc[k + width];
+      const double linear_total = (linear_acc[0][0] + linear_acc[0][2]) + (linear_acc[0][1] + linear_acc[0][3]);
+      return (linear_total + tail_linear) + log_total;
     } else {
+      double acc[kLanes] = {};
       int64_t c = 0;
       for (; c + kLanes <= cols; c += kLanes)
         for (int64_t k = 0; k < kLanes; ++k) {
@@ -278,8 +305,8 @@ double sigmoid_cross_entropy(const T* logits, const T* targets, T* grad, int64_t
         acc[c % kLanes] += ops::sigmoid_cross_entropy_term(x[c], t[c], d);
         g[c] = static_cast<T>(static_cast<double>(d) * inv_rows);
       }
+      return combine_lanes(acc);
     }
-    return combine_lanes(acc);
   });
   return total * inv_rows;
 }

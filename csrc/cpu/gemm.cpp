@@ -33,12 +33,13 @@ struct Blocking {
   static constexpr int64_t NC_MAX = 16 * NR;     // columns per task: the B block streams from L2/L3
 };
 
-// c (MR x NR registers) = (load ? acc : 0) + sum_k A[k] (x) B[k], then finish(c); B packed k-major
-// by NR, A packed k-major by MR or, when Direct, read in place: element (i, k) at A[i * si + k * sk].
+// c (MR x NR registers) = (load ? acc : 0) + sum_k A[k] (x) B[k], then finish(c); row k of the
+// B panel at B + k * ldb (NR when packed k-major by NR; op(b)'s row stride when read in place), A
+// packed k-major by MR or, when Direct, read in place: element (i, k) at A[i * si + k * sk].
 template <class T, bool Direct = false, class Finish>
 inline __attribute__((always_inline)) void micro_tile(int64_t kc, const T* __restrict A, const T* __restrict B,
-                                                      const T* __restrict acc, bool load, const Finish& finish,
-                                                      int64_t si = 0, int64_t sk = 0) {
+                                                      int64_t ldb, const T* __restrict acc, bool load,
+                                                      const Finish& finish, int64_t si = 0, int64_t sk = 0) {
   using S = Simd<T>;
   using V = typename S::V;
   constexpr int MR = Blocking<T>::MR, NV = Blocking<T>::NV, W = S::W, NR = Blocking<T>::NR;
@@ -51,7 +52,7 @@ inline __attribute__((always_inline)) void micro_tile(int64_t kc, const T* __res
   for (int64_t k = 0; k < kc; ++k) {
     V b[NV];
 #pragma GCC unroll 4
-    for (int j = 0; j < NV; ++j) b[j] = S::load(B + k * NR + j * W);
+    for (int j = 0; j < NV; ++j) b[j] = S::load(B + k * ldb + j * W);
     const T* a = Direct ? A + k * sk : A + k * MR;
 #pragma GCC unroll 16
     for (int i = 0; i < MR; ++i) {
@@ -65,10 +66,10 @@ inline __attribute__((always_inline)) void micro_tile(int64_t kc, const T* __res
 
 // The tile's partial sums to acc (MR x NR, row-major).
 template <class T>
-void micro_kernel(int64_t kc, const T* __restrict A, const T* __restrict B, T* __restrict acc, bool load) {
+void micro_kernel(int64_t kc, const T* __restrict A, const T* __restrict B, int64_t ldb, T* __restrict acc, bool load) {
   using S = Simd<T>;
   constexpr int MR = Blocking<T>::MR, NV = Blocking<T>::NV, W = S::W, NR = Blocking<T>::NR;
-  micro_tile(kc, A, B, acc, load, [acc](const typename S::V (&c)[MR][NV]) __attribute__((always_inline)) {
+  micro_tile(kc, A, B, ldb, acc, load, [acc](const typename S::V (&c)[MR][NV]) __attribute__((always_inline)) {
 #pragma GCC unroll 16
     for (int i = 0; i < MR; ++i)
 #pragma GCC unroll 4
@@ -83,7 +84,7 @@ void micro_kernel_direct(int64_t kc, const T* __restrict A, int64_t si, int64_t 
   using S = Simd<T>;
   constexpr int MR = Blocking<T>::MR, NV = Blocking<T>::NV, W = S::W, NR = Blocking<T>::NR;
   micro_tile<T, true>(
-      kc, A, B, acc, load,
+      kc, A, B, NR, acc, load,
       [acc](const typename S::V (&c)[MR][NV]) __attribute__((always_inline)) {
 #pragma GCC unroll 16
         for (int i = 0; i < MR; ++i)
@@ -96,13 +97,13 @@ void micro_kernel_direct(int64_t kc, const T* __restrict A, int64_t si, int64_t 
 // The last k block of a full tile with the identity or ReLU epilogue applied in registers and
 // stored to out (row stride ld): the operations of store_rows, in its order, a vector at a time.
 template <Act Ac, bool HasBeta, bool HasBias, class T>
-void micro_kernel_out(int64_t kc, const T* __restrict A, const T* __restrict B, const T* __restrict acc, bool load,
-                      T* __restrict out, int64_t ld, const T* __restrict bias, T alpha, T beta) {
+void micro_kernel_out(int64_t kc, const T* __restrict A, const T* __restrict B, int64_t ldb, const T* __restrict acc,
+                      bool load, T* __restrict out, int64_t ld, const T* __restrict bias, T alpha, T beta) {
   using S = Simd<T>;
   using V = typename S::V;
   constexpr int MR = Blocking<T>::MR, NV = Blocking<T>::NV, W = S::W;
   static_assert(Ac == Act::identity || Ac == Act::relu, "other activations go through store_tile");
-  micro_tile(kc, A, B, acc, load, [&](const V (&c)[MR][NV]) __attribute__((always_inline)) {
+  micro_tile(kc, A, B, ldb, acc, load, [&](const V (&c)[MR][NV]) __attribute__((always_inline)) {
     const V va = S::set1(alpha), vb = S::set1(beta), zero = S::zero();
     V bv[NV];
 #pragma GCC unroll 4
@@ -122,7 +123,7 @@ void micro_kernel_out(int64_t kc, const T* __restrict A, const T* __restrict B, 
 }
 
 template <class T>
-using OutKernel = void (*)(int64_t, const T*, const T*, const T*, bool, T*, int64_t, const T*, T, T);
+using OutKernel = void (*)(int64_t, const T*, const T*, int64_t, const T*, bool, T*, int64_t, const T*, T, T);
 
 // The register-epilogue kernel for this call's epilogue, or nullptr (sigmoid, tanh).
 template <class T>
@@ -358,6 +359,14 @@ void gemm(const GemmArgs<T>& g) {
   const int64_t a_si = g.trans_a ? 1 : K, a_sk = g.trans_a ? M : 1;
   const int64_t m_panels_all = ceil_div(M, MR);
   const int64_t m_pad = m_panels_all * MR;
+  // Few row panels (M <= 96: an output layer's dW, a small batch's dX): each B panel meets at most
+  // 16 A panels, and packing op(b) - a pass over all of it, then a barrier - costs more than the
+  // micro-kernel loses reading a row-major op(b) in place (rows of NR floats, ldb apart; measured
+  // 2-2.5x faster at M = 10..48, N = 512, K = 256, and no slower up to M = 128). Bitwise the same
+  // sums. The partial last panel, if any, is still packed (its rows would run past N).
+  constexpr int64_t kDirectBMaxPanels = 16;
+  const bool direct_b = !direct_a && !g.trans_b && m_panels_all <= kDirectBMaxPanels;
+  const int64_t b_first_packed = direct_b ? N / NR : 0;  // panels before it are read in place
   char* packed = static_cast<char*>(
       thread_scratch(kScratchPackB, sizeof(T) * static_cast<size_t>(K * (n_pad + m_pad) + 64)));
   T* packed_b = reinterpret_cast<T*>(packed);
@@ -365,10 +374,11 @@ void gemm(const GemmArgs<T>& g) {
   // Below ~2^20 flops (a few microseconds) waking the pool costs more than it saves.
   const bool parallel = 2.0 * static_cast<double>(M) * static_cast<double>(N) * static_cast<double>(K) >= 1048576.0;
   constexpr int64_t kPanelsPerTask = 8;
-  const int64_t b_tasks = ceil_div(n_panels, kPanelsPerTask), a_tasks = direct_a ? 0 : ceil_div(m_panels_all, kPanelsPerTask);
+  const int64_t b_tasks = ceil_div(n_panels - b_first_packed, kPanelsPerTask);
+  const int64_t a_tasks = direct_a ? 0 : ceil_div(m_panels_all, kPanelsPerTask);
   parallel_for_if(parallel, b_tasks + a_tasks, [&](int64_t task) {
     const bool is_b = task < b_tasks;
-    const int64_t first = (is_b ? task : task - b_tasks) * kPanelsPerTask;
+    const int64_t first = is_b ? b_first_packed + task * kPanelsPerTask : (task - b_tasks) * kPanelsPerTask;
     const int64_t end = min_i64(is_b ? n_panels : m_panels_all, first + kPanelsPerTask);
     for (int64_t k0 = 0; k0 < K; k0 += kc_size) {
       const int64_t kc = min_i64(kc_size, K - k0);
@@ -423,7 +433,10 @@ void gemm(const GemmArgs<T>& g) {
       const bool first = kb == 0, last = kb == k_blocks - 1;
       const T* ap = packed_a + k0 * m_pad + (i0 / MR) * kc * MR;
       for (int64_t jp = 0; jp < c_panels; ++jp) {
-        const T* bp = packed_b + k0 * n_pad + (j0 / NR + jp) * kc * NR;
+        const int64_t panel = j0 / NR + jp;
+        const bool b_in_place = panel < b_first_packed;
+        const T* bp = b_in_place ? g.b + k0 * N + panel * NR : packed_b + k0 * n_pad + panel * kc * NR;
+        const int64_t ldb = b_in_place ? N : NR;
         const int64_t tile_cols = min_i64(NR, cols - jp * NR);
         for (int64_t ip = 0; ip < m_panels; ++ip) {
           T* tile = acc + (ip * c_panels + jp) * MR * NR;
@@ -435,18 +448,18 @@ void gemm(const GemmArgs<T>& g) {
             } else {  // rows past M do not exist: pack the short panel (zero rows) and use it
               T* a_panel = static_cast<T*>(thread_scratch(kScratchPackA, sizeof(T) * static_cast<size_t>(MR * kc)));
               pack_a(g, r0, tile_rows, k0, kc, a_panel);
-              micro_kernel(kc, a_panel, bp, tile, !first);
+              micro_kernel(kc, a_panel, bp, ldb, tile, !first);
             }
             if (last) store_tile(g, tile, NR, r0, j0 + jp * NR, tile_rows, tile_cols);
             continue;
           }
           if (last && out_kernel && tile_rows == MR && tile_cols == NR) {
             const int64_t r0 = i0 + ip * MR, c0 = j0 + jp * NR;
-            out_kernel(kc, ap + ip * kc * MR, bp, tile, !first, g.out + r0 * N + c0, N, g.bias ? g.bias + c0 : nullptr,
+            out_kernel(kc, ap + ip * kc * MR, bp, ldb, tile, !first, g.out + r0 * N + c0, N, g.bias ? g.bias + c0 : nullptr,
                        alpha, beta);
             continue;
           }
-          micro_kernel(kc, ap + ip * kc * MR, bp, tile, !first);
+          micro_kernel(kc, ap + ip * kc * MR, bp, ldb, tile, !first);
           if (last) store_tile(g, tile, NR, i0 + ip * MR, j0 + jp * NR, tile_rows, tile_cols);
         }
       }

@@ -213,9 +213,26 @@ def memory_row(table: "Table", group: str, op: str, shape: str, fns: Dict[str, C
     return row
 
 
+def fma_probe_best(iters: int, threads: int, one_thread: float, budget_s: float) -> float:
+    """The best of at least three FMA probes on ``threads`` threads; more, for up to ``budget_s``,
+    while the best stays below 95% of ``threads`` times the one-thread rate. A shared VM's vCPUs
+    are not always all running: a probe that lands in such a spell understates the machine's limit
+    and would inflate every row's % of it (seen: 121 GFLOP/s on two threads, 190-199 in the runs
+    before and after)."""
+    best = max(_core.fma_probe(iters, threads) for _ in range(3))
+    deadline = time.perf_counter() + budget_s
+    while threads > 1 and best < 0.95 * threads * one_thread and time.perf_counter() < deadline:
+        time.sleep(0.05)
+        best = max(best, _core.fma_probe(iters, threads))
+    return best
+
+
 def probe_limits(threads: int, quick: bool, triad: Triad) -> dict:
     iters = 5_000_000 if quick else 20_000_000
-    fma = {t: max(_core.fma_probe(iters, t) for _ in range(3)) for t in sorted({1, threads})}
+    one = max(_core.fma_probe(iters, 1) for _ in range(3))
+    fma = {1: one}
+    if threads > 1:
+        fma[threads] = fma_probe_best(iters, threads, one, budget_s=0.5 if quick else 3.0)
     secs = interleaved({"fastmlp": triad}, repeats=5 if quick else 9)["fastmlp"]
     return {"fma_gflops": fma, "stream_gbps": triad.gbps(secs)}
 

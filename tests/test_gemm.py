@@ -40,6 +40,7 @@ SHAPES = [
     (6, 16, 256), (12, 32, 512), (7, 17, 257), (121, 257, 1),
     (1000, 3, 7), (3, 1000, 513), (1, 1000, 300), (1000, 1, 300),
     (19, 37, 2053), (8, 3, 1031),  # several k blocks on every ISA path (AVX2's hold up to 1024)
+    (5, 40, 1100), (11, 1024, 30),  # op(b) read in place (few row panels) with k blocks; or packed (4 KiB rows)
 ]
 
 

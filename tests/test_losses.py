@@ -236,6 +236,23 @@ def test_sigmoid_cross_entropy_is_stable_for_logits_of_magnitude_1e4(isa, rng, d
     np.testing.assert_allclose(grad, ref_grad, rtol=0, atol=8 * eps_of(dtype) / 2)
 
 
+@pytest.mark.parametrize("cols", [1, 17, 32, 67])
+def test_sigmoid_cross_entropy_loss_stays_finite_near_the_float_range(isa, cols):
+    # relu(x) - t*x of float32 inputs is finite in float64 even when it exceeds the float range:
+    # the SIMD bundles must not overflow where the double formula (and the scalar tail) do not.
+    # Targets outside [0, 1] are accepted, so t = -1 doubles the term.
+    for value, target in ((2e38, 0.0), (3e38, -1.0), (-3e38, 1.0), (1e30, 1e9)):
+        x = np.zeros((1, cols), np.float32)
+        t = np.zeros((1, cols), np.float32)
+        x[0, ::16] = value
+        t[0, ::16] = target
+        loss, grad = K.sigmoid_cross_entropy(x, t)
+        ref_loss, ref_grad = ref_sigmoid_cross_entropy(x, t)
+        assert np.isfinite(ref_loss) and np.isfinite(loss), (value, target)
+        assert loss == pytest.approx(ref_loss, rel=8 * eps_of(np.float32)), (value, target)
+        np.testing.assert_allclose(grad, ref_grad, rtol=eps_of(np.float32), atol=8 * eps_of(np.float32))
+
+
 def test_sigmoid_cross_entropy_keeps_tiny_losses_accurate(isa):
     # Confident, correct predictions: each term is log1p(exp(-|x|)) ~ exp(-|x|), far below eps.
     logits = np.array([[20.0, -30.0, 60.0]], np.float32)

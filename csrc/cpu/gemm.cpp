@@ -359,13 +359,16 @@ void gemm(const GemmArgs<T>& g) {
   const int64_t a_si = g.trans_a ? 1 : K, a_sk = g.trans_a ? M : 1;
   const int64_t m_panels_all = ceil_div(M, MR);
   const int64_t m_pad = m_panels_all * MR;
-  // Few row panels (M <= 96: an output layer's dW, a small batch's dX): each B panel meets at most
-  // 16 A panels, and packing op(b) - a pass over all of it, then a barrier - costs more than the
-  // micro-kernel loses reading a row-major op(b) in place (rows of NR floats, ldb apart; measured
-  // 2-2.5x faster at M = 10..48, N = 512, K = 256, and no slower up to M = 128). Bitwise the same
-  // sums. The partial last panel, if any, is still packed (its rows would run past N).
-  constexpr int64_t kDirectBMaxPanels = 16;
-  const bool direct_b = !direct_a && !g.trans_b && m_panels_all <= kDirectBMaxPanels;
+  // One or two row panels (an output layer's dW; M <= 2 * MR): each B panel meets at most two A
+  // panels, and packing op(b) - a pass over all of it, then a barrier - costs more than the
+  // micro-kernel loses reading a row-major op(b) in place (rows of NR floats, ldb apart): 10x512x256
+  // TN 117 -> 42-50 us. Not when a row of op(b) is a multiple of 4 KiB: the panel's rows then share
+  // one L1 set (and few L2 sets), the second A panel finds nothing cached, and it measured up to 1.6x
+  // slower (12x1024x1024); nor with more panels (2x slower at 96x4096x1024). Bitwise the same sums.
+  // The partial last panel, if any, is still packed (its rows would run past N).
+  constexpr int64_t kDirectBMaxPanels = 2;
+  const bool direct_b = !direct_a && !g.trans_b && m_panels_all <= kDirectBMaxPanels &&
+                        (N * static_cast<int64_t>(sizeof(T))) % 4096 != 0;
   const int64_t b_first_packed = direct_b ? N / NR : 0;  // panels before it are read in place
   char* packed = static_cast<char*>(
       thread_scratch(kScratchPackB, sizeof(T) * static_cast<size_t>(K * (n_pad + m_pad) + 64)));

@@ -118,6 +118,21 @@ FASTMLP_HD VecF lane_floor(const VecF& a) {
 #endif
 #undef FASTMLP_LANEWISE
 
+// Whether any lane of a comparison mask is set.
+inline bool lane_any(const VecI& m) {
+  NativeI acc = m.p[0];
+  for (int k = 1; k < kParts; ++k) acc |= m.p[k];
+#if defined(__AVX512F__)
+  return _mm512_test_epi32_mask(reinterpret_cast<__m512i>(acc), reinterpret_cast<__m512i>(acc)) != 0;
+#elif defined(__AVX2__)
+  return !_mm256_testz_si256(reinterpret_cast<__m256i>(acc), reinterpret_cast<__m256i>(acc));
+#else
+  for (int i = 0; i < kNativeBytes / 4; ++i)
+    if (acc[i]) return true;
+  return false;
+#endif
+}
+
 // f(VecF) over whole bundles of [0, n), then f(float) over the tail: out[i] = f(x[i]). out may be x.
 template <class F>
 void map_lanes(const float* x, float* out, int64_t n, const F& f) {

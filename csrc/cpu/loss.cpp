@@ -216,12 +216,15 @@ double sigmoid_cross_entropy(const T* logits, const T* targets, T* grad, int64_t
       // multiplied (each in [1, 2], so the product stays below 2^16) and take one log, so the row
       // pays one log per kProduct elements a lane instead of one each. The linear terms
       // relu(x) - t*x are summed per lane in float over kLinear bundles (a few roundings of
-      // non-negative terms for t in [0, 1]) and then in double.
+      // non-negative terms for t in [0, 1]) and then in double; a bundle with |x| or |t| above
+      // kFloatSafe (or infinite) takes the double formula, so no float term or sum can overflow
+      // (|t*x| <= 2^120, four terms of at most 2^121) where the double one would not.
       // The gradient is d / rows rounded once from the exact product: when 1/rows is a power of
       // two the float product is that (a power-of-two scale is exact, and a subnormal result
       // rounds once either way), else the product is formed in double in a second loop.
       constexpr int64_t kRun = 256;
       constexpr int kProduct = 16, kLinear = 4;
+      constexpr float kFloatSafe = 0x1p60f;
       static_assert(kRun % VecF::kWidth == 0, "runs hold whole bundles");
       typedef double D4 __attribute__((vector_size(32)));
       typedef float F4 __attribute__((vector_size(16)));
@@ -257,7 +260,14 @@ double sigmoid_cross_entropy(const T* logits, const T* targets, T* grad, int64_t
           VecF d, u, corr;
           ops::sigmoid_cross_entropy_factors(xv, tv, d, u, corr);
           (scale_in_float ? d * inv_rows_f : d).store(d_out + j);  // x and t of these lanes are read
-          linear = linear + (lane_select(xv > VecF(0.0f), xv, VecF(0.0f)) - tv * xv);
+          if (!lane_any(lane_max(lane_abs(xv), lane_abs(tv)) > VecF(kFloatSafe))) {
+            linear = linear + (lane_select(xv > VecF(0.0f), xv, VecF(0.0f)) - tv * xv);
+          } else {  // |x| or |t| near the float range (or infinite): these terms in double
+            alignas(64) float xs[VecF::kWidth], ts[VecF::kWidth];
+            xv.store(xs);
+            tv.store(ts);
+            for (int k = 0; k < VecF::kWidth; ++k) tail_linear += ops::sigmoid_cross_entropy_linear(xs[k], ts[k]);
+          }
           if (++in_linear == kLinear) {
             add_linear(linear);
             linear = VecF(0.0f);

@@ -25,6 +25,7 @@ struct Simd<float> {
   static V set1(float x) { return _mm512_set1_ps(x); }
   static V zero() { return _mm512_setzero_ps(); }
   static V fma(V a, V b, V c) { return _mm512_fmadd_ps(a, b, c); }
+  static float fma1(float a, float b, float c) { return __builtin_fmaf(a, b, c); }  // one lane of fma
 };
 template <>
 struct Simd<double> {
@@ -35,6 +36,7 @@ struct Simd<double> {
   static V set1(double x) { return _mm512_set1_pd(x); }
   static V zero() { return _mm512_setzero_pd(); }
   static V fma(V a, V b, V c) { return _mm512_fmadd_pd(a, b, c); }
+  static double fma1(double a, double b, double c) { return __builtin_fma(a, b, c); }
 };
 constexpr int kMicroRows = 12;  // 12 x 2 accumulators of 32 ZMM registers
 #elif defined(__AVX2__) && defined(__FMA__)
@@ -47,6 +49,7 @@ struct Simd<float> {
   static V set1(float x) { return _mm256_set1_ps(x); }
   static V zero() { return _mm256_setzero_ps(); }
   static V fma(V a, V b, V c) { return _mm256_fmadd_ps(a, b, c); }
+  static float fma1(float a, float b, float c) { return __builtin_fmaf(a, b, c); }  // one lane of fma
 };
 template <>
 struct Simd<double> {
@@ -57,6 +60,7 @@ struct Simd<double> {
   static V set1(double x) { return _mm256_set1_pd(x); }
   static V zero() { return _mm256_setzero_pd(); }
   static V fma(V a, V b, V c) { return _mm256_fmadd_pd(a, b, c); }
+  static double fma1(double a, double b, double c) { return __builtin_fma(a, b, c); }
 };
 constexpr int kMicroRows = 6;  // 6 x 2 accumulators of 16 YMM registers
 #else
@@ -73,6 +77,7 @@ struct GenericSimd {
   static V set1(T x) { return V{} + x; }
   static V zero() { return V{}; }
   static V fma(V a, V b, V c) { return a * b + c; }  // two roundings: fp-contract is off
+  static T fma1(T a, T b, T c) { return a * b + c; }  // one lane of fma
 };
 template <>
 struct Simd<float> : GenericSimd<float> {};

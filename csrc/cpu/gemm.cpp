@@ -5,7 +5,9 @@
 // in a per-task tile buffer between KC blocks, never added), so row i is bitwise the same for any
 // batch composition, tile position and thread count. The epilogue is applied once per tile, as
 // the tile is stored: from registers for full tiles with the identity or ReLU, else from the
-// parked partial sums.
+// parked partial sums. Three shapes skip a packing, with the same FMA chains: one column panel
+// reads op(a) in place (direct_a), one or two row panels read a row-major op(b) in place
+// (direct_b), and a single row (M = 1) streams op(b) without tiles (gemm_one_row).
 #include <cstring>
 #include <type_traits>
 

@@ -84,22 +84,50 @@ double row_sum(const T* x, int64_t n) {
   return combine_lanes(acc);
 }
 
+// One double sum per lane of float bundles, kept as vectors of four (a plain double[W] cost a rep
+// stos and a division loop per row: most of the time on rows of ten classes). add() widens a
+// bundle's lanes, total() combines the lanes pairwise in a fixed order.
+struct LaneSums {
+  typedef double D4 __attribute__((vector_size(32)));
+  typedef float F4 __attribute__((vector_size(16)));
+  static constexpr int NA = VecF::kWidth / 4;
+  static_assert(VecF::kWidth % 4 == 0 && NA >= 1, "bundles hold whole groups of four lanes");
+  D4 acc[NA];
+
+  LaneSums() {
+#pragma GCC unroll 8
+    for (int v = 0; v < NA; ++v) acc[v] = D4{0.0, 0.0, 0.0, 0.0};
+  }
+  void add(const VecF& bundle) {
+    alignas(64) float lanes[VecF::kWidth];
+    bundle.store(lanes);
+#pragma GCC unroll 8
+    for (int v = 0; v < NA; ++v) {
+      F4 f;
+      std::memcpy(&f, lanes + 4 * v, sizeof f);
+      acc[v] += __builtin_convertvector(f, D4);
+    }
+  }
+  void add_lane(int k, float value) { acc[k / 4][k % 4] += static_cast<double>(value); }
+  // Lanes combined pairwise, halving the width: lane k += lane k + width.
+  double total() {
+#pragma GCC unroll 8
+    for (int width = NA / 2; width >= 1; width /= 2)
+#pragma GCC unroll 8
+      for (int v = 0; v < width; ++v) acc[v] += acc[v + width];
+    return (acc[0][0] + acc[0][2]) + (acc[0][1] + acc[0][3]);
+  }
+};
+
 // g = exp(x - m) in SIMD bundles (lane for lane what the scalar exp_t gives), and its sum: runs of kRunBundles bundles summed lane-wise in
 // float (each lane adds at most kRunBundles values in [0, 1]), each run's lanes added to one double
 // accumulator per lane, the lanes combined in a fixed order. `prefetch` (n floats: the next row's
 // logits) is fetched into cache on the way, and `prefetch_w` (the next row's gradient) for writing:
 // its lines are not in cache, and the store that first touches each would wait on memory.
 double exp_shifted_and_sum(const float* x, float m, float* g, int64_t n, const float* prefetch, float* prefetch_w) {
-  // The W per-lane double accumulators as vectors of 4 (a plain double[W] cost a rep stos and a
-  // division loop per row: most of the time on rows of ten classes).
-  typedef double D4 __attribute__((vector_size(32)));
-  typedef float F4 __attribute__((vector_size(16)));
-  constexpr int W = VecF::kWidth, NA = W / 4;
-  static_assert(W % 4 == 0 && NA >= 1, "bundles hold whole groups of four lanes");
+  constexpr int W = VecF::kWidth;
   constexpr int64_t kRunBundles = 16;
-  D4 acc[NA];
-#pragma GCC unroll 8
-  for (int v = 0; v < NA; ++v) acc[v] = D4{0.0, 0.0, 0.0, 0.0};
+  LaneSums sums;
   auto fetch_ahead = [prefetch, prefetch_w](int64_t c) __attribute__((always_inline)) {
     if (((c * 4) & 63) == 0) {  // once per 64-byte line
       __builtin_prefetch(prefetch + c);
@@ -118,14 +146,7 @@ double exp_shifted_and_sum(const float* x, float m, float* g, int64_t n, const f
       e.store(g + c);
       run = run + e;
     }
-    alignas(64) float lanes[W];
-    run.store(lanes);
-#pragma GCC unroll 8
-    for (int v = 0; v < NA; ++v) {
-      F4 f;
-      std::memcpy(&f, lanes + 4 * v, sizeof f);
-      acc[v] += __builtin_convertvector(f, D4);
-    }
+    sums.add(run);
   }
   if (c < n) {  // the tail (all of a row narrower than a bundle): one bundle, padded with m
     alignas(64) float tail[W];
@@ -133,15 +154,10 @@ double exp_shifted_and_sum(const float* x, float m, float* g, int64_t n, const f
     ops::exp_t(VecF::load(tail) - VecF(m)).store(tail);
     for (int k = 0; c < n; ++k, ++c) {  // c is a multiple of W plus k
       g[c] = tail[k];
-      acc[k / 4][k % 4] += static_cast<double>(tail[k]);
+      sums.add_lane(k, tail[k]);
     }
   }
-  // Lanes combined pairwise, halving the width: lane k += lane k + width.
-#pragma GCC unroll 8
-  for (int width = NA / 2; width >= 1; width /= 2)
-#pragma GCC unroll 8
-    for (int v = 0; v < width; ++v) acc[v] += acc[v + width];
-  return (acc[0][0] + acc[0][2]) + (acc[0][1] + acc[0][3]);
+  return sums.total();
 }
 
 }  // namespace
@@ -226,11 +242,7 @@ double sigmoid_cross_entropy(const T* logits, const T* targets, T* grad, int64_t
       constexpr int kProduct = 16, kLinear = 4;
       constexpr float kFloatSafe = 0x1p60f;
       static_assert(kRun % VecF::kWidth == 0, "runs hold whole bundles");
-      typedef double D4 __attribute__((vector_size(32)));
-      typedef float F4 __attribute__((vector_size(16)));
-      constexpr int kD4 = VecF::kWidth / 4;
-      D4 linear_acc[kD4];
-      for (auto& a : linear_acc) a = D4{0.0, 0.0, 0.0, 0.0};
+      LaneSums linear_sums;
       const bool scale_in_float = static_cast<double>(static_cast<float>(inv_rows)) == inv_rows;
       const VecF inv_rows_f(static_cast<float>(inv_rows));
       alignas(64) float dlogit[kRun];
@@ -239,15 +251,6 @@ double sigmoid_cross_entropy(const T* logits, const T* targets, T* grad, int64_t
         alignas(64) float lanes[VecF::kWidth];
         v.store(lanes);
         for (int k = 0; k < VecF::kWidth; ++k) log_total += static_cast<double>(lanes[k]);
-      };
-      auto add_linear = [&linear_acc](const VecF& v) {
-        alignas(64) float lanes[VecF::kWidth];
-        v.store(lanes);
-        for (int k = 0; k < kD4; ++k) {
-          F4 f;
-          std::memcpy(&f, lanes + 4 * k, sizeof f);
-          linear_acc[k] += __builtin_convertvector(f, D4);
-        }
       };
       for (int64_t c0 = 0; c0 < cols; c0 += kRun) {
         const int64_t len = min_i64(kRun, cols - c0);
@@ -269,7 +272,7 @@ double sigmoid_cross_entropy(const T* logits, const T* targets, T* grad, int64_t
             for (int k = 0; k < VecF::kWidth; ++k) tail_linear += ops::sigmoid_cross_entropy_linear(xs[k], ts[k]);
           }
           if (++in_linear == kLinear) {
-            add_linear(linear);
+            linear_sums.add(linear);
             linear = VecF(0.0f);
             in_linear = 0;
           }
@@ -282,7 +285,7 @@ double sigmoid_cross_entropy(const T* logits, const T* targets, T* grad, int64_t
             in_product = 0;
           }
         }
-        if (in_linear > 0) add_linear(linear);
+        if (in_linear > 0) linear_sums.add(linear);
         if (in_product > 0) add_lanes(ops::log_t(product) + corr_sum);
         for (; j < len; ++j) {
           float u, corr, d;
@@ -297,10 +300,7 @@ double sigmoid_cross_entropy(const T* logits, const T* targets, T* grad, int64_t
           for (int64_t k = 0; k < len; ++k) gs[k] = static_cast<float>(static_cast<double>(dlogit[k]) * inv_rows);
         }
       }
-      for (int width = kD4 / 2; width >= 1; width /= 2)
-        for (int k = 0; k < width; ++k) linear_acc[k] += linear_acc[k + width];
-      const double linear_total = (linear_acc[0][0] + linear_acc[0][2]) + (linear_acc[0][1] + linear_acc[0][3]);
-      return (linear_total + tail_linear) + log_total;
+      return (linear_sums.total() + tail_linear) + log_total;
     } else {
       double acc[kLanes] = {};
       int64_t c = 0;

@@ -323,9 +323,10 @@ void random_uniform(T* out, int64_t n, double low, double high, uint64_t seed, u
   for_chunks(n, [&](int64_t b, int64_t e) {
     for_word_runs(b, e, seed, offset, [&](int64_t s, int64_t len, const uint32_t* __restrict w) {
       T* __restrict os = out + s;
+      const T l = lo, wd = width, h = hi, bh = below_hi;  // locals, not captured references: the loop vectorises
       for (int64_t j = 0; j < len; ++j) {
-        const T v = lo + width * static_cast<T>(ops::uniform01(w[j]));
-        os[j] = v < hi ? v : below_hi;
+        const T v = l + wd * static_cast<T>(ops::uniform01(w[j]));
+        os[j] = v < h ? v : bh;
       }
     });
   });
@@ -337,7 +338,8 @@ void random_normal(T* out, int64_t n, double mean, double std, uint64_t seed, ui
   for_chunks(n, [&](int64_t b, int64_t e) {
     for_normal_runs(b, e, seed, offset, [&](int64_t s, int64_t len, const float* __restrict z) {
       T* __restrict os = out + s;
-      for (int64_t j = 0; j < len; ++j) os[j] = mu + sigma * static_cast<T>(z[j]);
+      const T m = mu, sd = sigma;
+      for (int64_t j = 0; j < len; ++j) os[j] = m + sd * static_cast<T>(z[j]);
     });
   });
 }
@@ -363,7 +365,8 @@ void add_noise(const T* x, T* out, int64_t n, NoiseKind kind, double level, uint
       for_normal_runs(b, e, seed, offset, [&](int64_t s, int64_t len, const float* __restrict z) {
         const T* __restrict xs = x + s;
         T* __restrict os = out + s;
-        for (int64_t j = 0; j < len; ++j) os[j] = xs[j] + sigma * static_cast<T>(z[j]);
+        const T sd = sigma;
+        for (int64_t j = 0; j < len; ++j) os[j] = xs[j] + sd * static_cast<T>(z[j]);
       });
     });
   }

@@ -108,6 +108,21 @@ def test_dropout_is_x_times_mask_over_keep_probability(isa, rng, p, dtype):
     assert (err <= dropout_tolerance(expected, dtype)).all()
 
 
+@pytest.mark.parametrize("size", (31, 32, 33, 63, 100, 4099, CHUNK - 1, CHUNK + 37, 3 * CHUNK + 5))
+def test_float32_dropout_and_mask_noise_are_bitwise_the_reference_mask(isa, rng, size):
+    # Sizes around the vector paths' 32- and 64-element groups and the parallel chunks: the
+    # register-resident mask of the AVX2 path and the buffered one must give the same bits.
+    x = rng.standard_normal(size).astype(np.float32)
+    for seed, offset in ((0, 0), (2**64 - 1, 7), (12345, 2**32 + 5)):
+        for p in (0.2, 0.5, 0.9):
+            mask = keep_mask(size, p, seed, offset)
+            scale = np.float32(1.0 / (1.0 - p))
+            np.testing.assert_array_equal(kernels.dropout(x, p, seed=seed, offset=offset),
+                                          np.where(mask, x * scale, np.float32(0)), err_msg=f"p={p}")
+            np.testing.assert_array_equal(kernels.add_noise(x, "mask", p, seed=seed, offset=offset),
+                                          np.where(mask, x, np.float32(0)), err_msg=f"p={p}")
+
+
 @pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
 def test_dropout_backward_uses_the_same_mask_and_scale(rng, dtype):
     g = rng.standard_normal(3 * CHUNK + 1).astype(dtype)

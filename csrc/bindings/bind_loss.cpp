@@ -80,9 +80,36 @@ py::tuple sigmoid_cross_entropy(py::handle logits_obj, py::handle targets_obj, p
   return py::make_tuple(loss, lg.grad.arr);
 }
 
+// (min, max) of 1-D C-contiguous int32/int64 class labels in one pass (None when empty): the
+// trainer's range check without two NumPy reductions per step.
+py::object label_range(py::handle labels_obj) {
+  py::array a = require_ndarray(labels_obj, "_label_range", "labels");
+  const char kind = a.dtype().kind();
+  const auto itemsize = a.dtype().itemsize();
+  const char order = a.dtype().byteorder();
+  if (kind != 'i' || (itemsize != 4 && itemsize != 8) || !(order == '=' || order == '|') ||
+      !(a.flags() & py::array::c_style) || !(a.flags() & py::detail::npy_api::NPY_ARRAY_ALIGNED_) || a.ndim() != 1)
+    type_error("_label_range: labels must be a 1-D C-contiguous aligned native int32 or int64 array");
+  const int64_t n = a.shape(0);
+  if (n == 0) return py::none();
+  int64_t lo = 0, hi = 0;
+  auto scan = [&](const auto* v) {
+    lo = hi = static_cast<int64_t>(v[0]);
+    for (int64_t i = 1; i < n; ++i) {
+      const int64_t x = static_cast<int64_t>(v[i]);
+      lo = x < lo ? x : lo;
+      hi = x > hi ? x : hi;
+    }
+  };
+  if (itemsize == 4) scan(static_cast<const int32_t*>(a.data()));
+  else scan(static_cast<const int64_t*>(a.data()));
+  return py::make_tuple(lo, hi);
+}
+
 }  // namespace
 
 void register_loss(py::module_& m) {
+  m.def("_label_range", &label_range, py::arg("labels"));
   m.def("squared_error", &squared_error, py::arg("pred"), py::arg("target"), py::kw_only(),
         py::arg("out") = py::none());
   m.def("softmax_cross_entropy", &softmax_cross_entropy, py::arg("logits"), py::arg("labels"), py::kw_only(),

@@ -818,6 +818,9 @@ class Sequential:
 
     def _as_host_input(self, X) -> np.ndarray:
         """X checked and converted on the host: scaled, C-contiguous, the model's dtype."""
+        if (type(X) is np.ndarray and X.dtype == self.dtype and X.ndim == 2 and X.shape[1] == self.in_features
+                and self.scaler is None and X.flags.c_contiguous):
+            return X  # what the checks below would pass and leave as it is, for a few attribute reads
         X = np.asarray(X)
         if X.ndim == 1 and self.in_features == 1:
             X = X.reshape(-1, 1)

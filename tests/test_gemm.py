@@ -213,6 +213,44 @@ def test_gemm_returns_and_writes_out(isa, rng, dtype):
     assert_within(out, expected, bound, "out += a @ b.T")
 
 
+# (M, N, K) through every way op(a) is handled: packed (with several k blocks too), read in place
+# (N <= 16), one row (M = 1), nothing computed (N = 0, M = 0), an empty sum (K = 0), and shapes
+# large enough to split among threads.
+A_SUMS_SHAPES = [(512, 784, 256), (10, 512, 256), (7, 17, 5), (6, 300, 1100), (257, 33, 513), (100, 300, 2100),
+                 (64, 16, 32), (5, 3, 7), (1, 64, 32), (1, 1, 1), (13, 17, 0), (5, 0, 7), (0, 20, 5)]
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("shape", A_SUMS_SHAPES, ids=shape_id)
+def test_gemm_a_sums_are_bitwise_bias_grad_of_a(isa, rng, shape, dtype):
+    # A layer's dW = dz^T x also yields its bias gradient, dz's column sums, from the packing of
+    # dz: bitwise what bias_grad(dz) gives, and the product is unchanged.
+    M, N, Kd = shape
+    from fastmlp import _core
+    a = rng.standard_normal((Kd, M)).astype(dtype)
+    b = rng.standard_normal((Kd, N)).astype(dtype)
+    out = np.full((M, N), np.nan, dtype)
+    sums = np.full(M, np.nan, dtype)
+    assert _core._gemm(a, b, True, False, 1.0, 0.0, out, None, "identity", sums) is out
+    np.testing.assert_array_equal(out, kernels.gemm(a, b, trans_a=True))
+    np.testing.assert_array_equal(sums, kernels.bias_grad(a) if Kd else np.zeros(M, dtype))
+
+
+def test_gemm_a_sums_arguments_are_checked():
+    from fastmlp import _core
+    a, b = np.ones((4, 3), np.float32), np.ones((4, 5), np.float32)
+    out = np.empty((3, 5), np.float32)
+    with pytest.raises(ValueError, match="a_sums .* needs trans_a=True"):
+        _core._gemm(np.ones((3, 4), np.float32), b, False, False, 1.0, 0.0, out, None, "identity",
+                    np.empty(3, np.float32))
+    with pytest.raises(ValueError, match="a_sums"):
+        _core._gemm(a, b, True, False, 1.0, 0.0, out, None, "identity", np.empty(4, np.float32))
+    with pytest.raises(TypeError, match="a_sums"):
+        _core._gemm(a, b, True, False, 1.0, 0.0, out, None, "identity", np.empty(3, np.float64))
+    with pytest.raises(ValueError, match="overlap"):
+        _core._gemm(a, b, True, False, 1.0, 0.0, out, None, "identity", out.reshape(-1)[:3])
+
+
 ACT_OF_INF = {"identity": (np.inf, -np.inf), "relu": (np.inf, 0.0), "sigmoid": (1.0, 0.0),
               "logistic": (1.0, 0.0), "tanh": (1.0, -1.0)}
 

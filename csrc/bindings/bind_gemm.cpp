@@ -12,7 +12,7 @@ namespace bind {
 namespace {
 
 py::object gemm(py::handle a_obj, py::handle b_obj, bool trans_a, bool trans_b, double alpha, double beta,
-                py::handle out_obj, py::handle bias_obj, const std::string& activation) {
+                py::handle out_obj, py::handle bias_obj, const std::string& activation, py::handle a_sums_obj) {
   const char* fn = "gemm";
   FloatArray a = float_arg(a_obj, fn, "a");
   FloatArray b = float_arg(b_obj, fn, "b");
@@ -52,10 +52,24 @@ py::object gemm(py::handle a_obj, py::handle b_obj, bool trans_a, bool trans_b, 
     require_shape(bias, {N}, fn, "one value per output column");
     require_no_overlap(out, bias, fn, false);
   }
+  // a_sums (a layer's bias gradient beside its dW = dz^T x): the column sums of a, bitwise what
+  // bias_grad(a) gives, taken while the kernel packs a.
+  FloatArray a_sums;
+  const bool has_sums = !a_sums_obj.is_none();
+  if (has_sums) {
+    if (!trans_a) value_error("gemm: a_sums (the column sums of a) needs trans_a=True");
+    a_sums = float_arg(a_sums_obj, fn, "a_sums");
+    require_same_dtype(a, a_sums, fn);
+    require_shape(a_sums, {M}, fn, "one value per column of a");
+    require_no_overlap(a_sums, a, fn, false);
+    require_no_overlap(a_sums, b, fn, false);
+    require_no_overlap(a_sums, out, fn, false);
+    if (has_bias) require_no_overlap(a_sums, bias, fn, false);
+  }
   dispatch(a.dtype, [&](auto zero) {
     using T = decltype(zero);
     cpu::GemmArgs<T> g{M, N, K, a.data<T>(), b.data<T>(), out.data<T>(), has_bias ? bias.data<T>() : nullptr,
-                       trans_a, trans_b, alpha, beta, act};
+                       trans_a, trans_b, alpha, beta, act, has_sums ? a_sums.data<T>() : nullptr};
     py::gil_scoped_release release;
     cpu::active_for<T>().gemm(g);
     return 0;
@@ -68,11 +82,11 @@ py::object gemm(py::handle a_obj, py::handle b_obj, bool trans_a, bool trans_b, 
 void register_gemm(py::module_& m) {
   m.def("gemm", &gemm, py::arg("a"), py::arg("b"), py::kw_only(), py::arg("trans_a") = false,
         py::arg("trans_b") = false, py::arg("alpha") = 1.0, py::arg("beta") = 0.0, py::arg("out") = py::none(),
-        py::arg("bias") = py::none(), py::arg("activation") = "identity");
-  // All nine arguments by position, for fastmlp.kernels.gemm: pybind11 matches keywords by name
-  // on every call, about a third of a microsecond here, which small layers notice.
+        py::arg("bias") = py::none(), py::arg("activation") = "identity", py::arg("a_sums") = py::none());
+  // All arguments by position, for fastmlp.kernels.gemm and the layers' backward: pybind11 matches
+  // keywords by name on every call, about a third of a microsecond here, which small layers notice.
   m.def("_gemm", &gemm, py::arg("a"), py::arg("b"), py::arg("trans_a"), py::arg("trans_b"), py::arg("alpha"),
-        py::arg("beta"), py::arg("out"), py::arg("bias"), py::arg("activation"));
+        py::arg("beta"), py::arg("out"), py::arg("bias"), py::arg("activation"), py::arg("a_sums") = py::none());
 }
 
 }  // namespace bind

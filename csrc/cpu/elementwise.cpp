@@ -13,6 +13,7 @@
 
 #include "core/parallel.h"
 #include "core/scratch.h"
+#include "cpu/colsum.h"
 #include "cpu/isa.h"
 #include "cpu/lanes.h"
 #include "ops/random.h"
@@ -257,12 +258,12 @@ void activation_backward(const T* grad_out, const T* y, T* out, int64_t n, Act a
   }
 }
 
-// Column sums: runs of 16 rows summed in T, runs added in double within fixed blocks of
-// kReduceRowBlock rows, and the block partials added in double in block order. Tasks split row
-// blocks and column chunks; a column's order never changes. Chunks are as wide as the task count
-// allows (up to kMaxColChunk): a row's run of a chunk is read contiguously, and hardware
-// prefetchers restart at every 4 KiB page, so long runs stream better (1024-column chunks reached
-// ~20 GB/s here, 4096-column ones ~26).
+// Column sums in cpu/colsum.h's order: runs of 16 rows summed in T, runs added in double within
+// fixed blocks of kReduceRowBlock rows, and the block partials added in double in block order.
+// Tasks split row blocks and column chunks; a column's order never changes. Chunks are as wide as
+// the task count allows (up to kMaxColChunk): a row's run of a chunk is read contiguously, and
+// hardware prefetchers restart at every 4 KiB page, so long runs stream better (1024-column chunks
+// reached ~20 GB/s here, 4096-column ones ~26).
 template <class T>
 void bias_grad(const T* grad, T* out, int64_t rows, int64_t cols) {
   if (cols == 0) return;
@@ -281,22 +282,10 @@ void bias_grad(const T* grad, T* out, int64_t rows, int64_t cols) {
     const int64_t rb = task / col_chunks, cc = task % col_chunks;
     const int64_t r0 = rb * kReduceRowBlock, r1 = min_i64(rows, r0 + kReduceRowBlock);
     const int64_t c0 = cc * kColChunk, c1 = min_i64(cols, c0 + kColChunk);
-    // Runs of kSumRows rows are summed in T (vector-wide, no conversions) and each run is added to
-    // the block's double partial: float32 error stays within kSumRows * eps * sum|g|.
-    constexpr int64_t kSumRows = 16;
+    // Runs of kColumnSumRun rows are summed in T (vector-wide, no conversions) and each run is
+    // added to the block's double partial: float32 error stays within 16 * eps * sum|g|.
     T acc[kMaxColChunk];
-    const int64_t width = c1 - c0;
-    double* p = partial + rb * cols + c0;
-    for (int64_t c = 0; c < width; ++c) p[c] = 0.0;
-    for (int64_t r = r0; r < r1; r += kSumRows) {
-      const int64_t r_end = min_i64(r1, r + kSumRows);
-      for (int64_t c = 0; c < width; ++c) acc[c] = T(0);
-      for (int64_t rr = r; rr < r_end; ++rr) {
-        const T* __restrict g = grad + rr * cols + c0;
-        for (int64_t c = 0; c < width; ++c) acc[c] += g[c];
-      }
-      for (int64_t c = 0; c < width; ++c) p[c] += static_cast<double>(acc[c]);
-    }
+    column_block_sums(grad + c0, cols, r0, r1, c1 - c0, acc, partial + rb * cols + c0);
   });
   parallel_for(col_chunks, [&](int64_t cc) {
     const int64_t c0 = cc * kColChunk, c1 = min_i64(cols, c0 + kColChunk);

@@ -15,6 +15,7 @@
 
 #include "core/parallel.h"
 #include "core/scratch.h"
+#include "cpu/colsum.h"
 #include "cpu/isa.h"
 #include "cpu/simd.h"
 
@@ -450,6 +451,15 @@ void gemm(const GemmArgs<T>& g) {
   using B = Blocking<T>;
   constexpr int MR = B::MR, NR = B::NR;
   const int64_t M = g.M, N = g.N, K = g.K;
+  if (g.a_sums && !(M > 1 && N > NR)) {
+    // op(a) is not packed on these paths (nothing is computed, one row, or read in place): its
+    // sums come from bias_grad, the order column_sums reproduces where op(a) is packed.
+    bias_grad<T>(g.a, g.a_sums, K, M);
+    GemmArgs<T> rest = g;
+    rest.a_sums = nullptr;
+    gemm(rest);
+    return;
+  }
   if (M == 0 || N == 0) return;
   if (M == 1 && N > NR) {  // one column panel: the direct-A path below already reads a in place
     gemm_one_row(g);
@@ -532,6 +542,10 @@ void gemm(const GemmArgs<T>& g) {
         pack_a(g, i0, min_i64(MR, M - i0), k0, kc, packed_a + k0 * m_pad + panel * kc * MR);
       }
     }
+    // The group's sums of op(a) (trans_a: columns of a), over all k, by whoever packs its first k
+    // block: a has just been read, so its lines are in cache, and no pass over it is added.
+    if (!is_b && g.a_sums && kb == 0)
+      column_sums(g.a, K, M, first * MR, min_i64(M, end * MR), g.a_sums + first * MR);
   };
   // Groups [b0, b1) of op(b) and [a0, a1) of op(a) packed for k block kb: claim and pack the free
   // ones, then wait for those other tasks claimed. A task waits only on a task that is packing

@@ -23,6 +23,9 @@ struct GemmArgs {
   bool trans_a, trans_b;
   double alpha, beta;
   Act act;
+  // With trans_a only: if not nullptr, a_sums[i] = sum over k of op(a)[i][k], i.e. the column sums
+  // of a (K x M) exactly as bias_grad(a) gives them (a layer's bias gradient beside its dW).
+  T* a_sums = nullptr;
 };
 
 // The per-segment optimizer table of DESIGN.md: bounds (n,2) int64 = (start, length),

@@ -381,9 +381,15 @@ class _DenseBlock:
                                                       **_bn_grads_out(self.ws, self.bn, z.shape, z.dtype))
             _set_grad(self.bn.dgamma, dgamma)
             _set_grad(self.bn.dbeta, dbeta)
-        K.gemm(dz, x, trans_a=True, out=d.dweight, beta=1.0 if self.accumulate_weight_grad else 0.0)
-        if d.bias_enabled:
-            K.bias_grad(dz, out=d.dbias)
+        beta = 1.0 if self.accumulate_weight_grad else 0.0
+        if d.bias_enabled and type(dz) is np.ndarray:
+            # The bias gradient (dz's column sums, bitwise bias_grad's) comes out of the dW GEMM,
+            # which reads dz anyway: no pass of its own.
+            _core._gemm(dz, x, True, False, 1.0, beta, d.dweight, None, "identity", d.dbias)
+        else:
+            K.gemm(dz, x, trans_a=True, out=d.dweight, beta=beta)
+            if d.bias_enabled:
+                K.bias_grad(dz, out=d.dbias)
         if not need_input_grad:
             return None
         return K.gemm(dz, d.weight, out=self.ws.get("dx", (dz.shape[0], d.in_features), dz.dtype))

@@ -251,6 +251,44 @@ def test_gemm_a_sums_arguments_are_checked():
         _core._gemm(a, b, True, False, 1.0, 0.0, out, None, "identity", out.reshape(-1)[:3])
 
 
+RELU_MASK_SHAPES = [(256, 512, 10), (64, 96, 70), (7, 17, 5), (1, 64, 32), (1, 5, 3), (13, 16, 0), (64, 8, 32),
+                    (37, 300, 13)]
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("trans", TRANSPOSES, ids=trans_id)
+@pytest.mark.parametrize("shape", RELU_MASK_SHAPES, ids=shape_id)
+def test_gemm_relu_mask_is_bitwise_relu_dropout_backward_of_the_product(isa, rng, shape, trans, dtype):
+    # The backward of dropout(relu(z)) fused into the GEMM that forms its incoming gradient:
+    # register epilogue (full tiles), store_tile (edges, one row, op(a) in place) alike.
+    from fastmlp import _core
+    M, N, Kd = shape
+    ta, tb = trans
+    a, b = operands(rng, M, N, Kd, ta, tb, dtype)
+    y = np.maximum(rng.standard_normal((M, N)), 0).astype(dtype)
+    y.reshape(-1)[::7] = np.nan
+    for p in (0.0, 0.2, 0.5):
+        ref = kernels.gemm(a, b, trans_a=ta, trans_b=tb)
+        ref = _core._relu_dropout_backward(ref, y, p, ref)
+        out = np.full((M, N), np.nan, dtype)
+        assert _core._gemm(a, b, ta, tb, 1.0, 0.0, out, None, "identity", None, y, p) is out
+        np.testing.assert_array_equal(out, ref, err_msg=f"p={p}")
+
+
+def test_gemm_relu_mask_arguments_are_checked():
+    from fastmlp import _core
+    a, b = np.ones((3, 4), np.float32), np.ones((4, 5), np.float32)
+    out = np.empty((3, 5), np.float32)
+    with pytest.raises(ValueError, match="relu_mask"):
+        _core._gemm(a, b, False, False, 1.0, 0.0, out, None, "identity", None, np.ones((5, 3), np.float32), 0.1)
+    with pytest.raises(TypeError, match="relu_mask"):
+        _core._gemm(a, b, False, False, 1.0, 0.0, out, None, "identity", None, np.ones((3, 5)), 0.1)
+    with pytest.raises(ValueError, match="overlap"):
+        _core._gemm(a, b, False, False, 1.0, 0.0, out, None, "identity", None, out, 0.1)
+    with pytest.raises(ValueError, match="mask_p"):
+        _core._gemm(a, b, False, False, 1.0, 0.0, out, None, "identity", None, np.ones((3, 5), np.float32), 1.0)
+
+
 ACT_OF_INF = {"identity": (np.inf, -np.inf), "relu": (np.inf, 0.0), "sigmoid": (1.0, 0.0),
               "logistic": (1.0, 0.0), "tanh": (1.0, -1.0)}
 

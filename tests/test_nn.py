@@ -480,6 +480,38 @@ def test_bad_model_arguments_raise_clear_errors(make, error, message):
         make()
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_mlp_gradient_is_bitwise_the_unfused_kernel_composition(isa, dtype):
+    # The CPU backward fuses: dropout+ReLU backward into the next layer's dX GEMM (relu_mask) and
+    # the bias gradient into the dW GEMM (a_sums). The result must be bitwise what the plain
+    # kernels give one after the other.
+    from fastmlp import kernels as K
+    from fastmlp.nn import Dense, _DropoutBlock
+    rng = np.random.default_rng(4)
+    p, seed, step = 0.3, 11, 5
+    m = fastmlp.MLP([23, 19, 13, 3], output="softmax", dropout=p, seed=3, dtype=dtype)
+    X = rng.standard_normal((37, 23)).astype(dtype)
+    y = rng.integers(0, 3, 37).astype(np.int64)
+    m.value_and_grad(X, y, seed=seed, step=step)
+    dense = [layer for layer in m.layers if isinstance(layer, Dense)]
+    offsets = [step * m.n_streams + b.stream_index for b in m._blocks if isinstance(b, _DropoutBlock)]
+    h, inputs, relu_out = X, [], []
+    for i, d in enumerate(dense[:-1]):
+        inputs.append(h)
+        z = K.gemm(h, d.weight, trans_b=True, bias=d.bias, activation="relu")
+        relu_out.append(z)
+        h = K.dropout(z, p, seed=seed, offset=offsets[i])
+    inputs.append(h)
+    _, g = K.softmax_cross_entropy(K.gemm(h, dense[-1].weight, trans_b=True, bias=dense[-1].bias), y)
+    for i in range(len(dense) - 1, -1, -1):
+        d = dense[i]
+        np.testing.assert_array_equal(d.dweight, K.gemm(g, inputs[i], trans_a=True), err_msg=f"dW{i}")
+        np.testing.assert_array_equal(d.dbias, K.bias_grad(g), err_msg=f"db{i}")
+        if i:
+            g = K.activation_backward(K.dropout_backward(K.gemm(g, d.weight), p, seed=seed, offset=offsets[i - 1]),
+                                      relu_out[i - 1], "relu")
+
+
 def test_label_range_check_names_the_bad_values_on_every_path():
     # prepare_target's range check runs in one C++ pass (_label_range) for aligned labels, and in
     # NumPy for unaligned ones: the same message either way, from train_step and value_and_grad.

@@ -12,7 +12,8 @@ namespace bind {
 namespace {
 
 py::object gemm(py::handle a_obj, py::handle b_obj, bool trans_a, bool trans_b, double alpha, double beta,
-                py::handle out_obj, py::handle bias_obj, const std::string& activation, py::handle a_sums_obj) {
+                py::handle out_obj, py::handle bias_obj, const std::string& activation, py::handle a_sums_obj,
+                py::handle relu_mask_obj, double mask_p) {
   const char* fn = "gemm";
   FloatArray a = float_arg(a_obj, fn, "a");
   FloatArray b = float_arg(b_obj, fn, "b");
@@ -66,10 +67,22 @@ py::object gemm(py::handle a_obj, py::handle b_obj, bool trans_a, bool trans_b, 
     require_no_overlap(a_sums, out, fn, false);
     if (has_bias) require_no_overlap(a_sums, bias, fn, false);
   }
+  // relu_mask (y = dropout(relu(z)), shaped like out) and mask_p: out becomes the gradient through
+  // that dropout and ReLU, as relu_dropout_backward(out, y, mask_p) would make it.
+  FloatArray relu_mask;
+  const bool has_mask = !relu_mask_obj.is_none();
+  if (has_mask) {
+    relu_mask = float_arg(relu_mask_obj, fn, "relu_mask");
+    require_same_dtype(a, relu_mask, fn);
+    require_shape(relu_mask, {M, N}, fn, "the shape of the result");
+    require_no_overlap(out, relu_mask, fn, false);
+    prob_arg(mask_p, fn, "mask_p");
+  }
   dispatch(a.dtype, [&](auto zero) {
     using T = decltype(zero);
     cpu::GemmArgs<T> g{M, N, K, a.data<T>(), b.data<T>(), out.data<T>(), has_bias ? bias.data<T>() : nullptr,
-                       trans_a, trans_b, alpha, beta, act, has_sums ? a_sums.data<T>() : nullptr};
+                       trans_a, trans_b, alpha, beta, act, has_sums ? a_sums.data<T>() : nullptr,
+                       has_mask ? relu_mask.data<T>() : nullptr, mask_p};
     py::gil_scoped_release release;
     cpu::active_for<T>().gemm(g);
     return 0;
@@ -82,11 +95,13 @@ py::object gemm(py::handle a_obj, py::handle b_obj, bool trans_a, bool trans_b, 
 void register_gemm(py::module_& m) {
   m.def("gemm", &gemm, py::arg("a"), py::arg("b"), py::kw_only(), py::arg("trans_a") = false,
         py::arg("trans_b") = false, py::arg("alpha") = 1.0, py::arg("beta") = 0.0, py::arg("out") = py::none(),
-        py::arg("bias") = py::none(), py::arg("activation") = "identity", py::arg("a_sums") = py::none());
+        py::arg("bias") = py::none(), py::arg("activation") = "identity", py::arg("a_sums") = py::none(),
+        py::arg("relu_mask") = py::none(), py::arg("mask_p") = 0.0);
   // All arguments by position, for fastmlp.kernels.gemm and the layers' backward: pybind11 matches
   // keywords by name on every call, about a third of a microsecond here, which small layers notice.
   m.def("_gemm", &gemm, py::arg("a"), py::arg("b"), py::arg("trans_a"), py::arg("trans_b"), py::arg("alpha"),
-        py::arg("beta"), py::arg("out"), py::arg("bias"), py::arg("activation"), py::arg("a_sums") = py::none());
+        py::arg("beta"), py::arg("out"), py::arg("bias"), py::arg("activation"), py::arg("a_sums") = py::none(),
+        py::arg("relu_mask") = py::none(), py::arg("mask_p") = 0.0);
 }
 
 }  // namespace bind

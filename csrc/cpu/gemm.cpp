@@ -127,6 +127,27 @@ void micro_kernel_out(int64_t kc, const T* __restrict A, const T* __restrict B, 
   });
 }
 
+// The last k block of a full tile with the identity epilogue (no beta, no bias) and GemmArgs'
+// relu_mask (`mask`, row stride ld like out): out = mask > 0 ? (alpha * c) * scale : 0.
+template <class T>
+void micro_kernel_out_masked(int64_t kc, const T* __restrict A, const T* __restrict B, int64_t ldb,
+                             const T* __restrict acc, bool load, T* __restrict out, int64_t ld,
+                             const T* __restrict mask, T alpha, T scale) {
+  using S = Simd<T>;
+  using V = typename S::V;
+  constexpr int MR = Blocking<T>::MR, NV = Blocking<T>::NV, W = S::W;
+  micro_tile(kc, A, B, ldb, acc, load, [&](const V (&c)[MR][NV]) __attribute__((always_inline)) {
+    const V va = S::set1(alpha), vs = S::set1(scale), zero = S::zero();
+#pragma GCC unroll 16
+    for (int i = 0; i < MR; ++i)
+#pragma GCC unroll 4
+      for (int j = 0; j < NV; ++j) {
+        const V v = (va * c[i][j]) * vs;
+        S::store(out + i * ld + j * W, S::load(mask + i * ld + j * W) > zero ? v : zero);
+      }
+  });
+}
+
 template <class T>
 using OutKernel = void (*)(int64_t, const T*, const T*, int64_t, const T*, bool, T*, int64_t, const T*, T, T);
 
@@ -330,15 +351,26 @@ void store_tile(const GemmArgs<T>& g, const T* tile, int64_t ld_tile, int64_t i0
     case Act::tanh: store_tile_act<Act::tanh>(tile, ld_tile, rows, cols, out, g.N, bias, alpha, beta); break;
     default: store_tile_act<Act::identity>(tile, ld_tile, rows, cols, out, g.N, bias, alpha, beta); break;
   }
+  if (g.relu_mask) {  // relu_dropout_backward's arithmetic on the stored values
+    const T scale = static_cast<T>(1.0 / (1.0 - g.mask_p));
+    for (int64_t r = 0; r < rows; ++r) {
+      T* __restrict o = out + r * g.N;
+      const T* __restrict m = g.relu_mask + (i0 + r) * g.N + j0;
+      for (int64_t c = 0; c < cols; ++c) {
+        const T v = o[c] * scale;
+        o[c] = m[c] > T(0) ? v : T(0);
+      }
+    }
+  }
 }
 
-// Splits `total` into `parts` near-equal blocks, each a multiple of `unit` (the last may be short).
 inline void cpu_relax() {
 #if defined(__x86_64__) || defined(__i386__)
   __builtin_ia32_pause();
 #endif
 }
 
+// Splits `total` into `parts` near-equal blocks, each a multiple of `unit` (the last may be short).
 int64_t balanced_block(int64_t total, int64_t max_block, int64_t unit) {
   const int64_t parts = ceil_div(total, max_block);
   return ceil_div(ceil_div(total, parts), unit) * unit;
@@ -584,7 +616,11 @@ void gemm(const GemmArgs<T>& g) {
     else mc = ceil_div(ceil_div(mc, 2), MR) * MR;
   }
   const int64_t m_blocks = ceil_div(M, mc), n_blocks = ceil_div(N, nc);
-  const OutKernel<T> out_kernel = pick_out_kernel<T>(g.act, g.beta != 0.0, g.bias != nullptr);
+  // A relu_mask has its own register epilogue for the plain product (a backward dX GEMM's case);
+  // with anything else the masked tiles go through store_tile.
+  const bool masked_out = g.relu_mask && g.act == Act::identity && g.beta == 0.0 && !g.bias;
+  const T mask_scale = static_cast<T>(1.0 / (1.0 - g.mask_p));
+  const OutKernel<T> out_kernel = g.relu_mask ? nullptr : pick_out_kernel<T>(g.act, g.beta != 0.0, g.bias != nullptr);
   const T alpha = static_cast<T>(g.alpha), beta = static_cast<T>(g.beta);
 
   parallel_for_if(parallel, m_blocks * n_blocks, [&](int64_t task) {
@@ -622,6 +658,12 @@ void gemm(const GemmArgs<T>& g) {
               micro_kernel(kc, a_panel, bp, ldb, tile, !first);
             }
             if (last) store_tile(g, tile, NR, r0, j0 + jp * NR, tile_rows, tile_cols);
+            continue;
+          }
+          if (last && masked_out && tile_rows == MR && tile_cols == NR) {
+            const int64_t r0 = i0 + ip * MR, c0 = j0 + jp * NR;
+            micro_kernel_out_masked(kc, ap + ip * kc * MR, bp, ldb, tile, !first, g.out + r0 * N + c0, N,
+                                    g.relu_mask + r0 * N + c0, alpha, mask_scale);
             continue;
           }
           if (last && out_kernel && tile_rows == MR && tile_cols == NR) {

@@ -26,6 +26,12 @@ struct GemmArgs {
   // With trans_a only: if not nullptr, a_sums[i] = sum over k of op(a)[i][k], i.e. the column sums
   // of a (K x M) exactly as bias_grad(a) gives them (a layer's bias gradient beside its dW).
   T* a_sums = nullptr;
+  // If not nullptr (M x N, row stride N): after the epilogue, out = relu_mask > 0 ? out * s : 0
+  // with s = T(1 / (1 - mask_p)). With relu_mask = y = dropout(relu(z)) this is the backward of
+  // that dropout and ReLU fused into the GEMM that forms their incoming gradient: the arithmetic
+  // of relu_dropout_backward on the stored product, so bitwise the same.
+  const T* relu_mask = nullptr;
+  double mask_p = 0.0;
 };
 
 // The per-segment optimizer table of DESIGN.md: bounds (n,2) int64 = (start, length),

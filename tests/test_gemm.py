@@ -249,6 +249,11 @@ def test_gemm_a_sums_arguments_are_checked():
         _core._gemm(a, b, True, False, 1.0, 0.0, out, None, "identity", np.empty(3, np.float64))
     with pytest.raises(ValueError, match="overlap"):
         _core._gemm(a, b, True, False, 1.0, 0.0, out, None, "identity", out.reshape(-1)[:3])
+    frozen = np.zeros(3, np.float32)
+    frozen.flags.writeable = False
+    with pytest.raises(ValueError, match="a_sums is read-only"):
+        _core._gemm(a, b, True, False, 1.0, 0.0, out, None, "identity", frozen)
+    np.testing.assert_array_equal(frozen, 0)
 
 
 RELU_MASK_SHAPES = [(256, 512, 10), (64, 96, 70), (7, 17, 5), (1, 64, 32), (1, 5, 3), (13, 16, 0), (64, 8, 32),

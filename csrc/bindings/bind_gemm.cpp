@@ -59,7 +59,7 @@ py::object gemm(py::handle a_obj, py::handle b_obj, bool trans_a, bool trans_b, 
   const bool has_sums = !a_sums_obj.is_none();
   if (has_sums) {
     if (!trans_a) value_error("gemm: a_sums (the column sums of a) needs trans_a=True");
-    a_sums = float_arg(a_sums_obj, fn, "a_sums");
+    a_sums = float_arg(a_sums_obj, fn, "a_sums", /*writeable=*/true);
     require_same_dtype(a, a_sums, fn);
     require_shape(a_sums, {M}, fn, "one value per column of a");
     require_no_overlap(a_sums, a, fn, false);

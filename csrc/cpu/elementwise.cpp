@@ -182,8 +182,10 @@ int64_t masked_select_fused(const float* __restrict x, float* __restrict out, in
   return 4 * philox_vec(seed, stream, static_cast<uint64_t>(b / 4), n / 4,
                         [&](int64_t d, __m256i p01, __m256i p23) __attribute__((always_inline)) {
     const int64_t j = d * 4;  // 16 elements: words as PhiloxVec::store_words orders them
-    __builtin_prefetch(x + j + kAhead);
-    __builtin_prefetch(out + j + kAhead, 1);
+    if (j + kAhead < n) {  // within this chunk's elements
+      __builtin_prefetch(x + j + kAhead);
+      __builtin_prefetch(out + j + kAhead, 1);
+    }
     const __m256i lo = _mm256_unpacklo_epi64(p01, p23), hi = _mm256_unpackhi_epi64(p01, p23);
     const __m256i w[2] = {_mm256_permute2x128_si256(lo, hi, 0x20), _mm256_permute2x128_si256(lo, hi, 0x31)};
     for (int h = 0; h < 2; ++h) {

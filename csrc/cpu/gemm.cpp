@@ -536,7 +536,7 @@ void gemm(const GemmArgs<T>& g) {
   const int64_t b_groups = ceil_div(n_panels - b_first_packed, kPanelsPerGroup);
   const int64_t a_groups = direct_a ? 0 : ceil_div(m_panels_all, kPanelsPerGroup);
   const int64_t groups_per_kb = b_groups + a_groups;
-  const size_t packed_bytes = (sizeof(T) * static_cast<size_t>(K * (n_pad + m_pad)) + 127) / 64 * 64;
+  const size_t packed_bytes = (sizeof(T) * static_cast<size_t>(K * (n_pad + m_pad) + 64) + 63) / 64 * 64;
   char* packed = static_cast<char*>(
       thread_scratch(kScratchPackB, packed_bytes + sizeof(int32_t) * static_cast<size_t>(k_blocks * groups_per_kb)));
   T* packed_b = reinterpret_cast<T*>(packed);

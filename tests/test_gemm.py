@@ -257,7 +257,7 @@ def test_gemm_a_sums_arguments_are_checked():
 
 
 RELU_MASK_SHAPES = [(256, 512, 10), (64, 96, 70), (7, 17, 5), (1, 64, 32), (1, 5, 3), (13, 16, 0), (64, 8, 32),
-                    (37, 300, 13)]
+                    (37, 300, 13), (30, 40, 1100)]
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
@@ -280,6 +280,24 @@ def test_gemm_relu_mask_is_bitwise_relu_dropout_backward_of_the_product(isa, rng
         np.testing.assert_array_equal(out, ref, err_msg=f"p={p}")
 
 
+@pytest.mark.parametrize("activation", ["identity", "relu", "tanh"])
+def test_gemm_relu_mask_follows_any_epilogue_and_a_sums(isa, rng, activation):
+    # With alpha, beta, a bias or an activation the masked tiles go through store_tile; the mask
+    # still comes last, on the stored values, and a_sums (bias_grad of a) is unaffected.
+    from fastmlp import _core
+    for M, N, Kd in ((50, 70, 30), (1, 40, 9), (20, 12, 1100)):
+        a, b = operands(rng, M, N, Kd, True, False, np.float32)
+        y = np.maximum(rng.standard_normal((M, N)), 0).astype(np.float32)
+        bias = rng.standard_normal(N).astype(np.float32)
+        start = rng.standard_normal((M, N)).astype(np.float32)
+        ref = kernels.gemm(a, b, trans_a=True, alpha=0.7, beta=0.5, out=start.copy(), bias=bias, activation=activation)
+        ref = _core._relu_dropout_backward(ref, y, 0.25, ref)
+        out, sums = start.copy(), np.empty(M, np.float32)
+        _core._gemm(a, b, True, False, 0.7, 0.5, out, bias, activation, sums, y, 0.25)
+        np.testing.assert_array_equal(out, ref)
+        np.testing.assert_array_equal(sums, kernels.bias_grad(a))
+
+
 def test_gemm_relu_mask_arguments_are_checked():
     from fastmlp import _core
     a, b = np.ones((3, 4), np.float32), np.ones((4, 5), np.float32)
@@ -292,6 +310,12 @@ def test_gemm_relu_mask_arguments_are_checked():
         _core._gemm(a, b, False, False, 1.0, 0.0, out, None, "identity", None, out, 0.1)
     with pytest.raises(ValueError, match="mask_p"):
         _core._gemm(a, b, False, False, 1.0, 0.0, out, None, "identity", None, np.ones((3, 5), np.float32), 1.0)
+    with pytest.raises(ValueError, match="mask_p"):
+        _core._gemm(a, b, False, False, 1.0, 0.0, out, None, "identity", None, None, 5.0)
+    buf = np.ones(4 * 5 + 4, np.float32)  # a_sums inside the mask: written while it is read
+    with pytest.raises(ValueError, match="overlap"):
+        _core._gemm(np.ones((3, 4), np.float32), np.ones((3, 5), np.float32), True, False, 1.0, 0.0,
+                    np.empty((4, 5), np.float32), None, "identity", buf[:4], buf[:20].reshape(4, 5), 0.5)
 
 
 ACT_OF_INF = {"identity": (np.inf, -np.inf), "relu": (np.inf, 0.0), "sigmoid": (1.0, 0.0),

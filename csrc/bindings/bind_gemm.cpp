@@ -76,8 +76,9 @@ py::object gemm(py::handle a_obj, py::handle b_obj, bool trans_a, bool trans_b, 
     require_same_dtype(a, relu_mask, fn);
     require_shape(relu_mask, {M, N}, fn, "the shape of the result");
     require_no_overlap(out, relu_mask, fn, false);
-    prob_arg(mask_p, fn, "mask_p");
+    if (has_sums) require_no_overlap(a_sums, relu_mask, fn, false);  // a_sums is written while the mask is read
   }
+  prob_arg(mask_p, fn, "mask_p");
   dispatch(a.dtype, [&](auto zero) {
     using T = decltype(zero);
     cpu::GemmArgs<T> g{M, N, K, a.data<T>(), b.data<T>(), out.data<T>(), has_bias ? bias.data<T>() : nullptr,

@@ -22,9 +22,6 @@
 #include <stdexcept>
 #include <string>
 #include <vector>
-#if defined(__x86_64__) || defined(__i386__)
-#include <immintrin.h>
-#endif
 
 namespace fastmlp {
 namespace {
@@ -45,12 +42,6 @@ thread_local bool t_inside_task = false;
 
 // Roughly 50-100 microseconds of polling before a worker (or the waiting caller) sleeps.
 constexpr int kSpinIterations = 8000;
-
-inline void cpu_relax() {
-#if defined(__x86_64__) || defined(__i386__)
-  _mm_pause();
-#endif
-}
 
 // The job word: generation in the high 32 bits, the "closed" bit, and the joined-worker count.
 constexpr uint64_t kClosed = uint64_t{1} << 31;

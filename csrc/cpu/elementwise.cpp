@@ -306,7 +306,7 @@ inline bool keep_signed(uint32_t word, int32_t threshold_s) { return flip_sign(w
 template <class T>
 void dropout(const T* x, T* out, int64_t n, double p, uint64_t seed, uint64_t offset) {
   const int32_t threshold_s = flip_sign(ops::drop_threshold(p));
-  const T scale = static_cast<T>(1.0 / (1.0 - p));
+  const T scale = ops::dropout_scale<T>(p);
   for_chunks(n, [&](int64_t b, int64_t e) {
 #if defined(__AVX2__) && !defined(__AVX512F__)
     if constexpr (std::is_same_v<T, float>) {
@@ -333,16 +333,13 @@ void dropout(const T* x, T* out, int64_t n, double p, uint64_t seed, uint64_t of
 // or NaN, where relu's backward gives 0 too). No mask to regenerate.
 template <class T>
 void relu_dropout_backward(const T* grad_out, const T* y, T* out, int64_t n, double p) {
-  const T scale = static_cast<T>(1.0 / (1.0 - p));  // as dropout's
+  const T scale = ops::dropout_scale<T>(p);
   for_chunks(n, [&](int64_t b, int64_t e) {
     const T* g = grad_out;  // out may be grad_out: each element is read before it is written
     const T* yy = y;
     T* o = out;
     const T sc = scale;
-    for (int64_t i = b; i < e; ++i) {
-      const T v = g[i] * sc;
-      o[i] = yy[i] > T(0) ? v : T(0);
-    }
+    for (int64_t i = b; i < e; ++i) o[i] = ops::relu_dropout_grad(g[i], yy[i], sc);
   });
 }
 

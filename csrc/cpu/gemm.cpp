@@ -18,6 +18,7 @@
 #include "cpu/colsum.h"
 #include "cpu/isa.h"
 #include "cpu/simd.h"
+#include "ops/random.h"
 
 namespace fastmlp {
 namespace cpu {
@@ -352,22 +353,13 @@ void store_tile(const GemmArgs<T>& g, const T* tile, int64_t ld_tile, int64_t i0
     default: store_tile_act<Act::identity>(tile, ld_tile, rows, cols, out, g.N, bias, alpha, beta); break;
   }
   if (g.relu_mask) {  // relu_dropout_backward's arithmetic on the stored values
-    const T scale = static_cast<T>(1.0 / (1.0 - g.mask_p));
+    const T scale = ops::dropout_scale<T>(g.mask_p);
     for (int64_t r = 0; r < rows; ++r) {
       T* __restrict o = out + r * g.N;
       const T* __restrict m = g.relu_mask + (i0 + r) * g.N + j0;
-      for (int64_t c = 0; c < cols; ++c) {
-        const T v = o[c] * scale;
-        o[c] = m[c] > T(0) ? v : T(0);
-      }
+      for (int64_t c = 0; c < cols; ++c) o[c] = ops::relu_dropout_grad(o[c], m[c], scale);
     }
   }
-}
-
-inline void cpu_relax() {
-#if defined(__x86_64__) || defined(__i386__)
-  __builtin_ia32_pause();
-#endif
 }
 
 // Splits `total` into `parts` near-equal blocks, each a multiple of `unit` (the last may be short).
@@ -619,7 +611,7 @@ void gemm(const GemmArgs<T>& g) {
   // A relu_mask has its own register epilogue for the plain product (a backward dX GEMM's case);
   // with anything else the masked tiles go through store_tile.
   const bool masked_out = g.relu_mask && g.act == Act::identity && g.beta == 0.0 && !g.bias;
-  const T mask_scale = static_cast<T>(1.0 / (1.0 - g.mask_p));
+  const T mask_scale = ops::dropout_scale<T>(g.mask_p);
   const OutKernel<T> out_kernel = g.relu_mask ? nullptr : pick_out_kernel<T>(g.act, g.beta != 0.0, g.bias != nullptr);
   const T alpha = static_cast<T>(g.alpha), beta = static_cast<T>(g.beta);
 

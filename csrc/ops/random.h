@@ -20,6 +20,20 @@ FASTMLP_HD uint32_t drop_threshold(double p) {
 
 FASTMLP_HD bool keep(uint32_t word, uint32_t threshold) { return word >= threshold; }
 
+// A kept element's factor 1 / (1 - p), in double then rounded once to T (CPU and GPU alike).
+template <class T>
+FASTMLP_HD T dropout_scale(double p) {
+  return static_cast<T>(1.0 / (1.0 - p));
+}
+
+// The gradient through y = dropout(relu(z)) from its output: y > 0 means kept and z > 0, so g times
+// the scale; elsewhere (dropped, z <= 0, NaN) 0. Bitwise dropout's backward then relu's.
+template <class T>
+FASTMLP_HD T relu_dropout_grad(T g, T y, T scale) {
+  const T v = g * scale;
+  return y > T(0) ? v : T(0);
+}
+
 // word >> 8 < 2^24 converts exactly; through int32 so that x86 vectorises it (cvtdq2ps has no
 // unsigned form).
 FASTMLP_HD float top24(uint32_t word) { return static_cast<float>(static_cast<int32_t>(word >> 8)); }

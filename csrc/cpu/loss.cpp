@@ -245,7 +245,7 @@ double sigmoid_cross_entropy(const T* logits, const T* targets, T* grad, int64_t
       LaneSums linear_sums;
       const bool scale_in_float = static_cast<double>(static_cast<float>(inv_rows)) == inv_rows;
       const VecF inv_rows_f(static_cast<float>(inv_rows));
-      alignas(64) float dlogit[kRun];
+      alignas(64) float dlogit[kRun], exps[kRun];
       double log_total = 0.0, tail_linear = 0.0;
       auto add_lanes = [&log_total](const VecF& v) {
         alignas(64) float lanes[VecF::kWidth];
@@ -254,39 +254,57 @@ double sigmoid_cross_entropy(const T* logits, const T* targets, T* grad, int64_t
       };
       for (int64_t c0 = 0; c0 < cols; c0 += kRun) {
         const int64_t len = min_i64(kRun, cols - c0);
-        float* d_out = scale_in_float ? g + c0 : dlogit;
-        int64_t j = 0;
-        VecF product(1.0f), corr_sum(0.0f), linear(0.0f);
-        int in_product = 0, in_linear = 0;
-        for (; j + VecF::kWidth <= len; j += VecF::kWidth) {
-          const VecF xv = VecF::load(x + c0 + j), tv = VecF::load(t + c0 + j);
-          VecF d, u, corr;
-          ops::sigmoid_cross_entropy_factors(xv, tv, d, u, corr);
-          (scale_in_float ? d * inv_rows_f : d).store(d_out + j);  // x and t of these lanes are read
-          if (!lane_any(lane_max(lane_abs(xv), lane_abs(tv)) > VecF(kFloatSafe))) {
-            linear = linear + (lane_select(xv > VecF(0.0f), xv, VecF(0.0f)) - tv * xv);
-          } else {  // |x| or |t| near the float range (or infinite): these terms in double
-            alignas(64) float xs[VecF::kWidth], ts[VecF::kWidth];
-            xv.store(xs);
-            tv.store(ts);
-            for (int k = 0; k < VecF::kWidth; ++k) tail_linear += ops::sigmoid_cross_entropy_linear(xs[k], ts[k]);
+        const int64_t full = len - len % VecF::kWidth;
+        // Two short loops instead of one long one (which kept too few of its long dependency
+        // chains in flight): the exps of the run, then the divide, the gradient, the linear terms
+        // and the log factors (one product and one log a lane per kProduct bundles). Each bundle's
+        // x and t are read before its gradient is written (the gradient may be the logits).
+        for (int64_t j = 0; j < full; j += VecF::kWidth) {
+          // The lines a run ahead, into the next row (rows are contiguous): a row of 4 KiB is a
+          // page, which the hardware prefetchers do not cross, and this loop is too busy to wait.
+#pragma GCC unroll 4
+          for (int64_t l = 0; l < VecF::kWidth; l += 16) {
+            __builtin_prefetch(x + c0 + j + kRun + l);
+            __builtin_prefetch(t + c0 + j + kRun + l);
+            __builtin_prefetch(g + c0 + j + kRun + l, 1);
           }
-          if (++in_linear == kLinear) {
-            linear_sums.add(linear);
-            linear = VecF(0.0f);
-            in_linear = 0;
-          }
-          product = product * u;
-          corr_sum = corr_sum + corr;
-          if (++in_product == kProduct) {
-            add_lanes(ops::log_t(product) + corr_sum);
-            product = VecF(1.0f);
-            corr_sum = VecF(0.0f);
-            in_product = 0;
-          }
+          ops::sigmoid_cross_entropy_exp(VecF::load(x + c0 + j)).store(exps + j);
         }
-        if (in_linear > 0) linear_sums.add(linear);
-        if (in_product > 0) add_lanes(ops::log_t(product) + corr_sum);
+        auto factors = [&](auto scaled) {
+          VecF linear(0.0f);
+          int in_linear = 0;
+          for (int64_t j0 = 0; j0 < full; j0 += kProduct * VecF::kWidth) {
+            const int64_t j1 = min_i64(full, j0 + kProduct * VecF::kWidth);
+            VecF product(1.0f), corr_sum(0.0f);
+            for (int64_t j = j0; j < j1; j += VecF::kWidth) {
+              const VecF xv = VecF::load(x + c0 + j), tv = VecF::load(t + c0 + j);
+              VecF d, u, corr;
+              ops::sigmoid_cross_entropy_factors_from_exp(VecF::load(exps + j), xv, tv, d, u, corr);
+              if (!lane_any(lane_max(lane_abs(xv), lane_abs(tv)) > VecF(kFloatSafe))) {
+                linear = linear + (lane_select(xv > VecF(0.0f), xv, VecF(0.0f)) - tv * xv);
+              } else {  // |x| or |t| near the float range (or infinite): these terms in double
+                alignas(64) float xs[VecF::kWidth], ts[VecF::kWidth];
+                xv.store(xs);
+                tv.store(ts);
+                for (int k = 0; k < VecF::kWidth; ++k) tail_linear += ops::sigmoid_cross_entropy_linear(xs[k], ts[k]);
+              }
+              if (++in_linear == kLinear) {
+                linear_sums.add(linear);
+                linear = VecF(0.0f);
+                in_linear = 0;
+              }
+              if constexpr (decltype(scaled)::value) (d * inv_rows_f).store(g + c0 + j);
+              else d.store(dlogit + j);
+              product = product * u;
+              corr_sum = corr_sum + corr;
+            }
+            add_lanes(ops::log_t(product) + corr_sum);
+          }
+          if (in_linear > 0) linear_sums.add(linear);
+        };
+        if (scale_in_float) factors(std::true_type{});
+        else factors(std::false_type{});
+        int64_t j = full;
         for (; j < len; ++j) {
           float u, corr, d;
           ops::sigmoid_cross_entropy_factors(x[c0 + j], t[c0 + j], d, u, corr);

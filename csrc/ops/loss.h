@@ -42,14 +42,22 @@ FASTMLP_HD void sigmoid_cross_entropy_parts(F x, F t, F& dlogit, F& log1p_e) {
 // and corr = (e - (u - 1)) / u, the first-order correction for that rounding (u - 1 is exact, and
 // 1/u is the sigmoid's own reciprocal), so log1p(e) = log(u) + corr within about an ulp, and tiny
 // e (where u = 1) is kept in full. A sum of such terms is log(product of u) + sum of corr: one log
-// for many elements.
+// for many elements. The exp comes separately (sigmoid_cross_entropy_exp) for a caller that takes
+// a run's exps first: a loop of exps alone keeps more of them in flight than one doing everything.
 template <class F>
-FASTMLP_HD void sigmoid_cross_entropy_factors(F x, F t, F& dlogit, F& u, F& corr) {
-  const F e = exp_t(-lane_abs(x));  // in [0, 1]
+FASTMLP_HD F sigmoid_cross_entropy_exp(F x) {
+  return exp_t(-lane_abs(x));  // in [0, 1]
+}
+template <class F>
+FASTMLP_HD void sigmoid_cross_entropy_factors_from_exp(F e, F x, F t, F& dlogit, F& u, F& corr) {
   u = F(1.0f) + e;
   const F inv = F(1.0f) / u;
   dlogit = lane_select(x >= F(0.0f), inv, e * inv) - t;
   corr = (e - (u - F(1.0f))) * inv;
+}
+template <class F>
+FASTMLP_HD void sigmoid_cross_entropy_factors(F x, F t, F& dlogit, F& u, F& corr) {
+  sigmoid_cross_entropy_factors_from_exp(sigmoid_cross_entropy_exp(x), x, t, dlogit, u, corr);
 }
 
 // Squared error term: d = pred - target (exact in double for float32 inputs); the loss adds d².

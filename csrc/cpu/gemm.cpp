@@ -136,7 +136,18 @@ void micro_kernel_out_masked(int64_t kc, const T* __restrict A, const T* __restr
                              const T* __restrict mask, T alpha, T scale) {
   using S = Simd<T>;
   using V = typename S::V;
-  constexpr int MR = Blocking<T>::MR, NV = Blocking<T>::NV, W = S::W;
+  constexpr int MR = Blocking<T>::MR, NV = Blocking<T>::NV, W = S::W, NR = Blocking<T>::NR;
+  // The tile's mask and out lines are fetched now, to arrive while the k loop runs: by the time a
+  // training step's backward pass reaches this GEMM the mask (the layer's activations) has left
+  // the caches, and the epilogue's loads then stall on them (256x512x512 with the caches evicted,
+  // paired: 1.05-1.07x; 1.02-1.03x from cache).
+#pragma GCC unroll 16
+  for (int i = 0; i < MR; ++i) {
+    __builtin_prefetch(mask + i * ld);
+    __builtin_prefetch(mask + i * ld + NR - 1);
+    __builtin_prefetch(out + i * ld, 1);
+    __builtin_prefetch(out + i * ld + NR - 1, 1);
+  }
   micro_tile(kc, A, B, ldb, acc, load, [&](const V (&c)[MR][NV]) __attribute__((always_inline)) {
     const V va = S::set1(alpha), vs = S::set1(scale), zero = S::zero();
 #pragma GCC unroll 16

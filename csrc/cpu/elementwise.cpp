@@ -25,10 +25,6 @@ namespace {
 
 static_assert(kElementwiseChunk % 4 == 0, "chunks must start on a Philox block");
 
-// Bytes moved by an elementwise op beyond which its arrays are taken to stream from memory: the
-// last-level cache of the machines we run on (32 MiB), where software prefetch starts to pay.
-constexpr uint64_t kStreamingBytes = uint64_t(32) << 20;
-
 template <class F>
 void for_chunks(int64_t n, const F& f) {
   parallel_for(ceil_div(n, kElementwiseChunk), [&](int64_t task) {
@@ -39,18 +35,14 @@ void for_chunks(int64_t n, const F& f) {
 
 template <Act A, class T>
 void activation_act(const T* __restrict x, T* __restrict out, int64_t n) {
-  // Software prefetch where the arrays stream from memory: beyond kStreamingBytes read and written.
-  const bool streaming = static_cast<uint64_t>(n) * 2 * sizeof(T) > kStreamingBytes;
   for_chunks(n, [&](int64_t b, int64_t e) {
     if constexpr (std::is_same_v<T, float> && (A == Act::sigmoid || A == Act::tanh)) {
       // exp and a divide per element: explicit SIMD bundles (cpu/lanes.h), same math and bits
       // as ops::activate.
-      auto f = [](auto v) __attribute__((always_inline)) {
+      map_lanes(x + b, out + b, e - b, [](auto v) __attribute__((always_inline)) {
         if constexpr (A == Act::sigmoid) return ops::sigmoid_t(v);
         else return ops::tanh_t(v);
-      };
-      if (streaming) map_lanes<true>(x + b, out + b, e - b, f);
-      else map_lanes(x + b, out + b, e - b, f);
+      });
     } else {
       for (int64_t i = b; i < e; ++i) out[i] = ops::activate<A>(x[i]);
     }
@@ -186,9 +178,7 @@ template <class F>
 int64_t masked_select_fused(const float* __restrict x, float* __restrict out, int64_t b, int64_t n, uint64_t seed,
                             uint64_t stream, int32_t threshold_s, const F& f) {
   const __m256i th = _mm256_set1_epi32(threshold_s), sign = _mm256_set1_epi32(INT32_MIN);
-  // Elements: fetch 4 KiB ahead of the words (8192x4096 on 2 threads, paired: 1.11-1.15x over
-  // 2 KiB, 8 KiB 1.04-1.09x; unchanged from cache)
-  constexpr int64_t kAhead = 1024;
+  constexpr int64_t kAhead = 512;  // elements: as for_word_runs, fetch a run ahead of the words
   return 4 * philox_vec(seed, stream, static_cast<uint64_t>(b / 4), n / 4,
                         [&](int64_t d, __m256i p01, __m256i p23) __attribute__((always_inline)) {
     const int64_t j = d * 4;  // 16 elements: words as PhiloxVec::store_words orders them

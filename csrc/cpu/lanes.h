@@ -134,24 +134,10 @@ inline bool lane_any(const VecI& m) {
 }
 
 // f(VecF) over whole bundles of [0, n), then f(float) over the tail: out[i] = f(x[i]). out may be x.
-// With Prefetch, the lines kAhead floats on are fetched first: where x and out stream from memory
-// and f has an exp or a divide, the loop is busy enough that the hardware prefetchers, which stop
-// at each 4 KiB page, leave it waiting (sigmoid, tanh on 32M floats: +18%, +24% on Zen 3). From
-// cache it costs 3-12%, so callers ask for it on arrays beyond the last-level cache only.
-template <bool Prefetch = false, class F>
+template <class F>
 void map_lanes(const float* x, float* out, int64_t n, const F& f) {
-  constexpr int64_t kAhead = 256;
   int64_t i = 0;
-  for (; i + VecF::kWidth <= n; i += VecF::kWidth) {
-    if (Prefetch && i + kAhead < n) {
-#pragma GCC unroll 4
-      for (int64_t l = 0; l < VecF::kWidth; l += 16) {
-        __builtin_prefetch(x + i + kAhead + l);
-        __builtin_prefetch(out + i + kAhead + l, 1);
-      }
-    }
-    f(VecF::load(x + i)).store(out + i);
-  }
+  for (; i + VecF::kWidth <= n; i += VecF::kWidth) f(VecF::load(x + i)).store(out + i);
   for (; i < n; ++i) out[i] = f(x[i]);
 }
 

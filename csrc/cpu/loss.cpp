@@ -194,8 +194,6 @@ double softmax_cross_entropy(const T* logits, const int64_t* labels, T* grad, in
   if (rows == 0 || cols == 0) return 0.0;  // cols == 0 with rows > 0 has no valid label: refused earlier
   const double inv_rows = 1.0 / static_cast<double>(rows);
   const T onehot = static_cast<T>(inv_rows);
-  // Rows prefetched ahead: about 8 KiB on (at least the next row).
-  const int64_t ahead = max_i64(1, 8192 / (cols * static_cast<int64_t>(sizeof(T))));
   const double total = sum_row_losses(rows, cols, [&](int64_t r) {
     const T* x = logits + r * cols;
     T* g = grad + r * cols;
@@ -204,12 +202,10 @@ double softmax_cross_entropy(const T* logits, const int64_t* labels, T* grad, in
     const T m = row_max(x, cols);
     double s;
     if constexpr (std::is_same_v<T, float>) {
-      // The logits and gradient lines of the row about 8 KiB on are fetched while this row
-      // computes (its three passes run from cache: without this the max pass waits on memory,
-      // then the exp pass on the arithmetic). One row ahead was too close: the next row's max
-      // pass still waited (32768 x 1024, 2 threads: 1.15-1.25x with 8 KiB, old and new paired).
-      s = exp_shifted_and_sum(x, m, g, cols, r + ahead < rows ? x + ahead * cols : x,
-                              r + ahead < rows ? g + ahead * cols : g);
+      // The next row's logits and gradient lines are fetched while this row computes (its three
+      // passes run from cache: without this the max pass waits on memory, then the exp pass on the
+      // arithmetic).
+      s = exp_shifted_and_sum(x, m, g, cols, r + 1 < rows ? x + cols : x, r + 1 < rows ? g + cols : g);
     } else {
       for (int64_t c = 0; c < cols; ++c) g[c] = ops::loss_exp(x[c] - m);
       s = row_sum(g, cols);

@@ -277,16 +277,20 @@ double sigmoid_cross_entropy(const T* logits, const T* targets, T* grad, int64_t
         // chains in flight): the exps of the run, then the divide, the gradient, the linear terms
         // and the log factors (one product and one log a lane per kProduct bundles). Each bundle's
         // x and t are read before its gradient is written (the gradient may be the logits).
+        // Elements from x + c0 to the end of the arrays: the prefetch below stays inside them.
+        const int64_t left = (rows - r) * cols - c0;
         for (int64_t j = 0; j < full; j += VecF::kWidth) {
           // The lines two runs (2 KiB) ahead, into the next row (rows are contiguous): a row of
           // 4 KiB is a page, which the hardware prefetchers do not cross, and this loop is too busy
           // to wait (32768 x 1024 on 2 threads: 1.06-1.07x against none; 1 KiB ahead the same;
           // 0.96x from cache).
+          if (j + kAhead + VecF::kWidth <= left) {
 #pragma GCC unroll 4
-          for (int64_t l = 0; l < VecF::kWidth; l += 16) {
-            __builtin_prefetch(x + c0 + j + kAhead + l);
-            __builtin_prefetch(t + c0 + j + kAhead + l);
-            __builtin_prefetch(g + c0 + j + kAhead + l, 1);
+            for (int64_t l = 0; l < VecF::kWidth; l += 16) {
+              __builtin_prefetch(x + c0 + j + kAhead + l);
+              __builtin_prefetch(t + c0 + j + kAhead + l);
+              __builtin_prefetch(g + c0 + j + kAhead + l, 1);
+            }
           }
           ops::sigmoid_cross_entropy_exp(VecF::load(x + c0 + j)).store(exps + j);
         }

@@ -461,6 +461,25 @@ def test_host_labels_are_range_checked_and_device_ones_give_nan_rows():
 
 
 @requires_gpu
+def test_loss_out_and_device_labels_sharing_memory_with_other_arguments_raise():
+    # The kernels read the logits and labels while they write the gradient and the loss: no overlap.
+    logits, out = cuda.asarray(np.ones((4, 4), np.float32)), cuda.zeros((4, 4))
+    with pytest.raises(ValueError, match="softmax_cross_entropy: out and labels share memory"):
+        K.softmax_cross_entropy(logits, FakeDeviceArray((4,), "<i4", out.ptr), out=out)
+    for name, second, first_name in (("squared_error", cuda.zeros((4, 4)), "pred"),
+                                     ("sigmoid_cross_entropy", cuda.zeros((4, 4)), "logits"),
+                                     ("softmax_cross_entropy", cuda.asarray(np.zeros(4, np.int64)), "logits")):
+        kernel = getattr(K, name)
+        for victim, ptr in (("out", out.ptr + 8), (first_name, logits.ptr + 60),
+                            ("labels" if name.startswith("softmax") else "target" if name.startswith("squared")
+                             else "targets", second.ptr)):
+            with pytest.raises(ValueError, match=f"{name}: loss_out and {victim} share memory"):
+                kernel(logits, second, out=out, loss_out=FakeDeviceArray((1,), "<f4", ptr))
+        loss, _ = kernel(logits, second, out=out, loss_out=cuda.zeros((1,)))  # apart: accepted
+        assert np.isfinite(float(loss))
+
+
+@requires_gpu
 @pytest.mark.parametrize("rows, cols", [(2, 1), (7, 13), (1000, 65)])
 @pytest.mark.parametrize("act", ["identity", "relu", "tanh"])
 def test_batch_norm_forward_and_backward_match_the_cpu(rows, cols, act, rng):

@@ -482,8 +482,8 @@ def activation(x, kind, *, out, stream):
 
 def _grad_and_output(fn, grad_out, y, out, stream, host, param):
     """activation_backward and relu_dropout_backward: ``host()`` for host arrays, else the checks
-    (float32, y shaped like grad_out, out not overlapping y), ``param()`` (the checked scalar
-    argument) and the launch of the native ``fn``."""
+    (float32, y shaped like grad_out, out either y itself or not overlapping it), ``param()`` (the
+    checked scalar argument) and the launch of the native ``fn``."""
     arrays = (("grad_out", grad_out), ("y", y), ("out", out))
     if not _classify(fn, arrays):
         _host_only(fn, stream)
@@ -658,6 +658,9 @@ def _loss_scalar(c: _Call, loss_out, ref: _DevArg) -> _DevArg:
                         f"dtype {L.dtype.name}")
     if L.readonly:
         raise ValueError(f"{c.fn}: loss_out is read-only")
+    for a in list(c.args.values()):  # the kernel writes the loss while it reads and writes these
+        if a is not L:
+            c.no_overlap(L, a, False)
     c.writes(L)
     return L
 
@@ -752,6 +755,7 @@ def softmax_cross_entropy(logits, labels, *, out, loss_out, stream):
     X, G = _logits_and_grad(c, "logits")
     from_host = not is_device_array(labels)
     lab, itemsize = _labels(c, labels, X.shape[0], X.shape[1])
+    c.no_overlap(G, lab, False)  # device labels are read while the gradient is written
     L = _loss_scalar(c, loss_out, X)
     c.launch(c.native.softmax_cross_entropy, X.ptr, lab.ptr, itemsize, G.ptr, L.ptr, X.shape[0], X.shape[1])
     if from_host:  # the uploaded labels are freed on return: let the kernel finish with them first

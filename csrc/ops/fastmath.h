@@ -54,10 +54,12 @@ FASTMLP_HD float pow2i(int32_t n) { return bits_to_float(static_cast<uint32_t>(n
 // need no subnormal results: x is clamped to [-87.3, 88.8], n lies in [-126, 128], and 2^n is one
 // exact factor (2^128 = inf: e^x overflows to inf from x = 88.38, a little before the true
 // 88.72). The clamps keep x second so that a NaN passes through them, and on to the result.
-template <class F>
+// NonPositive: for callers whose x is never above 0 (or NaN): the upper clamp, which leaves such x
+// as they are, is skipped; the result is bitwise the same.
+template <class F, bool NonPositive = false>
 FASTMLP_HD F exp_t(F x) {
   // e^x = 2^n * e^r, |r| <= ln2/2.
-  const F xc = lane_max(F(-87.3f), lane_min(F(88.8f), x));
+  const F xc = NonPositive ? lane_max(F(-87.3f), x) : lane_max(F(-87.3f), lane_min(F(88.8f), x));
   const F n = lane_floor(fmadd(xc, F(1.44269504088896341f), F(0.5f)));
   F r = fmadd(n, F(-0.693359375f), xc);
   r = fmadd(n, F(2.12194440e-4f), r);

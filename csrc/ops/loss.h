@@ -46,7 +46,7 @@ FASTMLP_HD void sigmoid_cross_entropy_parts(F x, F t, F& dlogit, F& log1p_e) {
 // a run's exps first: a loop of exps alone keeps more of them in flight than one doing everything.
 template <class F>
 FASTMLP_HD F sigmoid_cross_entropy_exp(F x) {
-  return exp_t(-lane_abs(x));  // in [0, 1]
+  return exp_t<F, true>(-lane_abs(x));  // in [0, 1]
 }
 template <class F>
 FASTMLP_HD void sigmoid_cross_entropy_factors_from_exp(F e, F x, F t, F& dlogit, F& u, F& corr) {

@@ -466,13 +466,12 @@ def test_loss_out_and_device_labels_sharing_memory_with_other_arguments_raise():
     logits, out = cuda.asarray(np.ones((4, 4), np.float32)), cuda.zeros((4, 4))
     with pytest.raises(ValueError, match="softmax_cross_entropy: out and labels share memory"):
         K.softmax_cross_entropy(logits, FakeDeviceArray((4,), "<i4", out.ptr), out=out)
-    for name, second, first_name in (("squared_error", cuda.zeros((4, 4)), "pred"),
-                                     ("sigmoid_cross_entropy", cuda.zeros((4, 4)), "logits"),
-                                     ("softmax_cross_entropy", cuda.asarray(np.zeros(4, np.int64)), "logits")):
+    for name, second, first_name, second_name in (
+            ("squared_error", cuda.zeros((4, 4)), "pred", "target"),
+            ("sigmoid_cross_entropy", cuda.zeros((4, 4)), "logits", "targets"),
+            ("softmax_cross_entropy", cuda.asarray(np.zeros(4, np.int64)), "logits", "labels")):
         kernel = getattr(K, name)
-        for victim, ptr in (("out", out.ptr + 8), (first_name, logits.ptr + 60),
-                            ("labels" if name.startswith("softmax") else "target" if name.startswith("squared")
-                             else "targets", second.ptr)):
+        for victim, ptr in (("out", out.ptr + 8), (first_name, logits.ptr + 60), (second_name, second.ptr)):
             with pytest.raises(ValueError, match=f"{name}: loss_out and {victim} share memory"):
                 kernel(logits, second, out=out, loss_out=FakeDeviceArray((1,), "<f4", ptr))
         loss, _ = kernel(logits, second, out=out, loss_out=cuda.zeros((1,)))  # apart: accepted

@@ -4,7 +4,6 @@
 // count. The gradient buffer may be the logits themselves: every element is read before its
 // slot is written.
 #include <cmath>
-#include <cstring>
 #include <type_traits>
 
 #include "core/parallel.h"

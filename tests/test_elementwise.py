@@ -280,3 +280,97 @@ def test_activation_is_bitwise_identical_on_1_and_2_threads(threads, rng, kind):
     two = kernels.activation(x, kind), kernels.activation_backward(g, x, kind)
     np.testing.assert_array_equal(one[0], two[0])
     np.testing.assert_array_equal(one[1], two[1])
+
+
+# Outputs of at least _core._get_stream_min_bytes() bytes are written with streaming stores, through
+# a staging buffer in pieces aligned to the output's cache lines (csrc/cpu/stream.h). The values
+# must be the same bits as with plain stores, for any length and any alignment of out (including
+# views that start mid-line and lengths that end mid-line or mid-chunk), in place too.
+STREAM_SIZES = (1, 3, 15, 16, 17, 31, 129, 1000, 4099, 32768 + 37, 70001)
+
+
+@pytest.fixture
+def streaming():
+    """Streams every output (threshold 0); restores the threshold afterwards."""
+    previous = fastmlp._core._get_stream_min_bytes()
+    fastmlp._core._set_stream_min_bytes(0)
+    yield
+    fastmlp._core._set_stream_min_bytes(previous)
+
+
+def _plain(fn):
+    previous = fastmlp._core._get_stream_min_bytes()
+    fastmlp._core._set_stream_min_bytes(1 << 62)
+    try:
+        return fn()
+    finally:
+        fastmlp._core._set_stream_min_bytes(previous)
+
+
+def _offset_view(n, dtype, shift):
+    """An n-element array starting `shift` elements past a 64-byte boundary."""
+    base = np.empty(n + 64, dtype)
+    start = (-base.ctypes.data % 64) // base.itemsize + shift
+    return base[start:start + n]
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
+@pytest.mark.parametrize("kind", ["identity", "relu", "sigmoid", "tanh"])
+def test_streamed_activation_is_bitwise_the_plain_one(isa, streaming, rng, kind, dtype):
+    for n in STREAM_SIZES:
+        x = (rng.standard_normal(n) * 4).astype(dtype)
+        expected = _plain(lambda: kernels.activation(x, kind))
+        for shift in (0, 1, 3, 4, 9):
+            out = _offset_view(n, dtype, shift)
+            assert kernels.activation(x, kind, out=out) is out
+            np.testing.assert_array_equal(out, expected, err_msg=f"n={n} shift={shift}")
+        y = x.copy()
+        kernels.activation(y, kind, out=y)
+        np.testing.assert_array_equal(y, expected, err_msg=f"in place, n={n}")
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
+@pytest.mark.parametrize("kind", ["identity", "relu", "sigmoid", "tanh"])
+def test_streamed_activation_backward_is_bitwise_the_plain_one(isa, streaming, rng, kind, dtype):
+    for n in STREAM_SIZES:
+        g = rng.standard_normal(n).astype(dtype)
+        y = kernels.activation(rng.standard_normal(n).astype(dtype), kind)
+        expected = _plain(lambda: kernels.activation_backward(g, y, kind))
+        for shift in (0, 2, 5):
+            out = _offset_view(n, dtype, shift)
+            kernels.activation_backward(g, y, kind, out=out)
+            np.testing.assert_array_equal(out, expected, err_msg=f"n={n} shift={shift}")
+        g2 = g.copy()
+        kernels.activation_backward(g2, y, kind, out=g2)
+        np.testing.assert_array_equal(g2, expected, err_msg=f"in place, n={n}")
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
+def test_streamed_relu_dropout_backward_is_bitwise_the_plain_one(isa, streaming, rng, dtype):
+    for n in STREAM_SIZES:
+        g = rng.standard_normal(n).astype(dtype)
+        y = kernels.dropout(kernels.activation(rng.standard_normal(n).astype(dtype), "relu"), 0.3, seed=5, offset=0)
+        expected = _plain(lambda: fastmlp._core._relu_dropout_backward(g, y, 0.3, np.empty_like(g)))
+        for shift in (0, 7):
+            out = _offset_view(n, dtype, shift)
+            fastmlp._core._relu_dropout_backward(g, y, 0.3, out)
+            np.testing.assert_array_equal(out, expected, err_msg=f"n={n} shift={shift}")
+        g2 = g.copy()
+        fastmlp._core._relu_dropout_backward(g2, y, 0.3, g2)
+        np.testing.assert_array_equal(g2, expected, err_msg=f"in place, n={n}")
+
+
+def test_streamed_outputs_are_complete_when_the_call_returns_on_2_threads(threads, streaming, rng):
+    # Streaming stores are fenced before each task reports done: the caller reads every element.
+    fastmlp.set_num_threads(2)
+    x = rng.standard_normal(1 << 20).astype(np.float32)
+    expected = np.maximum(x, 0)
+    for _ in range(20):
+        out = np.full_like(x, np.nan)
+        kernels.activation(x, "relu", out=out)
+        np.testing.assert_array_equal(out, expected)
+
+
+def test_stream_threshold_refuses_a_negative_size():
+    with pytest.raises(ValueError, match="stream_min_bytes"):
+        fastmlp._core._set_stream_min_bytes(-1)

@@ -118,6 +118,7 @@ def run_python(code, **env_overrides):
     env = dict(os.environ)
     env.pop("FASTMLP_NUM_THREADS", None)
     env.pop("FASTMLP_ISA", None)
+    env.pop("FASTMLP_STREAM_MIN_BYTES", None)
     env.update(env_overrides)
     return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=env, capture_output=True, text=True,
                           timeout=SUBPROCESS_TIMEOUT_S)
@@ -135,6 +136,19 @@ def test_bad_fastmlp_num_threads_makes_import_fail_clearly(value):
     r = run_python("import fastmlp", FASTMLP_NUM_THREADS=value)
     assert r.returncode != 0
     assert "FASTMLP_NUM_THREADS" in r.stderr and repr(value) in r.stderr, r.stderr
+
+
+def test_fastmlp_stream_min_bytes_environment_variable_sets_the_threshold():
+    r = run_python("import fastmlp; print(fastmlp._core._get_stream_min_bytes())")
+    assert r.returncode == 0, r.stderr
+    assert int(r.stdout) == 32 << 20
+    r = run_python("import fastmlp; print(fastmlp._core._get_stream_min_bytes())", FASTMLP_STREAM_MIN_BYTES=" 0 ")
+    assert r.returncode == 0, r.stderr
+    assert int(r.stdout) == 0
+    for bad in ("-1", "big", "1e6"):
+        r = run_python("import fastmlp", FASTMLP_STREAM_MIN_BYTES=bad)
+        assert r.returncode != 0
+        assert "FASTMLP_STREAM_MIN_BYTES" in r.stderr and repr(bad) in r.stderr, r.stderr
 
 
 def test_fastmlp_isa_environment_variable_selects_the_path():

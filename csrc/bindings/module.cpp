@@ -6,6 +6,7 @@
 #include "bindings/arrays.h"
 #include "core/cpu_features.h"
 #include "core/parallel.h"
+#include "core/stream.h"
 #include "cpu/kernels.h"
 
 namespace py = pybind11;
@@ -34,6 +35,13 @@ PYBIND11_MODULE(_core, m) {
     set_num_threads(n);
   }, py::arg("n"));
   m.def("get_num_threads", &get_num_threads);
+
+  // Outputs of at least this many bytes are written with streaming stores (core/stream.h).
+  m.def("_set_stream_min_bytes", [](int64_t bytes) {
+    if (bytes < 0) throw py::value_error("stream_min_bytes must be >= 0, got " + std::to_string(bytes));
+    set_stream_min_bytes(bytes);
+  }, py::arg("bytes"));
+  m.def("_get_stream_min_bytes", &stream_min_bytes);
 
   m.def("get_isa", [] { return std::string(cpu::active_isa()); });
   m.def("set_isa", [](const std::string& name) {

@@ -16,6 +16,7 @@
 #include "cpu/colsum.h"
 #include "cpu/isa.h"
 #include "cpu/lanes.h"
+#include "cpu/stream.h"
 #include "ops/random.h"
 
 namespace fastmlp {
@@ -35,24 +36,33 @@ void for_chunks(int64_t n, const F& f) {
 
 template <Act A, class T>
 void activation_act(const T* __restrict x, T* __restrict out, int64_t n) {
+  const bool stream = stream_output<T>(n);
   for_chunks(n, [&](int64_t b, int64_t e) {
-    if constexpr (std::is_same_v<T, float> && (A == Act::sigmoid || A == Act::tanh)) {
-      // exp and a divide per element: explicit SIMD bundles (cpu/lanes.h), same math and bits
-      // as ops::activate.
-      map_lanes(x + b, out + b, e - b, [](auto v) __attribute__((always_inline)) {
-        if constexpr (A == Act::sigmoid) return ops::sigmoid_t(v);
-        else return ops::tanh_t(v);
-      });
-    } else {
-      for (int64_t i = b; i < e; ++i) out[i] = ops::activate<A>(x[i]);
-    }
+    write_out(out, b, e, stream, [&](int64_t s, int64_t len, T* __restrict dst) {
+      const T* __restrict xs = x + s;
+      if constexpr (std::is_same_v<T, float> && (A == Act::sigmoid || A == Act::tanh)) {
+        // exp and a divide per element: explicit SIMD bundles (cpu/lanes.h), same math and bits
+        // as ops::activate.
+        map_lanes(xs, dst, len, [](auto v) __attribute__((always_inline)) {
+          if constexpr (A == Act::sigmoid) return ops::sigmoid_t(v);
+          else return ops::tanh_t(v);
+        });
+      } else {
+        for (int64_t i = 0; i < len; ++i) dst[i] = ops::activate<A>(xs[i]);
+      }
+    });
   });
 }
 
 template <Act A, class T>
 void activation_backward_act(const T* __restrict g, const T* __restrict y, T* __restrict out, int64_t n) {
+  const bool stream = stream_output<T>(n);
   for_chunks(n, [&](int64_t b, int64_t e) {
-    for (int64_t i = b; i < e; ++i) out[i] = ops::activate_backward<A>(g[i], y[i]);
+    write_out(out, b, e, stream, [&](int64_t s, int64_t len, T* __restrict dst) {
+      const T* __restrict gs = g + s;
+      const T* __restrict ys = y + s;
+      for (int64_t i = 0; i < len; ++i) dst[i] = ops::activate_backward<A>(gs[i], ys[i]);
+    });
   });
 }
 
@@ -334,12 +344,14 @@ void dropout(const T* x, T* out, int64_t n, double p, uint64_t seed, uint64_t of
 template <class T>
 void relu_dropout_backward(const T* grad_out, const T* y, T* out, int64_t n, double p) {
   const T scale = ops::dropout_scale<T>(p);
+  const bool stream = stream_output<T>(n);
   for_chunks(n, [&](int64_t b, int64_t e) {
-    const T* g = grad_out;  // out may be grad_out: each element is read before it is written
-    const T* yy = y;
-    T* o = out;
-    const T sc = scale;
-    for (int64_t i = b; i < e; ++i) o[i] = ops::relu_dropout_grad(g[i], yy[i], sc);
+    write_out(out, b, e, stream, [&](int64_t s, int64_t len, T* dst) {
+      const T* g = grad_out + s;  // out may be grad_out: each element is read before it is written
+      const T* yy = y + s;
+      const T sc = scale;
+      for (int64_t i = 0; i < len; ++i) dst[i] = ops::relu_dropout_grad(g[i], yy[i], sc);
+    });
   });
 }
 

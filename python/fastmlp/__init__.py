@@ -88,6 +88,15 @@ def _configure_from_environment() -> None:
         if n < 1:
             raise RuntimeError(f"FASTMLP_NUM_THREADS={threads!r} is not an integer >= 1")
         _core.set_num_threads(n)
+    stream = _os.environ.get("FASTMLP_STREAM_MIN_BYTES", "").strip()
+    if stream:
+        try:
+            n = int(stream)
+        except ValueError:
+            raise RuntimeError(f"FASTMLP_STREAM_MIN_BYTES={stream!r} is not an integer >= 0") from None
+        if n < 0:
+            raise RuntimeError(f"FASTMLP_STREAM_MIN_BYTES={stream!r} is not an integer >= 0")
+        _core._set_stream_min_bytes(n)
     isa = _os.environ.get("FASTMLP_ISA", "").strip().lower()
     if isa:
         try:

@@ -627,9 +627,10 @@ def bench_memory(table: Table, quick: bool) -> None:
 def machine_info() -> dict:
     info = {"cpu": _core.cpu_model_name(), "isa": fastmlp.get_isa(), "available_isas": fastmlp.available_isas(),
             "logical_cpus": os.cpu_count(), "fastmlp_threads": fastmlp.get_num_threads(),
+            "stream_min_bytes": _core._get_stream_min_bytes(),
             "python": platform.python_version(), "numpy": np.__version__, "openblas": _openblas_core(),
-            "env": {k: os.environ.get(k) for k in ("FASTMLP_NUM_THREADS", "FASTMLP_ISA", "OMP_NUM_THREADS",
-                                                   "OPENBLAS_NUM_THREADS") + _CLEARED},
+            "env": {k: os.environ.get(k) for k in ("FASTMLP_NUM_THREADS", "FASTMLP_ISA", "FASTMLP_STREAM_MIN_BYTES",
+                                                   "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS") + _CLEARED},
             "date": time.strftime("%Y-%m-%d %H:%M:%S")}
     return info
 
@@ -988,7 +989,8 @@ def main(argv=None) -> int:
     if jax is not None:
         info["jax"] = jax.__version__
     print(f"machine: {info['cpu']}; {info['logical_cpus']} logical CPUs; fastmlp {fastmlp.__version__} "
-          f"ISA path {info['isa']} (available: {', '.join(info['available_isas'])}), {threads} threads")
+          f"ISA path {info['isa']} (available: {', '.join(info['available_isas'])}), {threads} threads; "
+          f"streaming stores for outputs >= {info['stream_min_bytes'] / 2**20:g} MiB")
     print(f"numpy {np.__version__} with OpenBLAS core {info['openblas']}; torch: "
           f"{info.get('torch', 'not installed (skipped)')}; jax: {info.get('jax', 'not installed (skipped)')}")
     triad = Triad(args.quick)

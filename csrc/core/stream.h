@@ -1,0 +1,18 @@
+// The output size from which the elementwise kernels that are bound by memory traffic (activation,
+// activation_backward, relu_dropout_backward) write with non-temporal ("streaming") stores. A plain
+// store first reads its line from memory (read for ownership), so out = f(x) moves 12 bytes per
+// float where it needs 8. Outputs this large do not stay in cache for their reader anyway; below
+// it, plain stores keep them there (a training step's activations are far smaller). The kernels
+// bound by their arithmetic (the Philox ones, the losses) measured no gain and keep plain stores.
+// Set from FASTMLP_STREAM_MIN_BYTES or _core._set_stream_min_bytes.
+#pragma once
+#include <cstdint>
+
+namespace fastmlp {
+
+constexpr int64_t kDefaultStreamMinBytes = int64_t{32} << 20;
+
+int64_t stream_min_bytes();
+void set_stream_min_bytes(int64_t bytes);  // bytes >= 0; throws std::invalid_argument otherwise
+
+}  // namespace fastmlp

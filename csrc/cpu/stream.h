@@ -1,0 +1,97 @@
+// Streaming (non-temporal) stores for outputs of at least stream_min_bytes() (core/stream.h): they
+// go to memory without first reading their lines (no read for ownership), which saves a third of
+// an elementwise op's memory traffic and half of a fill's. Kernels compute such an output a piece
+// at a time into a staging buffer that stays in L1, then stream the piece out (the values are the
+// same bits either way), and fence before their task ends: streaming stores are not ordered with
+// the plain store that reports the task done.
+#pragma once
+#include <cstdint>
+#include <cstring>
+#if defined(__SSE2__)
+#include <immintrin.h>
+#endif
+
+#include "core/parallel.h"
+#include "core/stream.h"
+
+namespace fastmlp {
+namespace cpu {
+namespace {
+
+constexpr int64_t kStreamPieceBytes = 512;  // a staging piece: eight lines
+
+// Whether an output of n elements of T is streamed.
+template <class T>
+inline bool stream_output(int64_t n) {
+  return n > 0 && n * static_cast<int64_t>(sizeof(T)) >= stream_min_bytes();
+}
+
+// dst[0, bytes) = src[0, bytes): plain stores up to dst's first 64-byte line boundary and after its
+// last, streaming stores of whole lines between (a partial line streamed costs a partial write).
+inline void stream_copy_bytes(void* dst, const void* src, int64_t bytes) {
+  char* d = static_cast<char*>(dst);
+  const char* s = static_cast<const char*>(src);
+  int64_t head = static_cast<int64_t>((64 - reinterpret_cast<uintptr_t>(d) % 64) % 64);
+  if (head > bytes) head = bytes;
+  std::memcpy(d, s, static_cast<size_t>(head));
+  d += head;
+  s += head;
+  bytes -= head;
+  const int64_t body = bytes / 64 * 64;
+#if defined(__AVX512F__)
+  for (int64_t i = 0; i < body; i += 64)
+    _mm512_stream_si512(reinterpret_cast<__m512i*>(d + i), _mm512_loadu_si512(s + i));
+#elif defined(__AVX__)
+  for (int64_t i = 0; i < body; i += 64) {
+    _mm256_stream_si256(reinterpret_cast<__m256i*>(d + i), _mm256_loadu_si256(reinterpret_cast<const __m256i*>(s + i)));
+    _mm256_stream_si256(reinterpret_cast<__m256i*>(d + i + 32),
+                        _mm256_loadu_si256(reinterpret_cast<const __m256i*>(s + i + 32)));
+  }
+#elif defined(__SSE2__)
+  for (int64_t i = 0; i < body; i += 16)
+    _mm_stream_si128(reinterpret_cast<__m128i*>(d + i), _mm_loadu_si128(reinterpret_cast<const __m128i*>(s + i)));
+#else
+  std::memcpy(d, s, static_cast<size_t>(body));
+#endif
+  std::memcpy(d + body, s + body, static_cast<size_t>(bytes - body));
+}
+
+// Makes this thread's streaming stores visible before anything it stores next (a task's "done").
+inline void stream_fence() {
+#if defined(__SSE2__)
+  _mm_sfence();
+#endif
+}
+
+// Runs body(s, len, dst) over [b, e) so that it computes out[s, s + len) into dst: in one call with
+// dst = out + b, or, when `stream`, in pieces into a staging buffer in L1, each then streamed to
+// out + s. Pieces start at b plus a multiple of 4 elements (Philox blocks stay whole); after a
+// short first piece up to a line boundary of out (when that is a multiple of 4 elements away,
+// as for the 16-byte-aligned arrays NumPy allocates) they cover whole lines. Small pieces, so
+// that the loads of the next piece overlap the streaming of this one (a page at a time was
+// slower than plain stores). body may read out[s, s + len) (an in-place op): it is written only
+// after body returns.
+template <class T, class Body>
+inline void write_out(T* out, int64_t b, int64_t e, bool stream, const Body& body) {
+  if (!stream) {
+    body(b, e - b, out + b);
+    return;
+  }
+  constexpr int64_t kPiece = kStreamPieceBytes / static_cast<int64_t>(sizeof(T));
+  static_assert(kPiece % 16 == 0, "pieces keep Philox blocks and vector bundles whole");
+  alignas(64) T buf[kPiece];
+  const uintptr_t past_line = reinterpret_cast<uintptr_t>(out + b) % 64;
+  int64_t len = kPiece;
+  if (past_line != 0 && past_line % (4 * sizeof(T)) == 0)
+    len = static_cast<int64_t>((64 - past_line) / sizeof(T));
+  for (int64_t s = b; s < e; s += len, len = kPiece) {
+    len = min_i64(len, e - s);
+    body(s, len, buf);
+    stream_copy_bytes(out + s, buf, len * static_cast<int64_t>(sizeof(T)));
+  }
+  stream_fence();
+}
+
+}  // namespace
+}  // namespace cpu
+}  // namespace fastmlp

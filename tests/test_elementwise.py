@@ -283,35 +283,46 @@ def test_activation_is_bitwise_identical_on_1_and_2_threads(threads, rng, kind):
 
 
 # Outputs of at least _core._get_stream_min_bytes() bytes are written with streaming stores, through
-# a staging buffer in pieces aligned to the output's cache lines (csrc/cpu/stream.h). The values
-# must be the same bits as with plain stores, for any length and any alignment of out (including
-# views that start mid-line and lengths that end mid-line or mid-chunk), in place too.
+# a staging buffer in pieces aligned to the output's cache lines (csrc/cpu/stream.h); in-place
+# calls keep plain stores. The values must be the same bits as with plain stores, for any length
+# and any alignment of out (views that start mid-line, lengths that end mid-line or past a task's
+# 32768-element chunk), on 2 threads, without a write outside out.
 STREAM_SIZES = (1, 3, 15, 16, 17, 31, 129, 1000, 4099, 32768 + 37, 70001)
 
 
 @pytest.fixture
-def streaming():
-    """Streams every output (threshold 0); restores the threshold afterwards."""
+def streaming(threads):
+    """Streams every output (threshold 0) on 2 threads; restores the threshold afterwards."""
     previous = fastmlp._core._get_stream_min_bytes()
     fastmlp._core._set_stream_min_bytes(0)
+    fastmlp.set_num_threads(2)
     yield
     fastmlp._core._set_stream_min_bytes(previous)
 
 
 def _plain(fn):
     previous = fastmlp._core._get_stream_min_bytes()
-    fastmlp._core._set_stream_min_bytes(1 << 62)
+    fastmlp._core._set_stream_min_bytes(2**63 - 1)
     try:
         return fn()
     finally:
         fastmlp._core._set_stream_min_bytes(previous)
 
 
-def _offset_view(n, dtype, shift):
-    """An n-element array starting `shift` elements past a 64-byte boundary."""
-    base = np.empty(n + 64, dtype)
-    start = (-base.ctypes.data % 64) // base.itemsize + shift
-    return base[start:start + n]
+class _OffsetOut:
+    """An n-element output starting `shift` elements past a 64-byte boundary, inside a buffer whose
+    margins hold a sentinel that must survive the call."""
+
+    def __init__(self, n, dtype, shift):
+        self.base = np.full(n + 64, -7.25, dtype)
+        start = (-self.base.ctypes.data % 64) // self.base.itemsize + shift
+        self.span = (start, start + n)
+        self.out = self.base[start:start + n]
+
+    def check(self, expected, what):
+        np.testing.assert_array_equal(self.out, expected, err_msg=what)
+        lo, hi = self.span
+        assert (self.base[:lo] == -7.25).all() and (self.base[hi:] == -7.25).all(), f"{what}: wrote outside out"
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
@@ -320,10 +331,10 @@ def test_streamed_activation_is_bitwise_the_plain_one(isa, streaming, rng, kind,
     for n in STREAM_SIZES:
         x = (rng.standard_normal(n) * 4).astype(dtype)
         expected = _plain(lambda: kernels.activation(x, kind))
-        for shift in (0, 1, 3, 4, 9):
-            out = _offset_view(n, dtype, shift)
-            assert kernels.activation(x, kind, out=out) is out
-            np.testing.assert_array_equal(out, expected, err_msg=f"n={n} shift={shift}")
+        for shift in (0, 1, 2, 3, 4, 9):
+            o = _OffsetOut(n, dtype, shift)
+            assert kernels.activation(x, kind, out=o.out) is o.out
+            o.check(expected, f"n={n} shift={shift}")
         y = x.copy()
         kernels.activation(y, kind, out=y)
         np.testing.assert_array_equal(y, expected, err_msg=f"in place, n={n}")
@@ -337,12 +348,14 @@ def test_streamed_activation_backward_is_bitwise_the_plain_one(isa, streaming, r
         y = kernels.activation(rng.standard_normal(n).astype(dtype), kind)
         expected = _plain(lambda: kernels.activation_backward(g, y, kind))
         for shift in (0, 2, 5):
-            out = _offset_view(n, dtype, shift)
-            kernels.activation_backward(g, y, kind, out=out)
-            np.testing.assert_array_equal(out, expected, err_msg=f"n={n} shift={shift}")
-        g2 = g.copy()
-        kernels.activation_backward(g2, y, kind, out=g2)
-        np.testing.assert_array_equal(g2, expected, err_msg=f"in place, n={n}")
+            o = _OffsetOut(n, dtype, shift)
+            kernels.activation_backward(g, y, kind, out=o.out)
+            o.check(expected, f"n={n} shift={shift}")
+        for target in ("grad_out", "y"):
+            g2, y2 = g.copy(), y.copy()
+            kernels.activation_backward(g2, y2, kind, out=g2 if target == "grad_out" else y2)
+            np.testing.assert_array_equal(g2 if target == "grad_out" else y2, expected,
+                                          err_msg=f"out={target}, n={n}")
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
@@ -352,23 +365,23 @@ def test_streamed_relu_dropout_backward_is_bitwise_the_plain_one(isa, streaming,
         y = kernels.dropout(kernels.activation(rng.standard_normal(n).astype(dtype), "relu"), 0.3, seed=5, offset=0)
         expected = _plain(lambda: fastmlp._core._relu_dropout_backward(g, y, 0.3, np.empty_like(g)))
         for shift in (0, 7):
-            out = _offset_view(n, dtype, shift)
-            fastmlp._core._relu_dropout_backward(g, y, 0.3, out)
-            np.testing.assert_array_equal(out, expected, err_msg=f"n={n} shift={shift}")
+            o = _OffsetOut(n, dtype, shift)
+            fastmlp._core._relu_dropout_backward(g, y, 0.3, o.out)
+            o.check(expected, f"n={n} shift={shift}")
         g2 = g.copy()
         fastmlp._core._relu_dropout_backward(g2, y, 0.3, g2)
         np.testing.assert_array_equal(g2, expected, err_msg=f"in place, n={n}")
 
 
-def test_streamed_outputs_are_complete_when_the_call_returns_on_2_threads(threads, streaming, rng):
+def test_streamed_outputs_are_complete_when_the_call_returns_on_2_threads(streaming, rng):
     # Streaming stores are fenced before each task reports done: the caller reads every element.
-    fastmlp.set_num_threads(2)
     x = rng.standard_normal(1 << 20).astype(np.float32)
     expected = np.maximum(x, 0)
     for _ in range(20):
-        out = np.full_like(x, np.nan)
-        kernels.activation(x, "relu", out=out)
-        np.testing.assert_array_equal(out, expected)
+        o = _OffsetOut(x.size, np.float32, 1)
+        o.out[...] = np.nan
+        kernels.activation(x, "relu", out=o.out)
+        o.check(expected, "relu")
 
 
 def test_stream_threshold_refuses_a_negative_size():

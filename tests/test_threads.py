@@ -145,6 +145,9 @@ def test_fastmlp_stream_min_bytes_environment_variable_sets_the_threshold():
     r = run_python("import fastmlp; print(fastmlp._core._get_stream_min_bytes())", FASTMLP_STREAM_MIN_BYTES=" 0 ")
     assert r.returncode == 0, r.stderr
     assert int(r.stdout) == 0
+    r = run_python("import fastmlp; print(fastmlp._core._get_stream_min_bytes())", FASTMLP_STREAM_MIN_BYTES="9" * 30)
+    assert r.returncode == 0, r.stderr
+    assert int(r.stdout) == 2**63 - 1
     for bad in ("-1", "big", "1e6"):
         r = run_python("import fastmlp", FASTMLP_STREAM_MIN_BYTES=bad)
         assert r.returncode != 0

@@ -36,7 +36,7 @@ void for_chunks(int64_t n, const F& f) {
 
 template <Act A, class T>
 void activation_act(const T* __restrict x, T* __restrict out, int64_t n) {
-  const bool stream = stream_output<T>(n);
+  const bool stream = stream_output(n, out, x);
   for_chunks(n, [&](int64_t b, int64_t e) {
     write_out(out, b, e, stream, [&](int64_t s, int64_t len, T* __restrict dst) {
       const T* __restrict xs = x + s;
@@ -56,7 +56,7 @@ void activation_act(const T* __restrict x, T* __restrict out, int64_t n) {
 
 template <Act A, class T>
 void activation_backward_act(const T* __restrict g, const T* __restrict y, T* __restrict out, int64_t n) {
-  const bool stream = stream_output<T>(n);
+  const bool stream = stream_output(n, out, g, y);
   for_chunks(n, [&](int64_t b, int64_t e) {
     write_out(out, b, e, stream, [&](int64_t s, int64_t len, T* __restrict dst) {
       const T* __restrict gs = g + s;
@@ -344,7 +344,7 @@ void dropout(const T* x, T* out, int64_t n, double p, uint64_t seed, uint64_t of
 template <class T>
 void relu_dropout_backward(const T* grad_out, const T* y, T* out, int64_t n, double p) {
   const T scale = ops::dropout_scale<T>(p);
-  const bool stream = stream_output<T>(n);
+  const bool stream = stream_output(n, out, grad_out, y);
   for_chunks(n, [&](int64_t b, int64_t e) {
     write_out(out, b, e, stream, [&](int64_t s, int64_t len, T* dst) {
       const T* g = grad_out + s;  // out may be grad_out: each element is read before it is written

@@ -20,10 +20,19 @@ namespace {
 
 constexpr int64_t kStreamPieceBytes = 512;  // a staging piece: eight lines
 
-// Whether an output of n elements of T is streamed.
-template <class T>
-inline bool stream_output(int64_t n) {
-  return n > 0 && n * static_cast<int64_t>(sizeof(T)) >= stream_min_bytes();
+#if defined(__SSE2__)
+constexpr bool kHaveStreamingStores = true;
+#else
+constexpr bool kHaveStreamingStores = false;  // staging would only add a copy
+#endif
+
+// Whether an output of n elements of T is streamed. Not when it is also an input (`out` equal to
+// one of `inputs`, an in-place call): its lines are read anyway, so there is no read for
+// ownership to skip, and streaming would only evict the lines just loaded.
+template <class T, class... In>
+inline bool stream_output(int64_t n, const T* out, const In*... inputs) {
+  return kHaveStreamingStores && n > 0 && n * static_cast<int64_t>(sizeof(T)) >= stream_min_bytes() &&
+         ((static_cast<const void*>(out) != static_cast<const void*>(inputs)) && ...);
 }
 
 // dst[0, bytes) = src[0, bytes): plain stores up to dst's first 64-byte line boundary and after its
@@ -65,12 +74,10 @@ inline void stream_fence() {
 
 // Runs body(s, len, dst) over [b, e) so that it computes out[s, s + len) into dst: in one call with
 // dst = out + b, or, when `stream`, in pieces into a staging buffer in L1, each then streamed to
-// out + s. Pieces start at b plus a multiple of 4 elements (Philox blocks stay whole); after a
-// short first piece up to a line boundary of out (when that is a multiple of 4 elements away,
-// as for the 16-byte-aligned arrays NumPy allocates) they cover whole lines. Small pieces, so
-// that the loads of the next piece overlap the streaming of this one (a page at a time was
-// slower than plain stores). body may read out[s, s + len) (an in-place op): it is written only
-// after body returns.
+// out + s. After a short first piece up to a line boundary of out (NumPy's large arrays start 16
+// bytes past one) the pieces cover whole lines. Small pieces, so that the loads of the next piece
+// overlap the streaming of this one (a page at a time was slower than plain stores). body may
+// read out[s, s + len) (an in-place op): it is written only after body returns.
 template <class T, class Body>
 inline void write_out(T* out, int64_t b, int64_t e, bool stream, const Body& body) {
   if (!stream) {
@@ -78,11 +85,11 @@ inline void write_out(T* out, int64_t b, int64_t e, bool stream, const Body& bod
     return;
   }
   constexpr int64_t kPiece = kStreamPieceBytes / static_cast<int64_t>(sizeof(T));
-  static_assert(kPiece % 16 == 0, "pieces keep Philox blocks and vector bundles whole");
+  static_assert(kPiece % 16 == 0, "pieces hold whole vector bundles");
   alignas(64) T buf[kPiece];
   const uintptr_t past_line = reinterpret_cast<uintptr_t>(out + b) % 64;
   int64_t len = kPiece;
-  if (past_line != 0 && past_line % (4 * sizeof(T)) == 0)
+  if (past_line != 0 && past_line % sizeof(T) == 0)
     len = static_cast<int64_t>((64 - past_line) / sizeof(T));
   for (int64_t s = b; s < e; s += len, len = kPiece) {
     len = min_i64(len, e - s);

@@ -96,7 +96,7 @@ def _configure_from_environment() -> None:
             raise RuntimeError(f"FASTMLP_STREAM_MIN_BYTES={stream!r} is not an integer >= 0") from None
         if n < 0:
             raise RuntimeError(f"FASTMLP_STREAM_MIN_BYTES={stream!r} is not an integer >= 0")
-        _core._set_stream_min_bytes(n)
+        _core._set_stream_min_bytes(min(n, 2**63 - 1))  # larger: never, as 2**63 - 1 bytes
     isa = _os.environ.get("FASTMLP_ISA", "").strip().lower()
     if isa:
         try:

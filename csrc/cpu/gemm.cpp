@@ -524,9 +524,14 @@ void gemm(const GemmArgs<T>& g) {
   // TN 117 -> 42-50 us. Not when a row of op(b) is a multiple of 4 KiB: the panel's rows then share
   // one L1 set (and few L2 sets), the second A panel finds nothing cached, and it measured up to 1.6x
   // slower (12x1024x1024); nor with more panels (2x slower at 96x4096x1024). Bitwise the same sums.
+  // Likewise up to kDirectBSmallPanels row panels (M <= 144) when op(b) is at most
+  // kDirectBSmallBytes: it stays in L1/L2 while it is read, and packing it is a large part of a
+  // small GEMM (toggled in one process: 32x64x64 NN 1.05-1.22x, 64x128x64 1.18-1.29x, 64x256x128
+  // 1.06-1.21x, 128x192x64 1.06-1.10x; at M = 256 it lost 4-7%, as packing pays off over more panels).
   // The partial last panel, if any, is still packed (its rows would run past N).
-  constexpr int64_t kDirectBMaxPanels = 2;
-  const bool direct_b = !direct_a && !g.trans_b && m_panels_all <= kDirectBMaxPanels &&
+  constexpr int64_t kDirectBMaxPanels = 2, kDirectBSmallPanels = 24, kDirectBSmallBytes = int64_t{128} << 10;
+  const bool small_b = m_panels_all <= kDirectBSmallPanels && K * N * static_cast<int64_t>(sizeof(T)) <= kDirectBSmallBytes;
+  const bool direct_b = !direct_a && !g.trans_b && (m_panels_all <= kDirectBMaxPanels || small_b) &&
                         (N * static_cast<int64_t>(sizeof(T))) % 4096 != 0;
   const int64_t b_first_packed = direct_b ? N / NR : 0;  // panels before it are read in place
   // Pack units: groups of kPanelsPerGroup consecutive panels of op(b) (from b_first_packed on) and

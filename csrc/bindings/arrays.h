@@ -25,7 +25,9 @@ std::string describe(const py::array& a);  // "shape (3, 4) and dtype float32"
 
 // A validated, C-contiguous float32/float64 array.
 struct FloatArray {
-  py::array arr;
+  // Null until set: py::array's default constructor allocates an empty NumPy array, which cost
+  // each kernel call a few hundred nanoseconds per optional argument left out.
+  py::array arr = py::reinterpret_steal<py::array>(py::handle());
   DType dtype = DType::f32;
   std::vector<int64_t> shape;
   int64_t size = 0;

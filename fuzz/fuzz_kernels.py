@@ -473,6 +473,9 @@ def run_one(data: bytes) -> None:
     fdp = atheris.FuzzedDataProvider(data)
     isas = fastmlp.available_isas()
     fastmlp.set_isa(isas[fdp.ConsumeIntInRange(0, len(isas) - 1)])
+    # Every output streamed (threshold 0) or none: the streaming-store path (csrc/cpu/stream.h) gets
+    # the same misaligned, aliased and odd-sized outputs as the plain one.
+    fastmlp._core._set_stream_min_bytes(0 if fdp.ConsumeBool() else 2**63 - 1)
     name = KERNELS[fdp.ConsumeIntInRange(0, len(KERNELS) - 1)]
     g = Gen(fdp)
     with np.errstate(all="ignore"):

@@ -78,25 +78,27 @@ def set_isa(name: str) -> None:
     _core.set_isa(name)
 
 
+def _env_int(name: str, minimum: int):
+    """The integer in environment variable `name` (None when unset or blank), at least `minimum`."""
+    text = _os.environ.get(name, "").strip()
+    if not text:
+        return None
+    try:
+        n = int(text)
+    except ValueError:
+        n = minimum - 1
+    if n < minimum:
+        raise RuntimeError(f"{name}={text!r} is not an integer >= {minimum}")
+    return n
+
+
 def _configure_from_environment() -> None:
-    threads = _os.environ.get("FASTMLP_NUM_THREADS", "").strip()
-    if threads:
-        try:
-            n = int(threads)
-        except ValueError:
-            raise RuntimeError(f"FASTMLP_NUM_THREADS={threads!r} is not an integer >= 1") from None
-        if n < 1:
-            raise RuntimeError(f"FASTMLP_NUM_THREADS={threads!r} is not an integer >= 1")
-        _core.set_num_threads(n)
-    stream = _os.environ.get("FASTMLP_STREAM_MIN_BYTES", "").strip()
-    if stream:
-        try:
-            n = int(stream)
-        except ValueError:
-            raise RuntimeError(f"FASTMLP_STREAM_MIN_BYTES={stream!r} is not an integer >= 0") from None
-        if n < 0:
-            raise RuntimeError(f"FASTMLP_STREAM_MIN_BYTES={stream!r} is not an integer >= 0")
-        _core._set_stream_min_bytes(min(n, 2**63 - 1))  # larger: never, as 2**63 - 1 bytes
+    threads = _env_int("FASTMLP_NUM_THREADS", 1)
+    if threads is not None:
+        _core.set_num_threads(threads)
+    stream = _env_int("FASTMLP_STREAM_MIN_BYTES", 0)
+    if stream is not None:
+        _core._set_stream_min_bytes(min(stream, 2**63 - 1))  # larger: never, as 2**63 - 1 bytes
     isa = _os.environ.get("FASTMLP_ISA", "").strip().lower()
     if isa:
         try:

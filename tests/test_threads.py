@@ -195,13 +195,18 @@ b = rng.standard_normal((300, 500)).astype(np.float32)
 expected = kernels.gemm(a, b)          # the pool's workers now exist
 expected_drop = kernels.dropout(a, 0.5, seed=1, offset=2)
 
-stop = threading.Event()
+stop, running = threading.Event(), threading.Event()
 def busy():                            # keeps the pool busy while we fork
     while not stop.is_set():
         kernels.gemm(a, b)
+        running.set()
 background = threading.Thread(target=busy) if {busy} else None
 if background:
     background.start()
+    # Fork only once its first call is done: that call allocates the thread's scratch buffers
+    # without the GIL, and a fork in the middle of it left the child's allocator locked under
+    # AddressSanitizer (GCC 12's allocator takes no lock around fork; glibc's malloc does).
+    running.wait()
 
 for attempt in range(4):
     pid = os.fork()

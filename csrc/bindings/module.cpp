@@ -37,10 +37,8 @@ PYBIND11_MODULE(_core, m) {
   m.def("get_num_threads", &get_num_threads);
 
   // Outputs of at least this many bytes are written with streaming stores (core/stream.h).
-  m.def("_set_stream_min_bytes", [](int64_t bytes) {
-    if (bytes < 0) throw py::value_error("stream_min_bytes must be >= 0, got " + std::to_string(bytes));
-    set_stream_min_bytes(bytes);
-  }, py::arg("bytes"));
+  // (std::invalid_argument for a negative size reaches Python as ValueError.)
+  m.def("_set_stream_min_bytes", &set_stream_min_bytes, py::arg("bytes"));
   m.def("_get_stream_min_bytes", &stream_min_bytes);
 
   m.def("get_isa", [] { return std::string(cpu::active_isa()); });

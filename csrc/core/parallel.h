@@ -47,6 +47,14 @@ inline void cpu_relax() {
 }
 
 inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// Elements of T from p to the next 64-byte line boundary: 0 when p is on one, or when it is not
+// aligned to its element size (no whole element ends on the boundary).
+template <class T>
+inline int64_t elements_to_line(const T* p) {
+  const uintptr_t past = reinterpret_cast<uintptr_t>(p) % 64;
+  return past == 0 || past % sizeof(T) ? 0 : static_cast<int64_t>((64 - past) / sizeof(T));
+}
 inline int64_t min_i64(int64_t a, int64_t b) { return a < b ? a : b; }
 inline int64_t max_i64(int64_t a, int64_t b) { return a > b ? a : b; }
 }  // namespace

@@ -100,8 +100,7 @@ unsigned regularisation_flags(double weight_decay, double l1) {
 // (toggled in one process). Elements are independent: the same bits either way.
 template <class T, class Run>
 void split_at_line(const T* param, int64_t b, int64_t e, const Run& run) {
-  const uintptr_t past = reinterpret_cast<uintptr_t>(param + b) % 64;
-  const int64_t h = past == 0 || past % sizeof(T) ? b : min_i64(e, b + static_cast<int64_t>((64 - past) / sizeof(T)));
+  const int64_t h = min_i64(e, b + elements_to_line(param + b));
   if (h > b) run(b, h);
   run(h, e);
 }

@@ -87,10 +87,8 @@ inline void write_out(T* out, int64_t b, int64_t e, bool stream, const Body& bod
   constexpr int64_t kPiece = kStreamPieceBytes / static_cast<int64_t>(sizeof(T));
   static_assert(kPiece % 16 == 0, "pieces hold whole vector bundles");
   alignas(64) T buf[kPiece];
-  const uintptr_t past_line = reinterpret_cast<uintptr_t>(out + b) % 64;
-  int64_t len = kPiece;
-  if (past_line != 0 && past_line % sizeof(T) == 0)
-    len = static_cast<int64_t>((64 - past_line) / sizeof(T));
+  const int64_t to_line = elements_to_line(out + b);
+  int64_t len = to_line > 0 ? to_line : kPiece;
   for (int64_t s = b; s < e; s += len, len = kPiece) {
     len = min_i64(len, e - s);
     body(s, len, buf);

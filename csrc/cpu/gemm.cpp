@@ -30,11 +30,11 @@ struct Blocking {
   static constexpr int MR = kMicroRows;          // rows of the register tile
   static constexpr int NV = 2;                   // vectors per register-tile row
   static constexpr int NR = NV * Simd<T>::W;     // columns of the register tile
-  // k per block. AVX2 and narrower: up to 1024, so the MLP shapes (K = 784, 512) take one block and
-  // no partial sums are parked: the B micro-panel (64 KiB) then streams from L2 beside A, which
-  // measured 1-4% faster than 256 (16 KiB, half of L1) at K = 784 and 1024. AVX-512 (untested on
-  // hardware so far) keeps 256: a 32-wide panel of 1024 k would be 128 KiB.
-  static constexpr int64_t KC = Simd<T>::W * sizeof(T) >= 64 ? 256 : 1024;
+  // k per block: up to 1024, so the MLP shapes (K = 784, 512) take one block and no partial sums
+  // are parked; the B micro-panel (64 KiB on AVX2, 128 KiB on AVX-512) then streams from L2 beside
+  // A (micro_tile prefetches it). Against 256 (half of L1), toggled in one process: AVX2 (AMD Zen 3)
+  // +1-4% at K = 784 and 1024; AVX-512 (Xeon, Emerald Rapids) +1-4% at K = 784, +0.4-5% at 1024^3.
+  static constexpr int64_t KC = 1024;
   static constexpr int64_t MC_MAX = 20 * MR;     // A block MC*KC: 120-240 KiB, in L2
   static constexpr int64_t NC_MAX = 16 * NR;     // columns per task: the B block streams from L2/L3
 };
@@ -59,6 +59,14 @@ inline __attribute__((always_inline)) void micro_tile(int64_t kc, const T* __res
     V b[NV];
 #pragma GCC unroll 4
     for (int j = 0; j < NV; ++j) b[j] = S::load(B + k * ldb + j * W);
+#if defined(__AVX2__)
+    // The B panel is larger than L1 and read once per A panel: fetch its row k + 16 now (a
+    // prefetch past the panel's end is harmless). Toggled in one process on a Xeon (Emerald
+    // Rapids): AVX-512 +0-4% at the MLP shapes and 1024^3, AVX2 +2-6%.
+#pragma GCC unroll 4
+    for (int l = 0; l < NR * static_cast<int>(sizeof(T)) / 64; ++l)
+      __builtin_prefetch(reinterpret_cast<const char*>(B + (k + 16) * ldb) + 64 * l);
+#endif
     const T* a = Direct ? A + k * sk : A + k * MR;
 #pragma GCC unroll 16
     for (int i = 0; i < MR; ++i) {
@@ -292,13 +300,14 @@ void pack_b_panel(const GemmArgs<T>& g, int64_t jp, int64_t k0, int64_t kc, T* _
       }
     }
 #endif
-    for (int c = 0; c < NR; ++c) {
-      if (c < nr) {
-        const T* src = g.b + (j0 + c) * g.K + k0;
-        for (int64_t k = k_done; k < kc; ++k) dst[k * NR + c] = src[k];
-      } else {
-        for (int64_t k = k_done; k < kc; ++k) dst[k * NR + c] = T(0);
-      }
+    // The rest (a partial panel, or the last k of a full one) k outer, so the writes run along the
+    // panel's rows: column by column, a panel of 512+ k (64 KiB and more) left L1 between columns
+    // (256x10x512 A.Bt 1.3x slower than with 256 k).
+    const T* src = g.b + j0 * g.K + k0;
+    for (int64_t k = k_done; k < kc; ++k) {
+      T* d = dst + k * NR;
+      for (int c = 0; c < nr; ++c) d[c] = src[c * g.K + k];
+      for (int c = static_cast<int>(nr); c < NR; ++c) d[c] = T(0);
     }
   }
 }
@@ -534,15 +543,35 @@ void gemm(const GemmArgs<T>& g) {
   const bool direct_b = !direct_a && !g.trans_b && (m_panels_all <= kDirectBMaxPanels || small_b) &&
                         (N * static_cast<int64_t>(sizeof(T))) % 4096 != 0;
   const int64_t b_first_packed = direct_b ? N / NR : 0;  // panels before it are read in place
-  // Pack units: groups of kPanelsPerGroup consecutive panels of op(b) (from b_first_packed on) and
-  // of op(a), per k block. No separate packing pass: a compute task packs the groups it needs that
-  // no task has claimed yet, then waits for the ones other tasks are packing (a flag per group:
-  // 0 free, 1 being packed, 2 packed). The packed bytes do not depend on which task packs them.
+  // Below ~2^20 flops (a few microseconds) waking the pool costs more than it saves.
+  const bool parallel = 2.0 * static_cast<double>(M) * static_cast<double>(N) * static_cast<double>(K) >= 1048576.0;
+  // Task grid over (row block, column block); block sizes only change how work is split.
+  const int threads = parallel ? get_num_threads() : 1;
+  int64_t mc = balanced_block(M, B::MC_MAX, MR);
+  int64_t nc = balanced_block(N, B::NC_MAX, NR);
+  // Enough tasks that a worker joining late still finds work: four per thread on AVX2, two on
+  // AVX-512, where larger tasks reuse each packed panel over more tiles (toggled in one process on
+  // a Xeon: 2 against 4 per thread +3-7% at the MLP shapes, 1024^3 unchanged; on AVX2 +0-1%).
+  constexpr int64_t kTasksPerThread = Simd<T>::W * sizeof(T) >= 64 ? 2 : 4;
+  while (parallel && ceil_div(M, mc) * ceil_div(N, nc) < kTasksPerThread * threads && (mc > MR || nc > NR)) {
+    if (nc > NR && (nc >= mc || mc <= MR)) nc = ceil_div(ceil_div(nc, 2), NR) * NR;
+    else mc = ceil_div(ceil_div(mc, 2), MR) * MR;
+  }
+  const int64_t m_blocks = ceil_div(M, mc), n_blocks = ceil_div(N, nc);
+  // Pack units: groups of b_group_panels consecutive panels of op(b) (from b_first_packed on) and
+  // of a_group_panels of op(a), per k block. No separate packing pass: a compute task packs the
+  // groups it needs that no task has claimed yet, then waits for the ones other tasks are packing
+  // (a flag per group: 0 free, 1 being packed, 2 packed). The packed bytes do not depend on which
+  // task packs them.
   // Against a packing pass then a barrier: one pool wake-up and barrier less per call, and a panel
   // is often still in cache when its packer uses it (784-512-512-10 step ~1% faster, paired runs).
-  constexpr int64_t kPanelsPerGroup = 8;
-  const int64_t b_groups = ceil_div(n_panels - b_first_packed, kPanelsPerGroup);
-  const int64_t a_groups = direct_a ? 0 : ceil_div(m_panels_all, kPanelsPerGroup);
+  // A group is at most one task's share of panels: when tasks are narrower than 8 panels (M = 32,
+  // 64), a group spanning two tasks made the second wait while the first packed all of it
+  // (32x512x784 A.Bt 1.55x faster on AVX-512 and 1.22x on AVX2 with groups this size; 256-row
+  // shapes unchanged).
+  const int64_t a_group_panels = min_i64(8, mc / MR), b_group_panels = min_i64(8, nc / NR);
+  const int64_t b_groups = ceil_div(n_panels - b_first_packed, b_group_panels);
+  const int64_t a_groups = direct_a ? 0 : ceil_div(m_panels_all, a_group_panels);
   const int64_t groups_per_kb = b_groups + a_groups;
   const size_t packed_bytes = (sizeof(T) * static_cast<size_t>(K * (n_pad + m_pad) + 64) + 63) / 64 * 64;
   char* packed = static_cast<char*>(
@@ -551,13 +580,12 @@ void gemm(const GemmArgs<T>& g) {
   T* packed_a = packed_b + K * n_pad;
   int32_t* group_state = reinterpret_cast<int32_t*>(packed + packed_bytes);
   std::memset(group_state, 0, sizeof(int32_t) * static_cast<size_t>(k_blocks * groups_per_kb));
-  // Below ~2^20 flops (a few microseconds) waking the pool costs more than it saves.
-  const bool parallel = 2.0 * static_cast<double>(M) * static_cast<double>(N) * static_cast<double>(K) >= 1048576.0;
 
   auto pack_group = [&](bool is_b, int64_t group, int64_t kb) {
     const int64_t k0 = kb * kc_size, kc = min_i64(kc_size, K - k0);
-    const int64_t first = is_b ? b_first_packed + group * kPanelsPerGroup : group * kPanelsPerGroup;
-    const int64_t end = min_i64(is_b ? n_panels : m_panels_all, first + kPanelsPerGroup);
+    const int64_t panels = is_b ? b_group_panels : a_group_panels;
+    const int64_t first = is_b ? b_first_packed + group * panels : group * panels;
+    const int64_t end = min_i64(is_b ? n_panels : m_panels_all, first + panels);
     // Panels whose source rows run along the panel's width (op(b) not transposed, op(a)
     // transposed) are packed k-outer over all full panels of the group, so each source row is
     // read as one contiguous run instead of a 64-byte piece per panel.
@@ -614,16 +642,6 @@ void gemm(const GemmArgs<T>& g) {
     }
   };
 
-  // Task grid over (row block, column block); block sizes only change how work is split.
-  const int threads = parallel ? get_num_threads() : 1;
-  int64_t mc = balanced_block(M, B::MC_MAX, MR);
-  int64_t nc = balanced_block(N, B::NC_MAX, NR);
-  // Enough tasks that a worker joining late still finds work (several per thread).
-  while (parallel && ceil_div(M, mc) * ceil_div(N, nc) < 4 * threads && (mc > MR || nc > NR)) {
-    if (nc > NR && (nc >= mc || mc <= MR)) nc = ceil_div(ceil_div(nc, 2), NR) * NR;
-    else mc = ceil_div(ceil_div(mc, 2), MR) * MR;
-  }
-  const int64_t m_blocks = ceil_div(M, mc), n_blocks = ceil_div(N, nc);
   // A relu_mask has its own register epilogue for the plain product (a backward dX GEMM's case);
   // with anything else the masked tiles go through store_tile.
   const bool masked_out = g.relu_mask && g.act == Act::identity && g.beta == 0.0 && !g.bias;
@@ -638,9 +656,9 @@ void gemm(const GemmArgs<T>& g) {
     T* acc = static_cast<T*>(thread_scratch(kScratchAcc, sizeof(T) * static_cast<size_t>(m_panels * c_panels * MR * NR)));
     // The groups holding this task's panels: op(b) panels [j0 / NR, last_b], op(a) [i0 / MR, last_a].
     const int64_t last_b = (j0 + cols - 1) / NR, last_a = (i0 + rows - 1) / MR;
-    const int64_t b0 = last_b < b_first_packed ? 0 : (max_i64(j0 / NR, b_first_packed) - b_first_packed) / kPanelsPerGroup;
-    const int64_t b1 = last_b < b_first_packed ? 0 : (last_b - b_first_packed) / kPanelsPerGroup + 1;
-    const int64_t a0 = direct_a ? 0 : (i0 / MR) / kPanelsPerGroup, a1 = direct_a ? 0 : last_a / kPanelsPerGroup + 1;
+    const int64_t b0 = last_b < b_first_packed ? 0 : (max_i64(j0 / NR, b_first_packed) - b_first_packed) / b_group_panels;
+    const int64_t b1 = last_b < b_first_packed ? 0 : (last_b - b_first_packed) / b_group_panels + 1;
+    const int64_t a0 = direct_a ? 0 : (i0 / MR) / a_group_panels, a1 = direct_a ? 0 : last_a / a_group_panels + 1;
     for (int64_t kb = 0; kb < k_blocks; ++kb) {
       const int64_t k0 = kb * kc_size;
       const int64_t kc = min_i64(kc_size, K - k0);

@@ -219,14 +219,17 @@ inline void store_lanes(float* p, __m256 v, int count) {
   if (count == 6) _mm_storel_pi(reinterpret_cast<__m64*>(p + 4), _mm256_extractf128_ps(v, 1));
 }
 
-// Transposing packs of float panels, 8x8 blocks at a time: `lines[i]` (i < n_lines <= 8) are
-// contiguous along k; k-column j of the block goes to dst + j * ld (n_lines lanes). Returns the
-// k handled (a multiple of 8); the caller packs the rest.
-inline int64_t pack_transposed_8(const float* const* lines, int n_lines, int64_t kc, float* dst, int64_t ld) {
+// Transposing packs of float panels, 8x8 blocks at a time: `lines[i]` (i < n_real <= n_lines <= 8)
+// are contiguous along k, lines n_real.. are zeros (a partial panel's missing rows); k-column j of
+// the block goes to dst + j * ld (n_lines lanes). Returns the k handled (a multiple of 8); the
+// caller packs the rest.
+inline int64_t pack_transposed_8(const float* const* lines, int n_lines, int64_t kc, float* dst, int64_t ld,
+                                 int n_real = 8) {
   int64_t k = 0;
   for (; k + 8 <= kc; k += 8) {
     __m256 r[8];
-    for (int i = 0; i < 8; ++i) r[i] = i < n_lines ? _mm256_loadu_ps(lines[i] + k) : _mm256_setzero_ps();
+    for (int i = 0; i < 8; ++i)
+      r[i] = i < n_lines && i < n_real ? _mm256_loadu_ps(lines[i] + k) : _mm256_setzero_ps();
     transpose8x8(r);
     for (int j = 0; j < 8; ++j) store_lanes(dst + (k + j) * ld, r[j], n_lines);
   }
@@ -245,21 +248,23 @@ void pack_a(const GemmArgs<T>& g, int64_t i0, int64_t rows, int64_t k0, int64_t 
       // k outer, rows inner: the writes are contiguous, the reads are MR sequential streams.
       const T* rows[MR];
       for (int r = 0; r < MR; ++r) rows[r] = g.a + (i0 + p + (r < mr ? r : 0)) * g.K + k0;
-      if (mr == MR) {
-        int64_t k_done = 0;
+      int64_t k_done = 0;
 #if defined(__AVX2__)
-        if constexpr (std::is_same_v<T, float> && (MR == 6 || MR == 12)) {
-          // MR rows in groups of 8 (6 = 6; 12 = 8 + 4): 8 k at a time, transposed in registers.
-          for (int g = 0; g < MR; g += 8)
-            k_done = pack_transposed_8(rows + g, MR - g < 8 ? MR - g : 8, kc, d + g, MR);
-        }
+      if constexpr (std::is_same_v<T, float> && (MR == 6 || MR == 12)) {
+        // MR rows in groups of 8 (6 = 6; 12 = 8 + 4): 8 k at a time, transposed in registers; the
+        // missing rows of a partial panel as zeros (scalar, that panel cost as much as the rest of
+        // a 32x64x64 GEMM's packing).
+        for (int g = 0; g < MR; g += 8)
+          k_done = pack_transposed_8(rows + g, MR - g < 8 ? MR - g : 8, kc, d + g, MR, static_cast<int>(mr) - g);
+      }
 #endif
+      if (mr == MR) {
         for (int64_t k = k_done; k < kc; ++k) {
 #pragma GCC unroll 16
           for (int r = 0; r < MR; ++r) d[k * MR + r] = rows[r][k];
         }
       } else {
-        for (int64_t k = 0; k < kc; ++k)
+        for (int64_t k = k_done; k < kc; ++k)
           for (int r = 0; r < MR; ++r) d[k * MR + r] = r < mr ? rows[r][k] : T(0);
       }
     } else {

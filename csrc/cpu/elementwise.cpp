@@ -77,16 +77,24 @@ struct PhiloxVec {
   static constexpr int kBlocks = 8;
   static V set1(uint64_t x) { return _mm512_set1_epi64(static_cast<long long>(x)); }
   static V mul(V a, V b) { return _mm512_mul_epu32(a, b); }
-  static V hi(V p) { return _mm512_srli_epi64(p, 32); }
+  // The high word of each lane to its low half by a dword shuffle (port 5) rather than a shift
+  // (port 0, with the multiplies): the high half it leaves is never read.
+  static V hi(V p) { return _mm512_shuffle_epi32(p, _MM_PERM_CDAB); }
   static V x3(V a, V b, V c) { return _mm512_ternarylogic_epi64(a, b, c, 0x96); }
   static V blocks(uint64_t first) { return _mm512_add_epi64(set1(first), _mm512_set_epi64(7, 6, 5, 4, 3, 2, 1, 0)); }
   // Lane l of the result: low word of a's lane l, then low word of b's lane l.
   static V pair(V a, V b) { return _mm512_mask_blend_epi32(0xAAAA, a, _mm512_slli_epi64(b, 32)); }
-  // Block l's four words are lane l of p01 then lane l of p23.
-  static void store_words(uint32_t* w, V p01, V p23) {
+  // Block l's four words are lane l of p01 then lane l of p23; words(...)[h] holds words 16h..16h+15.
+  static void words(V p01, V p23, V (&w)[2]) {
     const V lo = _mm512_unpacklo_epi64(p01, p23), hi = _mm512_unpackhi_epi64(p01, p23);  // blocks 0,2,4,6 / 1,3,5,7
-    _mm512_storeu_si512(reinterpret_cast<void*>(w), _mm512_permutex2var_epi64(lo, _mm512_set_epi64(11, 10, 3, 2, 9, 8, 1, 0), hi));
-    _mm512_storeu_si512(reinterpret_cast<void*>(w + 16), _mm512_permutex2var_epi64(lo, _mm512_set_epi64(15, 14, 7, 6, 13, 12, 5, 4), hi));
+    w[0] = _mm512_permutex2var_epi64(lo, _mm512_set_epi64(11, 10, 3, 2, 9, 8, 1, 0), hi);
+    w[1] = _mm512_permutex2var_epi64(lo, _mm512_set_epi64(15, 14, 7, 6, 13, 12, 5, 4), hi);
+  }
+  static void store_words(uint32_t* w, V p01, V p23) {
+    V v[2];
+    words(p01, p23, v);
+    _mm512_storeu_si512(reinterpret_cast<void*>(w), v[0]);
+    _mm512_storeu_si512(reinterpret_cast<void*>(w + 16), v[1]);
   }
 };
 #elif defined(__AVX2__)
@@ -177,7 +185,35 @@ void philox_blocks(uint64_t seed, uint64_t stream, uint64_t first_block, int64_t
   }
 }
 
-#if defined(__AVX2__) && !defined(__AVX512F__)
+#if defined(__AVX512F__)
+// Dropout-style masking with the Philox words kept in registers, as the AVX2 version below
+// describes: 32 elements per pair of vectors of blocks, the unsigned comparison into a mask
+// register and a zero-masked store of f(x). Same words and comparison, so bitwise the same as the
+// buffered path. With PhiloxVec's shuffle for the high words, dropout on 8192x4096 float32 went
+// from 16-17 to 23-30 GB/s counted on two Xeon (Emerald Rapids) cores (two builds alternating).
+template <class F>
+int64_t masked_select_fused(const float* __restrict x, float* __restrict out, int64_t b, int64_t n, uint64_t seed,
+                            uint64_t stream, int32_t threshold_s, const F& f) {
+  const __m512i th = _mm512_set1_epi32(static_cast<int32_t>(static_cast<uint32_t>(threshold_s) ^ 0x80000000u));
+  constexpr int64_t kAhead = 512;
+  return 4 * philox_vec(seed, stream, static_cast<uint64_t>(b / 4), n / 4,
+                        [&](int64_t d, __m512i p01, __m512i p23) __attribute__((always_inline)) {
+    const int64_t j = d * 4;  // 32 elements
+    if (j + kAhead < n) {
+      __builtin_prefetch(x + j + kAhead);
+      __builtin_prefetch(x + j + kAhead + 16);
+      __builtin_prefetch(out + j + kAhead, 1);
+      __builtin_prefetch(out + j + kAhead + 16, 1);
+    }
+    __m512i w[2];
+    PhiloxVec::words(p01, p23, w);
+    for (int h = 0; h < 2; ++h) {
+      const __mmask16 keep = _mm512_cmpge_epu32_mask(w[h], th);  // word >= threshold
+      _mm512_storeu_ps(out + j + 16 * h, _mm512_maskz_mov_ps(keep, f(_mm512_loadu_ps(x + j + 16 * h))));
+    }
+  });
+}
+#elif defined(__AVX2__)
 // Dropout-style masking with the Philox words kept in registers (no word buffer): out[j] =
 // keep(word of element b + j) ? f(x[j]) : 0 for the first kPhiloxStep-block groups of [b, b + n),
 // b a multiple of 4. Returns the elements done; the caller finishes the rest with for_word_runs.
@@ -318,7 +354,13 @@ void dropout(const T* x, T* out, int64_t n, double p, uint64_t seed, uint64_t of
   const int32_t threshold_s = flip_sign(ops::drop_threshold(p));
   const T scale = ops::dropout_scale<T>(p);
   for_chunks(n, [&](int64_t b, int64_t e) {
-#if defined(__AVX2__) && !defined(__AVX512F__)
+#if defined(__AVX512F__)
+    if constexpr (std::is_same_v<T, float>) {
+      const __m512 sc = _mm512_set1_ps(scale);
+      b += masked_select_fused(x + b, out + b, b, e - b, seed, offset, threshold_s,
+                               [sc](__m512 v) __attribute__((always_inline)) { return _mm512_mul_ps(v, sc); });
+    }
+#elif defined(__AVX2__)
     if constexpr (std::is_same_v<T, float>) {
       const __m256 sc = _mm256_set1_ps(scale);
       b += masked_select_fused(x + b, out + b, b, e - b, seed, offset, threshold_s,
@@ -400,7 +442,11 @@ void add_noise(const T* x, T* out, int64_t n, NoiseKind kind, double level, uint
   if (kind == NoiseKind::mask) {
     const int32_t threshold_s = flip_sign(ops::drop_threshold(level));
     for_chunks(n, [&](int64_t b, int64_t e) {
-#if defined(__AVX2__) && !defined(__AVX512F__)
+#if defined(__AVX512F__)
+      if constexpr (std::is_same_v<T, float>)
+        b += masked_select_fused(x + b, out + b, b, e - b, seed, offset, threshold_s,
+                                 [](__m512 v) __attribute__((always_inline)) { return v; });
+#elif defined(__AVX2__)
       if constexpr (std::is_same_v<T, float>)
         b += masked_select_fused(x + b, out + b, b, e - b, seed, offset, threshold_s,
                                  [](__m256 v) __attribute__((always_inline)) { return v; });

@@ -387,3 +387,24 @@ def test_streamed_outputs_are_complete_when_the_call_returns_on_2_threads(stream
 def test_stream_threshold_refuses_a_negative_size():
     with pytest.raises(ValueError, match="stream_min_bytes"):
         fastmlp._core._set_stream_min_bytes(-1)
+
+
+@pytest.mark.parametrize("cols", [1023, 1024, 1029, 4096])
+def test_streamed_softmax_cross_entropy_is_bitwise_the_plain_one(isa, streaming, rng, cols):
+    # AVX-512 streams float gradients with rows of 1024+ columns through a scratch row; every path
+    # must give the plain call's loss and gradient bits, and write nothing outside the gradient.
+    for rows in (1, 3, 17):
+        x = (rng.standard_normal((rows, cols)) * 5).astype(np.float32)
+        labels = rng.integers(0, cols, rows)
+        labels[0] = cols - 1  # the last column, and (rows > 1) the first: both piece edges
+        labels[-1] = 0 if rows > 1 else labels[-1]
+        loss, expected = _plain(lambda: kernels.softmax_cross_entropy(x, labels))
+        for shift in (0, 1, 5):
+            o = _OffsetOut(rows * cols, np.float32, shift)
+            got_loss, grad = kernels.softmax_cross_entropy(x, labels, out=o.out.reshape(rows, cols))
+            assert got_loss == loss, f"rows={rows} shift={shift}"
+            o.check(expected.ravel(), f"rows={rows} shift={shift}")
+        y = x.copy()
+        got_loss, _ = kernels.softmax_cross_entropy(y, labels, out=y)
+        assert got_loss == loss
+        np.testing.assert_array_equal(y, expected, err_msg=f"in place, rows={rows}")

@@ -219,14 +219,15 @@ inline void store_lanes(float* p, __m256 v, int count) {
   if (count == 6) _mm_storel_pi(reinterpret_cast<__m64*>(p + 4), _mm256_extractf128_ps(v, 1));
 }
 
-// Transposing packs of float panels, one 8x8 block: `lines[i]` (i < n_real <= n_lines <= 8) are
-// contiguous along k, lines n_real.. are zeros (a partial panel's missing rows); k-column k + j of
+// Transposing packs of float panels, one 8x8 block: lines i (i < n_real <= n_lines <= 8), at
+// lines + i * stride, are contiguous along k, lines n_real.. are zeros (a partial panel's missing rows); k-column k + j of
 // the block goes to dst + (k + j) * ld (n_lines lanes). The callers loop k outer, block columns
 // inner, so consecutive blocks fill whole rows of the panel.
-inline void pack_transposed_block_8(const float* const* lines, int n_lines, int64_t k, float* dst, int64_t ld,
+inline void pack_transposed_block_8(const float* lines, int64_t stride, int n_lines, int64_t k, float* dst, int64_t ld,
                                     int n_real) {
   __m256 r[8];
-  for (int i = 0; i < 8; ++i) r[i] = i < n_lines && i < n_real ? _mm256_loadu_ps(lines[i] + k) : _mm256_setzero_ps();
+  const float* p = lines + k;
+  for (int i = 0; i < 8; ++i, p += stride) r[i] = i < n_lines && i < n_real ? _mm256_loadu_ps(p) : _mm256_setzero_ps();
   transpose8x8(r);
   for (int j = 0; j < 8; ++j) store_lanes(dst + (k + j) * ld, r[j], n_lines);
 }
@@ -250,8 +251,9 @@ void pack_a(const GemmArgs<T>& g, int64_t i0, int64_t rows, int64_t k0, int64_t 
         // missing rows of a partial panel as zeros (scalar, that panel cost as much as the rest of
         // a 32x64x64 GEMM's packing).
         for (; k_done + 8 <= kc; k_done += 8)
-          for (int g = 0; g < MR; g += 8)
-            pack_transposed_block_8(rows + g, MR - g < 8 ? MR - g : 8, k_done, d + g, MR, static_cast<int>(mr) - g);
+          for (int q = 0; q < MR; q += 8)
+            pack_transposed_block_8(rows[0] + q * g.K, g.K, MR - q < 8 ? MR - q : 8, k_done, d + q, MR,
+                                    static_cast<int>(mr) - q);
       }
 #endif
       if (mr == MR) {
@@ -296,10 +298,11 @@ void pack_b_panel(const GemmArgs<T>& g, int64_t jp, int64_t k0, int64_t kc, T* _
         // k outer: each step writes 8 whole rows of the panel (lines in turn). Column groups outer
         // made NR / 8 passes over a panel larger than L1, each writing part of every line, and
         // the pack ran at ~11 GB/s (10% of a 256x512x784 A.Bt on one AVX-512 core).
-        const T* lines[NR];
-        for (int i = 0; i < NR; ++i) lines[i] = g.b + (j0 + i) * g.K + k0;
+        // (Lines as base + i * K: an array of NR pointers was kept in vector registers and
+        // extracted one by one.)
+        const T* lines = g.b + j0 * g.K + k0;
         for (; k_done + 8 <= kc; k_done += 8)
-          for (int c0 = 0; c0 < NR; c0 += 8) pack_transposed_block_8(lines + c0, 8, k_done, dst + c0, NR, 8);
+          for (int c0 = 0; c0 < NR; c0 += 8) pack_transposed_block_8(lines + c0 * g.K, g.K, 8, k_done, dst + c0, NR, 8);
       }
     }
 #endif

@@ -39,19 +39,20 @@ struct Blocking {
   static constexpr int64_t NC_MAX = 16 * NR;     // columns per task: the B block streams from L2/L3
 };
 
-// c (MR x NR registers) = (load ? acc : 0) + sum_k A[k] (x) B[k], then finish(c); row k of the
+// c (Rows x NR registers) = (load ? acc : 0) + sum_k A[k] (x) B[k], then finish(c); row k of the
 // B panel at B + k * ldb (NR when packed k-major by NR; op(b)'s row stride when read in place), A
 // packed k-major by MR or, when Direct, read in place: element (i, k) at A[i * si + k * sk].
-template <class T, bool Direct = false, class Finish>
+template <class T, bool Direct = false, int Rows = Blocking<T>::MR, class Finish>
 inline __attribute__((always_inline)) void micro_tile(int64_t kc, const T* __restrict A, const T* __restrict B,
                                                       int64_t ldb, const T* __restrict acc, bool load,
                                                       const Finish& finish, int64_t si = 0, int64_t sk = 0) {
   using S = Simd<T>;
   using V = typename S::V;
   constexpr int MR = Blocking<T>::MR, NV = Blocking<T>::NV, W = S::W, NR = Blocking<T>::NR;
-  V c[MR][NV];
+  static_assert(Rows >= 1 && Rows <= MR, "a register tile has at most MR rows");
+  V c[Rows][NV];
 #pragma GCC unroll 16
-  for (int i = 0; i < MR; ++i)
+  for (int i = 0; i < Rows; ++i)
 #pragma GCC unroll 4
     for (int j = 0; j < NV; ++j) c[i][j] = load ? S::load(acc + i * NR + j * W) : S::zero();
 #pragma GCC unroll 4
@@ -69,7 +70,7 @@ inline __attribute__((always_inline)) void micro_tile(int64_t kc, const T* __res
 #endif
     const T* a = Direct ? A + k * sk : A + k * MR;
 #pragma GCC unroll 16
-    for (int i = 0; i < MR; ++i) {
+    for (int i = 0; i < Rows; ++i) {
       const V ai = S::set1(Direct ? a[i * si] : a[i]);
 #pragma GCC unroll 4
       for (int j = 0; j < NV; ++j) c[i][j] = S::fma(ai, b[j], c[i][j]);
@@ -78,14 +79,15 @@ inline __attribute__((always_inline)) void micro_tile(int64_t kc, const T* __res
   finish(c);
 }
 
-// The tile's partial sums to acc (MR x NR, row-major).
-template <class T>
+// The tile's partial sums to acc (Rows x NR of an MR x NR row-major tile). Rows < MR: the first
+// rows of a partial panel only (its packed rows past M are zeros that no output needs).
+template <class T, int Rows = Blocking<T>::MR>
 void micro_kernel(int64_t kc, const T* __restrict A, const T* __restrict B, int64_t ldb, T* __restrict acc, bool load) {
   using S = Simd<T>;
-  constexpr int MR = Blocking<T>::MR, NV = Blocking<T>::NV, W = S::W, NR = Blocking<T>::NR;
-  micro_tile(kc, A, B, ldb, acc, load, [acc](const typename S::V (&c)[MR][NV]) __attribute__((always_inline)) {
+  constexpr int NV = Blocking<T>::NV, W = S::W, NR = Blocking<T>::NR;
+  micro_tile<T, false, Rows>(kc, A, B, ldb, acc, load, [acc](const typename S::V (&c)[Rows][NV]) __attribute__((always_inline)) {
 #pragma GCC unroll 16
-    for (int i = 0; i < MR; ++i)
+    for (int i = 0; i < Rows; ++i)
 #pragma GCC unroll 4
       for (int j = 0; j < NV; ++j) S::store(acc + i * NR + j * W, c[i][j]);
   });
@@ -110,20 +112,20 @@ void micro_kernel_direct(int64_t kc, const T* __restrict A, int64_t si, int64_t 
 
 // The last k block of a full tile with the identity or ReLU epilogue applied in registers and
 // stored to out (row stride ld): the operations of store_rows, in its order, a vector at a time.
-template <Act Ac, bool HasBeta, bool HasBias, class T>
+template <Act Ac, bool HasBeta, bool HasBias, class T, int Rows = Blocking<T>::MR>
 void micro_kernel_out(int64_t kc, const T* __restrict A, const T* __restrict B, int64_t ldb, const T* __restrict acc,
                       bool load, T* __restrict out, int64_t ld, const T* __restrict bias, T alpha, T beta) {
   using S = Simd<T>;
   using V = typename S::V;
-  constexpr int MR = Blocking<T>::MR, NV = Blocking<T>::NV, W = S::W;
+  constexpr int NV = Blocking<T>::NV, W = S::W;
   static_assert(Ac == Act::identity || Ac == Act::relu, "other activations go through store_tile");
-  micro_tile(kc, A, B, ldb, acc, load, [&](const V (&c)[MR][NV]) __attribute__((always_inline)) {
+  micro_tile<T, false, Rows>(kc, A, B, ldb, acc, load, [&](const V (&c)[Rows][NV]) __attribute__((always_inline)) {
     const V va = S::set1(alpha), vb = S::set1(beta), zero = S::zero();
     V bv[NV];
 #pragma GCC unroll 4
     for (int j = 0; j < NV; ++j) bv[j] = HasBias ? S::load(bias + j * W) : zero;
 #pragma GCC unroll 16
-    for (int i = 0; i < MR; ++i)
+    for (int i = 0; i < Rows; ++i)
 #pragma GCC unroll 4
       for (int j = 0; j < NV; ++j) {
         T* o = out + i * ld + j * W;
@@ -138,28 +140,28 @@ void micro_kernel_out(int64_t kc, const T* __restrict A, const T* __restrict B, 
 
 // The last k block of a full tile with the identity epilogue (no beta, no bias) and GemmArgs'
 // relu_mask (`mask`, row stride ld like out): out = mask > 0 ? (alpha * c) * scale : 0.
-template <class T>
+template <class T, int Rows = Blocking<T>::MR>
 void micro_kernel_out_masked(int64_t kc, const T* __restrict A, const T* __restrict B, int64_t ldb,
                              const T* __restrict acc, bool load, T* __restrict out, int64_t ld,
                              const T* __restrict mask, T alpha, T scale) {
   using S = Simd<T>;
   using V = typename S::V;
-  constexpr int MR = Blocking<T>::MR, NV = Blocking<T>::NV, W = S::W, NR = Blocking<T>::NR;
+  constexpr int NV = Blocking<T>::NV, W = S::W, NR = Blocking<T>::NR;
   // The tile's mask and out lines are fetched now, to arrive while the k loop runs: by the time a
   // training step's backward pass reaches this GEMM the mask (the layer's activations) has left
   // the caches, and the epilogue's loads then stall on them (256x512x512 with the caches evicted,
   // paired: 1.05-1.07x; 1.02-1.03x from cache).
 #pragma GCC unroll 16
-  for (int i = 0; i < MR; ++i) {
+  for (int i = 0; i < Rows; ++i) {
     __builtin_prefetch(mask + i * ld);
     __builtin_prefetch(mask + i * ld + NR - 1);
     __builtin_prefetch(out + i * ld, 1);
     __builtin_prefetch(out + i * ld + NR - 1, 1);
   }
-  micro_tile(kc, A, B, ldb, acc, load, [&](const V (&c)[MR][NV]) __attribute__((always_inline)) {
+  micro_tile<T, false, Rows>(kc, A, B, ldb, acc, load, [&](const V (&c)[Rows][NV]) __attribute__((always_inline)) {
     const V va = S::set1(alpha), vs = S::set1(scale), zero = S::zero();
 #pragma GCC unroll 16
-    for (int i = 0; i < MR; ++i)
+    for (int i = 0; i < Rows; ++i)
 #pragma GCC unroll 4
       for (int j = 0; j < NV; ++j) {
         const V v = (va * c[i][j]) * vs;
@@ -172,16 +174,18 @@ template <class T>
 using OutKernel = void (*)(int64_t, const T*, const T*, int64_t, const T*, bool, T*, int64_t, const T*, T, T);
 
 // The register-epilogue kernel for this call's epilogue, or nullptr (sigmoid, tanh).
-template <class T>
+template <class T, int Rows = Blocking<T>::MR>
 OutKernel<T> pick_out_kernel(Act act, bool has_beta, bool has_bias) {
   if (act != Act::identity && act != Act::relu) return nullptr;
   const bool relu = act == Act::relu;
   if (has_beta) {
-    if (has_bias) return relu ? micro_kernel_out<Act::relu, true, true, T> : micro_kernel_out<Act::identity, true, true, T>;
-    return relu ? micro_kernel_out<Act::relu, true, false, T> : micro_kernel_out<Act::identity, true, false, T>;
+    if (has_bias)
+      return relu ? micro_kernel_out<Act::relu, true, true, T, Rows> : micro_kernel_out<Act::identity, true, true, T, Rows>;
+    return relu ? micro_kernel_out<Act::relu, true, false, T, Rows> : micro_kernel_out<Act::identity, true, false, T, Rows>;
   }
-  if (has_bias) return relu ? micro_kernel_out<Act::relu, false, true, T> : micro_kernel_out<Act::identity, false, true, T>;
-  return relu ? micro_kernel_out<Act::relu, false, false, T> : micro_kernel_out<Act::identity, false, false, T>;
+  if (has_bias)
+    return relu ? micro_kernel_out<Act::relu, false, true, T, Rows> : micro_kernel_out<Act::identity, false, true, T, Rows>;
+  return relu ? micro_kernel_out<Act::relu, false, false, T, Rows> : micro_kernel_out<Act::identity, false, false, T, Rows>;
 }
 
 #if defined(__AVX2__)
@@ -652,8 +656,24 @@ void gemm(const GemmArgs<T>& g) {
   // with anything else the masked tiles go through store_tile.
   const bool masked_out = g.relu_mask && g.act == Act::identity && g.beta == 0.0 && !g.bias;
   const T mask_scale = ops::dropout_scale<T>(g.mask_p);
-  const OutKernel<T> out_kernel = g.relu_mask ? nullptr : pick_out_kernel<T>(g.act, g.beta != 0.0, g.bias != nullptr);
+  // A partial row panel (M not a multiple of MR: 256 = 21 x 12 + 4 on AVX-512) computes only the
+  // first MR / 3 or 2 MR / 3 rows of its register tile when its rows fit (the packed rows past M
+  // are zeros no output needs), and with exactly that many rows it stores through the register
+  // epilogue as a full panel does. Rows are kRowsSmall, kRowsMid or MR.
+  constexpr int kRowsSmall = MR / 3, kRowsMid = 2 * MR / 3;
+  static_assert(kRowsSmall * 3 == MR, "partial-panel row counts are thirds of MR");
+  const bool plain_epilogue = !g.relu_mask;
+  const OutKernel<T> out_kernels[3] = {
+      plain_epilogue ? pick_out_kernel<T, kRowsSmall>(g.act, g.beta != 0.0, g.bias != nullptr) : nullptr,
+      plain_epilogue ? pick_out_kernel<T, kRowsMid>(g.act, g.beta != 0.0, g.bias != nullptr) : nullptr,
+      plain_epilogue ? pick_out_kernel<T>(g.act, g.beta != 0.0, g.bias != nullptr) : nullptr};
   const T alpha = static_cast<T>(g.alpha), beta = static_cast<T>(g.beta);
+  auto rows_class = [](int64_t tile_rows) { return tile_rows <= kRowsSmall ? 0 : tile_rows <= kRowsMid ? 1 : 2; };
+  auto kernel_rows = [](int cls, int64_t kc, const T* a, const T* b, int64_t ldb, T* tile, bool load) {
+    if (cls == 2) micro_kernel<T>(kc, a, b, ldb, tile, load);
+    else if (cls == 1) micro_kernel<T, kRowsMid>(kc, a, b, ldb, tile, load);
+    else micro_kernel<T, kRowsSmall>(kc, a, b, ldb, tile, load);
+  };
 
   parallel_for_if(parallel, m_blocks * n_blocks, [&](int64_t task) {
     const int64_t i0 = (task / n_blocks) * mc, j0 = (task % n_blocks) * nc;
@@ -680,6 +700,8 @@ void gemm(const GemmArgs<T>& g) {
         for (int64_t ip = 0; ip < m_panels; ++ip) {
           T* tile = acc + (ip * c_panels + jp) * MR * NR;
           const int64_t tile_rows = min_i64(MR, rows - ip * MR);
+          const int cls = rows_class(tile_rows);
+          const int64_t cls_rows = cls == 2 ? MR : cls == 1 ? kRowsMid : kRowsSmall;
           if (direct_a) {
             const int64_t r0 = i0 + ip * MR;
             if (tile_rows == MR) {
@@ -687,24 +709,28 @@ void gemm(const GemmArgs<T>& g) {
             } else {  // rows past M do not exist: pack the short panel (zero rows) and use it
               T* a_panel = static_cast<T*>(thread_scratch(kScratchPackA, sizeof(T) * static_cast<size_t>(MR * kc)));
               pack_a(g, r0, tile_rows, k0, kc, a_panel);
-              micro_kernel(kc, a_panel, bp, ldb, tile, !first);
+              kernel_rows(cls, kc, a_panel, bp, ldb, tile, !first);
             }
             if (last) store_tile(g, tile, NR, r0, j0 + jp * NR, tile_rows, tile_cols);
             continue;
           }
-          if (last && masked_out && tile_rows == MR && tile_cols == NR) {
+          const T* a_panel = ap + ip * kc * MR;
+          if (last && masked_out && tile_rows == cls_rows && tile_cols == NR) {
             const int64_t r0 = i0 + ip * MR, c0 = j0 + jp * NR;
-            micro_kernel_out_masked(kc, ap + ip * kc * MR, bp, ldb, tile, !first, g.out + r0 * N + c0, N,
-                                    g.relu_mask + r0 * N + c0, alpha, mask_scale);
+            T* o = g.out + r0 * N + c0;
+            const T* m = g.relu_mask + r0 * N + c0;
+            if (cls == 2) micro_kernel_out_masked<T>(kc, a_panel, bp, ldb, tile, !first, o, N, m, alpha, mask_scale);
+            else if (cls == 1) micro_kernel_out_masked<T, kRowsMid>(kc, a_panel, bp, ldb, tile, !first, o, N, m, alpha, mask_scale);
+            else micro_kernel_out_masked<T, kRowsSmall>(kc, a_panel, bp, ldb, tile, !first, o, N, m, alpha, mask_scale);
             continue;
           }
-          if (last && out_kernel && tile_rows == MR && tile_cols == NR) {
+          if (last && out_kernels[cls] && tile_rows == cls_rows && tile_cols == NR) {
             const int64_t r0 = i0 + ip * MR, c0 = j0 + jp * NR;
-            out_kernel(kc, ap + ip * kc * MR, bp, ldb, tile, !first, g.out + r0 * N + c0, N, g.bias ? g.bias + c0 : nullptr,
-                       alpha, beta);
+            out_kernels[cls](kc, a_panel, bp, ldb, tile, !first, g.out + r0 * N + c0, N, g.bias ? g.bias + c0 : nullptr,
+                             alpha, beta);
             continue;
           }
-          micro_kernel(kc, ap + ip * kc * MR, bp, ldb, tile, !first);
+          kernel_rows(cls, kc, a_panel, bp, ldb, tile, !first);
           if (last) store_tile(g, tile, NR, i0 + ip * MR, j0 + jp * NR, tile_rows, tile_cols);
         }
       }

@@ -256,8 +256,11 @@ def test_gemm_a_sums_arguments_are_checked():
     np.testing.assert_array_equal(frozen, 0)
 
 
+# The last three end in a partial row panel of exactly a third or two thirds of the register tile
+# (MR = 12 on AVX-512, 6 elsewhere), which has its own register epilogue: 56 = 4 x 12 + 8,
+# 52 = 4 x 12 + 4 = 8 x 6 + 4, 38 = 6 x 6 + 2.
 RELU_MASK_SHAPES = [(256, 512, 10), (64, 96, 70), (7, 17, 5), (1, 64, 32), (1, 5, 3), (13, 16, 0), (64, 8, 32),
-                    (37, 300, 13), (30, 40, 1100)]
+                    (37, 300, 13), (30, 40, 1100), (56, 64, 1100), (52, 64, 30), (38, 48, 40)]
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
@@ -363,6 +366,10 @@ INVARIANCE_CASES = [
     ((250, 33, 257), dict(alpha=0.5, bias=True, activation="sigmoid")),
     ((64, 129, 17), dict(beta=0.5, activation="tanh")),
     ((70, 40, 1100), dict(bias=True, activation="relu")),  # two k blocks even on AVX2
+    # Partial row panels of two thirds / a third of the register tile, through its register
+    # epilogue (68 = 5 x 12 + 8 = 11 x 6 + 2; 52 = 4 x 12 + 4 = 8 x 6 + 4), two k blocks in the first
+    ((68, 64, 1100), dict(bias=True, activation="relu")),
+    ((52, 96, 300), dict(beta=0.5, bias=True)),
 ]
 
 

@@ -4,11 +4,12 @@
 // register-tiled micro-kernel on them. Every output element is one FMA chain over k = 0..K-1 in
 // order, starting from zero (partial sums are parked in a per-task tile buffer between KC blocks,
 // never added), so row i is bitwise the same for any batch composition, tile position and thread
-// count. The epilogue is applied once per tile, as the tile is stored: from registers for full
-// tiles with the identity or ReLU, else from the parked partial sums. Three shapes skip a packing,
-// with the same FMA chains: one column panel reads op(a) in place (direct_a), one or two row
-// panels read a row-major op(b) in place (direct_b), and a single row (M = 1) streams op(b)
-// without tiles (gemm_one_row).
+// count. The epilogue is applied once per tile, as the tile is stored: from registers for tiles of
+// NR columns and MR, 2MR/3 or MR/3 rows with the identity or ReLU (or relu_mask), else from the
+// parked partial sums. Three shapes skip a packing, with the same FMA chains: one column panel
+// reads op(a) in place (direct_a), one or two row panels (or a small op(b)) read a row-major
+// op(b) in place (direct_b), and a single row (M = 1) streams op(b) without tiles (gemm_one_row).
+#include <cstdint>
 #include <cstring>
 #include <thread>
 #include <type_traits>
@@ -35,7 +36,7 @@ struct Blocking {
   // A (micro_tile prefetches it). Against 256 (half of L1), toggled in one process: AVX2 (AMD Zen 3)
   // +1-4% at K = 784 and 1024; AVX-512 (Xeon, Emerald Rapids) +1-4% at K = 784, +0.4-5% at 1024^3.
   static constexpr int64_t KC = 1024;
-  static constexpr int64_t MC_MAX = 20 * MR;     // A block MC*KC: 120-240 KiB, in L2
+  static constexpr int64_t MC_MAX = 20 * MR;     // A block MC*KC: up to 480 KiB (AVX2) or 960 KiB (AVX-512) of floats
   static constexpr int64_t NC_MAX = 16 * NR;     // columns per task: the B block streams from L2/L3
 };
 
@@ -61,12 +62,14 @@ inline __attribute__((always_inline)) void micro_tile(int64_t kc, const T* __res
 #pragma GCC unroll 4
     for (int j = 0; j < NV; ++j) b[j] = S::load(B + k * ldb + j * W);
 #if defined(__AVX2__)
-    // The B panel is larger than L1 and read once per A panel: fetch its row k + 16 now (a
-    // prefetch past the panel's end is harmless). Toggled in one process on a Xeon (Emerald
+    // The B panel is larger than L1 and read once per A panel: fetch its row k + 16 now (the
+    // address is formed as an integer: past the panel's end it is a harmless prefetch, not a
+    // pointer out of range). Toggled in one process on a Xeon (Emerald
     // Rapids): AVX-512 +0-4% at the MLP shapes and 1024^3, AVX2 +2-6%.
 #pragma GCC unroll 4
     for (int l = 0; l < NR * static_cast<int>(sizeof(T)) / 64; ++l)
-      __builtin_prefetch(reinterpret_cast<const char*>(B + (k + 16) * ldb) + 64 * l);
+      __builtin_prefetch(reinterpret_cast<const void*>(reinterpret_cast<uintptr_t>(B) +
+                                                       static_cast<uintptr_t>((k + 16) * ldb) * sizeof(T) + 64 * l));
 #endif
     const T* a = Direct ? A + k * sk : A + k * MR;
 #pragma GCC unroll 16
@@ -110,8 +113,9 @@ void micro_kernel_direct(int64_t kc, const T* __restrict A, int64_t si, int64_t 
       si, sk);
 }
 
-// The last k block of a full tile with the identity or ReLU epilogue applied in registers and
-// stored to out (row stride ld): the operations of store_rows, in its order, a vector at a time.
+// The last k block of a tile of Rows x NR (Rows: MR, or a partial panel's 2MR/3 or MR/3 that all
+// exist) with the identity or ReLU epilogue applied in registers and stored to out (row stride
+// ld): the operations of store_rows, in its order, a vector at a time.
 template <Act Ac, bool HasBeta, bool HasBias, class T, int Rows = Blocking<T>::MR>
 void micro_kernel_out(int64_t kc, const T* __restrict A, const T* __restrict B, int64_t ldb, const T* __restrict acc,
                       bool load, T* __restrict out, int64_t ld, const T* __restrict bias, T alpha, T beta) {
@@ -138,8 +142,8 @@ void micro_kernel_out(int64_t kc, const T* __restrict A, const T* __restrict B, 
   });
 }
 
-// The last k block of a full tile with the identity epilogue (no beta, no bias) and GemmArgs'
-// relu_mask (`mask`, row stride ld like out): out = mask > 0 ? (alpha * c) * scale : 0.
+// The last k block of a Rows x NR tile (as micro_kernel_out) with the identity epilogue (no beta,
+// no bias) and GemmArgs' relu_mask (`mask`, row stride ld like out): out = mask > 0 ? (alpha * c) * scale : 0.
 template <class T, int Rows = Blocking<T>::MR>
 void micro_kernel_out_masked(int64_t kc, const T* __restrict A, const T* __restrict B, int64_t ldb,
                              const T* __restrict acc, bool load, T* __restrict out, int64_t ld,
@@ -223,15 +227,16 @@ inline void store_lanes(float* p, __m256 v, int count) {
   if (count == 6) _mm_storel_pi(reinterpret_cast<__m64*>(p + 4), _mm256_extractf128_ps(v, 1));
 }
 
-// Transposing packs of float panels, one 8x8 block: lines i (i < n_real <= n_lines <= 8), at
-// lines + i * stride, are contiguous along k, lines n_real.. are zeros (a partial panel's missing rows); k-column k + j of
-// the block goes to dst + (k + j) * ld (n_lines lanes). The callers loop k outer, block columns
-// inner, so consecutive blocks fill whole rows of the panel.
+// Transposing packs of float panels, one 8x8 block: line i < n_lines (n_lines <= 8) is
+// contiguous along k at lines + i * stride when i < n_real, and zeros when i >= n_real (a partial
+// panel's missing rows; n_real may be <= 0 or above n_lines); k-column k + j of the block goes to
+// dst + (k + j) * ld (n_lines lanes). The callers loop k outer, block columns inner, so
+// consecutive blocks fill whole rows of the panel. No pointer is formed for a missing line.
 inline void pack_transposed_block_8(const float* lines, int64_t stride, int n_lines, int64_t k, float* dst, int64_t ld,
                                     int n_real) {
   __m256 r[8];
-  const float* p = lines + k;
-  for (int i = 0; i < 8; ++i, p += stride) r[i] = i < n_lines && i < n_real ? _mm256_loadu_ps(p) : _mm256_setzero_ps();
+  for (int i = 0; i < 8; ++i)
+    r[i] = i < n_lines && i < n_real ? _mm256_loadu_ps(lines + i * stride + k) : _mm256_setzero_ps();
   transpose8x8(r);
   for (int j = 0; j < 8; ++j) store_lanes(dst + (k + j) * ld, r[j], n_lines);
 }
@@ -575,8 +580,9 @@ void gemm(const GemmArgs<T>& g) {
   // task packs them.
   // Against a packing pass then a barrier: one pool wake-up and barrier less per call, and a panel
   // is often still in cache when its packer uses it (784-512-512-10 step ~1% faster, paired runs).
-  // A group is at most one task's share of panels: when tasks are narrower than 8 panels (M = 32,
-  // 64), a group spanning two tasks made the second wait while the first packed all of it
+  // A group is at most a task's width in panels (groups may still straddle two tasks whose width
+  // is above 8 and not a multiple of it): when tasks are narrower than 8 panels (M = 32, 64), a
+  // group spanning two tasks made the second wait while the first packed all of it
   // (32x512x784 A.Bt 1.55x faster on AVX-512 and 1.22x on AVX2 with groups this size; 256-row
   // shapes unchanged).
   const int64_t a_group_panels = min_i64(8, mc / MR), b_group_panels = min_i64(8, nc / NR);

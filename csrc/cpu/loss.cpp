@@ -206,7 +206,8 @@ double squared_error(const T* pred, const T* target, T* grad, int64_t rows, int6
   return 0.5 * total * inv_rows;
 }
 
-// Row r: m = max(x), e = exp(x - m) (written into grad), loss = log(sum e) + m - x[label],
+// Row r: m = max(x), e = exp(x - m) (written into grad, or a scratch row when grad is streamed),
+// loss = log(sum e) + m - x[label],
 // grad = e / (sum e · rows) - onehot / rows.
 template <class T>
 double softmax_cross_entropy(const T* logits, const int64_t* labels, T* grad, int64_t rows, int64_t cols) {

@@ -29,7 +29,7 @@ EPILOGUE_ROUNDINGS = 4
 ACT_ULPS = 4
 
 # (M, N, K): empty dimensions, tiny ones, primes, sizes one past a tile or block edge
-# (MR = 6/12, NR = 8..32, KC = 256, MC = 20*MR, NC = 16*NR) and tall-skinny problems.
+# (MR = 6/12, NR = 8..32, KC = 1024 (256 before), MC = 20*MR, NC = 16*NR) and tall-skinny problems.
 SHAPES = [
     (0, 0, 0), (0, 7, 13), (7, 0, 13), (7, 13, 0), (0, 0, 5),
     (1, 1, 1), (1, 1, 2), (2, 1, 1), (1, 2, 1), (2, 2, 2),
@@ -39,7 +39,7 @@ SHAPES = [
     (129, 33, 257), (33, 257, 129), (257, 129, 17),
     (6, 16, 256), (12, 32, 512), (7, 17, 257), (121, 257, 1),
     (1000, 3, 7), (3, 1000, 513), (1, 1000, 300), (1000, 1, 300),
-    (19, 37, 2053), (8, 3, 1031),  # several k blocks on every ISA path (AVX2's hold up to 1024)
+    (19, 37, 2053), (8, 3, 1031),  # several k blocks on every ISA path (blocks hold up to 1024)
     (5, 40, 1100), (11, 1024, 30),  # op(b) read in place (few row panels) with k blocks; or packed (4 KiB rows)
 ]
 

@@ -33,8 +33,9 @@ struct Blocking {
   static constexpr int NR = NV * Simd<T>::W;     // columns of the register tile
   // k per block: up to 1024, so the MLP shapes (K = 784, 512) take one block and no partial sums
   // are parked; the B micro-panel (64 KiB on AVX2, 128 KiB on AVX-512) then streams from L2 beside
-  // A (micro_tile prefetches it). Against 256 (half of L1), toggled in one process: AVX2 (AMD Zen 3)
-  // +1-4% at K = 784 and 1024; AVX-512 (Xeon, Emerald Rapids) +1-4% at K = 784, +0.4-5% at 1024^3.
+  // A (on AVX-512 micro_tile prefetches it). Against 256 (half of L1), toggled in one process:
+  // AVX2 (AMD Zen 3) +1-4% at K = 784 and 1024; AVX-512 (Xeon, Emerald Rapids) +1-4% at K = 784,
+  // +0.4-5% at 1024^3, +1.2% in the 784-512-512-10 training step.
   static constexpr int64_t KC = 1024;
   static constexpr int64_t MC_MAX = 20 * MR;     // A block MC*KC: up to 480 KiB (AVX2) or 960 KiB (AVX-512) of floats
   static constexpr int64_t NC_MAX = 16 * NR;     // columns per task: the B block streams from L2/L3
@@ -61,11 +62,13 @@ inline __attribute__((always_inline)) void micro_tile(int64_t kc, const T* __res
     V b[NV];
 #pragma GCC unroll 4
     for (int j = 0; j < NV; ++j) b[j] = S::load(B + k * ldb + j * W);
-#if defined(__AVX2__)
+#if defined(__AVX512F__)
     // The B panel is larger than L1 and read once per A panel: fetch its row k + 16 now (the
     // address is formed as an integer: past the panel's end it is a harmless prefetch, not a
     // pointer out of range). Toggled in one process on a Xeon (Emerald
-    // Rapids): AVX-512 +0-4% at the MLP shapes and 1024^3, AVX2 +2-6%.
+    // Rapids): AVX-512 +0-4% at the MLP shapes and 1024^3, and within +-3% (mostly a gain) inside
+    // the training step; AVX2 gained 2-6% on isolated GEMMs but lost 1.3-1.7% inside the step
+    // (three runs), so AVX2 does without.
 #pragma GCC unroll 4
     for (int l = 0; l < NR * static_cast<int>(sizeof(T)) / 64; ++l)
       __builtin_prefetch(reinterpret_cast<const void*>(reinterpret_cast<uintptr_t>(B) +

@@ -671,18 +671,22 @@ void gemm(const GemmArgs<T>& g) {
   // epilogue as a full panel does. Rows are kRowsSmall, kRowsMid or MR.
   constexpr int kRowsSmall = MR / 3, kRowsMid = 2 * MR / 3;
   static_assert(kRowsSmall * 3 == MR, "partial-panel row counts are thirds of MR");
-  const bool plain_epilogue = !g.relu_mask;
+  // By row class (0: kRowsSmall, 1: kRowsMid, 2: MR): the kernels that park a tile's sums, and
+  // the register-epilogue ones, null where store_tile applies. The masked epilogue takes the
+  // relu_mask in the bias argument and the dropout scale in beta's.
+  using TileKernel = void (*)(int64_t, const T*, const T*, int64_t, T*, bool);
+  const TileKernel tile_kernels[3] = {micro_kernel<T, kRowsSmall>, micro_kernel<T, kRowsMid>, micro_kernel<T>};
+  const bool has_beta = g.beta != 0.0, has_bias = g.bias != nullptr;
   const OutKernel<T> out_kernels[3] = {
-      plain_epilogue ? pick_out_kernel<T, kRowsSmall>(g.act, g.beta != 0.0, g.bias != nullptr) : nullptr,
-      plain_epilogue ? pick_out_kernel<T, kRowsMid>(g.act, g.beta != 0.0, g.bias != nullptr) : nullptr,
-      plain_epilogue ? pick_out_kernel<T>(g.act, g.beta != 0.0, g.bias != nullptr) : nullptr};
-  const T alpha = static_cast<T>(g.alpha), beta = static_cast<T>(g.beta);
+      masked_out ? micro_kernel_out_masked<T, kRowsSmall>
+                 : g.relu_mask ? nullptr : pick_out_kernel<T, kRowsSmall>(g.act, has_beta, has_bias),
+      masked_out ? micro_kernel_out_masked<T, kRowsMid>
+                 : g.relu_mask ? nullptr : pick_out_kernel<T, kRowsMid>(g.act, has_beta, has_bias),
+      masked_out ? micro_kernel_out_masked<T>
+                 : g.relu_mask ? nullptr : pick_out_kernel<T>(g.act, has_beta, has_bias)};
+  const T alpha = static_cast<T>(g.alpha);
+  const T beta_or_scale = masked_out ? mask_scale : static_cast<T>(g.beta);  // the out kernels' last argument
   auto rows_class = [](int64_t tile_rows) { return tile_rows <= kRowsSmall ? 0 : tile_rows <= kRowsMid ? 1 : 2; };
-  auto kernel_rows = [](int cls, int64_t kc, const T* a, const T* b, int64_t ldb, T* tile, bool load) {
-    if (cls == 2) micro_kernel<T>(kc, a, b, ldb, tile, load);
-    else if (cls == 1) micro_kernel<T, kRowsMid>(kc, a, b, ldb, tile, load);
-    else micro_kernel<T, kRowsSmall>(kc, a, b, ldb, tile, load);
-  };
 
   parallel_for_if(parallel, m_blocks * n_blocks, [&](int64_t task) {
     const int64_t i0 = (task / n_blocks) * mc, j0 = (task % n_blocks) * nc;
@@ -718,28 +722,19 @@ void gemm(const GemmArgs<T>& g) {
             } else {  // rows past M do not exist: pack the short panel (zero rows) and use it
               T* a_panel = static_cast<T*>(thread_scratch(kScratchPackA, sizeof(T) * static_cast<size_t>(MR * kc)));
               pack_a(g, r0, tile_rows, k0, kc, a_panel);
-              kernel_rows(cls, kc, a_panel, bp, ldb, tile, !first);
+              tile_kernels[cls](kc, a_panel, bp, ldb, tile, !first);
             }
             if (last) store_tile(g, tile, NR, r0, j0 + jp * NR, tile_rows, tile_cols);
             continue;
           }
           const T* a_panel = ap + ip * kc * MR;
-          if (last && masked_out && tile_rows == cls_rows && tile_cols == NR) {
-            const int64_t r0 = i0 + ip * MR, c0 = j0 + jp * NR;
-            T* o = g.out + r0 * N + c0;
-            const T* m = g.relu_mask + r0 * N + c0;
-            if (cls == 2) micro_kernel_out_masked<T>(kc, a_panel, bp, ldb, tile, !first, o, N, m, alpha, mask_scale);
-            else if (cls == 1) micro_kernel_out_masked<T, kRowsMid>(kc, a_panel, bp, ldb, tile, !first, o, N, m, alpha, mask_scale);
-            else micro_kernel_out_masked<T, kRowsSmall>(kc, a_panel, bp, ldb, tile, !first, o, N, m, alpha, mask_scale);
-            continue;
-          }
           if (last && out_kernels[cls] && tile_rows == cls_rows && tile_cols == NR) {
             const int64_t r0 = i0 + ip * MR, c0 = j0 + jp * NR;
-            out_kernels[cls](kc, a_panel, bp, ldb, tile, !first, g.out + r0 * N + c0, N, g.bias ? g.bias + c0 : nullptr,
-                             alpha, beta);
+            const T* extra = masked_out ? g.relu_mask + r0 * N + c0 : g.bias ? g.bias + c0 : nullptr;
+            out_kernels[cls](kc, a_panel, bp, ldb, tile, !first, g.out + r0 * N + c0, N, extra, alpha, beta_or_scale);
             continue;
           }
-          kernel_rows(cls, kc, a_panel, bp, ldb, tile, !first);
+          tile_kernels[cls](kc, a_panel, bp, ldb, tile, !first);
           if (last) store_tile(g, tile, NR, i0 + ip * MR, j0 + jp * NR, tile_rows, tile_cols);
         }
       }

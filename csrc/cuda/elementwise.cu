@@ -89,7 +89,8 @@ void launch_activation_backward(const float* grad_out, const float* y, float* ou
 
 // relu_dropout_backward: where y = dropout(relu(z)) > 0 the element was kept and z > 0, so the
 // gradient is grad * scale; elsewhere 0. The CPU kernel's arithmetic (one float multiply), so the
-// result is bitwise the CPU's, and bitwise dropout_backward followed by relu's backward.
+// result is bitwise the CPU's, and bitwise dropout_backward followed by relu's backward, NaNs aside:
+// the GPU's multiply returns its canonical NaN (0x7fffffff) where x86 keeps the input's payload.
 template <bool Vec>
 __global__ void relu_dropout_backward_kernel(const float* grad_out, const float* y, float* out, int64_t n,
                                              float scale) {

@@ -166,7 +166,7 @@ template <Act A>
 void launch_backward(const float* grad_out, const float* x, const float* gamma, const float* save_mean,
                      const float* save_invstd, const float* y, float* dx, float* dgamma, float* dbeta, int64_t rows,
                      int64_t cols, cudaStream_t stream) {
-  const int64_t row_blocks = column_row_blocks(rows);
+  const int64_t row_blocks = column_row_blocks(rows, cols);
   double* dbeta_d = static_cast<double*>(
       scratch(sizeof(double) * static_cast<size_t>((3 + 2 * row_blocks) * cols), stream, "batch_norm_backward"));
   double* dgamma_d = dbeta_d + cols;
@@ -189,7 +189,7 @@ void batch_norm(const float* x, const float* gamma, const float* beta, float* ru
   if (cols == 0) return;
   if (training && rows < 2)  // the unbiased variance needs two rows (the bindings say so first)
     throw std::invalid_argument("batch_norm: a training batch needs at least 2 rows, got " + std::to_string(rows));
-  const int64_t row_blocks = training ? column_row_blocks(rows) : 0;
+  const int64_t row_blocks = training ? column_row_blocks(rows, cols) : 0;
   double* mean = static_cast<double*>(
       scratch(sizeof(double) * static_cast<size_t>((2 + row_blocks) * cols), stream, "batch_norm"));
   double* scale = mean + cols;

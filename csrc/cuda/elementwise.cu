@@ -279,7 +279,7 @@ void bias_grad(const float* grad, float* out, int64_t rows, int64_t cols, Stream
     check(cudaMemsetAsync(out, 0, sizeof(float) * static_cast<size_t>(cols), stream), "cudaMemsetAsync");
     return;
   }
-  const int64_t row_blocks = column_row_blocks(rows);
+  const int64_t row_blocks = column_row_blocks(rows, cols);
   double* partial =
       static_cast<double*>(scratch(sizeof(double) * static_cast<size_t>(row_blocks * cols), stream, "bias_grad"));
   column_reduce<1>(GradTerm{grad, cols}, StoreColumn{out}, rows, cols, partial, stream, "bias_grad");

@@ -1,6 +1,6 @@
 // Deterministic column reductions (bias_grad, batch-norm statistics): rows are cut into a fixed
 // number of row blocks that depends only on the shape, each block sums its rows in a fixed order
-// (in double), and a second kernel adds the block partials per column in block order. No atomics,
+// (in double), and a second kernel adds the block partials per column in a fixed order. No atomics,
 // so every result is bitwise the same run to run.
 #pragma once
 #include "cuda/check.cuh"
@@ -11,11 +11,17 @@ namespace cuda {
 constexpr int kColTile = 32;              // columns per block: a warp reads 32 consecutive floats (128 B)
 constexpr int kRowLanes = 8;              // rows summed side by side per block; blockDim = (32, 8)
 constexpr int64_t kMinRowBlock = 64;      // rows per partial at least: 8 per thread
-constexpr int64_t kMaxRowBlocks = 256;    // partials per column at most: the combine reads this many
+constexpr int64_t kMaxRowBlocks = 256;    // partials per column at most
+// First-stage blocks aimed at: about two waves of 8 resident blocks on a 132-SM GPU, so each block
+// sums many rows (loads in flight, few block starts) and the combine reads few partials. A shape
+// constant, not the device's: the summation order depends on the shape alone.
+constexpr int64_t kPartialBlocks = 2048;
 
-// Rows per partial sum for `rows` rows: a multiple of kRowLanes, at most kMaxRowBlocks blocks.
-inline int64_t column_row_block(int64_t rows) {
-  int64_t block = ceil_div(ceil_div(rows, kMaxRowBlocks), kRowLanes) * kRowLanes;
+// Rows per partial sum for a rows x cols reduction: a multiple of kRowLanes.
+inline int64_t column_row_block(int64_t rows, int64_t cols) {
+  int64_t want = ceil_div(kPartialBlocks, ceil_div(cols, kColTile));  // row blocks wanted
+  want = want < 1 ? 1 : want > kMaxRowBlocks ? kMaxRowBlocks : want;
+  const int64_t block = ceil_div(ceil_div(rows, want), kRowLanes) * kRowLanes;
   return block < kMinRowBlock ? kMinRowBlock : block;
 }
 
@@ -63,36 +69,55 @@ __global__ void __launch_bounds__(kColTile* kRowLanes)
   }
 }
 
-// finish(c, totals) per column, totals added over the row blocks in block order.
+// finish(c, totals) per column. The row-block partials are summed as the rows were: lane ry adds
+// blocks ry, ry + kRowLanes, ..., then the lanes are added in order (a fixed order, so deterministic).
 template <int S, class Finish>
-__global__ void column_combine_kernel(Finish finish, const double* partial, int64_t cols, int64_t row_blocks) {
-  for (int64_t c = grid_start(); c < cols; c += grid_stride()) {
+__global__ void __launch_bounds__(kColTile* kRowLanes)
+    column_combine_kernel(Finish finish, const double* partial, int64_t cols, int64_t row_blocks) {
+  __shared__ double lanes[S][kRowLanes][kColTile];
+  const int lane = threadIdx.x, ry = threadIdx.y;
+  const int64_t c = static_cast<int64_t>(blockIdx.x) * kColTile + lane;
+  double acc[S];
+#pragma unroll
+  for (int s = 0; s < S; ++s) acc[s] = 0.0;
+  if (c < cols) {
+#pragma unroll 4
+    for (int64_t rb = ry; rb < row_blocks; rb += kRowLanes) {
+#pragma unroll
+      for (int s = 0; s < S; ++s) acc[s] += partial[(rb * S + s) * cols + c];
+    }
+  }
+#pragma unroll
+  for (int s = 0; s < S; ++s) lanes[s][ry][lane] = acc[s];
+  __syncthreads();
+  if (ry == 0 && c < cols) {
     Sums<S> total;
 #pragma unroll
     for (int s = 0; s < S; ++s) {
-      double t = partial[s * cols + c];
-#pragma unroll 8
-      for (int64_t rb = 1; rb < row_blocks; ++rb) t += partial[(rb * S + s) * cols + c];
+      double t = lanes[s][0][lane];
+#pragma unroll
+      for (int k = 1; k < kRowLanes; ++k) t += lanes[s][k][lane];
       total.v[s] = t;
     }
     finish(c, total);
   }
 }
 
-// Both stages, for rows >= 1 and cols >= 1; `partial` holds column_row_blocks(rows) * S * cols doubles.
-inline int64_t column_row_blocks(int64_t rows) { return ceil_div(rows, column_row_block(rows)); }
+// Both stages, for rows >= 1 and cols >= 1; `partial` holds column_row_blocks(rows, cols) * S * cols doubles.
+inline int64_t column_row_blocks(int64_t rows, int64_t cols) { return ceil_div(rows, column_row_block(rows, cols)); }
 
 template <int S, class Term, class Finish>
 void column_reduce(const Term& term, const Finish& finish, int64_t rows, int64_t cols, double* partial,
                    cudaStream_t stream, const char* name) {
-  const int64_t row_block = column_row_block(rows);
+  const int64_t row_block = column_row_block(rows, cols);
   const int64_t row_blocks = ceil_div(rows, row_block);
   const dim3 block(kColTile, kRowLanes);
   const dim3 grid(static_cast<unsigned>(ceil_div(cols, kColTile)),
                   static_cast<unsigned>(row_blocks < 65535 ? row_blocks : 65535));
   column_partials_kernel<S><<<grid, block, 0, stream>>>(term, rows, cols, row_block, row_blocks, partial);
   check_launch(name);
-  column_combine_kernel<S><<<grid_blocks(cols), kBlockThreads, 0, stream>>>(finish, partial, cols, row_blocks);
+  column_combine_kernel<S><<<static_cast<unsigned>(ceil_div(cols, kColTile)), block, 0, stream>>>(finish, partial, cols,
+                                                                                                 row_blocks);
   check_launch(name);
 }
 

@@ -1,10 +1,11 @@
-"""Adam on the GPU against the ceiling of its memory pattern: `adam_step` on 16M parameters under
-each FASTMLP_CUDA_ADAM_VARIANT, beside a CuPy kernel that moves the same bytes (four float4
-loads, three float4 stores per group of four parameters, trivial math) on a resident grid and on
-one thread per group, torch's fused Adam and the STREAM triad; and a read-only float4 sum of 64 MiB
-beside `bias_grad` (16384 x 1024), for the ceiling of a pure read. Medians of interleaved rounds.
+"""How close the GPU's bandwidth-bound kernels come to the ceiling of their own memory pattern,
+which the STREAM triad (DESIGN.md's yardstick) does not show: `adam_step` on 16M parameters beside
+a CuPy kernel that moves the same bytes (four float4 loads and three float4 stores per group of four
+parameters, trivial math; on a resident grid and on one thread per group) and torch's fused Adam;
+`bias_grad` on 16384 x 1024 beside a read-only float4 sum of the same 64 MiB. Medians of
+interleaved rounds, as percentages of the triad measured in the same run.
 
-    python bench/cuda_adam_sweep.py
+    python bench/cuda_memory_ceilings.py
 """
 import numpy as np
 
@@ -53,7 +54,7 @@ def main() -> None:
     try:
         import cupy
         kern = cupy.RawKernel(PATTERN, "pattern")
-        arrays = [cupy.asarray(x) for x in (p, g, m, v)]
+        arrays = [cupy.zeros(n, cupy.float32) for _ in range(4)]  # its own: it would drive Adam's state to NaN
         groups = n // 4
         sms = cupy.cuda.Device().attributes["MultiProcessorCount"]
         for per_sm in (4, 8):

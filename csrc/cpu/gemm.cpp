@@ -119,14 +119,17 @@ void micro_kernel_direct(int64_t kc, const T* __restrict A, int64_t si, int64_t 
 // The last k block of a tile of Rows x NR (Rows: MR, or a partial panel's 2MR/3 or MR/3 that all
 // exist) with the identity or ReLU epilogue applied in registers and stored to out (row stride
 // ld): the operations of store_rows, in its order, a vector at a time.
-template <Act Ac, bool HasBeta, bool HasBias, class T, int Rows = Blocking<T>::MR>
-void micro_kernel_out(int64_t kc, const T* __restrict A, const T* __restrict B, int64_t ldb, const T* __restrict acc,
-                      bool load, T* __restrict out, int64_t ld, const T* __restrict bias, T alpha, T beta) {
+// Direct: op(a) read in place, element (i, k) at A[i * si + k * sk] (see micro_tile).
+template <Act Ac, bool HasBeta, bool HasBias, class T, int Rows, bool Direct>
+inline __attribute__((always_inline)) void out_tile(int64_t kc, const T* __restrict A, int64_t si, int64_t sk,
+                                                    const T* __restrict B, int64_t ldb, const T* __restrict acc,
+                                                    bool load, T* __restrict out, int64_t ld, const T* __restrict bias,
+                                                    T alpha, T beta) {
   using S = Simd<T>;
   using V = typename S::V;
   constexpr int NV = Blocking<T>::NV, W = S::W;
   static_assert(Ac == Act::identity || Ac == Act::relu, "other activations go through store_tile");
-  micro_tile<T, false, Rows>(kc, A, B, ldb, acc, load, [&](const V (&c)[Rows][NV]) __attribute__((always_inline)) {
+  micro_tile<T, Direct, Rows>(kc, A, B, ldb, acc, load, [&](const V (&c)[Rows][NV]) __attribute__((always_inline)) {
     const V va = S::set1(alpha), vb = S::set1(beta), zero = S::zero();
     V bv[NV];
 #pragma GCC unroll 4
@@ -142,7 +145,20 @@ void micro_kernel_out(int64_t kc, const T* __restrict A, const T* __restrict B, 
         if constexpr (Ac == Act::relu) v = v < zero ? zero : v;  // as ops::relu: NaN and -0 kept
         S::store(o, v);
       }
-  });
+  }, si, sk);
+}
+
+template <Act Ac, bool HasBeta, bool HasBias, class T, int Rows = Blocking<T>::MR>
+void micro_kernel_out(int64_t kc, const T* __restrict A, const T* __restrict B, int64_t ldb, const T* __restrict acc,
+                      bool load, T* __restrict out, int64_t ld, const T* __restrict bias, T alpha, T beta) {
+  out_tile<Ac, HasBeta, HasBias, T, Rows, false>(kc, A, 0, 0, B, ldb, acc, load, out, ld, bias, alpha, beta);
+}
+
+// micro_kernel_out with op(a) read in place: one k block, no partial sums (a small GEMM's tile).
+template <Act Ac, bool HasBeta, bool HasBias, class T, int Rows = Blocking<T>::MR>
+void micro_kernel_out_direct(int64_t kc, const T* __restrict A, int64_t si, int64_t sk, const T* __restrict B,
+                             int64_t ldb, T* __restrict out, int64_t ld, const T* __restrict bias, T alpha, T beta) {
+  out_tile<Ac, HasBeta, HasBias, T, Rows, true>(kc, A, si, sk, B, ldb, nullptr, false, out, ld, bias, alpha, beta);
 }
 
 // The last k block of a Rows x NR tile (as micro_kernel_out) with the identity epilogue (no beta,
@@ -179,20 +195,31 @@ void micro_kernel_out_masked(int64_t kc, const T* __restrict A, const T* __restr
 
 template <class T>
 using OutKernel = void (*)(int64_t, const T*, const T*, int64_t, const T*, bool, T*, int64_t, const T*, T, T);
+template <class T>
+using DirectOutKernel = void (*)(int64_t, const T*, int64_t, int64_t, const T*, int64_t, T*, int64_t, const T*, T, T);
 
-// The register-epilogue kernel for this call's epilogue, or nullptr (sigmoid, tanh).
-template <class T, int Rows = Blocking<T>::MR>
-OutKernel<T> pick_out_kernel(Act act, bool has_beta, bool has_bias) {
+// The register-epilogue kernel for this call's epilogue, or nullptr (sigmoid, tanh): packed op(a),
+// or (Direct) op(a) read in place.
+template <class T, int Rows = Blocking<T>::MR, bool Direct = false>
+auto pick_out_kernel(Act act, bool has_beta, bool has_bias) -> std::conditional_t<Direct, DirectOutKernel<T>, OutKernel<T>> {
+  using K = std::conditional_t<Direct, DirectOutKernel<T>, OutKernel<T>>;
   if (act != Act::identity && act != Act::relu) return nullptr;
-  const bool relu = act == Act::relu;
-  if (has_beta) {
-    if (has_bias)
-      return relu ? micro_kernel_out<Act::relu, true, true, T, Rows> : micro_kernel_out<Act::identity, true, true, T, Rows>;
-    return relu ? micro_kernel_out<Act::relu, true, false, T, Rows> : micro_kernel_out<Act::identity, true, false, T, Rows>;
+  constexpr Act R = Act::relu, I = Act::identity;
+  auto pick = [](auto relu_kernel, auto identity_kernel, bool relu) -> K { return relu ? relu_kernel : identity_kernel; };
+  const bool relu = act == R;
+  if constexpr (Direct) {
+    if (has_beta)
+      return has_bias ? pick(micro_kernel_out_direct<R, true, true, T, Rows>, micro_kernel_out_direct<I, true, true, T, Rows>, relu)
+                      : pick(micro_kernel_out_direct<R, true, false, T, Rows>, micro_kernel_out_direct<I, true, false, T, Rows>, relu);
+    return has_bias ? pick(micro_kernel_out_direct<R, false, true, T, Rows>, micro_kernel_out_direct<I, false, true, T, Rows>, relu)
+                    : pick(micro_kernel_out_direct<R, false, false, T, Rows>, micro_kernel_out_direct<I, false, false, T, Rows>, relu);
+  } else {
+    if (has_beta)
+      return has_bias ? pick(micro_kernel_out<R, true, true, T, Rows>, micro_kernel_out<I, true, true, T, Rows>, relu)
+                      : pick(micro_kernel_out<R, true, false, T, Rows>, micro_kernel_out<I, true, false, T, Rows>, relu);
+    return has_bias ? pick(micro_kernel_out<R, false, true, T, Rows>, micro_kernel_out<I, false, true, T, Rows>, relu)
+                    : pick(micro_kernel_out<R, false, false, T, Rows>, micro_kernel_out<I, false, false, T, Rows>, relu);
   }
-  if (has_bias)
-    return relu ? micro_kernel_out<Act::relu, false, true, T, Rows> : micro_kernel_out<Act::identity, false, true, T, Rows>;
-  return relu ? micro_kernel_out<Act::relu, false, false, T, Rows> : micro_kernel_out<Act::identity, false, false, T, Rows>;
 }
 
 #if defined(__AVX2__)
@@ -563,6 +590,13 @@ void gemm(const GemmArgs<T>& g) {
   const int64_t b_first_packed = direct_b ? N / NR : 0;  // panels before it are read in place
   // Below ~2^20 flops (a few microseconds) waking the pool costs more than it saves.
   const bool parallel = 2.0 * static_cast<double>(M) * static_cast<double>(N) * static_cast<double>(K) >= 1048576.0;
+  // A small GEMM (one thread, one k block) packs no op(a): its register-epilogue kernels read op(a)
+  // in place, the same sums in the same order (toggled in one process on an AVX-512 Xeon, against
+  // packing: 32x64x64 1.13-1.19x for every transpose pair, NN 0.94x -> 1.06x NumPy; 64x64x64
+  // 1.16-1.25x; 32x128x100 1.05-1.15x). A panel whose rows are not a whole row class (33 = 2 x 12
+  // + 9) and a partial column panel still pack their A panel.
+  const bool small = !parallel && k_blocks == 1 && !direct_a && !g.relu_mask && !g.a_sums &&
+                     (g.act == Act::identity || g.act == Act::relu);
   // Task grid over (row block, column block); block sizes only change how work is split.
   const int threads = parallel ? get_num_threads() : 1;
   int64_t mc = balanced_block(M, B::MC_MAX, MR);
@@ -590,7 +624,7 @@ void gemm(const GemmArgs<T>& g) {
   // shapes unchanged).
   const int64_t a_group_panels = min_i64(8, mc / MR), b_group_panels = min_i64(8, nc / NR);
   const int64_t b_groups = ceil_div(n_panels - b_first_packed, b_group_panels);
-  const int64_t a_groups = direct_a ? 0 : ceil_div(m_panels_all, a_group_panels);
+  const int64_t a_groups = direct_a || small ? 0 : ceil_div(m_panels_all, a_group_panels);
   const int64_t groups_per_kb = b_groups + a_groups;
   const size_t packed_bytes = (sizeof(T) * static_cast<size_t>(K * (n_pad + m_pad) + 64) + 63) / 64 * 64;
   char* packed = static_cast<char*>(
@@ -684,6 +718,10 @@ void gemm(const GemmArgs<T>& g) {
                  : g.relu_mask ? nullptr : pick_out_kernel<T, kRowsMid>(g.act, has_beta, has_bias),
       masked_out ? micro_kernel_out_masked<T>
                  : g.relu_mask ? nullptr : pick_out_kernel<T>(g.act, has_beta, has_bias)};
+  const DirectOutKernel<T> direct_out_kernels[3] = {
+      small ? pick_out_kernel<T, kRowsSmall, true>(g.act, has_beta, has_bias) : nullptr,
+      small ? pick_out_kernel<T, kRowsMid, true>(g.act, has_beta, has_bias) : nullptr,
+      small ? pick_out_kernel<T, MR, true>(g.act, has_beta, has_bias) : nullptr};
   const T alpha = static_cast<T>(g.alpha);
   const T beta_or_scale = masked_out ? mask_scale : static_cast<T>(g.beta);  // the out kernels' last argument
   auto rows_class = [](int64_t tile_rows) { return tile_rows <= kRowsSmall ? 0 : tile_rows <= kRowsMid ? 1 : 2; };
@@ -697,7 +735,8 @@ void gemm(const GemmArgs<T>& g) {
     const int64_t last_b = (j0 + cols - 1) / NR, last_a = (i0 + rows - 1) / MR;
     const int64_t b0 = last_b < b_first_packed ? 0 : (max_i64(j0 / NR, b_first_packed) - b_first_packed) / b_group_panels;
     const int64_t b1 = last_b < b_first_packed ? 0 : (last_b - b_first_packed) / b_group_panels + 1;
-    const int64_t a0 = direct_a ? 0 : (i0 / MR) / a_group_panels, a1 = direct_a ? 0 : last_a / a_group_panels + 1;
+    const bool no_a_pack = direct_a || small;
+    const int64_t a0 = no_a_pack ? 0 : (i0 / MR) / a_group_panels, a1 = no_a_pack ? 0 : last_a / a_group_panels + 1;
     for (int64_t kb = 0; kb < k_blocks; ++kb) {
       const int64_t k0 = kb * kc_size;
       const int64_t kc = min_i64(kc_size, K - k0);
@@ -715,6 +754,19 @@ void gemm(const GemmArgs<T>& g) {
           const int64_t tile_rows = min_i64(MR, rows - ip * MR);
           const int cls = rows_class(tile_rows);
           const int64_t cls_rows = cls == 2 ? MR : cls == 1 ? kRowsMid : kRowsSmall;
+          if (small) {
+            const int64_t r0 = i0 + ip * MR, c0 = j0 + jp * NR;
+            if (tile_rows == cls_rows && tile_cols == NR) {
+              direct_out_kernels[cls](kc, g.a + r0 * a_si + k0 * a_sk, a_si, a_sk, bp, ldb, g.out + r0 * N + c0, N,
+                                      g.bias ? g.bias + c0 : nullptr, alpha, beta_or_scale);
+            } else {
+              T* a_panel = static_cast<T*>(thread_scratch(kScratchPackA, sizeof(T) * static_cast<size_t>(MR * kc)));
+              pack_a(g, r0, tile_rows, k0, kc, a_panel);
+              tile_kernels[cls](kc, a_panel, bp, ldb, tile, false);
+              store_tile(g, tile, NR, r0, c0, tile_rows, tile_cols);
+            }
+            continue;
+          }
           if (direct_a) {
             const int64_t r0 = i0 + ip * MR;
             if (tile_rows == MR) {

@@ -177,6 +177,18 @@ def test_gemm_with_beta_zero_never_reads_out(isa, rng, activation, dtype):
         assert_within(out, expected, bound, "beta=0 with NaN/Inf in out")
 
 
+@pytest.mark.parametrize("activation", ["identity", "relu", "tanh"])
+def test_gemm_with_a_beta_that_rounds_to_zero_in_float32_never_reads_out(isa, rng, activation):
+    # beta = 1e-50 is 0 as a float: no tile may form 0 * out (NaN for Inf), whether it is stored
+    # from registers (whole register tiles) or from parked sums (the partial ones).
+    for M, N, K in [(48, 80, 64), (256, 70, 64), (37, 33, 1100)]:
+        a, b = operands(rng, M, N, K, False, True, np.float32)
+        out = np.full((M, N), np.inf, dtype=np.float32)
+        out[::3] = np.nan
+        got = kernels.gemm(a, b, trans_b=True, beta=1e-50, out=out, activation=activation)
+        np.testing.assert_array_equal(got, kernels.gemm(a, b, trans_b=True, activation=activation))
+
+
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
 @pytest.mark.parametrize("activation", ACTIVATIONS)
 def test_gemm_with_k_zero_gives_activation_of_beta_out_plus_bias(isa, rng, activation, dtype):
@@ -370,6 +382,9 @@ INVARIANCE_CASES = [
     # epilogue (68 = 5 x 12 + 8 = 11 x 6 + 2; 52 = 4 x 12 + 4 = 8 x 6 + 4), two k blocks in the first
     ((68, 64, 1100), dict(bias=True, activation="relu")),
     ((52, 96, 300), dict(beta=0.5, bias=True)),
+    # Small enough for one thread (op(a) read in place by the register-epilogue kernels), beta and
+    # bias included; single rows and the windows below take the other kernels
+    ((48, 80, 64), dict(beta=0.5, bias=True, activation="relu")),
 ]
 
 
@@ -410,9 +425,12 @@ def test_gemm_row_is_bitwise_independent_of_batch_composition(isa, rng, case, tr
     for i in sorted({0, 1, M // 2, M - 1}):
         single = gemm_with_out(rows_of_op_a(a, [i], trans[0]), b, kw, out0, [i])
         np.testing.assert_array_equal(single[0], full[i], err_msg=f"row {i} alone")
-    window = np.arange(5, min(M, 5 + 37))
-    part = gemm_with_out(rows_of_op_a(a, window, trans[0]), b, kw, out0, window)
-    np.testing.assert_array_equal(part, full[window], err_msg="rows 5..41 as a batch")
+    # 37 rows, and 16 and 20 (a whole register tile plus a third or two thirds of one on AVX-512,
+    # 6 + 6 + 4 and 6 + 6 + 6 + 2 on AVX2): every row class of the small-GEMM kernels
+    for size in (37, 16, 20):
+        window = np.arange(5, min(M, 5 + size))
+        part = gemm_with_out(rows_of_op_a(a, window, trans[0]), b, kw, out0, window)
+        np.testing.assert_array_equal(part, full[window], err_msg=f"rows 5..{4 + size} as a batch")
     perm = rng.permutation(M)
     inverse = np.argsort(perm)
     shuffled = gemm_with_out(rows_of_op_a(a, perm, trans[0]), b, kw, out0, perm)

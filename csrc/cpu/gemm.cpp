@@ -6,9 +6,10 @@
 // never added), so row i is bitwise the same for any batch composition, tile position and thread
 // count. The epilogue is applied once per tile, as the tile is stored: from registers for tiles of
 // NR columns and MR, 2MR/3 or MR/3 rows with the identity or ReLU (or relu_mask), else from the
-// parked partial sums. Three shapes skip a packing, with the same FMA chains: one column panel
-// reads op(a) in place (direct_a), one or two row panels (or a small op(b)) read a row-major
-// op(b) in place (direct_b), and a single row (M = 1) streams op(b) without tiles (gemm_one_row).
+// parked partial sums. Some shapes skip a packing, with the same FMA chains: one column panel
+// reads op(a) in place (direct_a), as does a small GEMM (one thread, one k block) in its
+// register-epilogue tiles; one or two row panels (or a small op(b)) read a row-major op(b) in
+// place (direct_b); and a single row (M = 1) streams op(b) without tiles (gemm_one_row).
 #include <cstdint>
 #include <cstring>
 #include <thread>
@@ -710,7 +711,9 @@ void gemm(const GemmArgs<T>& g) {
   // relu_mask in the bias argument and the dropout scale in beta's.
   using TileKernel = void (*)(int64_t, const T*, const T*, int64_t, T*, bool);
   const TileKernel tile_kernels[3] = {micro_kernel<T, kRowsSmall>, micro_kernel<T, kRowsMid>, micro_kernel<T>};
-  const bool has_beta = g.beta != 0.0, has_bias = g.bias != nullptr;
+  // beta as T, as store_tile tests it: a double beta that rounds to zero in float must not read out
+  // (0 * Inf is NaN) in one tile and skip it in another.
+  const bool has_beta = static_cast<T>(g.beta) != T(0), has_bias = g.bias != nullptr;
   const OutKernel<T> out_kernels[3] = {
       masked_out ? micro_kernel_out_masked<T, kRowsSmall>
                  : g.relu_mask ? nullptr : pick_out_kernel<T, kRowsSmall>(g.act, has_beta, has_bias),

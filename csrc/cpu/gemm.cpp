@@ -199,28 +199,26 @@ using OutKernel = void (*)(int64_t, const T*, const T*, int64_t, const T*, bool,
 template <class T>
 using DirectOutKernel = void (*)(int64_t, const T*, int64_t, int64_t, const T*, int64_t, T*, int64_t, const T*, T, T);
 
-// The register-epilogue kernel for this call's epilogue, or nullptr (sigmoid, tanh): packed op(a),
-// or (Direct) op(a) read in place.
+// The register-epilogue kernel of one epilogue: packed op(a), or (Direct) op(a) read in place.
+template <bool Direct, Act Ac, bool HasBeta, bool HasBias, class T, int Rows>
+constexpr auto out_kernel() {
+  if constexpr (Direct) return &micro_kernel_out_direct<Ac, HasBeta, HasBias, T, Rows>;
+  else return &micro_kernel_out<Ac, HasBeta, HasBias, T, Rows>;
+}
+
+// The register-epilogue kernel for this call's epilogue, or nullptr (sigmoid, tanh).
 template <class T, int Rows = Blocking<T>::MR, bool Direct = false>
 auto pick_out_kernel(Act act, bool has_beta, bool has_bias) -> std::conditional_t<Direct, DirectOutKernel<T>, OutKernel<T>> {
-  using K = std::conditional_t<Direct, DirectOutKernel<T>, OutKernel<T>>;
   if (act != Act::identity && act != Act::relu) return nullptr;
-  constexpr Act R = Act::relu, I = Act::identity;
-  auto pick = [](auto relu_kernel, auto identity_kernel, bool relu) -> K { return relu ? relu_kernel : identity_kernel; };
-  const bool relu = act == R;
-  if constexpr (Direct) {
-    if (has_beta)
-      return has_bias ? pick(micro_kernel_out_direct<R, true, true, T, Rows>, micro_kernel_out_direct<I, true, true, T, Rows>, relu)
-                      : pick(micro_kernel_out_direct<R, true, false, T, Rows>, micro_kernel_out_direct<I, true, false, T, Rows>, relu);
-    return has_bias ? pick(micro_kernel_out_direct<R, false, true, T, Rows>, micro_kernel_out_direct<I, false, true, T, Rows>, relu)
-                    : pick(micro_kernel_out_direct<R, false, false, T, Rows>, micro_kernel_out_direct<I, false, false, T, Rows>, relu);
-  } else {
-    if (has_beta)
-      return has_bias ? pick(micro_kernel_out<R, true, true, T, Rows>, micro_kernel_out<I, true, true, T, Rows>, relu)
-                      : pick(micro_kernel_out<R, true, false, T, Rows>, micro_kernel_out<I, true, false, T, Rows>, relu);
-    return has_bias ? pick(micro_kernel_out<R, false, true, T, Rows>, micro_kernel_out<I, false, true, T, Rows>, relu)
-                    : pick(micro_kernel_out<R, false, false, T, Rows>, micro_kernel_out<I, false, false, T, Rows>, relu);
-  }
+  const bool relu = act == Act::relu;
+  auto pick = [relu](auto beta, auto bias) {
+    constexpr bool B = decltype(beta)::value, Bi = decltype(bias)::value;
+    return relu ? out_kernel<Direct, Act::relu, B, Bi, T, Rows>() : out_kernel<Direct, Act::identity, B, Bi, T, Rows>();
+  };
+  const std::true_type yes;
+  const std::false_type no;
+  if (has_beta) return has_bias ? pick(yes, yes) : pick(yes, no);
+  return has_bias ? pick(no, yes) : pick(no, no);
 }
 
 #if defined(__AVX2__)

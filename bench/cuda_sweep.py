@@ -1,7 +1,7 @@
-"""One line of GPU timings for the split-K sweep in tools/gpu_check.sh: the small MLP GEMM shapes
+"""One line of GPU timings for the GEMM sweep in tools/gpu_check.sh: the small MLP GEMM shapes
 (each timed inside a captured graph of 20 calls) and the 784-512-512-10 training step's graph
-replay, and TFLOP/s at 4096^3 and 8192x1024x1024, under whatever FASTMLP_CUDA_GEMM_SPLIT_BLOCKS
-and FASTMLP_CUDA_GEMM_MIN_SPLIT_K say.
+replay, and TFLOP/s at 4096^3 and 8192x1024x1024, under whatever the FASTMLP_CUDA_GEMM_* tuning
+variables (csrc/cuda/INTERFACE.md) say.
 
     python bench/cuda_sweep.py LABEL
 """
@@ -36,8 +36,9 @@ def main() -> None:
     step = bench._fastmlp_cuda_step([784, 512, 512, 10], 0.2, 1e-4, x, y, True)
     t = bench._gpu_times({"f": step}, timer, 30)["f"]
     cells.append(f"step {t * 1e6:6.1f}us")
-    env = [os.environ.get(k, "-") for k in ("FASTMLP_CUDA_GEMM_SPLIT_BLOCKS", "FASTMLP_CUDA_GEMM_MIN_SPLIT_K")]
-    print(f"{sys.argv[1] if len(sys.argv) > 1 else ''} {':'.join(env)}: " + " | ".join(cells), flush=True)
+    env = ",".join(f"{k[len('FASTMLP_CUDA_GEMM_'):]}={v}" for k, v in sorted(os.environ.items())
+                   if k.startswith("FASTMLP_CUDA_GEMM_")) or "defaults"
+    print(f"{sys.argv[1] if len(sys.argv) > 1 else ''} {env}: " + " | ".join(cells), flush=True)
 
 
 if __name__ == "__main__":

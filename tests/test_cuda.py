@@ -271,6 +271,9 @@ def test_viewing_a_foreign_interface_is_zero_copy():
 
 # -- GPU: kernels against the CPU and float64 ----------------------------------------------------
 
+# Outputs of fewer 128x128 tiles than the GPU has multiprocessors take the 64x64 kernel, split over
+# k in the kernel when long enough ((97, 65, 129) into 3 splits, (255, 33, 1000) into 21 on an H100);
+# test_gemm_of_many_tiles_... covers the 128x128 kernel.
 SHAPES = [(0, 5, 3), (5, 0, 3), (5, 3, 0), (1, 1, 1), (7, 13, 31), (97, 65, 129), (128, 257, 64), (255, 33, 1000),
           (1000, 3, 7), (3, 1000, 513)]
 ACTIVATIONS = ("identity", "relu", "sigmoid", "logistic", "tanh")
@@ -314,12 +317,79 @@ def test_gemm_matches_the_float64_reference_for_every_transpose_and_activation(M
 
 
 @requires_gpu
+@pytest.mark.parametrize("trans_a, trans_b", list(itertools.product((False, True), repeat=2)))
+def test_gemm_of_many_tiles_matches_the_float64_reference_on_the_large_tile_kernel(trans_a, trans_b, rng):
+    # 17 x 17 = 289 tiles of 128x128: the large-tile kernel on any GPU with fewer multiprocessors;
+    # odd sizes leave partial tiles on both edges, and K = 37 a partial stage.
+    M, N, K_ = 2049, 2053, 37
+    a = rng.uniform(-1, 1, (K_, M) if trans_a else (M, K_)).astype(np.float32)
+    b = rng.uniform(-1, 1, (N, K_) if trans_b else (K_, N)).astype(np.float32)
+    bias = rng.uniform(-1, 1, N).astype(np.float32)
+    c0 = rng.uniform(-1, 1, (M, N)).astype(np.float32)
+    opa = a.astype(np.float64).T if trans_a else a.astype(np.float64)
+    opb = b.astype(np.float64).T if trans_b else b.astype(np.float64)
+    out = cuda.asarray(c0)
+    K.gemm(cuda.asarray(a), cuda.asarray(b), trans_a=trans_a, trans_b=trans_b, alpha=1.5, beta=0.5, out=out,
+           bias=cuda.asarray(bias), activation="relu")
+    ref = np.maximum(1.5 * opa @ opb + 0.5 * c0 + bias, 0)
+    bound = (K_ + 4) * EPS32 * (1.5 * np.abs(opa) @ np.abs(opb) + 0.5 * np.abs(c0) + np.abs(bias)) + 1.2e-38
+    assert np.all(np.abs(out.to_numpy() - ref) <= bound)
+
+
+@requires_gpu
 def test_gemm_is_deterministic_run_to_run(rng):
     a = cuda.asarray(rng.standard_normal((257, 1031)).astype(np.float32))
     b = cuda.asarray(rng.standard_normal((1031, 129)).astype(np.float32))
     first = K.gemm(a, b).to_numpy()
     for _ in range(3):
         np.testing.assert_array_equal(K.gemm(a, b).to_numpy(), first)
+
+
+@requires_gpu
+def test_split_k_gemm_from_threads_on_their_own_streams_and_in_graph_replays_gives_one_result(rng):
+    # (255, 33, 1000) splits k inside the kernel, whose per-stream arrival counters must be back at
+    # zero after every launch: several threads, each on a stream of its own, and graph replays all
+    # give the single-threaded product bitwise.
+    import threading
+
+    a = cuda.asarray(rng.standard_normal((255, 1000)).astype(np.float32))
+    b = cuda.asarray(rng.standard_normal((33, 1000)).astype(np.float32))
+    bias = cuda.asarray(rng.standard_normal(33).astype(np.float32))
+    want = K.gemm(a, b, trans_b=True, bias=bias, activation="relu").to_numpy()
+    ref = np.maximum(a.to_numpy().astype(np.float64) @ b.to_numpy().T.astype(np.float64) + bias.to_numpy(), 0)
+    np.testing.assert_allclose(want, ref, rtol=1e-4, atol=1e-4)
+    results, errors = [], []
+
+    def work():
+        try:
+            s = cuda.Stream()
+            outs = [cuda.empty((255, 33)) for _ in range(8)]
+            for out in outs:
+                K.gemm(a, b, trans_b=True, bias=bias, activation="relu", out=out, stream=s)
+            s.synchronize()
+            results.extend(out.to_numpy() for out in outs)
+        except Exception as e:  # pragma: no cover - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    assert len(results) == 32
+    for r in results:
+        np.testing.assert_array_equal(r, want)
+    out = cuda.empty((255, 33))
+    K.gemm(a, b, trans_b=True, bias=bias, activation="relu", out=out)  # counters and scratch exist before capture
+    with cuda.graph_capture() as graph:
+        K.gemm(a, b, trans_b=True, bias=bias, activation="relu", out=out)
+    for _ in range(3):
+        out.fill(np.nan)
+        cuda.synchronize()
+        graph.replay()
+        cuda.synchronize()
+        np.testing.assert_array_equal(out.to_numpy(), want)
 
 
 @requires_gpu

@@ -1,6 +1,7 @@
 // What every .cu file shares: CUDA errors turned into std::runtime_error with the call's name,
 // launch checks, grid sizing for grid-stride loops (int64 indices: n may exceed 2^31), and the
-// per-(device, thread, stream) scratch buffer that grows only outside stream capture.
+// per-(device, thread, stream) scratch buffer that grows only outside stream capture, and the
+// per-(device, thread, stream) arrival counters of in-kernel split-K.
 #pragma once
 #include <cuda_runtime.h>
 
@@ -60,6 +61,12 @@ __device__ __forceinline__ int64_t grid_stride() { return static_cast<int64_t>(g
 // that needs more throws, naming `who`. A buffer handed out during a capture is never freed (a
 // graph may still use it). Kernels of one stream run in order, so two calls never overlap.
 void* scratch(std::size_t bytes, Stream stream, const char* who);
+
+// kTickets ints on the current device for kernels on `stream` by this thread that count arrivals
+// (the GEMM's in-kernel split-K): zero when first handed out, and every kernel that uses them
+// leaves them zero. Allocated outside capture only, like scratch; never shared between streams.
+constexpr int kTickets = 1024;
+int* tickets(Stream stream, const char* who);
 
 }  // namespace cuda
 }  // namespace fastmlp

@@ -4,9 +4,14 @@
 // multiplied).
 // One loader serves all four transpose cases: an operand is either k-contiguous or row-contiguous
 // in memory; float4 loads are used where the pointer and leading dimension allow (checked at run
-// time), guarded scalar loads elsewhere, so any M, N, K is correct. Small M*N with long K is split
-// over k (split-K): partials go to scratch and a second kernel adds them in split order and applies
-// the epilogue, so the result is deterministic for a given shape.
+// time), guarded scalar loads elsewhere, so any M, N, K is correct.
+// Outputs with fewer 128x128 tiles than the GPU has multiprocessors (the MLP's shapes at small
+// batches) take 64x64 tiles with 32 k per stage instead, and with long K are split over k
+// (split-K): each split writes its partial sums to scratch, and the split of a tile that arrives
+// last adds them in split order and applies the epilogue, in the same kernel, so the result is
+// deterministic for a given shape (H100, in graph replay: the 784-512-512-10 step 121 -> 111-113 us
+// against 128x128 tiles with a second reduction kernel, which FASTMLP_CUDA_GEMM_SMALL_TILES=0 still
+// selects for comparison).
 #include <cstdio>
 #include <cstdlib>
 #include <stdexcept>
@@ -32,6 +37,12 @@ constexpr int64_t kMinSplitK = 32;             // k per split at least: 2 stages
                                                // (256,512,512) 13.9 -> 11.1 us, the step 152 -> 139 us at
                                                // BK = 8; 48 and 64 were slower at BK = 16 too)
 constexpr int64_t kMaxSplits = 32;             // and at most this many partials per output
+constexpr int kSmallTile = 64;                 // outputs of fewer 128x128 tiles than multiprocessors: 64x64 tiles
+                                               // (gemm_small_kernel), split-K finished in the kernel
+constexpr int kSmallTileK = 32;                // its k per stage (H100, the 784-512-512-10 step in graph replay:
+                                               // 16: 118.0 us, 32: 113.3, 64: 118.8)
+constexpr int kSmallSmemBytes = 2 * 2 * kSmallTileK * (kSmallTile + kSmemPad) * 4;  // 34 KiB: no opt-in needed
+static_assert(kSmallSmemBytes <= 48 * 1024, "beyond 48 KiB a kernel must opt in (cudaFuncSetAttribute)");
 
 static_assert(kTileM == kTileN, "one loader layout serves both operands");
 static_assert(kTileK % 8 == 0 && kTileM * kTileK == kGemmThreads * 4 * (kTileK / 8),
@@ -59,7 +70,9 @@ struct GemmParams {
   int64_t M, N, K;
   int64_t tiles_m, tiles_n;
   int64_t k_chunk;   // k per split (a multiple of kTileK when split)
-  float* partial;    // split-K: raw sums to partial[z][M][N]; nullptr: apply the epilogue
+  float* partial;    // split-K: raw sums to partial[z][M][N] (128 tiles) or partial[z][tile][64 * 64]
+                     // (64 tiles); nullptr: apply the epilogue
+  int* tickets;      // 64 tiles, split-K: one arrival counter per tile, zero before and after the launch
 };
 
 __device__ __forceinline__ float apply_act(int act, float x) {
@@ -107,19 +120,22 @@ __device__ __noinline__ void store_epilogue(float* out, const float* bias, float
   }
 }
 
-// Walks this thread's elements of each stage of one operand: rows [row0, row0 + kTileM) x
-// k [k0, k0 + BK), zero outside rows x [k_begin, k_end). A stage is BK / 8 groups of four per
-// thread (kLoads); everything but a pointer bump and a counter is computed once, which keeps the
+// Walks this thread's elements of each stage of one operand: rows [row0, row0 + Rows) x
+// k [k0, k0 + BK), zero outside rows x [k_begin, k_end). A stage is Rows * BK / 1024 groups of four
+// per thread (kLoads); everything but a pointer bump and a counter is computed once, which keeps the
 // kernel within 128 registers. KContig: group j is row t / (BK / 4) + j * kRowStep, k (t % (BK / 4)) * 4;
-// otherwise row (t % 32) * 4, k t / 32 + 8 j. Vec: one float4 per group (pointer 16-byte aligned
-// and the contiguous extent % 4 == 0, so a group lies wholly inside or wholly outside).
+// otherwise row (t % (Rows / 4)) * 4, k t / (Rows / 4) + j * kKStep. Vec: one float4 per group (pointer
+// 16-byte aligned and the contiguous extent % 4 == 0, so a group lies wholly inside or wholly outside).
 // (A KContig layout of row t / 2, k (t % 2) * 4 + 8 j, whose transposed stores are conflict-free
 // where these are 2-way, measured the same or slower on the H100: 4096^3 NT 39.6 -> 40.1, NN
 // 40.8 -> 39.9 TFLOP/s, the step 129.0 -> 130.6 us.)
-template <int BK, bool KContig, bool Vec>
+template <int Rows, int BK, bool KContig, bool Vec>
 struct StageLoader {
-  static constexpr int kLoads = BK / 8;
+  static constexpr int kLoads = Rows * BK / (kGemmThreads * 4);
   static constexpr int kRowStep = kGemmThreads / (BK / 4);  // KContig: rows between a thread's groups
+  static constexpr int kKStep = kGemmThreads / (Rows / 4);  // otherwise: k between a thread's groups
+  static_assert(kLoads >= 1 && Rows * BK == kLoads * kGemmThreads * 4, "a stage is whole groups of four per thread");
+  static_assert((Rows / 4) * kKStep == kGemmThreads, "the rows of a k-major stage are whole groups of four");
   const float* src;   // this thread's first element at the current stage
   int k_rel;          // this thread's k at the current stage minus k_end (K < 2^31 - 32 is checked on the host)
   unsigned row_mask;  // KContig: bit j: group j's row is inside; else bit j: row + j is inside
@@ -133,7 +149,7 @@ struct StageLoader {
       row_mask = 0;
       for (int j = 0; j < kLoads; ++j) row_mask |= (gr + j * kRowStep < op.rows ? 1u : 0u) << j;
     } else {
-      const int64_t gk = k_begin + (t >> 5), gr = row0 + (t & 31) * 4;
+      const int64_t gk = k_begin + t / (Rows / 4), gr = row0 + (t % (Rows / 4)) * 4;
       src = op.ptr + gk * op.ld + gr;
       k_rel = static_cast<int>(gk - k_end);
       row_mask = 0;
@@ -146,8 +162,8 @@ struct StageLoader {
   __device__ __forceinline__ void load(float (&r)[kLoads][4], int64_t ld) {
 #pragma unroll
     for (int g = 0; g < kLoads; ++g) {
-      const float* p = src + (KContig ? g * kRowStep * ld : g * 8 * ld);
-      const int kr = KContig ? k_rel : k_rel + g * 8;
+      const float* p = src + (KContig ? g * kRowStep * ld : g * kKStep * ld);
+      const int kr = KContig ? k_rel : k_rel + g * kKStep;
       const bool row_in = KContig ? ((row_mask >> g) & 1u) : true;
       if constexpr (Vec) {
         if (row_in && (KContig || (row_mask & 1u)) && kr < 0) {
@@ -173,17 +189,19 @@ struct StageLoader {
 };
 
 // Writes the registers of StageLoader::load into the k-major stage tile s[k][row].
-template <int BK, bool KContig>
-__device__ __forceinline__ void store_stage(float (*s)[kSmemLd], const float (&r)[BK / 8][4]) {
+template <int Rows, int BK, bool KContig>
+__device__ __forceinline__ void store_stage(float (*s)[Rows + kSmemPad],
+                                            const float (&r)[StageLoader<Rows, BK, KContig, true>::kLoads][4]) {
+  using Loader = StageLoader<Rows, BK, KContig, true>;
   const int t = threadIdx.x;
 #pragma unroll
-  for (int g = 0; g < BK / 8; ++g) {
+  for (int g = 0; g < Loader::kLoads; ++g) {
     if constexpr (KContig) {
-      const int row = t / (BK / 4) + g * StageLoader<BK, true, true>::kRowStep, kk = (t % (BK / 4)) * 4;
+      const int row = t / (BK / 4) + g * Loader::kRowStep, kk = (t % (BK / 4)) * 4;
 #pragma unroll
       for (int j = 0; j < 4; ++j) s[kk + j][row] = r[g][j];
     } else {
-      const int kk = (t >> 5) + g * 8, row = (t & 31) * 4;
+      const int kk = t / (Rows / 4) + g * Loader::kKStep, row = (t % (Rows / 4)) * 4;
       *reinterpret_cast<float4*>(&s[kk][row]) = make_float4(r[g][0], r[g][1], r[g][2], r[g][3]);
     }
   }
@@ -221,14 +239,14 @@ __global__ void __launch_bounds__(kGemmThreads, 2) gemm_kernel(const GemmParams 
 #pragma unroll
     for (int j = 0; j < 8; ++j) acc[i][j] = 0.0f;
 
-  StageLoader<BK, AKContig, Vec> a_loader(p.a, m0, k_begin, k_end);
-  StageLoader<BK, BKContig, Vec> b_loader(p.b, n0, k_begin, k_end);
+  StageLoader<kTileM, BK, AKContig, Vec> a_loader(p.a, m0, k_begin, k_end);
+  StageLoader<kTileN, BK, BKContig, Vec> b_loader(p.b, n0, k_begin, k_end);
   float ra[BK / 8][4], rb[BK / 8][4];
   if (stages > 0) {
     a_loader.load(ra, p.a.ld);
     b_loader.load(rb, p.b.ld);
-    store_stage<BK, AKContig>(a_tile[0], ra);
-    store_stage<BK, BKContig>(b_tile[0], rb);
+    store_stage<kTileM, BK, AKContig>(a_tile[0], ra);
+    store_stage<kTileN, BK, BKContig>(b_tile[0], rb);
     __syncthreads();
   }
   for (int s = 0; s < stages; ++s) {
@@ -252,8 +270,8 @@ __global__ void __launch_bounds__(kGemmThreads, 2) gemm_kernel(const GemmParams 
         for (int j = 0; j < 8; ++j) acc[i][j] = fmaf(av[i], bv[j], acc[i][j]);
     }
     if (more) {  // the other buffer was last read before the previous barrier
-      store_stage<BK, AKContig>(a_tile[cur ^ 1], ra);
-      store_stage<BK, BKContig>(b_tile[cur ^ 1], rb);
+      store_stage<kTileM, BK, AKContig>(a_tile[cur ^ 1], ra);
+      store_stage<kTileN, BK, BKContig>(b_tile[cur ^ 1], rb);
     }
     __syncthreads();
   }
@@ -282,6 +300,144 @@ __global__ void __launch_bounds__(kGemmThreads, 2) gemm_kernel(const GemmParams 
                        v[3]);
       }
     }
+  }
+}
+
+// The small-output kernel: 64x64 tiles, 256 threads with a 4x4 register tile each (rows ty * 4 + i,
+// columns tx * 4 + j), so that outputs of a few 128x128 tiles still spread over the whole GPU with
+// few k splits. Split-K is finished inside the kernel: every split writes its raw sums to
+// partial[z][tile], then takes a ticket for its tile; the split that arrives last adds the partials
+// in z order (its own from registers: the same value it stored) and applies the epilogue, so the
+// result does not depend on which split finishes last, and no second kernel or partial pass over
+// [M][N] is needed. The last split also puts the ticket back to zero for the next launch (graph
+// replays included): kernels on one stream never overlap, and every stream has tickets of its own.
+template <bool AKContig, bool BKContig, bool Vec>
+__global__ void __launch_bounds__(kGemmThreads, 2) gemm_small_kernel(const GemmParams p) {
+  constexpr int BK = kSmallTileK, T = kSmallTile;
+  // Dynamic shared memory (kSmallSmemBytes: two stages of each operand), as in the form measured on
+  // the H100, whose sweep also tried 64 k per stage (past the 48 KiB of static shared memory).
+  extern __shared__ float4 small_smem[];
+  auto a_tile = reinterpret_cast<float (*)[BK][T + kSmemPad]>(small_smem);
+  auto b_tile = a_tile + 2;
+  __shared__ bool last_split;
+
+  const int64_t tile = blockIdx.x;
+  const int64_t m0 = (tile / p.tiles_n) * T, n0 = (tile % p.tiles_n) * T;
+  const int64_t k_begin = static_cast<int64_t>(blockIdx.z) * p.k_chunk;
+  const int64_t k_end = p.K < k_begin + p.k_chunk ? p.K : k_begin + p.k_chunk;
+  const int stages = k_end > k_begin ? static_cast<int>(ceil_div(k_end - k_begin, BK)) : 0;
+  const int tx = threadIdx.x % 16, ty = threadIdx.x / 16;
+
+  float acc[4][4];
+#pragma unroll
+  for (int i = 0; i < 4; ++i)
+#pragma unroll
+    for (int j = 0; j < 4; ++j) acc[i][j] = 0.0f;
+
+  using ALoader = StageLoader<T, BK, AKContig, Vec>;
+  using BLoader = StageLoader<T, BK, BKContig, Vec>;
+  ALoader a_loader(p.a, m0, k_begin, k_end);
+  BLoader b_loader(p.b, n0, k_begin, k_end);
+  float ra[ALoader::kLoads][4], rb[BLoader::kLoads][4];
+  if (stages > 0) {
+    a_loader.load(ra, p.a.ld);
+    b_loader.load(rb, p.b.ld);
+    store_stage<T, BK, AKContig>(a_tile[0], ra);
+    store_stage<T, BK, BKContig>(b_tile[0], rb);
+    __syncthreads();
+  }
+  for (int s = 0; s < stages; ++s) {
+    const int cur = s & 1;
+    const bool more = s + 1 < stages;
+    if (more) {
+      a_loader.load(ra, p.a.ld);
+      b_loader.load(rb, p.b.ld);
+    }
+#pragma unroll
+    for (int k = 0; k < BK; ++k) {
+      const float4 a4 = *reinterpret_cast<const float4*>(&a_tile[cur][k][ty * 4]);
+      const float4 b4 = *reinterpret_cast<const float4*>(&b_tile[cur][k][tx * 4]);
+      const float av[4] = {a4.x, a4.y, a4.z, a4.w};
+      const float bv[4] = {b4.x, b4.y, b4.z, b4.w};
+#pragma unroll
+      for (int i = 0; i < 4; ++i)
+#pragma unroll
+        for (int j = 0; j < 4; ++j) acc[i][j] = fmaf(av[i], bv[j], acc[i][j]);
+    }
+    if (more) {
+      store_stage<T, BK, AKContig>(a_tile[cur ^ 1], ra);
+      store_stage<T, BK, BKContig>(b_tile[cur ^ 1], rb);
+    }
+    __syncthreads();
+  }
+
+  if (p.partial) {
+    const int64_t splits = gridDim.z, tiles = gridDim.x, my_z = blockIdx.z;
+    // This thread's float4 of row ty * 4 + i of the tile is element i * 16 of its slot (T / 4 = 16
+    // float4 per row): a warp stores two rows of 256 contiguous bytes.
+    float4* const slot = reinterpret_cast<float4*>(p.partial) + (my_z * tiles + tile) * (T * T / 4) +
+                   ty * 4 * (T / 4) + tx;
+#pragma unroll
+    for (int i = 0; i < 4; ++i) slot[i * (T / 4)] = make_float4(acc[i][0], acc[i][1], acc[i][2], acc[i][3]);
+    __threadfence();  // this split's partial is visible device-wide before its ticket
+    __syncthreads();
+    if (threadIdx.x == 0) {
+      const int arrived = atomicAdd(&p.tickets[tile], 1);
+      last_split = arrived == splits - 1;
+      if (last_split) p.tickets[tile] = 0;  // every split has its ticket: ready for the next launch
+    }
+    __syncthreads();
+    if (!last_split) return;
+    __threadfence();
+    // kBatch partials in flight per thread before any is added (16 float4 loads from L2), added
+    // in z order; the split's own partial comes from registers (the value it stored).
+    constexpr int kBatch = 4;
+    const float4* mine = slot;
+    float4 sum[4];
+    for (int64_t z0 = 0; z0 < splits; z0 += kBatch) {
+      float4 v[kBatch][4];
+#pragma unroll
+      for (int b = 0; b < kBatch; ++b) {
+        const int64_t z = z0 + b;
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+          if (z == my_z || z >= splits) v[b][i] = make_float4(acc[i][0], acc[i][1], acc[i][2], acc[i][3]);
+          else v[b][i] = __ldcg(mine + (z - my_z) * tiles * (T * T / 4) + i * (T / 4));  // other SMs wrote it
+        }
+      }
+#pragma unroll
+      for (int b = 0; b < kBatch; ++b) {
+        if (z0 + b >= splits) break;
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+          if (z0 + b == 0) {
+            sum[i] = v[b][i];
+          } else {
+            sum[i].x += v[b][i].x;
+            sum[i].y += v[b][i].y;
+            sum[i].z += v[b][i].z;
+            sum[i].w += v[b][i].w;
+          }
+        }
+      }
+    }
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      acc[i][0] = sum[i].x;
+      acc[i][1] = sum[i].y;
+      acc[i][2] = sum[i].z;
+      acc[i][3] = sum[i].w;
+    }
+  }
+
+  const int64_t M = p.M, N = p.N, gn = n0 + tx * 4;
+  if (gn >= N) return;
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    const int64_t gm = m0 + ty * 4 + i;
+    if (gm < M)
+      store_epilogue(p.ep.out, p.ep.bias, p.ep.alpha, p.ep.beta, p.ep.act, p.ep.out_vec, N, gm, gn, acc[i][0], acc[i][1],
+                     acc[i][2], acc[i][3]);
   }
 }
 
@@ -331,11 +487,13 @@ __global__ void split_k_reduce_vec_kernel(const float4* partial, int64_t splits,
 // The split-K policy: about one block per multiprocessor and kMinSplitK, or for tuning sweeps the
 // environment's FASTMLP_CUDA_GEMM_SPLIT_BLOCKS / FASTMLP_CUDA_GEMM_MIN_SPLIT_K (read once; a
 // multiple of kTileK and at least kTileK for the latter, rounded down to one; a value out of range
-// is reported on stderr and ignored). Either way the result is deterministic for a given shape on a
-// given device.
+// is reported on stderr and ignored), and FASTMLP_CUDA_GEMM_SMALL_TILES=0, which keeps every shape
+// on 128x128 tiles (split-K then reduced by a second kernel). Either way the result is
+// deterministic for a given shape on a given device.
 struct SplitPolicy {
   int64_t target_blocks;  // 0: the device's multiprocessor count
   int64_t min_split_k;
+  bool small_tiles;
 };
 
 int64_t env_int(const char* name, int64_t fallback, int64_t lo, int64_t hi) {
@@ -352,25 +510,42 @@ int64_t env_int(const char* name, int64_t fallback, int64_t lo, int64_t hi) {
 const SplitPolicy& split_policy() {
   static const SplitPolicy policy{
       env_int("FASTMLP_CUDA_GEMM_SPLIT_BLOCKS", 0, 1, 1 << 16),
-      env_int("FASTMLP_CUDA_GEMM_MIN_SPLIT_K", kMinSplitK, kTileK, 1 << 20) / kTileK * kTileK};
+      env_int("FASTMLP_CUDA_GEMM_MIN_SPLIT_K", kMinSplitK, kTileK, 1 << 20) / kTileK * kTileK,
+      env_int("FASTMLP_CUDA_GEMM_SMALL_TILES", 1, 0, 1) == 1};
   return policy;
 }
 
-template <bool AK, bool BK, bool Vec>
-void launch_gemm(const GemmParams& p, dim3 grid, cudaStream_t stream) {
-  gemm_kernel<AK, BK, Vec><<<grid, kGemmThreads, 0, stream>>>(p);
+// Splits of K for `tiles` output tiles: enough to give about `target_blocks` blocks, each at least
+// min_split_k deep, at most kMaxSplits; k_chunk (a multiple of granule) receives k per split. Every
+// split is non-empty. `round_up`: aim at no fewer blocks than target (else no more).
+int64_t choose_splits(int64_t tiles, int64_t K, int64_t target_blocks, int64_t min_split_k, bool round_up,
+                      int64_t granule, int64_t* k_chunk) {
+  *k_chunk = K;
+  if (tiles * 2 > target_blocks || K < 2 * min_split_k) return 1;
+  int64_t splits = round_up ? ceil_div(target_blocks, tiles) : target_blocks / tiles;
+  const int64_t by_k = K / min_split_k;
+  splits = splits < by_k ? splits : by_k;
+  splits = splits < kMaxSplits ? splits : kMaxSplits;
+  *k_chunk = ceil_div(ceil_div(K, splits), granule) * granule;
+  return ceil_div(K, *k_chunk);
 }
 
-// Turns the three runtime layout flags into template arguments.
+template <bool Small, bool AK, bool BK, bool Vec>
+void launch_gemm(const GemmParams& p, dim3 grid, cudaStream_t stream) {
+  if constexpr (Small) gemm_small_kernel<AK, BK, Vec><<<grid, kGemmThreads, kSmallSmemBytes, stream>>>(p);
+  else gemm_kernel<AK, BK, Vec><<<grid, kGemmThreads, 0, stream>>>(p);
+}
+
+// Turns the tile size and the three layout flags into template arguments.
 template <bool... Fixed>
-void dispatch_gemm(const GemmParams& p, dim3 grid, cudaStream_t stream, bool f0, bool f1, bool f2) {
+void dispatch_gemm(const GemmParams& p, dim3 grid, cudaStream_t stream, bool f0, bool f1, bool f2, bool f3) {
   constexpr size_t kFixed = sizeof...(Fixed);
-  if constexpr (kFixed == 3) {
+  if constexpr (kFixed == 4) {
     launch_gemm<Fixed...>(p, grid, stream);
   } else {
-    const bool flags[3] = {f0, f1, f2};
-    if (flags[kFixed]) dispatch_gemm<Fixed..., true>(p, grid, stream, f0, f1, f2);
-    else dispatch_gemm<Fixed..., false>(p, grid, stream, f0, f1, f2);
+    const bool flags[4] = {f0, f1, f2, f3};
+    if (flags[kFixed]) dispatch_gemm<Fixed..., true>(p, grid, stream, f0, f1, f2, f3);
+    else dispatch_gemm<Fixed..., false>(p, grid, stream, f0, f1, f2, f3);
   }
 }
 
@@ -388,38 +563,41 @@ void gemm(const float* a, const float* b, float* out, const float* bias, int64_t
   p.M = M;
   p.N = N;
   p.K = K;
-  p.tiles_m = ceil_div(M, kTileM);
-  p.tiles_n = ceil_div(N, kTileN);
-  p.k_chunk = K;
   p.partial = nullptr;
+  p.tickets = nullptr;
 
-  const int64_t tiles = p.tiles_m * p.tiles_n;
+  // Outputs with fewer 128x128 tiles than blocks aimed at (one per multiprocessor) take 64x64
+  // tiles, and at most that many blocks; the others never split.
   const SplitPolicy& policy = split_policy();
-  int64_t splits = 1;
   const int64_t target_blocks = policy.target_blocks > 0 ? policy.target_blocks : multiprocessors();
-  if (tiles * 2 <= target_blocks && K >= 2 * policy.min_split_k) {
-    splits = ceil_div(target_blocks, tiles);
-    const int64_t by_k = K / policy.min_split_k;
-    splits = splits < by_k ? splits : by_k;
-    splits = splits < kMaxSplits ? splits : kMaxSplits;
-    p.k_chunk = ceil_div(ceil_div(K, splits), kTileK) * kTileK;
-    splits = ceil_div(K, p.k_chunk);  // every split non-empty
+  const bool small = policy.small_tiles && ceil_div(M, kTileM) * ceil_div(N, kTileN) < target_blocks;
+  const int64_t tile = small ? kSmallTile : kTileM;
+  p.tiles_m = ceil_div(M, tile);
+  p.tiles_n = ceil_div(N, tile);
+  const int64_t tiles = p.tiles_m * p.tiles_n;
+  int64_t splits = choose_splits(tiles, K, target_blocks, policy.min_split_k, !small, small ? kSmallTileK : kTileK,
+                                 &p.k_chunk);
+  if (small && tiles > kTickets) {  // only reachable through FASTMLP_CUDA_GEMM_SPLIT_BLOCKS
+    splits = 1;
+    p.k_chunk = K;
   }
-  if (splits > 1)
-    p.partial = static_cast<float*>(
-        scratch(sizeof(float) * static_cast<size_t>(splits * M * N), stream, "gemm (split-K partial sums)"));
+  if (splits > 1) {
+    const size_t partial_floats = static_cast<size_t>(splits * (small ? tiles * kSmallTile * kSmallTile : M * N));
+    p.partial = static_cast<float*>(scratch(sizeof(float) * partial_floats, stream, "gemm (split-K partial sums)"));
+    if (small) p.tickets = tickets(stream, "gemm (split-K)");
+  }
 
   // float4 loads: the contiguous extent is K for a k-contiguous operand, its rows otherwise.
   const bool a_kcontig = !trans_a, b_kcontig = trans_b;
   const bool a_vec = aligned16(a) && (a_kcontig ? K : M) % 4 == 0;
   const bool b_vec = aligned16(b) && (b_kcontig ? K : N) % 4 == 0;
-  if (tiles > 0x7fffffffLL) throw std::invalid_argument("gemm: the output has too many 128x128 tiles for one grid");
+  if (tiles > 0x7fffffffLL) throw std::invalid_argument("gemm: the output has too many tiles for one grid");
   if (K > 0x7fffffffLL - 32) throw std::invalid_argument("gemm: K must be below 2^31 - 32 on the GPU");
   const dim3 grid(static_cast<unsigned>(tiles), 1, static_cast<unsigned>(splits));
-  // One vector flag for both operands (8 kernels, not 16): a mixed case takes the scalar loads.
-  dispatch_gemm<>(p, grid, stream, a_kcontig, b_kcontig, a_vec && b_vec);
+  // One vector flag for both operands (8 kernels per tile size, not 16): a mixed case takes the scalar loads.
+  dispatch_gemm<>(p, grid, stream, small, a_kcontig, b_kcontig, a_vec && b_vec);
   check_launch("gemm");
-  if (splits > 1) {
+  if (splits > 1 && !small) {
     if (p.ep.out_vec)  // N % 4 == 0 too: partial rows start 16-byte aligned (scratch is 256-byte aligned)
       split_k_reduce_vec_kernel<<<grid_blocks(M * N / 4), kBlockThreads, 0, stream>>>(
           reinterpret_cast<const float4*>(p.partial), splits, p.ep, M, N);

@@ -2,6 +2,7 @@
 // here may fail just because there is no GPU: device_count() and pointer_device() swallow the
 // "no driver / no device" errors so that a CUDA build imports and runs its CPU path anywhere.
 #include <cstdint>
+#include <initializer_list>
 #include <map>
 #include <stdexcept>
 #include <string>
@@ -53,9 +54,11 @@ struct ScratchBuffer {
 
 struct ScratchTable {
   std::map<std::pair<int, std::uintptr_t>, ScratchBuffer> buffers;  // (device, stream) -> buffer
+  std::map<std::pair<int, std::uintptr_t>, ScratchBuffer> tickets;  // (device, stream) -> kTickets ints
   ~ScratchTable() {
-    for (auto& entry : buffers)
-      if (entry.second.ptr && !entry.second.captured) cudaFree(entry.second.ptr);  // errors at exit: ignored
+    for (auto* table : {&buffers, &tickets})
+      for (auto& entry : *table)
+        if (entry.second.ptr && !entry.second.captured) cudaFree(entry.second.ptr);  // errors at exit: ignored
   }
 };
 
@@ -99,6 +102,37 @@ void* scratch(std::size_t bytes, Stream stream, const char* who) {
   buf.ptr = ptr;
   buf.bytes = grown;
   return ptr;
+}
+
+int* tickets(Stream stream, const char* who) {
+  int device = 0;
+  check(cudaGetDevice(&device), "cudaGetDevice");
+  ScratchBuffer& buf = t_scratch.tickets[{device, stream_key(stream)}];
+  cudaStreamCaptureStatus status = cudaStreamCaptureStatusNone;
+  check(cudaStreamIsCapturing(stream, &status), "cudaStreamIsCapturing");
+  const bool capturing = status != cudaStreamCaptureStatusNone;
+  if (!buf.ptr) {
+    if (capturing)
+      throw std::runtime_error(std::string("fastmlp.cuda: ") + who +
+                               " needs its arrival counters allocated while the stream is being captured; run the "
+                               "step once eagerly before capturing it");
+    const std::size_t bytes = sizeof(int) * kTickets;
+    void* ptr = nullptr;
+    const cudaError_t err = cudaMalloc(&ptr, bytes);
+    if (err != cudaSuccess) {
+      const std::string call = "cudaMalloc of the arrival counters for " + std::string(who);
+      throw_cuda_error(err, call.c_str());
+    }
+    const cudaError_t zero = cudaMemsetAsync(ptr, 0, bytes, stream);  // ordered before the kernels that use them
+    if (zero != cudaSuccess) {
+      cudaFree(ptr);
+      throw_cuda_error(zero, "cudaMemsetAsync of the arrival counters");
+    }
+    buf.ptr = ptr;
+    buf.bytes = bytes;
+  }
+  buf.captured = buf.captured || capturing;
+  return static_cast<int*>(buf.ptr);
 }
 
 int multiprocessors() {
@@ -287,10 +321,12 @@ void stream_destroy(Stream stream) {
   check(cudaStreamSynchronize(stream), "cudaStreamSynchronize");
   int device = 0;
   check(cudaGetDevice(&device), "cudaGetDevice");
-  auto it = t_scratch.buffers.find({device, stream_key(stream)});
-  if (it != t_scratch.buffers.end()) {
-    if (it->second.ptr && !it->second.captured) check(cudaFree(it->second.ptr), "cudaFree");
-    t_scratch.buffers.erase(it);
+  for (auto* table : {&t_scratch.buffers, &t_scratch.tickets}) {
+    auto it = table->find({device, stream_key(stream)});
+    if (it != table->end()) {
+      if (it->second.ptr && !it->second.captured) check(cudaFree(it->second.ptr), "cudaFree");
+      table->erase(it);
+    }
   }
   check(cudaStreamDestroy(stream), "cudaStreamDestroy");
 }

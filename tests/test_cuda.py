@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import gc
 import itertools
+import os
 
 import numpy as np
 import pytest
@@ -272,10 +273,11 @@ def test_viewing_a_foreign_interface_is_zero_copy():
 # -- GPU: kernels against the CPU and float64 ----------------------------------------------------
 
 # Outputs of fewer 128x128 tiles than the GPU has multiprocessors take the 64x64 kernel, split over
-# k in the kernel when long enough ((97, 65, 129) into 3 splits, (255, 33, 1000) into 21 on an H100);
+# k in the kernel when long enough (on an H100: (97, 65, 129) into 3 splits, (255, 33, 1000) into 16,
+# (96, 132, 260) into 5 with float4 loads of both operands in every transpose case);
 # test_gemm_of_many_tiles_... covers the 128x128 kernel.
 SHAPES = [(0, 5, 3), (5, 0, 3), (5, 3, 0), (1, 1, 1), (7, 13, 31), (97, 65, 129), (128, 257, 64), (255, 33, 1000),
-          (1000, 3, 7), (3, 1000, 513)]
+          (1000, 3, 7), (3, 1000, 513), (96, 132, 260)]
 ACTIVATIONS = ("identity", "relu", "sigmoid", "logistic", "tanh")
 
 
@@ -318,10 +320,11 @@ def test_gemm_matches_the_float64_reference_for_every_transpose_and_activation(M
 
 @requires_gpu
 @pytest.mark.parametrize("trans_a, trans_b", list(itertools.product((False, True), repeat=2)))
-def test_gemm_of_many_tiles_matches_the_float64_reference_on_the_large_tile_kernel(trans_a, trans_b, rng):
-    # 17 x 17 = 289 tiles of 128x128: the large-tile kernel on any GPU with fewer multiprocessors;
-    # odd sizes leave partial tiles on both edges, and K = 37 a partial stage.
-    M, N, K_ = 2049, 2053, 37
+@pytest.mark.parametrize("M, N, K_", [(2049, 2053, 37), (2048, 2052, 36)], ids=lambda v: str(v))
+def test_gemm_of_many_tiles_matches_the_float64_reference_on_the_large_tile_kernel(M, N, K_, trans_a, trans_b, rng):
+    # 17 x 17 = 289 tiles of 128x128 (16 x 17 = 272): the large-tile kernel on any GPU with fewer
+    # multiprocessors. Odd sizes leave partial tiles on both edges and a partial stage, with scalar
+    # loads; multiples of 4 take the float4 loads (a partial stage and column tile still).
     a = rng.uniform(-1, 1, (K_, M) if trans_a else (M, K_)).astype(np.float32)
     b = rng.uniform(-1, 1, (N, K_) if trans_b else (K_, N)).astype(np.float32)
     bias = rng.uniform(-1, 1, N).astype(np.float32)
@@ -334,6 +337,43 @@ def test_gemm_of_many_tiles_matches_the_float64_reference_on_the_large_tile_kern
     ref = np.maximum(1.5 * opa @ opb + 0.5 * c0 + bias, 0)
     bound = (K_ + 4) * EPS32 * (1.5 * np.abs(opa) @ np.abs(opb) + 0.5 * np.abs(c0) + np.abs(bias)) + 1.2e-38
     assert np.all(np.abs(out.to_numpy() - ref) <= bound)
+
+
+@requires_gpu
+def test_gemm_with_small_tiles_off_splits_on_large_tiles_with_a_reduction_kernel():
+    # FASTMLP_CUDA_GEMM_SMALL_TILES=0 (read once per process, hence a subprocess) keeps 128x128 tiles
+    # for small outputs, split over k and reduced by a second kernel (scalar and float4 forms).
+    import subprocess
+    import sys
+    import textwrap
+
+    code = textwrap.dedent("""
+        import os, sys
+        if os.environ.get("FASTMLP_EMULATE_CUDA") == "1":  # as the conftest does
+            sys.path.insert(0, os.environ["TESTS_DIR"])
+            import emulated_cuda
+            emulated_cuda.install()
+        import numpy as np
+        from fastmlp import cuda, kernels as K
+        rng = np.random.default_rng(3)
+        for M, N, K_ in ((255, 33, 1000), (96, 132, 260)):
+            a = rng.uniform(-1, 1, (M, K_)).astype(np.float32)
+            b = rng.uniform(-1, 1, (N, K_)).astype(np.float32)
+            bias = rng.uniform(-1, 1, N).astype(np.float32)
+            c0 = rng.uniform(-1, 1, (M, N)).astype(np.float32)
+            out = cuda.asarray(c0)
+            K.gemm(cuda.asarray(a), cuda.asarray(b), trans_b=True, alpha=1.5, beta=0.5, out=out,
+                   bias=cuda.asarray(bias), activation="relu")
+            a64, b64 = a.astype(np.float64), b.astype(np.float64).T
+            ref = np.maximum(1.5 * a64 @ b64 + 0.5 * c0 + bias, 0)
+            bound = (K_ + 4) * 2.0**-24 * (1.5 * np.abs(a64) @ np.abs(b64) + 0.5 * np.abs(c0) + np.abs(bias))
+            err = np.abs(out.to_numpy() - ref) - bound
+            assert (err <= 0).all(), (M, N, K_, err.max())
+        print("ok")
+    """)
+    env = dict(os.environ, FASTMLP_CUDA_GEMM_SMALL_TILES="0", TESTS_DIR=os.path.dirname(os.path.abspath(__file__)))
+    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stdout + r.stderr
 
 
 @requires_gpu

@@ -13,8 +13,8 @@
 #
 # Environment: ARCH (default 90), PY (default python3), TEST_ARGS (extra pytest arguments),
 # BENCH_ARGS (extra `python -m fastmlp.bench --device cuda` arguments), SWEEP (the sweep's settings:
-# comma-separated FASTMLP_CUDA_GEMM_* variables without the prefix, e.g. "SMALL_TILES=0
-# SMALL_BK=16,MIN_SPLIT_K=64"; "-" for the defaults), SANITIZE_K (the sanitizers' pytest -k subset of
+# comma-separated FASTMLP_CUDA_GEMM_* variables without the prefix, e.g. "- SMALL_TILES=0
+# SPLIT_BLOCKS=264,MIN_SPLIT_K=64"; "-" for the defaults), SANITIZE_K (the sanitizers' pytest -k subset of
 # tests/test_cuda.py), REPRO (diag), T_TESTS, T_CPUTESTS, T_BENCH and T_SANITIZE (seconds per
 # stage; 150, 150, 200 and 100 per tool by default).
 set -u
@@ -104,8 +104,11 @@ if want sweep; then
   say "GEMM sweep"
   for setting in ${SWEEP:--}; do
     vars=()
-    [ "$setting" != "-" ] && IFS=, read -r -a vars <<<"$setting"
-    (cd /tmp && env "${vars[@]/#/FASTMLP_CUDA_GEMM_}" timeout 60 "$PY" "$ROOT/bench/cuda_sweep.py" sweep) 2>&1 | tail -2
+    if [ "$setting" != "-" ]; then
+      IFS=, read -r -a parts <<<"$setting"
+      for v in "${parts[@]}"; do [ -n "$v" ] && vars+=("FASTMLP_CUDA_GEMM_$v"); done
+    fi
+    (cd /tmp && env ${vars[@]+"${vars[@]}"} timeout 60 "$PY" "$ROOT/bench/cuda_sweep.py" sweep) 2>&1 | tail -2
   done | tee "$OUT/sweep.txt"
 fi
 

@@ -62,11 +62,11 @@ __device__ __forceinline__ int64_t grid_stride() { return static_cast<int64_t>(g
 // graph may still use it). Kernels of one stream run in order, so two calls never overlap.
 void* scratch(std::size_t bytes, Stream stream, const char* who);
 
-// kTickets ints on the current device for kernels on `stream` by this thread that count arrivals
+// kTickets unsigned ints on the current device for kernels on `stream` by this thread that count arrivals
 // (the GEMM's in-kernel split-K): zero when first handed out, and every kernel that uses them
 // leaves them zero. Allocated outside capture only, like scratch; never shared between streams.
 constexpr int kTickets = 1024;
-int* tickets(Stream stream, const char* who);
+unsigned* tickets(Stream stream, const char* who);
 
 }  // namespace cuda
 }  // namespace fastmlp

@@ -69,10 +69,10 @@ struct GemmParams {
   Epilogue ep;
   int64_t M, N, K;
   int64_t tiles_m, tiles_n;
-  int64_t k_chunk;   // k per split (a multiple of kTileK when split)
+  int64_t k_chunk;   // k per split (when split, a multiple of kTileK, or of kSmallTileK on 64x64 tiles)
   float* partial;    // split-K: raw sums to partial[z][M][N] (128 tiles) or partial[z][tile][64 * 64]
                      // (64 tiles); nullptr: apply the epilogue
-  int* tickets;      // 64 tiles, split-K: one arrival counter per tile, zero before and after the launch
+  unsigned* tickets;  // 64 tiles, split-K: one arrival counter per tile, zero before and after the launch
 };
 
 __device__ __forceinline__ float apply_act(int act, float x) {
@@ -382,9 +382,12 @@ __global__ void __launch_bounds__(kGemmThreads, 2) gemm_small_kernel(const GemmP
     __threadfence();  // this split's partial is visible device-wide before its ticket
     __syncthreads();
     if (threadIdx.x == 0) {
-      const int arrived = atomicAdd(&p.tickets[tile], 1);
-      last_split = arrived == splits - 1;
-      if (last_split) p.tickets[tile] = 0;  // every split has its ticket: ready for the next launch
+      // The last arrival wraps the counter back to zero in the same atomic (atomicInc: old >=
+      // splits - 1 ? 0 : old + 1), ready for the next launch. Counters belong to a stream: a graph
+      // replayed on another stream while eager GEMMs run on its capture stream would share them,
+      // as it would share scratch (fastmlp.cuda.Graph.replay says so).
+      const unsigned arrived = atomicInc(&p.tickets[tile], static_cast<unsigned>(splits - 1));
+      last_split = arrived == static_cast<unsigned>(splits - 1);
     }
     __syncthreads();
     if (!last_split) return;

@@ -104,7 +104,7 @@ void* scratch(std::size_t bytes, Stream stream, const char* who) {
   return ptr;
 }
 
-int* tickets(Stream stream, const char* who) {
+unsigned* tickets(Stream stream, const char* who) {
   int device = 0;
   check(cudaGetDevice(&device), "cudaGetDevice");
   ScratchBuffer& buf = t_scratch.tickets[{device, stream_key(stream)}];
@@ -116,7 +116,7 @@ int* tickets(Stream stream, const char* who) {
       throw std::runtime_error(std::string("fastmlp.cuda: ") + who +
                                " needs its arrival counters allocated while the stream is being captured; run the "
                                "step once eagerly before capturing it");
-    const std::size_t bytes = sizeof(int) * kTickets;
+    const std::size_t bytes = sizeof(unsigned) * kTickets;
     void* ptr = nullptr;
     const cudaError_t err = cudaMalloc(&ptr, bytes);
     if (err != cudaSuccess) {
@@ -132,7 +132,7 @@ int* tickets(Stream stream, const char* who) {
     buf.bytes = bytes;
   }
   buf.captured = buf.captured || capturing;
-  return static_cast<int*>(buf.ptr);
+  return static_cast<unsigned*>(buf.ptr);
 }
 
 int multiprocessors() {

@@ -321,7 +321,9 @@ class Graph:
 
     def replay(self, stream=None) -> None:
         """Launch the graph on ``stream`` (default: fastmlp's current stream), asynchronously.
-        Replays on the stream the eager work uses are ordered with it."""
+        Replays on the stream the eager work uses are ordered with it. The graph reuses the scratch
+        memory and split-K counters of the stream it was captured on, so do not replay it on
+        another stream while work runs on that one, nor twice at once on two streams."""
         if self._exec is None:
             raise RuntimeError("Graph.replay: the graph has not been captured (its graph_capture block "
                                "has not finished, or it failed)")

@@ -207,6 +207,13 @@ __device__ __forceinline__ void store_stage(float (*s)[Rows + kSmemPad],
   }
 }
 
+// This block's split of k, [k_begin, k_end) (blockIdx.z of k_chunk each), and its stages of bk.
+__device__ __forceinline__ int split_stages(const GemmParams& p, int bk, int64_t& k_begin, int64_t& k_end) {
+  k_begin = static_cast<int64_t>(blockIdx.z) * p.k_chunk;
+  k_end = p.K < k_begin + p.k_chunk ? p.K : k_begin + p.k_chunk;
+  return k_end > k_begin ? static_cast<int>(ceil_div(k_end - k_begin, bk)) : 0;
+}
+
 // The register tile of thread (ty, tx): rows ty*4 + {0..3} and 64 + ty*4 + {0..3} of the block
 // tile, columns likewise with tx, so each k reads two float4 of each operand from shared memory.
 __device__ __forceinline__ int tile_offset(int half_index, int t) { return (half_index < 4 ? 0 : 64) + t * 4 + (half_index & 3); }
@@ -228,9 +235,8 @@ __global__ void __launch_bounds__(kGemmThreads, 2) gemm_kernel(const GemmParams 
   const int64_t m0 = (first_m + (pid % group_width) % group_rows) * kTileM;
   const int64_t n0 = ((pid % group_width) / group_rows) * kTileN;
 
-  const int64_t k_begin = static_cast<int64_t>(blockIdx.z) * p.k_chunk;
-  const int64_t k_end = p.K < k_begin + p.k_chunk ? p.K : k_begin + p.k_chunk;
-  const int stages = k_end > k_begin ? static_cast<int>(ceil_div(k_end - k_begin, BK)) : 0;
+  int64_t k_begin, k_end;
+  const int stages = split_stages(p, BK, k_begin, k_end);
   const int tx = threadIdx.x % 16, ty = threadIdx.x / 16;
 
   float acc[8][8];
@@ -323,9 +329,8 @@ __global__ void __launch_bounds__(kGemmThreads, 2) gemm_small_kernel(const GemmP
 
   const int64_t tile = blockIdx.x;
   const int64_t m0 = (tile / p.tiles_n) * T, n0 = (tile % p.tiles_n) * T;
-  const int64_t k_begin = static_cast<int64_t>(blockIdx.z) * p.k_chunk;
-  const int64_t k_end = p.K < k_begin + p.k_chunk ? p.K : k_begin + p.k_chunk;
-  const int stages = k_end > k_begin ? static_cast<int>(ceil_div(k_end - k_begin, BK)) : 0;
+  int64_t k_begin, k_end;
+  const int stages = split_stages(p, BK, k_begin, k_end);
   const int tx = threadIdx.x % 16, ty = threadIdx.x / 16;
 
   float acc[4][4];

@@ -7,8 +7,9 @@
 // count. The epilogue is applied once per tile, as the tile is stored: from registers for tiles of
 // NR columns and MR, 2MR/3 or MR/3 rows with the identity or ReLU (or relu_mask), else from the
 // parked partial sums. Some shapes skip a packing, with the same FMA chains: one column panel
-// reads op(a) in place (direct_a), as does a small GEMM (one thread, one k block) in its
-// register-epilogue tiles; one or two row panels (or a small op(b)) read a row-major op(b) in
+// reads op(a) in place (direct_a), as do, in their register-epilogue tiles, a small GEMM (one
+// thread, one k block) and a threaded one-k-block GEMM whose row-major op(a) meets few columns
+// (a_in_place); one or two row panels (or a small op(b)) read a row-major op(b) in
 // place (direct_b); and a single row (M = 1) streams op(b) without tiles (gemm_one_row).
 #include <cstdint>
 #include <cstring>
@@ -155,7 +156,7 @@ void micro_kernel_out(int64_t kc, const T* __restrict A, const T* __restrict B, 
   out_tile<Ac, HasBeta, HasBias, T, Rows, false>(kc, A, 0, 0, B, ldb, acc, load, out, ld, bias, alpha, beta);
 }
 
-// micro_kernel_out with op(a) read in place: one k block, no partial sums (a small GEMM's tile).
+// micro_kernel_out with op(a) read in place: one k block, no partial sums (a tile of a_in_place).
 template <Act Ac, bool HasBeta, bool HasBias, class T, int Rows = Blocking<T>::MR>
 void micro_kernel_out_direct(int64_t kc, const T* __restrict A, int64_t si, int64_t sk, const T* __restrict B,
                              int64_t ldb, T* __restrict out, int64_t ld, const T* __restrict bias, T alpha, T beta) {
@@ -594,8 +595,18 @@ void gemm(const GemmArgs<T>& g) {
   // packing: 32x64x64 1.13-1.19x for every transpose pair, NN 0.94x -> 1.06x NumPy; 64x64x64
   // 1.16-1.25x; 32x128x100 1.05-1.15x). A panel whose rows are not a whole row class (33 = 2 x 12
   // + 9) and a partial column panel still pack their A panel.
-  const bool small = !parallel && k_blocks == 1 && !direct_a && !g.relu_mask && !g.a_sums &&
-                     (g.act == Act::identity || g.act == Act::relu);
+  // So does a threaded GEMM with one k block whose op(a) is row-major (each A panel row a run of
+  // K floats: a line serves 16 k) and meets at most kDirectAMaxCols columns of op(b), where packing
+  // it costs more than its strided reads (toggled in one process on the Xeon, AVX-512 / AVX2 path:
+  // 256x512x784 A.Bt, the MLP's first layer, 1.05-1.09x / 1.05x; 256x512x512 1.04-1.05x /
+  // 1.05-1.07x; 256x784x512 1.01-1.03x / 1.01-1.02x; 4096x64x256 1.30-1.34x / 1.20-1.22x; the
+  // 784-512-512-10 training step 1.3%). Wider outputs reuse each packed panel more and lost
+  // (256x1024x1024 A.Bt 0.94x, 33x4000x128 0.88x), as did a transposed op(a), whose A panel row
+  // is a cache line per k (1024^3 At.B 0.63x).
+  constexpr int64_t kDirectAMaxCols = 800;
+  const bool a_in_place = k_blocks == 1 && !direct_a && !g.relu_mask && !g.a_sums &&
+                          (g.act == Act::identity || g.act == Act::relu) &&
+                          (!parallel || (!g.trans_a && N <= kDirectAMaxCols));
   // Task grid over (row block, column block); block sizes only change how work is split.
   const int threads = parallel ? get_num_threads() : 1;
   int64_t mc = balanced_block(M, B::MC_MAX, MR);
@@ -623,7 +634,7 @@ void gemm(const GemmArgs<T>& g) {
   // shapes unchanged).
   const int64_t a_group_panels = min_i64(8, mc / MR), b_group_panels = min_i64(8, nc / NR);
   const int64_t b_groups = ceil_div(n_panels - b_first_packed, b_group_panels);
-  const int64_t a_groups = direct_a || small ? 0 : ceil_div(m_panels_all, a_group_panels);
+  const int64_t a_groups = direct_a || a_in_place ? 0 : ceil_div(m_panels_all, a_group_panels);
   const int64_t groups_per_kb = b_groups + a_groups;
   const size_t packed_bytes = (sizeof(T) * static_cast<size_t>(K * (n_pad + m_pad) + 64) + 63) / 64 * 64;
   char* packed = static_cast<char*>(
@@ -720,9 +731,9 @@ void gemm(const GemmArgs<T>& g) {
       masked_out ? micro_kernel_out_masked<T>
                  : g.relu_mask ? nullptr : pick_out_kernel<T>(g.act, has_beta, has_bias)};
   const DirectOutKernel<T> direct_out_kernels[3] = {
-      small ? pick_out_kernel<T, kRowsSmall, true>(g.act, has_beta, has_bias) : nullptr,
-      small ? pick_out_kernel<T, kRowsMid, true>(g.act, has_beta, has_bias) : nullptr,
-      small ? pick_out_kernel<T, MR, true>(g.act, has_beta, has_bias) : nullptr};
+      a_in_place ? pick_out_kernel<T, kRowsSmall, true>(g.act, has_beta, has_bias) : nullptr,
+      a_in_place ? pick_out_kernel<T, kRowsMid, true>(g.act, has_beta, has_bias) : nullptr,
+      a_in_place ? pick_out_kernel<T, MR, true>(g.act, has_beta, has_bias) : nullptr};
   const T alpha = static_cast<T>(g.alpha);
   const T beta_or_scale = masked_out ? mask_scale : static_cast<T>(g.beta);  // the out kernels' last argument
   auto rows_class = [](int64_t tile_rows) { return tile_rows <= kRowsSmall ? 0 : tile_rows <= kRowsMid ? 1 : 2; };
@@ -736,7 +747,7 @@ void gemm(const GemmArgs<T>& g) {
     const int64_t last_b = (j0 + cols - 1) / NR, last_a = (i0 + rows - 1) / MR;
     const int64_t b0 = last_b < b_first_packed ? 0 : (max_i64(j0 / NR, b_first_packed) - b_first_packed) / b_group_panels;
     const int64_t b1 = last_b < b_first_packed ? 0 : (last_b - b_first_packed) / b_group_panels + 1;
-    const bool no_a_pack = direct_a || small;
+    const bool no_a_pack = direct_a || a_in_place;
     const int64_t a0 = no_a_pack ? 0 : (i0 / MR) / a_group_panels, a1 = no_a_pack ? 0 : last_a / a_group_panels + 1;
     for (int64_t kb = 0; kb < k_blocks; ++kb) {
       const int64_t k0 = kb * kc_size;
@@ -755,7 +766,7 @@ void gemm(const GemmArgs<T>& g) {
           const int64_t tile_rows = min_i64(MR, rows - ip * MR);
           const int cls = rows_class(tile_rows);
           const int64_t cls_rows = cls == 2 ? MR : cls == 1 ? kRowsMid : kRowsSmall;
-          if (small) {
+          if (a_in_place) {
             const int64_t r0 = i0 + ip * MR, c0 = j0 + jp * NR;
             if (tile_rows == cls_rows && tile_cols == NR) {
               direct_out_kernels[cls](kc, g.a + r0 * a_si + k0 * a_sk, a_si, a_sk, bp, ldb, g.out + r0 * N + c0, N,

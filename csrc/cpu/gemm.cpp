@@ -165,10 +165,11 @@ void micro_kernel_out_direct(int64_t kc, const T* __restrict A, int64_t si, int6
 
 // The last k block of a Rows x NR tile (as micro_kernel_out) with the identity epilogue (no beta,
 // no bias) and GemmArgs' relu_mask (`mask`, row stride ld like out): out = mask > 0 ? (alpha * c) * scale : 0.
-template <class T, int Rows = Blocking<T>::MR>
-void micro_kernel_out_masked(int64_t kc, const T* __restrict A, const T* __restrict B, int64_t ldb,
-                             const T* __restrict acc, bool load, T* __restrict out, int64_t ld,
-                             const T* __restrict mask, T alpha, T scale) {
+// Direct: op(a) read in place (si, sk as in micro_tile; one k block, acc unused).
+template <class T, int Rows = Blocking<T>::MR, bool Direct = false>
+void masked_tile(int64_t kc, const T* __restrict A, int64_t si, int64_t sk, const T* __restrict B, int64_t ldb,
+                 const T* __restrict acc, bool load, T* __restrict out, int64_t ld, const T* __restrict mask, T alpha,
+                 T scale) {
   using S = Simd<T>;
   using V = typename S::V;
   constexpr int NV = Blocking<T>::NV, W = S::W, NR = Blocking<T>::NR;
@@ -183,7 +184,7 @@ void micro_kernel_out_masked(int64_t kc, const T* __restrict A, const T* __restr
     __builtin_prefetch(out + i * ld, 1);
     __builtin_prefetch(out + i * ld + NR - 1, 1);
   }
-  micro_tile<T, false, Rows>(kc, A, B, ldb, acc, load, [&](const V (&c)[Rows][NV]) __attribute__((always_inline)) {
+  micro_tile<T, Direct, Rows>(kc, A, B, ldb, acc, load, [&](const V (&c)[Rows][NV]) __attribute__((always_inline)) {
     const V va = S::set1(alpha), vs = S::set1(scale), zero = S::zero();
 #pragma GCC unroll 16
     for (int i = 0; i < Rows; ++i)
@@ -192,7 +193,22 @@ void micro_kernel_out_masked(int64_t kc, const T* __restrict A, const T* __restr
         const V v = (va * c[i][j]) * vs;
         S::store(out + i * ld + j * W, S::load(mask + i * ld + j * W) > zero ? v : zero);
       }
-  });
+  }, si, sk);
+}
+
+template <class T, int Rows = Blocking<T>::MR>
+void micro_kernel_out_masked(int64_t kc, const T* __restrict A, const T* __restrict B, int64_t ldb,
+                             const T* __restrict acc, bool load, T* __restrict out, int64_t ld,
+                             const T* __restrict mask, T alpha, T scale) {
+  masked_tile<T, Rows, false>(kc, A, 0, 0, B, ldb, acc, load, out, ld, mask, alpha, scale);
+}
+
+// micro_kernel_out_masked with op(a) read in place (a tile of a_in_place).
+template <class T, int Rows = Blocking<T>::MR>
+void micro_kernel_out_masked_direct(int64_t kc, const T* __restrict A, int64_t si, int64_t sk,
+                                    const T* __restrict B, int64_t ldb, T* __restrict out, int64_t ld,
+                                    const T* __restrict mask, T alpha, T scale) {
+  masked_tile<T, Rows, true>(kc, A, si, sk, B, ldb, nullptr, false, out, ld, mask, alpha, scale);
 }
 
 template <class T>
@@ -602,9 +618,13 @@ void gemm(const GemmArgs<T>& g) {
   // 1.05-1.07x; 256x784x512 1.01-1.03x / 1.01-1.02x; 4096x64x256 1.30-1.34x / 1.20-1.22x; the
   // 784-512-512-10 training step 1.3%). Wider outputs reuse each packed panel more and lost
   // (256x1024x1024 A.Bt 0.94x, 33x4000x128 0.88x), as did a transposed op(a), whose A panel row
-  // is a cache line per k (1024^3 At.B 0.63x).
+  // is a cache line per k (1024^3 At.B 0.63x). A backward dX GEMM with a relu_mask reads op(a) in
+  // place too, through its masked epilogue (256x512x512 A.B 1.02-1.05x, the step +0-0.6%).
+  // A relu_mask has its own register epilogue for the plain product (a backward dX GEMM's case);
+  // with anything else the masked tiles go through store_tile.
+  const bool masked_out = g.relu_mask && g.act == Act::identity && g.beta == 0.0 && !g.bias;
   constexpr int64_t kDirectAMaxCols = 800;
-  const bool a_in_place = k_blocks == 1 && !direct_a && !g.relu_mask && !g.a_sums &&
+  const bool a_in_place = k_blocks == 1 && !direct_a && (!g.relu_mask || masked_out) && !g.a_sums &&
                           (g.act == Act::identity || g.act == Act::relu) &&
                           (!parallel || (!g.trans_a && N <= kDirectAMaxCols));
   // Task grid over (row block, column block); block sizes only change how work is split.
@@ -705,9 +725,6 @@ void gemm(const GemmArgs<T>& g) {
     }
   };
 
-  // A relu_mask has its own register epilogue for the plain product (a backward dX GEMM's case);
-  // with anything else the masked tiles go through store_tile.
-  const bool masked_out = g.relu_mask && g.act == Act::identity && g.beta == 0.0 && !g.bias;
   const T mask_scale = ops::dropout_scale<T>(g.mask_p);
   // A partial row panel (M not a multiple of MR: 256 = 21 x 12 + 4 on AVX-512) computes only the
   // first MR / 3 or 2 MR / 3 rows of its register tile when its rows fit (the packed rows past M
@@ -731,9 +748,15 @@ void gemm(const GemmArgs<T>& g) {
       masked_out ? micro_kernel_out_masked<T>
                  : g.relu_mask ? nullptr : pick_out_kernel<T>(g.act, has_beta, has_bias)};
   const DirectOutKernel<T> direct_out_kernels[3] = {
-      a_in_place ? pick_out_kernel<T, kRowsSmall, true>(g.act, has_beta, has_bias) : nullptr,
-      a_in_place ? pick_out_kernel<T, kRowsMid, true>(g.act, has_beta, has_bias) : nullptr,
-      a_in_place ? pick_out_kernel<T, MR, true>(g.act, has_beta, has_bias) : nullptr};
+      !a_in_place ? nullptr
+      : masked_out ? micro_kernel_out_masked_direct<T, kRowsSmall>
+                   : pick_out_kernel<T, kRowsSmall, true>(g.act, has_beta, has_bias),
+      !a_in_place ? nullptr
+      : masked_out ? micro_kernel_out_masked_direct<T, kRowsMid>
+                   : pick_out_kernel<T, kRowsMid, true>(g.act, has_beta, has_bias),
+      !a_in_place ? nullptr
+      : masked_out ? micro_kernel_out_masked_direct<T>
+                   : pick_out_kernel<T, MR, true>(g.act, has_beta, has_bias)};
   const T alpha = static_cast<T>(g.alpha);
   const T beta_or_scale = masked_out ? mask_scale : static_cast<T>(g.beta);  // the out kernels' last argument
   auto rows_class = [](int64_t tile_rows) { return tile_rows <= kRowsSmall ? 0 : tile_rows <= kRowsMid ? 1 : 2; };
@@ -769,8 +792,9 @@ void gemm(const GemmArgs<T>& g) {
           if (a_in_place) {
             const int64_t r0 = i0 + ip * MR, c0 = j0 + jp * NR;
             if (tile_rows == cls_rows && tile_cols == NR) {
+              const T* extra = masked_out ? g.relu_mask + r0 * N + c0 : g.bias ? g.bias + c0 : nullptr;
               direct_out_kernels[cls](kc, g.a + r0 * a_si + k0 * a_sk, a_si, a_sk, bp, ldb, g.out + r0 * N + c0, N,
-                                      g.bias ? g.bias + c0 : nullptr, alpha, beta_or_scale);
+                                      extra, alpha, beta_or_scale);
             } else {
               T* a_panel = static_cast<T*>(thread_scratch(kScratchPackA, sizeof(T) * static_cast<size_t>(MR * kc)));
               pack_a(g, r0, tile_rows, k0, kc, a_panel);

@@ -271,8 +271,11 @@ def test_gemm_a_sums_arguments_are_checked():
 # The last three end in a partial row panel of exactly a third or two thirds of the register tile
 # (MR = 12 on AVX-512, 6 elsewhere), which has its own register epilogue: 56 = 4 x 12 + 8,
 # 52 = 4 x 12 + 4 = 8 x 6 + 4, 38 = 6 x 6 + 2.
+# (131, 100, 300): threaded, one k block, op(a) read in place where not transposed, with a partial
+# last row panel of no register-tile size (131 = 10 x 12 + 11 = 21 x 6 + 5) and a partial last
+# column panel on every path.
 RELU_MASK_SHAPES = [(256, 512, 10), (64, 96, 70), (7, 17, 5), (1, 64, 32), (1, 5, 3), (13, 16, 0), (64, 8, 32),
-                    (37, 300, 13), (30, 40, 1100), (56, 64, 1100), (52, 64, 30), (38, 48, 40)]
+                    (37, 300, 13), (30, 40, 1100), (56, 64, 1100), (52, 64, 30), (38, 48, 40), (131, 100, 300)]
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
@@ -280,7 +283,8 @@ RELU_MASK_SHAPES = [(256, 512, 10), (64, 96, 70), (7, 17, 5), (1, 64, 32), (1, 5
 @pytest.mark.parametrize("shape", RELU_MASK_SHAPES, ids=shape_id)
 def test_gemm_relu_mask_is_bitwise_relu_dropout_backward_of_the_product(isa, rng, shape, trans, dtype):
     # The backward of dropout(relu(z)) fused into the GEMM that forms its incoming gradient:
-    # register epilogue (full tiles), store_tile (edges, one row, op(a) in place) alike.
+    # register epilogue (full tiles, op(a) packed or read in place), store_tile (edges, one row,
+    # one column panel) alike.
     from fastmlp import _core
     M, N, Kd = shape
     ta, tb = trans
@@ -382,8 +386,9 @@ INVARIANCE_CASES = [
     # epilogue (68 = 5 x 12 + 8 = 11 x 6 + 2; 52 = 4 x 12 + 4 = 8 x 6 + 4), two k blocks in the first
     ((68, 64, 1100), dict(bias=True, activation="relu")),
     ((52, 96, 300), dict(beta=0.5, bias=True)),
-    # Small enough for one thread (op(a) read in place by the register-epilogue kernels), beta and
-    # bias included; single rows and the windows below take the other kernels
+    # Small enough for one thread (op(a) read in place by the register-epilogue kernels, as in the
+    # threaded cases above whose op(a) is not transposed), beta and bias included; single rows and
+    # the windows below take the other kernels
     ((48, 80, 64), dict(beta=0.5, bias=True, activation="relu")),
 ]
 
@@ -471,3 +476,14 @@ def test_gemm_is_bitwise_identical_on_1_and_2_threads(isa, threads, rng, trans, 
         fastmlp.set_num_threads(2)
         two = gemm_with_out(a, b, kw, out0)
         np.testing.assert_array_equal(one, two, err_msg=f"shape {shape}, {spec}")
+    # and with a relu_mask (its own register epilogue, op(a) packed or read in place)
+    from fastmlp import _core
+    M, N, Kd = 131, 100, 300
+    a, b = operands(rng, M, N, Kd, trans[0], trans[1], dtype)
+    y = np.maximum(rng.standard_normal((M, N)), 0).astype(dtype)
+    outs = []
+    for n in (1, 2):
+        fastmlp.set_num_threads(n)
+        outs.append(_core._gemm(a, b, trans[0], trans[1], 1.0, 0.0, np.empty((M, N), dtype), None, "identity", None,
+                                y, 0.2))
+    np.testing.assert_array_equal(outs[0], outs[1], err_msg="relu_mask")

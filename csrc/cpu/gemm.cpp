@@ -612,7 +612,7 @@ void gemm(const GemmArgs<T>& g) {
   // 1.16-1.25x; 32x128x100 1.05-1.15x). A panel whose rows are not a whole row class (33 = 2 x 12
   // + 9) and a partial column panel still pack their A panel.
   // So does a threaded GEMM with one k block whose op(a) is row-major (each A panel row a run of
-  // K floats: a line serves 16 k) and meets at most kDirectAMaxCols columns of op(b), where packing
+  // K elements: a cache line serves 64 bytes of k) and meets at most kDirectAMaxCols columns of op(b), where packing
   // it costs more than its strided reads (toggled in one process on the Xeon, AVX-512 / AVX2 path:
   // 256x512x784 A.Bt, the MLP's first layer, 1.05-1.09x / 1.05x; 256x512x512 1.04-1.05x /
   // 1.05-1.07x; 256x784x512 1.01-1.03x / 1.01-1.02x; 4096x64x256 1.30-1.34x / 1.20-1.22x; the
@@ -656,7 +656,8 @@ void gemm(const GemmArgs<T>& g) {
   const int64_t b_groups = ceil_div(n_panels - b_first_packed, b_group_panels);
   const int64_t a_groups = direct_a || a_in_place ? 0 : ceil_div(m_panels_all, a_group_panels);
   const int64_t groups_per_kb = b_groups + a_groups;
-  const size_t packed_bytes = (sizeof(T) * static_cast<size_t>(K * (n_pad + m_pad) + 64) + 63) / 64 * 64;
+  const int64_t a_pad = a_groups > 0 ? m_pad : 0;  // op(a)'s packed copy, if it has one
+  const size_t packed_bytes = (sizeof(T) * static_cast<size_t>(K * (n_pad + a_pad) + 64) + 63) / 64 * 64;
   char* packed = static_cast<char*>(
       thread_scratch(kScratchPackB, packed_bytes + sizeof(int32_t) * static_cast<size_t>(k_blocks * groups_per_kb)));
   T* packed_b = reinterpret_cast<T*>(packed);
@@ -777,7 +778,7 @@ void gemm(const GemmArgs<T>& g) {
       const int64_t kc = min_i64(kc_size, K - k0);
       const bool first = kb == 0, last = kb == k_blocks - 1;
       ensure_packed(kb, b0, b1, a0, a1);
-      const T* ap = packed_a + k0 * m_pad + (i0 / MR) * kc * MR;
+      const T* ap = no_a_pack ? nullptr : packed_a + k0 * m_pad + (i0 / MR) * kc * MR;
       for (int64_t jp = 0; jp < c_panels; ++jp) {
         const int64_t panel = j0 / NR + jp;
         const bool b_in_place = panel < b_first_packed;
@@ -795,6 +796,9 @@ void gemm(const GemmArgs<T>& g) {
               const T* extra = masked_out ? g.relu_mask + r0 * N + c0 : g.bias ? g.bias + c0 : nullptr;
               direct_out_kernels[cls](kc, g.a + r0 * a_si + k0 * a_sk, a_si, a_sk, bp, ldb, g.out + r0 * N + c0, N,
                                       extra, alpha, beta_or_scale);
+            } else if (tile_rows == MR) {  // the partial last column panel (packed, zero-padded): no A pack
+              micro_kernel_direct(kc, g.a + r0 * a_si + k0 * a_sk, a_si, a_sk, bp, tile, false);
+              store_tile(g, tile, NR, r0, c0, tile_rows, tile_cols);
             } else {
               T* a_panel = static_cast<T*>(thread_scratch(kScratchPackA, sizeof(T) * static_cast<size_t>(MR * kc)));
               pack_a(g, r0, tile_rows, k0, kc, a_panel);

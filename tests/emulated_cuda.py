@@ -145,13 +145,21 @@ class Fake:
         raise NotImplementedError
 
     # -- kernels --
-    def gemm(self, a, b, out, bias, M, N, K, ta, tb, alpha, beta, act, stream):
+    def gemm(self, a, b, out, bias, M, N, K, ta, tb, alpha, beta, act, a_sums, relu_mask, mask_p, dropout, drop_p,
+             seed, offset, step_ptr, n_streams, stream):
         def run():
             A = _view(a, (K, M) if ta else (M, K), np.float32)
             B = _view(b, (N, K) if tb else (K, N), np.float32)
             O = _view(out, (M, N), np.float32)
             bb = _view(bias, (N,), np.float32) if bias else None
-            _core.gemm(A, B, trans_a=ta, trans_b=tb, alpha=alpha, beta=beta, out=O, bias=bb, activation=act)
+            sums = _view(a_sums, (M,), np.float32) if a_sums else None
+            mask = _view(relu_mask, (M, N), np.float32) if relu_mask else None
+            _core.gemm(A, B, trans_a=ta, trans_b=tb, alpha=alpha, beta=beta, out=O, bias=bb, activation=act,
+                       a_sums=sums, relu_mask=None if dropout else mask, mask_p=mask_p)
+            if dropout:  # the kernel's order: activation, dropout, then the mask
+                _core.dropout(O, drop_p, seed=seed, offset=self._off(offset, step_ptr, n_streams), out=O)
+                if mask is not None:
+                    _core._relu_dropout_backward(O, mask, mask_p, O)
         _launch(stream, run)
 
     def activation(self, x, out, n, act, stream):

@@ -369,11 +369,132 @@ def test_gemm_with_small_tiles_off_splits_on_large_tiles_with_a_reduction_kernel
             bound = (K_ + 4) * 2.0**-24 * (1.5 * np.abs(a64) @ np.abs(b64) + 0.5 * np.abs(c0) + np.abs(bias))
             err = np.abs(out.to_numpy() - ref) - bound
             assert (err <= 0).all(), (M, N, K_, err.max())
+            # the fused extras there: a's column sums by the column reduction, and the mask in the
+            # reduction kernel's epilogue
+            from fastmlp import _cuda_kernels as ck
+            da, db = cuda.asarray(a), cuda.asarray(rng.uniform(-1, 1, (M, N)).astype(np.float32))
+            y = cuda.asarray(rng.uniform(-1, 1, (K_, N)).astype(np.float32))
+            sums, out = cuda.zeros(K_), cuda.empty((K_, N))
+            ck.gemm(da, db, trans_a=True, trans_b=False, alpha=1.0, beta=0.0, out=out, bias=None,
+                    activation="identity", stream=None, a_sums=sums, relu_mask=y, mask_p=0.25)
+            want = ck.relu_dropout_backward(K.gemm(da, db, trans_a=True), y, 0.25, out=None, stream=None)
+            assert np.array_equal(out.to_numpy(), want.to_numpy())
+            ck.gemm(da, db, trans_a=True, trans_b=False, alpha=1.0, beta=0.0, out=out, bias=None,
+                    activation="relu", stream=None, dropout=(0.3, 4, 2, None, None))
+            want = K.dropout(K.gemm(da, db, trans_a=True, activation="relu"), 0.3, seed=4, offset=2)
+            assert np.array_equal(out.to_numpy(), want.to_numpy())
+            ref = a.astype(np.float64).sum(axis=0)
+            assert (np.abs(sums.to_numpy() - ref) <= (M + 1) * 2.0**-23 * np.abs(a).sum(axis=0) + 1e-30).all()
         print("ok")
     """)
     env = dict(os.environ, FASTMLP_CUDA_GEMM_SMALL_TILES="0", TESTS_DIR=os.path.dirname(os.path.abspath(__file__)))
     r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and r.stdout.strip() == "ok", r.stdout + r.stderr
+
+
+# The shapes of a layer's backward GEMMs with their fused extras: dW = dz^T x with the bias gradient
+# (a_sums) and dX = dz W through the dropout and ReLU before (relu_mask). 64x64 tiles with and
+# without k splits, N == 0 and K == 0, odd sizes (scalar loads) and the 128x128 kernel
+# (2049, 2053, 37), where a_sums comes from the column reduction instead.
+FUSED_SHAPES = [(5, 0, 3), (5, 3, 0), (1, 1, 1), (7, 13, 31), (97, 65, 129), (255, 33, 1000), (1000, 3, 7),
+                (96, 132, 260), (512, 784, 256), (10, 512, 256), (256, 512, 10), (2049, 2053, 37)]
+
+
+def _fused_gemm(a, b, trans_a, trans_b, out, **extra):
+    from fastmlp import _cuda_kernels
+
+    return _cuda_kernels.gemm(a, b, trans_a=trans_a, trans_b=trans_b, alpha=1.0, beta=0.0, out=out, bias=None,
+                              activation="identity", stream=None, **extra)
+
+
+@requires_gpu
+@pytest.mark.parametrize("trans_b", (False, True))
+@pytest.mark.parametrize("M, N, K_", FUSED_SHAPES, ids=lambda v: str(v))
+def test_gemm_a_sums_are_the_column_sums_of_a_beside_an_unchanged_product(M, N, K_, trans_b, rng):
+    a = rng.uniform(-1, 1, (K_, M)).astype(np.float32)
+    b = rng.uniform(-1, 1, (N, K_) if trans_b else (K_, N)).astype(np.float32)
+    da, db = cuda.asarray(a), cuda.asarray(b)
+    plain = K.gemm(da, db, trans_a=True, trans_b=trans_b).to_numpy()
+    out, sums = cuda.asarray(np.full((M, N), np.nan, np.float32)), cuda.asarray(np.full(M, np.nan, np.float32))
+    assert _fused_gemm(da, db, True, trans_b, out, a_sums=sums) is out
+    np.testing.assert_array_equal(out.to_numpy(), plain)  # the product is the plain GEMM's, bitwise
+    ref = a.astype(np.float64).sum(axis=0)
+    got = sums.to_numpy()
+    # a float32 sum's bound (the GPU adds in double and rounds once, well inside it)
+    bound = (K_ + 1) * EPS32 * np.abs(a.astype(np.float64)).sum(axis=0) + 1e-30
+    assert np.all(np.abs(got - ref) <= bound), np.abs(got - ref).max()
+    again = cuda.asarray(np.zeros(M, np.float32))
+    _fused_gemm(da, db, True, trans_b, out, a_sums=again)
+    np.testing.assert_array_equal(again.to_numpy(), got)  # deterministic
+
+
+@requires_gpu
+@pytest.mark.parametrize("trans_a", (False, True))
+@pytest.mark.parametrize("M, N, K_", FUSED_SHAPES, ids=lambda v: str(v))
+def test_gemm_relu_mask_is_bitwise_the_product_then_relu_dropout_backward(M, N, K_, trans_a, rng):
+    from fastmlp import _cuda_kernels
+
+    a = rng.uniform(-1, 1, (K_, M) if trans_a else (M, K_)).astype(np.float32)
+    b = rng.uniform(-1, 1, (K_, N)).astype(np.float32)
+    y = rng.uniform(-1, 2, (M, N)).astype(np.float32)  # y > 0: kept; also 0, -0 and NaN: dropped
+    y[rng.random((M, N)) < 0.2] = 0.0
+    y[rng.random((M, N)) < 0.05] = -0.0
+    y[rng.random((M, N)) < 0.05] = np.nan
+    da, db, dy = cuda.asarray(a), cuda.asarray(b), cuda.asarray(y)
+    for p in (0.0, 0.2):
+        plain = K.gemm(da, db, trans_a=trans_a)
+        want = _cuda_kernels.relu_dropout_backward(plain, dy, p, out=None, stream=None).to_numpy()
+        out = cuda.asarray(np.full((M, N), np.nan, np.float32))
+        _fused_gemm(da, db, trans_a, False, out, relu_mask=dy, mask_p=p)
+        np.testing.assert_array_equal(out.to_numpy(), want)
+
+
+@requires_gpu
+@pytest.mark.parametrize("trans_b", (False, True))
+@pytest.mark.parametrize("M, N, K_", FUSED_SHAPES + [(256, 512, 784)], ids=lambda v: str(v))
+def test_gemm_dropout_epilogue_is_bitwise_the_product_then_dropout(M, N, K_, trans_b, rng):
+    # A ReLU layer's forward with its dropout in the GEMM's epilogue: the mask of the same Philox
+    # stream over out's flat index (float4 stores with N % 4 == 0, element by element otherwise),
+    # with an int offset and with a device step counter.
+    a = rng.uniform(-1, 1, (M, K_)).astype(np.float32)
+    b = rng.uniform(-1, 1, (N, K_) if trans_b else (K_, N)).astype(np.float32)
+    bias = rng.uniform(-0.5, 0.5, N).astype(np.float32)
+    da, db, dbias = cuda.asarray(a), cuda.asarray(b), cuda.asarray(bias)
+    step = cuda.asarray(np.array([12], np.int64))
+    plain = K.gemm(da, db, trans_b=trans_b, bias=dbias, activation="relu")
+    for p, offset, dstep, n_streams in ((0.2, 5, None, None), (0.5, 1, step, 3)):
+        want = K.dropout(plain, p, seed=11, offset=offset, step=dstep, n_streams=n_streams).to_numpy()
+        out = cuda.asarray(np.full((M, N), np.nan, np.float32))
+        from fastmlp import _cuda_kernels
+
+        _cuda_kernels.gemm(da, db, trans_a=False, trans_b=trans_b, alpha=1.0, beta=0.0, out=out, bias=dbias,
+                           activation="relu", stream=None, dropout=(p, 11, offset, dstep, n_streams))
+        np.testing.assert_array_equal(out.to_numpy(), want)
+    assert int(step) == 12  # only the optimizer advances it
+
+
+@requires_gpu
+def test_gemm_fused_extras_are_validated():
+    a, b, out = cuda.zeros((4, 3)), cuda.zeros((4, 5)), cuda.zeros((3, 5))
+    with pytest.raises(ValueError, match="a_sums .* needs trans_a=True"):
+        _fused_gemm(cuda.zeros((3, 4)), b, False, False, out, a_sums=cuda.zeros(3))
+    with pytest.raises(ValueError, match=r"a_sums has shape \(4,\) but \(3,\) is required"):
+        _fused_gemm(a, b, True, False, out, a_sums=cuda.zeros(4))
+    with pytest.raises(ValueError, match="relu_mask has shape"):
+        _fused_gemm(a, b, True, False, out, relu_mask=cuda.zeros((5, 3)))
+    with pytest.raises(ValueError, match="mask_p must satisfy"):
+        _fused_gemm(a, b, True, False, out, relu_mask=cuda.zeros((3, 5)), mask_p=1.0)
+    with pytest.raises(ValueError, match="a_sums and a share memory"):
+        _fused_gemm(a, b, True, False, out, a_sums=a.reshape(-1)[:3])
+    with pytest.raises(ValueError, match="out and relu_mask share memory"):
+        _fused_gemm(a, b, True, False, out, relu_mask=out)
+    with pytest.raises(TypeError, match="a_sums"):
+        _fused_gemm(a, b, True, False, out, a_sums=np.zeros(3, np.float32))
+    with pytest.raises(ValueError, match="p must satisfy"):
+        _fused_gemm(a, b, True, False, out, dropout=(1.0, 0, 0, None, None))
+    with pytest.raises(TypeError, match="dropout epilogue is for device arrays"):
+        _fused_gemm(np.zeros((4, 3), np.float32), np.zeros((4, 5), np.float32), True, False, None,
+                    dropout=(0.5, 0, 0, None, None))
 
 
 @requires_gpu
@@ -666,6 +787,35 @@ def test_optimizer_steps_match_the_cpu_over_ten_steps(name, capturable, layout, 
     for k in host:
         if k != "grad":
             np.testing.assert_allclose(dev[k].to_numpy(), host[k], rtol=1e-5, atol=1e-6, err_msg=k)
+
+
+@requires_gpu
+def test_a_device_step_is_read_by_every_block_before_the_last_one_advances_it(rng):
+    # Many blocks: all must see one step (Adam's bias corrections depend on it), and the step moves
+    # once per call, from the kernel's last block to finish. A capture on a stream that has never
+    # run a step (no arrival counters yet) advances it with a kernel of its own instead.
+    n = (1 << 21) + 3
+    host = {"param": rng.standard_normal(n).astype(np.float32), "exp_avg": np.zeros(n, np.float32),
+            "exp_avg_sq": np.zeros(n, np.float32)}
+    dev = {k: cuda.asarray(v) for k, v in host.items()}
+    step, lr, grad = cuda.asarray(np.array([0], np.int64)), cuda.asarray(np.array([0.01], np.float32)), cuda.empty(n)
+    s = cuda.Stream()
+    with cuda.graph_capture(s) as graph:
+        K.adam_step(dev["param"], grad, dev["exp_avg"], dev["exp_avg_sq"], step=step, lr=lr, stream=s)
+    for t in range(1, 7):
+        g = rng.standard_normal(n).astype(np.float32)
+        K.adam_step(host["param"], g, host["exp_avg"], host["exp_avg_sq"], step=t, lr=0.01)
+        grad.copy_(g)
+        cuda.synchronize()
+        if t % 2:
+            K.adam_step(dev["param"], grad, dev["exp_avg"], dev["exp_avg_sq"], step=step, lr=lr)
+            cuda.synchronize()
+        else:
+            graph.replay(s)
+            s.synchronize()
+        assert int(step) == t
+    for k in ("param", "exp_avg", "exp_avg_sq"):
+        np.testing.assert_allclose(dev[k].to_numpy(), host[k], rtol=1e-5, atol=1e-6, err_msg=k)
 
 
 @requires_gpu

@@ -91,6 +91,23 @@ def test_cuda_training_learns_digits_like_the_cpu(dropout):
 
 
 @needs_gpu
+@pytest.mark.parametrize("batch", [64, 301])
+def test_cuda_gradients_with_dropout_match_the_cpu(batch):
+    # The GPU's fused layer kernels (the dropout in the forward GEMM's epilogue, the bias gradient
+    # beside dW, the dropout and ReLU backward in the dX GEMM's epilogue) against the CPU's; the
+    # masks are bit-identical, so only rounding differs.
+    X, y = _digits(batch)
+    got = {}
+    for device in ("cpu", "cuda"):
+        model = fastmlp.MLP([64, 48, 33, 10], output="softmax", dropout=0.25, seed=0, device=device)
+        loss, g = model.value_and_grad(X, y, seed=7, step=3)
+        got[device] = (loss, g.to_numpy() if device == "cuda" else g.copy())
+    assert abs(got["cuda"][0] - got["cpu"][0]) <= 1e-5 * abs(got["cpu"][0])
+    np.testing.assert_allclose(got["cuda"][1], got["cpu"][1], rtol=1e-3, atol=1e-6)
+    assert np.abs(got["cpu"][1]).max() > 1e-3  # not a vacuous comparison
+
+
+@needs_gpu
 def test_captured_graph_training_matches_eager_training_bitwise():
     X, y = _digits(512)
     params = []

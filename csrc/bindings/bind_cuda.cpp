@@ -275,7 +275,9 @@ void register_runtime(py::module_& m) {
 
 void register_kernels(py::module_& m) {
   m.def("gemm", [](Ptr a, Ptr b, Ptr out, Ptr bias, int64_t M, int64_t N, int64_t K, bool trans_a, bool trans_b,
-                   double alpha, double beta, const std::string& activation, Ptr stream) {
+                   double alpha, double beta, const std::string& activation, Ptr a_sums, Ptr relu_mask,
+                   double mask_p, bool dropout, double drop_p, py::handle seed, py::handle offset, Ptr step_ptr,
+                   py::handle n_streams, Ptr stream) {
     const char* fn = "gemm";
     size_arg(M, fn, "M");
     size_arg(N, fn, "N");
@@ -286,12 +288,25 @@ void register_kernels(py::module_& m) {
     finite_arg(alpha, fn, "alpha");
     finite_arg(beta, fn, "beta");
     const Act act = act_arg(activation, fn);
+    if (a_sums && !trans_a) value_error(pre(fn) + "a_sums (the column sums of a) needs trans_a=True");
+    prob_arg(mask_p, fn, "mask_p");
+    cu::GemmFusion fusion;
+    fusion.a_sums = ptr<float>(a_sums);
+    fusion.relu_mask = ptr<const float>(relu_mask);
+    fusion.mask_p = mask_p;
+    if (dropout) {
+      prob_arg(drop_p, fn, "drop_p");
+      fusion.dropout = true;
+      fusion.drop_p = drop_p;
+      fusion.drop_rs = random_stream(seed, offset, step_ptr, n_streams, fn);
+    }
     py::gil_scoped_release release;
     cu::gemm(ptr<const float>(a), ptr<const float>(b), ptr<float>(out), ptr<const float>(bias), M, N, K, trans_a,
-             trans_b, static_cast<float>(alpha), static_cast<float>(beta), act, stream_arg(stream));
+             trans_b, static_cast<float>(alpha), static_cast<float>(beta), act, stream_arg(stream), fusion);
   }, py::arg("a"), py::arg("b"), py::arg("out"), py::arg("bias"), py::arg("M"), py::arg("N"), py::arg("K"),
      py::arg("trans_a"), py::arg("trans_b"), py::arg("alpha"), py::arg("beta"), py::arg("activation"),
-     py::arg("stream"));
+     py::arg("a_sums"), py::arg("relu_mask"), py::arg("mask_p"), py::arg("dropout"), py::arg("drop_p"),
+     py::arg("seed"), py::arg("offset"), py::arg("step_ptr"), py::arg("n_streams"), py::arg("stream"));
 
   m.def("activation", [](Ptr x, Ptr out, int64_t n, const std::string& activation, Ptr stream) {
     const char* fn = "activation";

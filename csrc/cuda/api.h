@@ -56,15 +56,6 @@ void graph_destroy(GraphExec* graph) noexcept;
 // ---- kernels ----------------------------------------------------------------------------------
 // out (M,N) = act(alpha * op(a) (M,K) * op(b) (K,N) + beta * out + bias (N)); a is (M,K), or
 // (K,M) when trans_a; b is (K,N), or (N,K) when trans_b; beta == 0 never reads out.
-void gemm(const float* a, const float* b, float* out, const float* bias, int64_t M, int64_t N, int64_t K,
-          bool trans_a, bool trans_b, float alpha, float beta, Act act, Stream stream);
-
-void activation(const float* x, float* out, int64_t n, Act act, Stream stream);
-void activation_backward(const float* grad_out, const float* y, float* out, int64_t n, Act act, Stream stream);
-// The backward of Dense+ReLU -> Dropout from the dropout's output y (no mask): y > 0 ? grad / (1 - p) : 0.
-void relu_dropout_backward(const float* grad_out, const float* y, float* out, int64_t n, double p, Stream stream);
-void bias_grad(const float* grad /*(rows,cols)*/, float* out /*(cols)*/, int64_t rows, int64_t cols, Stream stream);
-
 // The Philox stream of a random kernel: `offset`, or step_ptr[0] * n_streams + offset read on the
 // device when step_ptr is set (DESIGN.md, "Randomness").
 struct RandomStream {
@@ -72,6 +63,31 @@ struct RandomStream {
   const int64_t* step_ptr;
   uint64_t n_streams;
 };
+
+// `fusion` adds what a layer needs beside its GEMM, without a pass of its own:
+//   a_sums (trans_a only): the column sums of a, M values (a layer's bias gradient beside its
+//     dW = dz^T x), summed in double;
+//   relu_mask (M,N): out becomes relu_dropout_backward(out, relu_mask, mask_p), bitwise (the input
+//     gradient through the dropout and ReLU of the layer before);
+//   dropout: out becomes dropout(out, drop_p, drop_rs), bitwise the dropout kernel on the stored
+//     product (a ReLU layer's forward with the dropout after it).
+struct GemmFusion {
+  float* a_sums = nullptr;
+  const float* relu_mask = nullptr;
+  double mask_p = 0.0;
+  bool dropout = false;
+  double drop_p = 0.0;
+  RandomStream drop_rs{0, 0, nullptr, 0};
+};
+void gemm(const float* a, const float* b, float* out, const float* bias, int64_t M, int64_t N, int64_t K,
+          bool trans_a, bool trans_b, float alpha, float beta, Act act, Stream stream, const GemmFusion& fusion = {});
+
+void activation(const float* x, float* out, int64_t n, Act act, Stream stream);
+void activation_backward(const float* grad_out, const float* y, float* out, int64_t n, Act act, Stream stream);
+// The backward of Dense+ReLU -> Dropout from the dropout's output y (no mask): y > 0 ? grad / (1 - p) : 0.
+void relu_dropout_backward(const float* grad_out, const float* y, float* out, int64_t n, double p, Stream stream);
+void bias_grad(const float* grad /*(rows,cols)*/, float* out /*(cols)*/, int64_t rows, int64_t cols, Stream stream);
+
 void dropout(const float* x, float* out, int64_t n, double p, const RandomStream& rs, Stream stream);
 void dropout_mask(uint8_t* out, int64_t n, double p, const RandomStream& rs, Stream stream);
 void add_noise(const float* x, float* out, int64_t n, NoiseKind kind, double level, const RandomStream& rs,

@@ -65,8 +65,10 @@ void* scratch(std::size_t bytes, Stream stream, const char* who);
 // kTickets unsigned ints on the current device for kernels on `stream` by this thread that count arrivals
 // (the GEMM's in-kernel split-K): zero when first handed out, and every kernel that uses them
 // leaves them zero. Allocated outside capture only, like scratch; never shared between streams.
+// `optional`: during a capture before they exist, nullptr instead of an error (the caller has a
+// way without them).
 constexpr int kTickets = 1024;
-unsigned* tickets(Stream stream, const char* who);
+unsigned* tickets(Stream stream, const char* who, bool optional = false);
 
 }  // namespace cuda
 }  // namespace fastmlp

@@ -18,6 +18,7 @@
 
 #include "cuda/check.cuh"
 #include "ops/activation.h"
+#include "ops/random.h"
 
 namespace fastmlp {
 namespace cuda {
@@ -61,8 +62,20 @@ struct Epilogue {
   const float* bias;   // (N) or nullptr
   float alpha, beta;   // beta == 0: out is not read
   int act;             // ops::Act
-  bool out_vec;        // out is 16-byte aligned and N % 4 == 0
+  bool out_vec;        // out (and mask, when set) 16-byte aligned and N % 4 == 0
+  const float* mask;   // (M, N) or nullptr: then relu_dropout_grad(result, mask, mask_scale) is stored
+  float mask_scale;
+  bool drop;           // dropout on the result: element e = gm * N + gn kept when word e % 4 of Philox block
+  uint32_t drop_threshold;  // e / 4 of the stream (as dropout_kernel) is >= drop_threshold, then times
+  float drop_scale;         // drop_scale, else 0
+  RandomStream drop_rs;
 };
+
+// The dropout's Philox stream id (read from the device step counter when there is one).
+__device__ __forceinline__ uint64_t drop_stream(const Epilogue& ep) {
+  const RandomStream& rs = ep.drop_rs;
+  return rs.step_ptr ? static_cast<uint64_t>(*rs.step_ptr) * rs.n_streams + rs.offset : rs.offset;
+}
 
 struct GemmParams {
   Operand a, b;
@@ -73,6 +86,8 @@ struct GemmParams {
   float* partial;    // split-K: raw sums to partial[z][M][N] (128 tiles) or partial[z][tile][64 * 64]
                      // (64 tiles); nullptr: apply the epilogue
   unsigned* tickets;  // 64 tiles, split-K: one arrival counter per tile, zero before and after the launch
+  float* a_sums;      // 64 tiles only, or nullptr: the row sums of op(a) (M), from the blocks of column tile 0
+  double* sum_partial;  // a_sums with split-K: each split's row sums, sum_partial[z][M]
 };
 
 __device__ __forceinline__ float apply_act(int act, float x) {
@@ -84,14 +99,20 @@ __device__ __forceinline__ float apply_act(int act, float x) {
   }
 }
 
-// Stores out[gm, gn .. gn+3] (the part inside N) = act(alpha * v + beta * out + bias). Not inlined:
-// 16 calls per thread instead of 16 inlined copies of every activation keep the kernels small
-// (and their compile fast); it runs once per output, after the k loop.
+// Stores out[gm, gn .. gn+3] (the part inside N) = act(alpha * v + beta * out + bias), then with
+// `drop` dropout's arithmetic on that value (stream `drop_stream`), then with a mask
+// relu_dropout_backward's, each bitwise its separate kernel's. Not inlined: 16 calls per thread
+// instead of 16 inlined copies of every activation keep the kernels small (and their compile
+// fast); it runs once per output, after the k loop.
 __device__ __noinline__ void store_epilogue(float* out, const float* bias, float alpha, float beta, int act,
-                                            bool out_vec, int64_t N, int64_t gm, int64_t gn, float v0, float v1,
-                                            float v2, float v3) {
+                                            bool out_vec, const float* mask, float mask_scale, bool drop,
+                                            uint32_t drop_threshold, float drop_scale, uint64_t drop_seed,
+                                            uint64_t drop_stream, int64_t N, int64_t gm, int64_t gn, float v0,
+                                            float v1, float v2, float v3) {
   const float v[4] = {v0, v1, v2, v3};
   float* o = out + gm * N + gn;
+  const float* m = mask ? mask + gm * N + gn : nullptr;
+  const int64_t e = gm * N + gn;  // the flat index of the first element
   if (out_vec && gn + 3 < N) {
     float old[4] = {0.0f, 0.0f, 0.0f, 0.0f};
     if (beta != 0.0f) {
@@ -109,13 +130,30 @@ __device__ __noinline__ void store_epilogue(float* out, const float* bias, float
       if (bias) x += bias[gn + j];
       r[j] = apply_act(act, x);
     }
+    if (drop) {  // N % 4 == 0 and gn % 4 == 0: the four elements are Philox block e / 4
+      const Philox4 w = philox4x32_10(drop_seed, drop_stream, static_cast<uint64_t>(e / 4));
+#pragma unroll
+      for (int j = 0; j < 4; ++j) r[j] = ops::keep(w.w[j], drop_threshold) ? r[j] * drop_scale : 0.0f;
+    }
+    if (m) {
+      const float4 t = __ldg(reinterpret_cast<const float4*>(m));
+      r[0] = ops::relu_dropout_grad(r[0], t.x, mask_scale);
+      r[1] = ops::relu_dropout_grad(r[1], t.y, mask_scale);
+      r[2] = ops::relu_dropout_grad(r[2], t.z, mask_scale);
+      r[3] = ops::relu_dropout_grad(r[3], t.w, mask_scale);
+    }
     *reinterpret_cast<float4*>(o) = make_float4(r[0], r[1], r[2], r[3]);
   } else {
     for (int j = 0; j < 4 && gn + j < N; ++j) {
       float x = alpha * v[j];
       if (beta != 0.0f) x += beta * o[j];
       if (bias) x += bias[gn + j];
-      o[j] = apply_act(act, x);
+      x = apply_act(act, x);
+      if (drop) {
+        const Philox4 w = philox4x32_10(drop_seed, drop_stream, static_cast<uint64_t>((e + j) / 4));
+        x = ops::keep(w.w[(e + j) % 4], drop_threshold) ? x * drop_scale : 0.0f;
+      }
+      o[j] = m ? ops::relu_dropout_grad(x, __ldg(m + j), mask_scale) : x;
     }
   }
 }
@@ -207,6 +245,41 @@ __device__ __forceinline__ void store_stage(float (*s)[Rows + kSmemPad],
   }
 }
 
+// a_sums: this thread's share of the row sums of op(a) over the block's k range, added in double
+// from the registers of StageLoader::load (zeros outside the operand), so they cost a few adds per
+// stage and no extra loads. Only for an op(a) stored (K, rows), as a_sums needs (trans_a): thread
+// t loads rows (t % (Rows / 4)) * 4 + j, j < 4, at kLoads values of k; the kSlots threads that
+// share a row are told apart by t / (Rows / 4).
+template <int Rows, int BK>
+struct RowSums {
+  using Loader = StageLoader<Rows, BK, false, true>;
+  static constexpr int kSlots = Loader::kKStep;
+  double s[4];
+
+  __device__ __forceinline__ RowSums() {
+#pragma unroll
+    for (int j = 0; j < 4; ++j) s[j] = 0.0;
+  }
+  __device__ __forceinline__ void add(const float (&r)[Loader::kLoads][4]) {
+#pragma unroll
+    for (int g = 0; g < Loader::kLoads; ++g)
+#pragma unroll
+      for (int j = 0; j < 4; ++j) s[j] += static_cast<double>(r[g][j]);
+  }
+  // The block's row sums, slots added in order: threads t < Rows return row t's (others 0). `red`
+  // holds kSlots * Rows doubles of shared memory nobody reads any more; the whole block calls it.
+  __device__ __forceinline__ double block_total(double* red) const {
+    const int t = threadIdx.x, slot = t / (Rows / 4), row = (t % (Rows / 4)) * 4;
+#pragma unroll
+    for (int j = 0; j < 4; ++j) red[slot * Rows + row + j] = s[j];
+    __syncthreads();
+    double total = 0.0;
+    if (t < Rows)
+      for (int q = 0; q < kSlots; ++q) total += red[q * Rows + t];
+    return total;
+  }
+};
+
 // This block's split of k, [k_begin, k_end) (blockIdx.z of k_chunk each), and its stages of bk.
 __device__ __forceinline__ int split_stages(const GemmParams& p, int bk, int64_t& k_begin, int64_t& k_end) {
   k_begin = static_cast<int64_t>(blockIdx.z) * p.k_chunk;
@@ -283,6 +356,7 @@ __global__ void __launch_bounds__(kGemmThreads, 2) gemm_kernel(const GemmParams 
   }
 
   const int64_t M = p.M, N = p.N;
+  const uint64_t stream_id = p.ep.drop && !p.partial ? drop_stream(p.ep) : 0;
 #pragma unroll
   for (int i = 0; i < 8; ++i) {
     const int64_t gm = m0 + tile_offset(i, ty);
@@ -302,8 +376,9 @@ __global__ void __launch_bounds__(kGemmThreads, 2) gemm_kernel(const GemmParams 
             if (gn + j < N) dst[j] = v[j];
         }
       } else {
-        store_epilogue(p.ep.out, p.ep.bias, p.ep.alpha, p.ep.beta, p.ep.act, p.ep.out_vec, N, gm, gn, v[0], v[1], v[2],
-                       v[3]);
+        store_epilogue(p.ep.out, p.ep.bias, p.ep.alpha, p.ep.beta, p.ep.act, p.ep.out_vec, p.ep.mask, p.ep.mask_scale,
+                       p.ep.drop, p.ep.drop_threshold, p.ep.drop_scale, p.ep.drop_rs.seed, stream_id, N, gm, gn, v[0],
+                       v[1], v[2], v[3]);
       }
     }
   }
@@ -344,9 +419,16 @@ __global__ void __launch_bounds__(kGemmThreads, 2) gemm_small_kernel(const GemmP
   ALoader a_loader(p.a, m0, k_begin, k_end);
   BLoader b_loader(p.b, n0, k_begin, k_end);
   float ra[ALoader::kLoads][4], rb[BLoader::kLoads][4];
+  // The row sums of op(a) (a layer's bias gradient) come from the blocks of column tile 0, which
+  // load every row of op(a) over their k range anyway.
+  const bool sums = !AKContig && p.a_sums != nullptr && n0 == 0;  // a_sums comes with trans_a only
+  RowSums<T, BK> row_sums;
   if (stages > 0) {
     a_loader.load(ra, p.a.ld);
     b_loader.load(rb, p.b.ld);
+    if constexpr (!AKContig) {
+      if (sums) row_sums.add(ra);
+    }
     store_stage<T, BK, AKContig>(a_tile[0], ra);
     store_stage<T, BK, BKContig>(b_tile[0], rb);
     __syncthreads();
@@ -357,6 +439,9 @@ __global__ void __launch_bounds__(kGemmThreads, 2) gemm_small_kernel(const GemmP
     if (more) {
       a_loader.load(ra, p.a.ld);
       b_loader.load(rb, p.b.ld);
+      if constexpr (!AKContig) {
+        if (sums) row_sums.add(ra);
+      }
     }
 #pragma unroll
     for (int k = 0; k < BK; ++k) {
@@ -374,6 +459,17 @@ __global__ void __launch_bounds__(kGemmThreads, 2) gemm_small_kernel(const GemmP
       store_stage<T, BK, BKContig>(b_tile[cur ^ 1], rb);
     }
     __syncthreads();
+  }
+
+  // The block's row sums (threads t < T: row m0 + t), through shared memory the k loop is done
+  // with: stored when the block has the whole of k, else kept in sum_partial[z] for the last split.
+  double row_total = 0.0;
+  if (sums) {
+    row_total = row_sums.block_total(reinterpret_cast<double*>(small_smem));
+    if (threadIdx.x < T && m0 + threadIdx.x < p.M) {
+      if (!p.partial) p.a_sums[m0 + threadIdx.x] = static_cast<float>(row_total);
+      else p.sum_partial[blockIdx.z * p.M + m0 + threadIdx.x] = row_total;
+    }
   }
 
   if (p.partial) {
@@ -397,6 +493,12 @@ __global__ void __launch_bounds__(kGemmThreads, 2) gemm_small_kernel(const GemmP
     __syncthreads();
     if (!last_split) return;
     __threadfence();
+    if (sums && threadIdx.x < T && m0 + threadIdx.x < p.M) {  // every split's row sums, in z order
+      double total = 0.0;
+      for (int64_t z = 0; z < splits; ++z)
+        total += z == my_z ? row_total : __ldcg(p.sum_partial + z * p.M + m0 + threadIdx.x);
+      p.a_sums[m0 + threadIdx.x] = static_cast<float>(total);
+    }
     // kBatch partials in flight per thread before any is added (16 float4 loads from L2), added
     // in z order; the split's own partial comes from registers (the value it stored).
     constexpr int kBatch = 4;
@@ -440,18 +542,21 @@ __global__ void __launch_bounds__(kGemmThreads, 2) gemm_small_kernel(const GemmP
 
   const int64_t M = p.M, N = p.N, gn = n0 + tx * 4;
   if (gn >= N) return;
+  const uint64_t stream_id = p.ep.drop ? drop_stream(p.ep) : 0;
 #pragma unroll
   for (int i = 0; i < 4; ++i) {
     const int64_t gm = m0 + ty * 4 + i;
     if (gm < M)
-      store_epilogue(p.ep.out, p.ep.bias, p.ep.alpha, p.ep.beta, p.ep.act, p.ep.out_vec, N, gm, gn, acc[i][0], acc[i][1],
-                     acc[i][2], acc[i][3]);
+      store_epilogue(p.ep.out, p.ep.bias, p.ep.alpha, p.ep.beta, p.ep.act, p.ep.out_vec, p.ep.mask, p.ep.mask_scale,
+                     p.ep.drop, p.ep.drop_threshold, p.ep.drop_scale, p.ep.drop_rs.seed, stream_id, N, gm, gn,
+                     acc[i][0], acc[i][1], acc[i][2], acc[i][3]);
   }
 }
 
 // out = epilogue(sum over z of partial[z]), z in order.
 __global__ void split_k_reduce_kernel(const float* partial, int64_t splits, Epilogue ep, int64_t M, int64_t N) {
   const int64_t total = M * N;
+  const uint64_t stream = ep.drop ? drop_stream(ep) : 0;
   for (int64_t idx = grid_start(); idx < total; idx += grid_stride()) {
     float s = partial[idx];
     for (int64_t z = 1; z < splits; ++z) s += partial[z * total + idx];
@@ -459,7 +564,12 @@ __global__ void split_k_reduce_kernel(const float* partial, int64_t splits, Epil
     float x = ep.alpha * s;
     if (ep.beta != 0.0f) x += ep.beta * ep.out[idx];
     if (ep.bias) x += ep.bias[gn];
-    ep.out[idx] = apply_act(ep.act, x);
+    x = apply_act(ep.act, x);
+    if (ep.drop) {
+      const Philox4 w = philox4x32_10(ep.drop_rs.seed, stream, static_cast<uint64_t>(idx / 4));
+      x = ops::keep(w.w[idx % 4], ep.drop_threshold) ? x * ep.drop_scale : 0.0f;
+    }
+    ep.out[idx] = ep.mask ? ops::relu_dropout_grad(x, ep.mask[idx], ep.mask_scale) : x;
   }
 }
 
@@ -467,6 +577,7 @@ __global__ void split_k_reduce_kernel(const float* partial, int64_t splits, Epil
 // partial, the same sums in the same order, so the result is bitwise the scalar kernel's.
 __global__ void split_k_reduce_vec_kernel(const float4* partial, int64_t splits, Epilogue ep, int64_t M, int64_t N) {
   const int64_t total = M * N / 4;
+  const uint64_t stream = ep.drop ? drop_stream(ep) : 0;
   for (int64_t idx = grid_start(); idx < total; idx += grid_stride()) {
     float4 s = partial[idx];
     for (int64_t z = 1; z < splits; ++z) {
@@ -481,12 +592,16 @@ __global__ void split_k_reduce_vec_kernel(const float4* partial, int64_t splits,
     if (ep.beta != 0.0f) old = reinterpret_cast<const float4*>(ep.out)[idx];
     const float v[4] = {s.x, s.y, s.z, s.w}, o[4] = {old.x, old.y, old.z, old.w};
     float r[4];
+    Philox4 w{};
+    if (ep.drop) w = philox4x32_10(ep.drop_rs.seed, stream, static_cast<uint64_t>(idx));  // elements 4 idx ..
 #pragma unroll
     for (int j = 0; j < 4; ++j) {
       float x = ep.alpha * v[j];
       if (ep.beta != 0.0f) x += ep.beta * o[j];
       if (ep.bias) x += ep.bias[gn + j];
       r[j] = apply_act(ep.act, x);
+      if (ep.drop) r[j] = ops::keep(w.w[j], ep.drop_threshold) ? r[j] * ep.drop_scale : 0.0f;
+      if (ep.mask) r[j] = ops::relu_dropout_grad(r[j], ep.mask[idx * 4 + j], ep.mask_scale);
     }
     reinterpret_cast<float4*>(ep.out)[idx] = make_float4(r[0], r[1], r[2], r[3]);
   }
@@ -560,19 +675,37 @@ void dispatch_gemm(const GemmParams& p, dim3 grid, cudaStream_t stream, bool f0,
 }  // namespace
 
 void gemm(const float* a, const float* b, float* out, const float* bias, int64_t M, int64_t N, int64_t K,
-          bool trans_a, bool trans_b, float alpha, float beta, Act act, Stream stream) {
-  if (M == 0 || N == 0) return;
+          bool trans_a, bool trans_b, float alpha, float beta, Act act, Stream stream, const GemmFusion& fusion) {
+  if (fusion.a_sums && !trans_a) throw std::invalid_argument("gemm: a_sums (the column sums of a) needs trans_a");
+  if (M == 0) return;
+  if (N == 0) {  // no product, but a's column sums are still wanted
+    if (fusion.a_sums) bias_grad(a, fusion.a_sums, K, M, stream);
+    return;
+  }
   GemmParams p;
   // op(a) (M x K): k-contiguous unless trans_a (then stored (K, M)).
   p.a = Operand{a, M, trans_a ? M : K};
   // op(b)^T (N x K): k-contiguous when trans_b (stored (N, K)), else stored (K, N).
   p.b = Operand{b, N, trans_b ? K : N};
-  p.ep = Epilogue{out, bias, alpha, beta, static_cast<int>(act), aligned16(out) && N % 4 == 0};
+  p.ep = Epilogue{out,
+                  bias,
+                  alpha,
+                  beta,
+                  static_cast<int>(act),
+                  aligned16(out) && N % 4 == 0 && (!fusion.relu_mask || aligned16(fusion.relu_mask)),
+                  fusion.relu_mask,
+                  ops::dropout_scale<float>(fusion.mask_p),
+                  fusion.dropout,
+                  ops::drop_threshold(fusion.drop_p),
+                  static_cast<float>(1.0 / (1.0 - fusion.drop_p)),  // as dropout()
+                  fusion.drop_rs};
   p.M = M;
   p.N = N;
   p.K = K;
   p.partial = nullptr;
   p.tickets = nullptr;
+  p.a_sums = nullptr;
+  p.sum_partial = nullptr;
 
   // Outputs with fewer 128x128 tiles than blocks aimed at (one per multiprocessor) take 64x64
   // tiles, and at most that many blocks; the others never split.
@@ -589,9 +722,15 @@ void gemm(const float* a, const float* b, float* out, const float* bias, int64_t
     splits = 1;
     p.k_chunk = K;
   }
+  if (small) p.a_sums = fusion.a_sums;  // else bias_grad after the product
   if (splits > 1) {
     const size_t partial_floats = static_cast<size_t>(splits * (small ? tiles * kSmallTile * kSmallTile : M * N));
-    p.partial = static_cast<float*>(scratch(sizeof(float) * partial_floats, stream, "gemm (split-K partial sums)"));
+    // The row sums' partials (double, splits x M) follow the tiles' at a 256-byte boundary.
+    const size_t sums_at = (sizeof(float) * partial_floats + 255) / 256 * 256;
+    const size_t sums_bytes = p.a_sums ? sizeof(double) * static_cast<size_t>(splits * M) : 0;
+    char* base = static_cast<char*>(scratch(sums_at + sums_bytes, stream, "gemm (split-K partial sums)"));
+    p.partial = reinterpret_cast<float*>(base);
+    if (p.a_sums) p.sum_partial = reinterpret_cast<double*>(base + sums_at);
     if (small) p.tickets = tickets(stream, "gemm (split-K)");
   }
 
@@ -613,6 +752,9 @@ void gemm(const float* a, const float* b, float* out, const float* bias, int64_t
       split_k_reduce_kernel<<<grid_blocks(M * N), kBlockThreads, 0, stream>>>(p.partial, splits, p.ep, M, N);
     check_launch("gemm (split-K reduction)");
   }
+  // Outputs of 128x128 tiles: a's column sums by the column reduction (a is stored (K, M)); the
+  // product's kernels are done with scratch by then (one stream runs in order).
+  if (fusion.a_sums && !small) bias_grad(a, fusion.a_sums, K, M, stream);
 }
 
 }  // namespace cuda

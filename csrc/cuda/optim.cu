@@ -6,8 +6,10 @@
 // step number and bias corrections come from the host; computed on the device from step_ptr,
 // Adam's pow may differ from glibc's in the last bit of a double).
 //
-// Capturable schedule: with step_ptr every block reads t = step_ptr[0] + 1, and a one-thread kernel
-// launched after the update on the same stream stores t back, so no block sees a half-advanced step.
+// Capturable schedule: with step_ptr every block reads t = step_ptr[0] + 1 before its updates, and
+// the block that finishes last (an arrival counter) stores t back, after every block has read it,
+// so no block sees a half-advanced step and no second kernel is launched. An empty update, or one
+// captured on a stream whose counters do not exist yet, advances it with a one-thread kernel.
 #include <cmath>
 
 #include "cuda/check.cuh"
@@ -70,6 +72,24 @@ __device__ __forceinline__ double current_lr(const DeviceSchedule& sched, double
 
 __global__ void advance_step_kernel(int64_t* step_ptr) { *step_ptr += 1; }
 
+constexpr int kStepTicket = kTickets - 1;  // the optimizers' arrival counter (the GEMM's start at 0)
+
+// The end of every optimizer kernel: with a device step, the last block to arrive advances it.
+// Each block's threads have read the step (current_step) before the barrier; the fence orders
+// those reads and the block's updates before its arrival.
+__device__ __forceinline__ void advance_step_when_last(const DeviceSchedule& sched, unsigned* ticket) {
+  if (!ticket) return;
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    __threadfence();
+    // atomicInc wraps the counter back to zero on the last arrival, ready for the next launch.
+    if (atomicInc(ticket, gridDim.x - 1) == gridDim.x - 1) {
+      __threadfence();
+      *sched.step_ptr += 1;
+    }
+  }
+}
+
 // ---- SGD --------------------------------------------------------------------------------------
 
 struct SgdLaunch {
@@ -80,6 +100,7 @@ struct SgdLaunch {
   cpu::SgdArgs args;
   DeviceSegments seg;
   DeviceSchedule sched;
+  unsigned* ticket = nullptr;  // run_step: the arrival counter when the kernel advances sched.step_ptr
 };
 
 __global__ void sgd_kernel(SgdLaunch k) {
@@ -104,6 +125,7 @@ __global__ void sgd_kernel(SgdLaunch k) {
     ops::sgd_update(p, k.grad[i], use_momentum ? k.momentum_buffer + i : nullptr, c);
     k.param[i] = p;
   }
+  advance_step_when_last(k.sched, k.ticket);
 }
 
 // ---- AdaGrad ----------------------------------------------------------------------------------
@@ -116,6 +138,7 @@ struct AdagradLaunch {
   cpu::AdagradArgs args;
   DeviceSegments seg;
   DeviceSchedule sched;
+  unsigned* ticket = nullptr;  // run_step: the arrival counter when the kernel advances sched.step_ptr
 };
 
 __global__ void adagrad_kernel(AdagradLaunch k) {
@@ -136,6 +159,7 @@ __global__ void adagrad_kernel(AdagradLaunch k) {
     k.param[i] = p;
     k.state_sum[i] = s;
   }
+  advance_step_when_last(k.sched, k.ticket);
 }
 
 // ---- RMSprop ----------------------------------------------------------------------------------
@@ -150,6 +174,7 @@ struct RmspropLaunch {
   cpu::RmspropArgs args;
   DeviceSegments seg;
   DeviceSchedule sched;
+  unsigned* ticket = nullptr;  // run_step: the arrival counter when the kernel advances sched.step_ptr
 };
 
 __global__ void rmsprop_kernel(RmspropLaunch k) {
@@ -176,6 +201,7 @@ __global__ void rmsprop_kernel(RmspropLaunch k) {
     k.param[i] = p;
     k.square_avg[i] = sq;
   }
+  advance_step_when_last(k.sched, k.ticket);
 }
 
 // ---- Adam / AdamW -----------------------------------------------------------------------------
@@ -190,6 +216,7 @@ struct AdamLaunch {
   double bias_correction1, bias_correction2;  // for args.step, from the host's pow
   DeviceSegments seg;
   DeviceSchedule sched;
+  unsigned* ticket = nullptr;  // run_step: the arrival counter when the kernel advances sched.step_ptr
 };
 
 // Vec: the four arrays are 16-byte aligned, so groups of four elements move as float4 (fewer
@@ -254,18 +281,21 @@ __global__ void adam_kernel(AdamLaunch k) {
     k.exp_avg[i] = m;
     k.exp_avg_sq[i] = v;
   }
+  advance_step_when_last(k.sched, k.ticket);
 }
 
 // The update (when there are elements), then the step counter's advance (always: it also feeds
 // the random streams of the next step).
 template <class Launch>
-void run_step(void (*kernel)(Launch), const Launch& launch, const char* name, cudaStream_t stream,
+void run_step(void (*kernel)(Launch), Launch launch, const char* name, cudaStream_t stream,
               int64_t work_items = -1) {  // threads' worth of work (default: one per element)
+  unsigned* counters = launch.sched.step_ptr && launch.n > 0 ? tickets(stream, name, /*optional=*/true) : nullptr;
+  if (counters) launch.ticket = counters + kStepTicket;
   if (launch.n > 0) {
     kernel<<<resident_blocks(kernel, work_items < 0 ? launch.n : work_items), kBlockThreads, 0, stream>>>(launch);
     check_launch(name);
   }
-  if (launch.sched.step_ptr) {
+  if (launch.sched.step_ptr && !counters) {  // no update, or a capture before the counters exist
     advance_step_kernel<<<1, 1, 0, stream>>>(launch.sched.step_ptr);
     check_launch(name);
   }

@@ -104,7 +104,7 @@ void* scratch(std::size_t bytes, Stream stream, const char* who) {
   return ptr;
 }
 
-unsigned* tickets(Stream stream, const char* who) {
+unsigned* tickets(Stream stream, const char* who, bool optional) {
   int device = 0;
   check(cudaGetDevice(&device), "cudaGetDevice");
   ScratchBuffer& buf = t_scratch.tickets[{device, stream_key(stream)}];
@@ -112,6 +112,7 @@ unsigned* tickets(Stream stream, const char* who) {
   check(cudaStreamIsCapturing(stream, &status), "cudaStreamIsCapturing");
   const bool capturing = status != cudaStreamCaptureStatusNone;
   if (!buf.ptr) {
+    if (capturing && optional) return nullptr;
     if (capturing)
       throw std::runtime_error(std::string("fastmlp.cuda: ") + who +
                                " needs its arrival counters allocated while the stream is being captured; run the "

@@ -422,13 +422,21 @@ def _validate_segments(fn: str, segments, n: int) -> Tuple[np.ndarray, np.ndarra
 # -- GEMM and elementwise -------------------------------------------------------------------------
 
 
-def gemm(a, b, *, trans_a, trans_b, alpha, beta, out, bias, activation, stream):
+def gemm(a, b, *, trans_a, trans_b, alpha, beta, out, bias, activation, stream, a_sums=None, relu_mask=None,
+         mask_p=0.0, dropout=None):
+    """``a_sums``, ``relu_mask``/``mask_p`` and ``dropout`` are private to fastmlp.nn. The first two
+    are ``_core._gemm``'s: the column sums of ``a`` (trans_a only) written beside the product, and
+    the product turned into the gradient through the dropout and ReLU whose output is
+    ``relu_mask``. ``dropout`` = ``(p, seed, offset, step, n_streams)``, device arrays only: the
+    result goes through ``fastmlp.kernels.dropout`` with that stream, bitwise, in the epilogue."""
     fn = "gemm"
-    arrays = (("a", a), ("b", b), ("out", out), ("bias", bias))
+    arrays = (("a", a), ("b", b), ("out", out), ("bias", bias), ("a_sums", a_sums), ("relu_mask", relu_mask))
     if not _classify(fn, arrays):
+        if dropout is not None:
+            raise TypeError("gemm: the dropout epilogue is for device arrays")
         _host_only(fn, stream)
         return _core.gemm(a, b, trans_a=trans_a, trans_b=trans_b, alpha=alpha, beta=beta, out=out, bias=bias,
-                          activation=activation)
+                          activation=activation, a_sums=a_sums, relu_mask=relu_mask, mask_p=mask_p)
     c = _Call(fn, stream, arrays)
     A, B = c.f32("a"), c.f32("b")
     c.ndim(A, 2)
@@ -455,8 +463,28 @@ def gemm(a, b, *, trans_a, trans_b, alpha, beta, out, bias, activation, stream):
         bias_arg = c.f32("bias")
         c.shape(bias_arg, (N,), "one value per output column")
         c.no_overlap(O, bias_arg, False)
+    mask_arg = None
+    if relu_mask is not None:
+        mask_arg = c.f32("relu_mask")
+        c.shape(mask_arg, (M, N), "the shape of the result")
+        c.no_overlap(O, mask_arg, False)
+    mask_p = _prob(mask_p, fn, "mask_p")
+    sums_arg = None
+    if a_sums is not None:
+        if not trans_a:
+            raise ValueError("gemm: a_sums (the column sums of a) needs trans_a=True")
+        sums_arg = c.f32("a_sums", writeable=True)
+        c.shape(sums_arg, (M,), "one value per column of a")
+        for other in (A, B, O, bias_arg, mask_arg):
+            if other is not None:
+                c.no_overlap(sums_arg, other, False)
+        c.writes(sums_arg)
+    drop = (False, 0.0, 0, 0, 0, 0)
+    if dropout is not None:
+        p, seed, offset, step, n_streams = dropout
+        drop = (True, _prob(p, fn, "p")) + _device_rng(c, seed, offset, step, n_streams)
     c.launch(c.native.gemm, A.ptr, B.ptr, O.ptr, _ptr(bias_arg), M, N, K, bool(trans_a), bool(trans_b), alpha, beta,
-             act)
+             act, _ptr(sums_arg), _ptr(mask_arg), mask_p, *drop)
     return O.obj
 
 

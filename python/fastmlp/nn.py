@@ -366,12 +366,27 @@ class _DenseBlock:
             ctx.append((x, z, y, mean, invstd))
         return y
 
+    def forward_dropout(self, x, ctx, drop: "_DropoutBlock", seed, offset, rng):
+        """Training forward of this Dense+ReLU block and the dropout block after it in one GEMM
+        (device arrays): the result lands in the dropout's workspace, where its backward looks,
+        and both blocks keep what backward needs (this block's ReLU backward then always comes
+        through the dropout's, from that output)."""
+        d = self.dense
+        y = drop.ws.get("y", (x.shape[0], d.out_features), x.dtype)
+        rng = rng or {}
+        _cuda_kernels.gemm(x, d.weight, trans_a=False, trans_b=True, alpha=1.0, beta=0.0, out=y,
+                           bias=d.bias if d.bias_enabled else None, activation=self.act, stream=None,
+                           dropout=(drop.layer.p, seed, offset, rng.get("step"), rng.get("n_streams")))
+        ctx.append((x, y))
+        ctx.append((offset, rng))
+        return y
+
     def backward(self, grad_y, saved, need_input_grad, act_done=False, relu_mask=None):
         """``act_done``: grad_y is already the gradient before the activation (the dropout block
         after a ReLU block did both, see _DropoutBlock.backward_through_relu). ``relu_mask``:
-        ``(y, p)`` of the dropout block that follows a ReLU block before this one (host arrays
-        only); the input gradient then comes back through that dropout and ReLU already, the
-        GEMM's epilogue doing what backward_through_relu would."""
+        ``(y, p)`` of the dropout block that follows a ReLU block before this one; the input
+        gradient then comes back through that dropout and ReLU already, the GEMM's epilogue doing
+        what backward_through_relu would."""
         d = self.dense
         if self.bn is None:
             x, y = saved
@@ -385,20 +400,26 @@ class _DenseBlock:
             _set_grad(self.bn.dgamma, dgamma)
             _set_grad(self.bn.dbeta, dbeta)
         beta = 1.0 if self.accumulate_weight_grad else 0.0
-        if d.bias_enabled and type(dz) is np.ndarray:
-            # The bias gradient (dz's column sums, bitwise bias_grad's) comes out of the dW GEMM,
-            # which reads dz anyway: no pass of its own.
-            _core._gemm(dz, x, True, False, 1.0, beta, d.dweight, None, "identity", d.dbias)
-        else:
-            K.gemm(dz, x, trans_a=True, out=d.dweight, beta=beta)
-            if d.bias_enabled:
-                K.bias_grad(dz, out=d.dbias)
+        # The bias gradient (dz's column sums; bitwise bias_grad's on the CPU, summed in double
+        # on a GPU) comes out of the dW GEMM, which reads dz anyway: no pass of its own.
+        _fused_gemm(dz, x, True, beta, d.dweight, a_sums=d.dbias if d.bias_enabled else None)
         if not need_input_grad:
             return None
         dx = self.ws.get("dx", (dz.shape[0], d.in_features), dz.dtype)
         if relu_mask is not None:
-            return _core._gemm(dz, d.weight, False, False, 1.0, 0.0, dx, None, "identity", None, *relu_mask)
+            return _fused_gemm(dz, d.weight, False, 0.0, dx, relu_mask=relu_mask)
         return K.gemm(dz, d.weight, out=dx)
+
+
+def _fused_gemm(a, b, trans_a: bool, beta: float, out, a_sums=None, relu_mask=None):
+    """``out = op(a) @ b + beta * out`` with a layer's backward extras: ``a_sums`` receives a's
+    column sums, ``relu_mask`` = ``(y, p)`` turns the product into the gradient through that
+    dropout and ReLU (as relu_dropout_backward). On the host or on a GPU, like the arrays."""
+    y, p = relu_mask if relu_mask is not None else (None, 0.0)
+    if type(a) is np.ndarray:
+        return _core._gemm(a, b, trans_a, False, 1.0, beta, out, None, "identity", a_sums, y, p)
+    return _cuda_kernels.gemm(a, b, trans_a=trans_a, trans_b=False, alpha=1.0, beta=beta, out=out, bias=None,
+                              activation="identity", stream=None, a_sums=a_sums, relu_mask=y, mask_p=p)
 
 
 def _bn_stats_out(ws: Optional[_Workspace], cols: int, dtype) -> dict:
@@ -872,14 +893,26 @@ class Sequential:
                         device_step=None):
         ctx: Optional[list] = [] if training else None
         rng = None if device_step is None else {"step": device_step, "n_streams": self.n_streams}
-        for block in self._blocks[first:last]:
+        i = first
+        while i < last:
+            block = self._blocks[i]
             if isinstance(block, (_DropoutBlock, _NoiseBlock)):
                 if rng is None:
                     x = block.forward(x, training, ctx, seed=seed, offset=step * self.n_streams + block.stream_index)
                 else:
                     x = block.forward(x, training, ctx, seed=seed, offset=block.stream_index, rng=rng)
+            elif (training and i + 1 < last and isinstance(block, _DenseBlock)
+                  and isinstance(self._blocks[i + 1], _DropoutBlock) and self._blocks[i + 1].relu_before
+                  and self._blocks[i + 1].layer.p > 0.0 and _cuda_kernels.is_device_array(x)):
+                # On a GPU a ReLU layer's dropout runs in its GEMM's epilogue: one kernel and one
+                # pass over the activations less, the same mask and values.
+                drop = self._blocks[i + 1]
+                offset = drop.stream_index if rng is not None else step * self.n_streams + drop.stream_index
+                x = block.forward_dropout(x, ctx, drop, seed, offset, rng)
+                i += 1
             else:
                 x = block.forward(x, training, ctx)
+            i += 1
         if training:
             self._saved = ctx
             self._saved_seed = seed
@@ -954,7 +987,7 @@ class Sequential:
             if isinstance(block, _DropoutBlock) and block.fuses_relu_backward(grad, saved):
                 grad, act_done = block.backward_through_relu(grad), True  # the ReLU block's too
                 continue
-            if (need and idx > 0 and type(grad) is np.ndarray and isinstance(block, _DenseBlock)
+            if (need and idx > 0 and isinstance(block, _DenseBlock)
                     and isinstance(self._blocks[idx - 1], _DropoutBlock)
                     and self._blocks[idx - 1].fuses_relu_backward(grad, ctx[idx - 1])):
                 # This block's input gradient goes straight through the dropout and the ReLU

@@ -69,8 +69,14 @@ class _Graph:
             t()
 
 
+_launches = {}  # stream -> work queued on it so far (for fork/join bookkeeping)
+_events = {}  # event -> (stream, launches on it when recorded)
+_forked = {}  # stream forked into a capture -> launches on it when last joined back
+
+
 def _launch(stream, thunk):
     stream = int(stream)
+    _launches[stream] = _launches.get(stream, 0) + 1
     if stream in _capture:
         _capture[stream].append(thunk)
     else:
@@ -135,7 +141,41 @@ class Fake:
         assert int(s) != 1
         _capture[int(s)] = []
 
+    def event_create(self):
+        Fake._next_event += 8
+        return Fake._next_event
+
+    _next_event = 50000
+
+    def event_destroy(self, e):
+        _events.pop(e, None)
+
+    def event_record(self, e, s):
+        _events[e] = (int(s), _launches.get(int(s), 0))
+
+    def stream_wait_event(self, s, e):
+        # Work runs in host order here, so waiting only matters to a capture: a stream that waits on
+        # an event recorded on a capturing stream joins its capture (a fork); the capture stream
+        # waiting on an event of a forked stream joins that branch back, as CUDA requires before
+        # the capture ends.
+        s = int(s)
+        src, count = _events.get(e, (None, 0))
+        if src in _capture and s not in _capture:
+            _capture[s] = _capture[src]
+            _forked[s] = _launches.get(s, 0)
+        elif s in _capture and src in _forked and _capture.get(src) is _capture[s] \
+                and count == _launches.get(src, 0):
+            _forked[src] = count
+
     def capture_end(self, s):
+        thunks = _capture[int(s)]
+        branches = [k for k, v in _capture.items() if v is thunks and k != int(s)]
+        for k in branches:
+            del _capture[k]
+            if _forked.pop(k) != _launches.get(k, 0):
+                _capture.pop(int(s))
+                raise RuntimeError("fastmlp.cuda: cudaStreamEndCapture: operation not permitted when stream is "
+                                   "capturing (a forked stream was not joined back)")
         graph = _Graph(_capture.pop(int(s)), _deferred if not _capture else ())
         if not _capture:
             _deferred.clear()

@@ -133,7 +133,9 @@ if want sanitize; then
   threaded="from_threads"
   for tool in memcheck racecheck; do
     for part in main threaded; do
-      if [ $part = main ]; then sel="($subset) and not torch and not cupy and not $threaded"; limit="${T_SANITIZE:-100}"
+      # (and not the test that provokes an unjoined capture on purpose: an API error to the tools)
+      if [ $part = main ]; then sel="($subset) and not torch and not cupy and not $threaded and not unjoined"
+        limit="${T_SANITIZE:-100}"
       else sel="$threaded"; limit=60; fi
       say "compute-sanitizer --tool $tool ($part)"
       timeout "$limit" compute-sanitizer --tool "$tool" --error-exitcode 99 --print-limit 20 \

@@ -240,7 +240,10 @@ void register_runtime(py::module_& m) {
     cu::memset_async(ptr<void>(p), byte, static_cast<std::size_t>(nbytes), stream_arg(stream));
   }, py::arg("ptr"), py::arg("byte"), py::arg("nbytes"), py::arg("stream"));
 
-  m.def("stream_create", [] { return reinterpret_cast<Ptr>(cu::stream_create()); });
+  m.def("stream_create", [] {
+    py::gil_scoped_release release;  // the driver may wait for other threads' launches
+    return reinterpret_cast<Ptr>(cu::stream_create());
+  });
   m.def("stream_destroy", [](Ptr s) {
     py::gil_scoped_release release;
     cu::stream_destroy(stream_arg(s));
@@ -250,6 +253,19 @@ void register_runtime(py::module_& m) {
     cu::stream_synchronize(stream_arg(s));
   }, py::arg("s"));
   m.def("stream_is_capturing", [](Ptr s) { return cu::stream_is_capturing(stream_arg(s)); }, py::arg("s"));
+  m.def("event_create", [] { return reinterpret_cast<Ptr>(cu::event_create()); });
+  m.def("event_destroy", [](Ptr e) {
+    if (e == 0) value_error("event_destroy: the event handle is 0");
+    cu::event_destroy(reinterpret_cast<cu::Event>(e));
+  }, py::arg("event"));
+  m.def("event_record", [](Ptr e, Ptr s) {
+    if (e == 0) value_error("event_record: the event handle is 0");
+    cu::event_record(reinterpret_cast<cu::Event>(e), stream_arg(s));
+  }, py::arg("event"), py::arg("stream"));
+  m.def("stream_wait_event", [](Ptr s, Ptr e) {
+    if (e == 0) value_error("stream_wait_event: the event handle is 0");
+    cu::stream_wait_event(stream_arg(s), reinterpret_cast<cu::Event>(e));
+  }, py::arg("stream"), py::arg("event"));
 
   py::class_<Graph>(m, "Graph", "An instantiated CUDA graph from capture_begin/capture_end.")
       .def("replay", [](Graph& g, Ptr stream) {

@@ -10,6 +10,7 @@
 #include "cpu/kernels.h"  // Act, NoiseKind and the optimizer hyper-parameter structs
 
 struct CUstream_st;  // cudaStream_t is CUstream_st*
+struct CUevent_st;   // cudaEvent_t is CUevent_st*
 
 namespace fastmlp {
 namespace cuda {
@@ -46,6 +47,15 @@ Stream stream_create();  // non-blocking
 void stream_destroy(Stream stream);
 void stream_synchronize(Stream stream);
 bool stream_is_capturing(Stream stream);
+
+// Events order work across streams (and, recorded on a stream being captured, fork and join the
+// captured graph): event_record marks the point reached on `stream`, stream_wait_event makes later
+// work on `stream` wait for it. No timing.
+using Event = CUevent_st*;
+Event event_create();
+void event_destroy(Event event);
+void event_record(Event event, Stream stream);
+void stream_wait_event(Stream stream, Event event);
 
 struct GraphExec;  // an instantiated captured graph
 void capture_begin(Stream stream);

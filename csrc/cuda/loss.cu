@@ -229,18 +229,11 @@ struct SoftmaxCrossEntropyRowRegs : SoftmaxArgs<Label> {
   }
 };
 
-template <class RowLoss>
-__global__ void __launch_bounds__(kBlockThreads)
-    row_loss_kernel(RowLoss row_loss, int64_t rows, int64_t per_warp, double* partial) {
-  block_rows(row_loss, rows, per_warp, partial);
-}
-
 // loss = float(scale * sum of partial[0..count)), added in a fixed order by one block.
-__global__ void __launch_bounds__(kBlockThreads)
-    finish_loss_kernel(const double* partial, int64_t count, double scale, float* loss) {
+__device__ void finish_loss(const double* partial, int64_t count, double scale, float* loss) {
   __shared__ double sums[kBlockThreads];
   double s = 0.0;
-  for (int64_t i = threadIdx.x; i < count; i += kBlockThreads) s += partial[i];
+  for (int64_t i = threadIdx.x; i < count; i += kBlockThreads) s += __ldcg(partial + i);  // other blocks wrote them
   sums[threadIdx.x] = s;
   __syncthreads();
   for (int half = kBlockThreads / 2; half > 0; half /= 2) {
@@ -250,16 +243,50 @@ __global__ void __launch_bounds__(kBlockThreads)
   if (threadIdx.x == 0) *loss = static_cast<float>(sums[0] * scale);
 }
 
+// The row losses into partial[block]; with `ticket` the block that finishes last also adds them up
+// (finish_loss: the same order, so the same loss as the separate kernel) and puts the ticket
+// back to zero, so one kernel does both.
+template <class RowLoss>
+__global__ void __launch_bounds__(kBlockThreads)
+    row_loss_kernel(RowLoss row_loss, int64_t rows, int64_t per_warp, double* partial, unsigned* ticket,
+                    double scale, float* loss) {
+  block_rows(row_loss, rows, per_warp, partial);
+  if (!ticket) return;
+  __shared__ bool last;
+  if (threadIdx.x == 0) {
+    __threadfence();  // this block's partial is visible device-wide before its arrival
+    last = atomicInc(ticket, gridDim.x - 1) == gridDim.x - 1;
+  }
+  __syncthreads();
+  if (!last) return;
+  __threadfence();
+  finish_loss(partial, gridDim.x, scale, loss);
+}
+
+__global__ void __launch_bounds__(kBlockThreads)
+    finish_loss_kernel(const double* partial, int64_t count, double scale, float* loss) {
+  finish_loss(partial, count, scale, loss);
+}
+
+constexpr int kLossTicket = kTickets - 2;  // the losses' arrival counter (the GEMM's start at 0)
+
 template <class RowLoss>
 void launch_loss(const RowLoss& row_loss, int64_t rows, double scale, float* loss, cudaStream_t stream,
                  const char* name) {
   const int64_t per_warp = rows_per_warp(rows);
   const int64_t blocks = ceil_div(rows, kWarps * per_warp);
   double* partial = static_cast<double*>(scratch(sizeof(double) * static_cast<size_t>(blocks), stream, name));
-  row_loss_kernel<<<static_cast<unsigned>(blocks), kBlockThreads, 0, stream>>>(row_loss, rows, per_warp, partial);
+  // One kernel with the arrival counter; two (a finishing block of its own) when a capture comes
+  // before the stream's counters exist.
+  unsigned* counters = tickets(stream, name, /*optional=*/true);
+  unsigned* ticket = counters ? counters + kLossTicket : nullptr;
+  row_loss_kernel<<<static_cast<unsigned>(blocks), kBlockThreads, 0, stream>>>(row_loss, rows, per_warp, partial,
+                                                                               ticket, scale, loss);
   check_launch(name);
-  finish_loss_kernel<<<1, kBlockThreads, 0, stream>>>(partial, blocks, scale, loss);
-  check_launch(name);
+  if (!ticket) {
+    finish_loss_kernel<<<1, kBlockThreads, 0, stream>>>(partial, blocks, scale, loss);
+    check_launch(name);
+  }
 }
 
 void zero_loss(float* loss, cudaStream_t stream) {

@@ -340,6 +340,20 @@ bool stream_is_capturing(Stream stream) {
   return status != cudaStreamCaptureStatusNone;
 }
 
+Event event_create() {
+  cudaEvent_t e = nullptr;
+  check(cudaEventCreateWithFlags(&e, cudaEventDisableTiming), "cudaEventCreateWithFlags");
+  return e;
+}
+
+void event_destroy(Event event) { check(cudaEventDestroy(event), "cudaEventDestroy"); }
+
+void event_record(Event event, Stream stream) { check(cudaEventRecord(event, stream), "cudaEventRecord"); }
+
+void stream_wait_event(Stream stream, Event event) {
+  check(cudaStreamWaitEvent(stream, event, 0), "cudaStreamWaitEvent");
+}
+
 struct GraphExec {
   cudaGraphExec_t exec;
   DeferredFrees owned;  // buffers freed by their owners during the capture (see t_deferred_frees)

@@ -136,6 +136,10 @@ class DeviceLoop:
 
     def step(self, lo: int, hi: int) -> None:
         """One training step on rows order[lo:hi]; its loss lands in the next loss slot."""
+        with _cuda.stream(self.stream):  # every launch on self.stream (the model may fork from it)
+            self._step(lo, hi)
+
+    def _step(self, lo: int, hi: int) -> None:
         rows = hi - lo
         s = self.stream
         opt = self.trainer.optimizer

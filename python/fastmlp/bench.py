@@ -776,7 +776,8 @@ def _fastmlp_cuda_step(sizes, dropout, lr, x, y, graph: bool):
         model._backward(grad)
         opt._update(model.parameters(), model.gradients(), None)
 
-    body()
+    with cuda.stream(s):  # as the Trainer's steps: the model may fork a second stream from s
+        body()
     with cuda.graph_capture(s) as g:
         body()
     g.keepalive.extend(model._workspace_arrays())

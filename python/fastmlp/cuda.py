@@ -37,6 +37,7 @@ from . import _core
 __all__ = [
     "DTYPES",
     "DeviceArray",
+    "Event",
     "Graph",
     "LEGACY_DEFAULT_STREAM",
     "PER_THREAD_DEFAULT_STREAM",
@@ -240,6 +241,20 @@ class Stream:
         """Whether this stream is being captured into a CUDA graph."""
         return bool(_native().stream_is_capturing(self.handle))
 
+    def wait_event(self, event: "Event") -> None:
+        """Make work queued on this stream from now on wait for ``event`` (recorded on any stream
+        of the device), without blocking the host. In a capture this joins the graph's branches."""
+        if not isinstance(event, Event):
+            raise TypeError(f"Stream.wait_event: event must be a fastmlp.cuda.Event, got {type(event).__name__}")
+        with _on_device(event.device):
+            _native().stream_wait_event(self.handle, event._handle)
+
+    def record_event(self, event: Optional["Event"] = None) -> "Event":
+        """Record ``event`` (default: a new one) at this point of the stream and return it."""
+        event = Event(self.device) if event is None else event
+        event.record(self)
+        return event
+
     def close(self) -> None:
         """Destroy an owned stream now (after its queued work finishes). Idempotent."""
         if self._owned and _native_module is not None:
@@ -255,6 +270,42 @@ class Stream:
 
 
 _PER_THREAD = Stream.from_handle(PER_THREAD_DEFAULT_STREAM)
+
+
+class Event:
+    """A CUDA event (no timing) for ordering work across streams, as torch.cuda.Event:
+    ``e = s1.record_event(); s2.wait_event(e)`` makes s2's later work wait for s1's work so far.
+    Recorded on a stream being captured, it forks the capture into the waiting stream, which must
+    be joined back (the capture stream waits on an event recorded on it) before the capture ends.
+    Destroyed when collected."""
+
+    __slots__ = ("_handle", "device", "__weakref__")
+
+    def __init__(self, device=None):
+        native = _native()
+        self.device = _device_index(device, "Event")
+        self._handle = 0
+        with _on_device(self.device):
+            self._handle = int(native.event_create())
+
+    def record(self, stream=None) -> "Event":
+        """Record this event on ``stream`` (default: fastmlp's current stream); returns self."""
+        s = current_stream() if stream is None else _as_stream(stream, "Event.record")
+        with _on_device(self.device):
+            _native().event_record(self._handle, s.handle)
+        return self
+
+    def __repr__(self) -> str:
+        return f"<fastmlp.cuda.Event on cuda:{self.device}>"
+
+    def __del__(self):
+        try:
+            if self._handle and _native_module is not None:
+                with _on_device(self.device):
+                    _native_module.event_destroy(self._handle)
+                self._handle = 0
+        except Exception:  # noqa: BLE001 - a destructor cannot report (e.g. at interpreter exit)
+            pass
 
 
 def _as_stream(s, fn: str) -> Stream:

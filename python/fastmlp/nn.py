@@ -13,6 +13,7 @@ is one GEMM and one fused batch-norm pass. Dropout draws from the Philox stream
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import threading
@@ -381,12 +382,13 @@ class _DenseBlock:
         ctx.append((offset, rng))
         return y
 
-    def backward(self, grad_y, saved, need_input_grad, act_done=False, relu_mask=None):
+    def backward(self, grad_y, saved, need_input_grad, act_done=False, relu_mask=None, branch=None):
         """``act_done``: grad_y is already the gradient before the activation (the dropout block
         after a ReLU block did both, see _DropoutBlock.backward_through_relu). ``relu_mask``:
         ``(y, p)`` of the dropout block that follows a ReLU block before this one; the input
         gradient then comes back through that dropout and ReLU already, the GEMM's epilogue doing
-        what backward_through_relu would."""
+        what backward_through_relu would. ``branch``: a _Branch whose second stream takes the
+        weight gradient's GEMM."""
         d = self.dense
         if self.bn is None:
             x, y = saved
@@ -402,13 +404,52 @@ class _DenseBlock:
         beta = 1.0 if self.accumulate_weight_grad else 0.0
         # The bias gradient (dz's column sums; bitwise bias_grad's on the CPU, summed in double
         # on a GPU) comes out of the dW GEMM, which reads dz anyway: no pass of its own.
-        _fused_gemm(dz, x, True, beta, d.dweight, a_sums=d.dbias if d.bias_enabled else None)
+        a_sums = d.dbias if d.bias_enabled else None
+        if branch is not None and not self.accumulate_weight_grad and need_input_grad:
+            with branch.on_side():  # dz is final here; the dX GEMM below runs beside it
+                _fused_gemm(dz, x, True, beta, d.dweight, a_sums=a_sums)
+        else:
+            _fused_gemm(dz, x, True, beta, d.dweight, a_sums=a_sums)
         if not need_input_grad:
             return None
         dx = self.ws.get("dx", (dz.shape[0], d.in_features), dz.dtype)
         if relu_mask is not None:
             return _fused_gemm(dz, d.weight, False, 0.0, dx, relu_mask=relu_mask)
         return K.gemm(dz, d.weight, out=dx)
+
+
+class _Branch:
+    """A model's second stream for its device backward: on_side() forks it from the main stream at
+    the current point (dz ready) and launches the block's work there; join() makes the main stream
+    wait for everything launched on it. Its events are re-recorded at each fork and join. ``warm``:
+    an eager backward has used it (its GEMM scratch exists)."""
+
+    def __init__(self, device: int):
+        from . import cuda as _cuda
+
+        self.side = _cuda.Stream(device)
+        self.fork_event, self.join_event = _cuda.Event(device), _cuda.Event(device)
+        self.main = None
+        self.used = self.warm = False
+
+    @contextlib.contextmanager
+    def on_side(self):
+        from . import cuda as _cuda
+
+        self.fork_event.record(self.main)
+        self.side.wait_event(self.fork_event)
+        self.used = True
+        with _cuda.stream(self.side):
+            yield
+
+    def join(self) -> None:
+        from . import cuda as _cuda
+
+        if self.used:
+            self.join_event.record(self.side)
+            self.main.wait_event(self.join_event)
+            self.used = False
+            self.warm = self.warm or not _cuda._capturing()
 
 
 def _fused_gemm(a, b, trans_a: bool, beta: float, out, a_sums=None, relu_mask=None):
@@ -976,6 +1017,37 @@ class Sequential:
 
     def _backward(self, grad: np.ndarray, need_input_grad: bool = False) -> Optional[np.ndarray]:
         """backward on a gradient array the model may overwrite (the Trainer's loss buffer)."""
+        branch = self._backward_branch(grad)
+        try:
+            return self._backward_blocks(grad, need_input_grad, branch)
+        finally:
+            if branch is not None:
+                branch.join()
+
+    def _backward_branch(self, grad) -> Optional["_Branch"]:
+        """On a GPU, inside a stream block (the Trainer's steps, graph captures): the weight
+        gradients go to a second stream of this model's, beside the input gradients on the first,
+        so the small GEMMs of a layer's backward overlap instead of queueing (each fills the GPU
+        only briefly). None elsewhere."""
+        from . import cuda as _cuda
+
+        if not isinstance(grad, _cuda.DeviceArray) or _cuda._context_stream() is None:
+            return None
+        if sum(isinstance(b, _DenseBlock) and not b.accumulate_weight_grad for b in self._blocks) < 2:
+            return None
+        branches = self.__dict__.setdefault("_branches", {})
+        branch = branches.get(grad.device)
+        if _cuda._capturing():
+            # The second stream's GEMM scratch grows only outside a capture: a captured backward
+            # branches once an eager one has.
+            if branch is None or not branch.warm:
+                return None
+        elif branch is None:
+            branch = branches[grad.device] = _Branch(grad.device)
+        branch.main = _cuda.current_stream()
+        return branch
+
+    def _backward_blocks(self, grad, need_input_grad: bool, branch: Optional["_Branch"]):
         ctx = self._saved
         act_done = False
         idx = len(self._blocks)
@@ -994,16 +1066,17 @@ class Sequential:
                 # before it, in its dX GEMM's epilogue: one pass and one kernel call less.
                 drop = self._blocks[idx - 1]
                 grad = block.backward(grad, saved, need, act_done=act_done,
-                                      relu_mask=(drop.ws.arrays["y"], drop.layer.p))
+                                      relu_mask=(drop.ws.arrays["y"], drop.layer.p), branch=branch)
                 act_done = True  # for the ReLU block before the dropout
                 idx -= 1
                 continue
+            dense = {"branch": branch} if isinstance(block, _DenseBlock) else {}
             if isinstance(block, (_DropoutBlock, _NoiseBlock)):
                 grad = block.backward(grad, saved, need, seed=self._saved_seed)
             elif act_done:
-                grad, act_done = block.backward(grad, saved, need, act_done=True), False
+                grad, act_done = block.backward(grad, saved, need, act_done=True, **dense), False
             else:
-                grad = block.backward(grad, saved, need)
+                grad = block.backward(grad, saved, need, **dense)
             if grad is None:
                 break
         self._saved = None

@@ -168,15 +168,16 @@ class Fake:
             _forked[src] = count
 
     def capture_end(self, s):
-        thunks = _capture[int(s)]
-        branches = [k for k, v in _capture.items() if v is thunks and k != int(s)]
-        for k in branches:
+        thunks = _capture.pop(int(s))
+        branches = [k for k, v in _capture.items() if v is thunks]
+        unjoined = False
+        for k in branches:  # the capture ends on every stream, joined or not
             del _capture[k]
-            if _forked.pop(k) != _launches.get(k, 0):
-                _capture.pop(int(s))
-                raise RuntimeError("fastmlp.cuda: cudaStreamEndCapture: operation not permitted when stream is "
-                                   "capturing (a forked stream was not joined back)")
-        graph = _Graph(_capture.pop(int(s)), _deferred if not _capture else ())
+            unjoined = unjoined or _forked.pop(k) != _launches.get(k, 0)
+        if unjoined:
+            raise RuntimeError("fastmlp.cuda: cudaStreamEndCapture: capturing stream has unjoined work (a forked "
+                               "stream was not joined back)")
+        graph = _Graph(thunks, _deferred if not _capture else ())
         if not _capture:
             _deferred.clear()
         return graph

@@ -108,6 +108,22 @@ def test_cuda_gradients_with_dropout_match_the_cpu(batch):
 
 
 @needs_gpu
+def test_the_second_backward_stream_changes_no_result(monkeypatch):
+    # The weight-gradient GEMMs on a second stream (eager steps and graph replays) against all on
+    # one stream: a missing dependency between the two would show as a different result.
+    X, y = _digits(1024)
+    params = []
+    for side in (True, False):
+        monkeypatch.setattr(nn, "_SIDE_STREAM", side)
+        model = fastmlp.MLP([64, 256, 256, 128, 10], output="softmax", dropout=0.2, seed=0, device="cuda")
+        Trainer(model, optimizer=Adam(1e-3), batch_size=256, epochs=4, progress=False, seed=5,
+                use_graphs=True).fit(X, y)
+        params.append(model.parameters().to_numpy())
+        assert (getattr(model, "_branches", {}) != {}) == side
+    np.testing.assert_array_equal(params[0], params[1])
+
+
+@needs_gpu
 def test_captured_graph_training_matches_eager_training_bitwise():
     X, y = _digits(512)
     params = []

@@ -718,7 +718,9 @@ void gemm(const float* a, const float* b, float* out, const float* bias, int64_t
   const int64_t tiles = p.tiles_m * p.tiles_n;
   int64_t splits = choose_splits(tiles, K, target_blocks, policy.min_split_k, !small, small ? kSmallTileK : kTileK,
                                  &p.k_chunk);
-  if (small && tiles > kTickets) {  // only reachable through FASTMLP_CUDA_GEMM_SPLIT_BLOCKS
+  // The last two counters are the loss's and the optimizers' (kernels on one stream never overlap
+  // and each leaves its counters at zero, but the layout stays simple).
+  if (small && tiles > kTickets - 2) {  // only reachable through FASTMLP_CUDA_GEMM_SPLIT_BLOCKS
     splits = 1;
     p.k_chunk = K;
   }

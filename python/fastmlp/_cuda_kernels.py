@@ -483,6 +483,11 @@ def gemm(a, b, *, trans_a, trans_b, alpha, beta, out, bias, activation, stream, 
     if dropout is not None:
         p, seed, offset, step, n_streams = dropout
         drop = (True, _prob(p, fn, "p")) + _device_rng(c, seed, offset, step, n_streams)
+        step_arg = c.get("step")
+        if step_arg is not None:  # read by every block while the results are written
+            for written in (O, sums_arg):
+                if written is not None:
+                    c.no_overlap(written, step_arg, False)
     c.launch(c.native.gemm, A.ptr, B.ptr, O.ptr, _ptr(bias_arg), M, N, K, bool(trans_a), bool(trans_b), alpha, beta,
              act, _ptr(sums_arg), _ptr(mask_arg), mask_p, *drop)
     return O.obj

@@ -406,7 +406,7 @@ class _DenseBlock:
         # on a GPU) comes out of the dW GEMM, which reads dz anyway: no pass of its own.
         a_sums = d.dbias if d.bias_enabled else None
         if branch is not None and not self.accumulate_weight_grad and need_input_grad:
-            with branch.on_side():  # dz is final here; the dX GEMM below runs beside it
+            with branch.on_side(d.dweight, a_sums):  # dz is final here; the dX GEMM below runs beside it
                 _fused_gemm(dz, x, True, beta, d.dweight, a_sums=a_sums)
         else:
             _fused_gemm(dz, x, True, beta, d.dweight, a_sums=a_sums)
@@ -418,11 +418,17 @@ class _DenseBlock:
         return K.gemm(dz, d.weight, out=dx)
 
 
+#: Whether a device backward may run its weight-gradient GEMMs on a second stream (a switch for
+#: tests and debugging: the results are the same either way).
+_SIDE_STREAM = True
+
+
 class _Branch:
-    """A model's second stream for its device backward: on_side() forks it from the main stream at
-    the current point (dz ready) and launches the block's work there; join() makes the main stream
-    wait for everything launched on it. Its events are re-recorded at each fork and join. ``warm``:
-    an eager backward has used it (its GEMM scratch exists)."""
+    """A model's second stream for its device backward: on_side(*written) forks it from the main
+    stream at the current point (dz ready) and launches the block's work there; join() makes the
+    main stream wait for everything launched on it and hands the arrays written there back to the
+    main stream. Its events are re-recorded at each fork and join. ``warm``: an eager backward has
+    used it (its GEMM scratch exists, which a capture cannot allocate)."""
 
     def __init__(self, device: int):
         from . import cuda as _cuda
@@ -430,26 +436,35 @@ class _Branch:
         self.side = _cuda.Stream(device)
         self.fork_event, self.join_event = _cuda.Event(device), _cuda.Event(device)
         self.main = None
+        self.capturing = False
         self.used = self.warm = False
+        self.written: list = []
 
     @contextlib.contextmanager
-    def on_side(self):
+    def on_side(self, *written):
         from . import cuda as _cuda
 
         self.fork_event.record(self.main)
         self.side.wait_event(self.fork_event)
         self.used = True
+        self.written.extend(a for a in written if a is not None)
         with _cuda.stream(self.side):
             yield
 
     def join(self) -> None:
         from . import cuda as _cuda
 
-        if self.used:
-            self.join_event.record(self.side)
-            self.main.wait_event(self.join_event)
-            self.used = False
-            self.warm = self.warm or not _cuda._capturing()
+        if not self.used:
+            return
+        self.used = False
+        written, self.written = self.written, []
+        self.join_event.record(self.side)
+        self.main.wait_event(self.join_event)
+        if not self.capturing:
+            self.warm = True
+            for a in written:  # ordered after the join on the main stream: readable there
+                if isinstance(a, _cuda.DeviceArray):
+                    a._stream = self.main
 
 
 def _fused_gemm(a, b, trans_a: bool, beta: float, out, a_sums=None, relu_mask=None):
@@ -1019,10 +1034,15 @@ class Sequential:
         """backward on a gradient array the model may overwrite (the Trainer's loss buffer)."""
         branch = self._backward_branch(grad)
         try:
-            return self._backward_blocks(grad, need_input_grad, branch)
-        finally:
+            result = self._backward_blocks(grad, need_input_grad, branch)
+        except BaseException:
             if branch is not None:
-                branch.join()
+                with contextlib.suppress(Exception):  # the original error is the one to see
+                    branch.join()
+            raise
+        if branch is not None:
+            branch.join()
+        return result
 
     def _backward_branch(self, grad) -> Optional["_Branch"]:
         """On a GPU, inside a stream block (the Trainer's steps, graph captures): the weight
@@ -1031,25 +1051,28 @@ class Sequential:
         only briefly). None elsewhere."""
         from . import cuda as _cuda
 
-        if not isinstance(grad, _cuda.DeviceArray) or _cuda._context_stream() is None:
+        if not _SIDE_STREAM or not isinstance(grad, _cuda.DeviceArray) or _cuda._context_stream() is None:
             return None
         if sum(isinstance(b, _DenseBlock) and not b.accumulate_weight_grad for b in self._blocks) < 2:
             return None
         branches = self.__dict__.setdefault("_branches", {})
         branch = branches.get(grad.device)
-        if _cuda._capturing():
+        main = _cuda.current_stream()
+        capturing = _cuda._capturing() or main.is_capturing()  # fastmlp's capture or another library's
+        if capturing:
             # The second stream's GEMM scratch grows only outside a capture: a captured backward
             # branches once an eager one has.
             if branch is None or not branch.warm:
                 return None
         elif branch is None:
             branch = branches[grad.device] = _Branch(grad.device)
-        branch.main = _cuda.current_stream()
+        branch.main, branch.capturing = main, capturing
         return branch
 
     def _backward_blocks(self, grad, need_input_grad: bool, branch: Optional["_Branch"]):
         ctx = self._saved
         act_done = False
+        side = {} if branch is None else {"branch": branch}  # a dense block's extra, only when there is one
         idx = len(self._blocks)
         while idx > 0:
             idx -= 1
@@ -1066,11 +1089,11 @@ class Sequential:
                 # before it, in its dX GEMM's epilogue: one pass and one kernel call less.
                 drop = self._blocks[idx - 1]
                 grad = block.backward(grad, saved, need, act_done=act_done,
-                                      relu_mask=(drop.ws.arrays["y"], drop.layer.p), branch=branch)
+                                      relu_mask=(drop.ws.arrays["y"], drop.layer.p), **side)
                 act_done = True  # for the ReLU block before the dropout
                 idx -= 1
                 continue
-            dense = {"branch": branch} if isinstance(block, _DenseBlock) else {}
+            dense = side if isinstance(block, _DenseBlock) else {}
             if isinstance(block, (_DropoutBlock, _NoiseBlock)):
                 grad = block.backward(grad, saved, need, seed=self._saved_seed)
             elif act_done:

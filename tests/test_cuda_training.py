@@ -124,6 +124,29 @@ def test_the_second_backward_stream_changes_no_result(monkeypatch):
 
 
 @needs_gpu
+def test_a_capture_begun_outside_fastmlp_does_not_take_a_cold_second_stream():
+    # As in a torch.cuda.graph block: the stream is being captured, but not by graph_capture. The
+    # second stream has no scratch yet (no eager step used it), so the backward stays on one.
+    X, y = _digits(256)
+    model = fastmlp.MLP([64, 48, 32, 10], output="softmax", seed=0, device="cuda")
+    x, t = cuda.asarray(X), cuda.asarray(y)
+    native = cuda._native()
+    logits = model._forward(x, True)  # eager, outside any stream block: one stream, the default
+    grad = fastmlp.kernels.softmax_cross_entropy(logits, t)[1]
+    model._backward(grad)
+    cuda.synchronize()
+    model._forward(x, True)
+    s = cuda.current_stream()
+    with cuda.stream(s):
+        native.capture_begin(s.handle)
+        try:
+            model._backward(grad)
+        finally:
+            native.capture_end(s.handle)
+    assert getattr(model, "_branches", {}) == {}
+
+
+@needs_gpu
 def test_captured_graph_training_matches_eager_training_bitwise():
     X, y = _digits(512)
     params = []

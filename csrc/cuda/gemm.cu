@@ -12,6 +12,10 @@
 // deterministic for a given shape (H100, in graph replay: the 784-512-512-10 step 121 -> 111-113 us
 // against 128x128 tiles with a second reduction kernel, which FASTMLP_CUDA_GEMM_SMALL_TILES=0 still
 // selects for comparison).
+// A layer's neighbouring passes ride along (GemmFusion, api.h): the dropout after a ReLU layer in the
+// epilogue, the relu_dropout_backward mask in the epilogue, and the bias gradient (the row sums of
+// op(a), from the 64x64 kernel's loader registers). H100, the same step: 117.3 -> 105.8 us, 22 -> 10
+// kernels with the loss and optimizer changes of the same commit series.
 #include <cstdio>
 #include <cstdlib>
 #include <stdexcept>

@@ -15,7 +15,8 @@
 # BENCH_ARGS (extra `python -m fastmlp.bench --device cuda` arguments), SWEEP (the sweep's settings:
 # comma-separated FASTMLP_CUDA_GEMM_* variables without the prefix, e.g. "- SMALL_TILES=0
 # SPLIT_BLOCKS=264,MIN_SPLIT_K=64"; "-" for the defaults), SANITIZE_K (the sanitizers' pytest -k subset of
-# tests/test_cuda.py), REPRO (diag), T_TESTS, T_CPUTESTS, T_BENCH and T_SANITIZE (seconds per
+# tests/test_cuda.py), SANITIZE_TOOLS (default "memcheck racecheck"), SANITIZE_PARTS (default "main threaded";
+# threaded: the one test that launches from several host threads), REPRO (diag), T_TESTS, T_CPUTESTS, T_BENCH and T_SANITIZE (seconds per
 # stage; 150, 150, 200 and 100 per tool by default).
 set -u
 cd "$(dirname "$0")/.."
@@ -131,8 +132,8 @@ if want sanitize; then
   # yet passed under both, and 8 times of 8 without them, when run alone.
   subset="${SANITIZE_K:-gemm or activation or bias_grad or dropout or random or loss or entropy or squared or batch_norm or adam or sgd or rmsprop or adagrad or graph}"
   threaded="from_threads"
-  for tool in memcheck racecheck; do
-    for part in main threaded; do
+  for tool in ${SANITIZE_TOOLS:-memcheck racecheck}; do
+    for part in ${SANITIZE_PARTS:-main threaded}; do
       # (and not the test that provokes an unjoined capture on purpose: an API error to the tools)
       if [ $part = main ]; then sel="($subset) and not torch and not cupy and not $threaded and not unjoined"
         limit="${T_SANITIZE:-100}"

@@ -43,6 +43,15 @@ if(NOT CMAKE_CUDA_COMPILER)
                       "CMAKE_CUDA_COMPILER), or configure with -DFASTMLP_CUDA=OFF")
 endif()
 enable_language(CUDA)
+# The kernels use sm_80 instructions (cp.async in the GEMM): an older target would fail deep in
+# nvcc, so say so here.
+foreach(_arch IN LISTS CMAKE_CUDA_ARCHITECTURES)
+  string(REGEX MATCH "^[0-9]+" _arch_number "${_arch}")
+  if(_arch_number AND _arch_number LESS 80)
+    message(FATAL_ERROR "fastmlp's CUDA kernels need sm_80 or newer (cp.async); the CUDA architectures "
+                        "(FASTMLP_CUDA_ARCHITECTURES / CMAKE_CUDA_ARCHITECTURES / CUDAARCHS) include '${_arch}'")
+  endif()
+endforeach()
 find_package(CUDAToolkit REQUIRED)
 set(CMAKE_CUDA_STANDARD 17)
 set(CMAKE_CUDA_STANDARD_REQUIRED ON)

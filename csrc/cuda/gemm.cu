@@ -1,9 +1,10 @@
 // SGEMM with a fused epilogue: out = act(alpha * op(a) op(b) + beta * out + bias). The classic
 // 128x128 design with 16 k per stage: 256 threads, an 8x8 register tile each, both operands staged
 // k-major in double-buffered shared memory, the next stage on its way while this one is multiplied:
-// row-contiguous operands by cp.async, k-contiguous ones (transposed on the way) through registers.
-// Those loads are issued before the stage's FMAs and are not under a condition, which nvcc would
-// merge with the stores' and sink below the FMAs (H100: 4096^3 from 0.77-0.83x to 0.89-0.96x cuBLAS).
+// row-contiguous operands by cp.async when both operands take float4 loads, the others (k-contiguous
+// ones transposed on the way) through registers, whose loads are issued before the stage's FMAs and
+// are not under a condition, which nvcc would merge with the stores' and sink below the FMAs (H100:
+// 4096^3 from 0.77-0.83x to 0.89-0.96x cuBLAS). cp.async needs sm_80 (cmake/cuda.cmake checks).
 // One loader serves all four transpose cases: an operand is either k-contiguous or row-contiguous
 // in memory; float4 loads are used where the pointer and leading dimension allow (checked at run
 // time), guarded scalar loads elsewhere, so any M, N, K is correct.
@@ -164,15 +165,6 @@ __device__ __noinline__ void store_epilogue(float* out, const float* bias, float
   }
 }
 
-// Walks this thread's elements of each stage of one operand: rows [row0, row0 + Rows) x
-// k [k0, k0 + BK), zero outside rows x [k_begin, k_end). A stage is Rows * BK / 1024 groups of four
-// per thread (kLoads); everything but a pointer bump and a counter is computed once, which keeps the
-// kernel within 128 registers. KContig: group j is row t / (BK / 4) + j * kRowStep, k (t % (BK / 4)) * 4;
-// otherwise row (t % (Rows / 4)) * 4, k t / (Rows / 4) + j * kKStep. Vec: one float4 per group (pointer
-// 16-byte aligned and the contiguous extent % 4 == 0, so a group lies wholly inside or wholly outside).
-// (A KContig layout of row t / 2, k (t % 2) * 4 + 8 j, whose transposed stores are conflict-free
-// where these are 2-way, measured the same or slower on the H100: 4096^3 NT 39.6 -> 40.1, NN
-// 40.8 -> 39.9 TFLOP/s, the step 129.0 -> 130.6 us.)
 // cp.async (sm_80+): 16 bytes global -> shared, zero-filled when !in; a commit closes a group,
 // and wait_all waits for this thread's groups (the block's: a barrier after it).
 __device__ __forceinline__ void copy_async16(float* dst, const float* src, bool in) {
@@ -182,6 +174,17 @@ __device__ __forceinline__ void copy_async16(float* dst, const float* src, bool 
 __device__ __forceinline__ void copy_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
 __device__ __forceinline__ void copy_async_wait_all() { asm volatile("cp.async.wait_group 0;\n" ::: "memory"); }
 
+// Walks this thread's elements of each stage of one operand: rows [row0, row0 + Rows) x
+// k [k0, k0 + BK), zero outside rows x [k_begin, k_end). A stage is Rows * BK / 1024 groups of four
+// per thread (kLoads); everything but a pointer bump and a counter is computed once, which keeps the
+// kernel within 128 registers. KContig: group j is row t / (BK / 4) + j * kRowStep, k (t % (BK / 4)) * 4;
+// otherwise row (t % (Rows / 4)) * 4, k t / (Rows / 4) + j * kKStep. Vec: one float4 per group (pointer
+// 16-byte aligned and the contiguous extent % 4 == 0, so a group lies wholly inside or wholly outside).
+// load() takes a stage into registers (store_stage then writes it to shared memory); copy() takes it
+// straight to shared memory by cp.async, for a row-contiguous operand with Vec.
+// (A KContig layout of row t / 2, k (t % 2) * 4 + 8 j, whose transposed stores are conflict-free
+// where these are 2-way, measured the same or slower on the H100: 4096^3 NT 39.6 -> 40.1, NN
+// 40.8 -> 39.9 TFLOP/s, the step 129.0 -> 130.6 us.)
 template <int Rows, int BK, bool KContig, bool Vec>
 struct StageLoader {
   static constexpr int kLoads = Rows * BK / (kGemmThreads * 4);
@@ -253,7 +256,7 @@ struct StageLoader {
       const bool in = (row_mask & 1u) && k_rel + g * kKStep < 0;
       copy_async16(&s[t / (Rows / 4) + g * kKStep][(t % (Rows / 4)) * 4], in ? src + g * kKStep * ld : base, in);
     }
-    src += KContig ? static_cast<int64_t>(BK) : BK * ld;
+    src += BK * ld;
     k_rel += BK;
   }
 };
@@ -494,7 +497,7 @@ __global__ void __launch_bounds__(kGemmThreads, 2) gemm_small_kernel(const GemmP
     store_stage<T, BK, AKContig>(a_tile[0], ra);
     store_stage<T, BK, BKContig>(b_tile[0], rb);
   }
-  // Both operands through registers, as gemm_kernel's k-contiguous ones (H100, cp.async for the
+  // Both operands through registers, as in gemm_kernel without cp.async (H100, cp.async for the
   // row-contiguous ones here: 512x784x256 A^T B 11.5 -> 12.1 us, 256x784x512 A B 14.1 -> 15.9).
   for (int s = 0; s < stages; ++s) {
     const int cur = s & 1;

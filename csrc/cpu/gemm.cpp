@@ -683,16 +683,23 @@ void gemm(const GemmArgs<T>& g) {
   // 256x512x784 A.Bt, the MLP's first layer, 1.05-1.09x / 1.05x; 256x512x512 1.04-1.05x /
   // 1.05-1.07x; 256x784x512 1.01-1.03x / 1.01-1.02x; 4096x64x256 1.30-1.34x / 1.20-1.22x; the
   // 784-512-512-10 training step 1.3%). Wider outputs reuse each packed panel more and lost
-  // (256x1024x1024 A.Bt 0.94x, 33x4000x128 0.88x), as did a transposed op(a), whose A panel row
-  // is a cache line per k (1024^3 At.B 0.63x). A backward dX GEMM with a relu_mask reads op(a) in
+  // (256x1024x1024 A.Bt 0.94x, 33x4000x128 0.88x), as did a large transposed op(a), whose A
+  // panel row is a cache line per k (1024^3 At.B 0.63x). A transposed op(a) of at most
+  // kDirectATransMaxBytes is read in place too: there the pack cost more than the whole product,
+  // as tasks sat waiting for each other's A groups (2 threads, separate processes, Xeon AVX-512:
+  // 64x128x64 At.B 15.1-17.2 -> 6.5-7.6 us, NumPy 7.6; 96^3 25.5-26.9 -> 8.5-8.7 us, NumPy 11.9;
+  // 128x256x128 54-59 -> 32 us; At.Bt 96^3 28-29 -> 15.4-15.9, 128x128x512 97 -> 66; 256^3 and
+  // the MLP shapes unchanged; training steps 784-512-512-10/256, 784-128-64-10/64 and
+  // 256-256-256-10/128 unchanged to 1% faster). A backward dX GEMM with a relu_mask reads op(a) in
   // place too, through its masked epilogue (256x512x512 A.B 1.02-1.05x, the step +0-0.6%).
   // A relu_mask has its own register epilogue for the plain product (a backward dX GEMM's case);
   // with anything else the masked tiles go through store_tile.
   const bool masked_out = g.relu_mask && g.act == Act::identity && g.beta == 0.0 && !g.bias;
-  constexpr int64_t kDirectAMaxCols = 800;
+  constexpr int64_t kDirectAMaxCols = 800, kDirectATransMaxBytes = int64_t{256} << 10;
   const bool a_in_place = k_blocks == 1 && !direct_a && (!g.relu_mask || masked_out) && !g.a_sums &&
                           (g.act == Act::identity || g.act == Act::relu) &&
-                          (!parallel || (!g.trans_a && N <= kDirectAMaxCols));
+                          (!parallel || (!g.trans_a && N <= kDirectAMaxCols) ||
+                           (g.trans_a && M * K * static_cast<int64_t>(sizeof(T)) <= kDirectATransMaxBytes));
   // Task grid over (row block, column block); block sizes only change how work is split.
   const int threads = parallel ? get_num_threads() : 1;
   int64_t mc = balanced_block(M, B::MC_MAX, MR);

@@ -274,6 +274,44 @@ def test_gemm_a_sums_arguments_are_checked():
 # (131, 100, 300): threaded, one k block, op(a) read in place where not transposed, with a partial
 # last row panel of no register-tile size (131 = 10 x 12 + 11 = 21 x 6 + 5) and a partial last
 # column panel on every path.
+# A small float32 A^T.B^T with M <= 2K runs, on AVX-512, as tiles of its transpose B.A with no
+# transposing pack (gemm_tt_swapped): whole and partial 16-row tails of the output (M % 16 = 0, 9..15),
+# every column tail (N % 16 = 1..15, through zero rows), K up to the copy's 256. Each output must be
+# bitwise what the packing paths give for the same product (A.B of the materialised transposes),
+# NaN and Inf included, under every epilogue and with a relu_mask.
+TT_SWAP_SHAPES = [(16, 2, 8), (32, 64, 64), (25, 17, 40), (48, 30, 100), (31, 45, 16), (64, 13, 256),
+                  (16, 255, 20), (80, 48, 64), (57, 7, 29)]
+
+
+@pytest.mark.parametrize("epilogue", list(EPILOGUES), ids=str)
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+def test_small_at_bt_is_bitwise_the_product_of_the_packing_paths(isa, rng, activation, epilogue):
+    from fastmlp import _core
+    spec = EPILOGUES[epilogue]
+    for M, N, K in TT_SWAP_SHAPES:
+        a, b = operands(rng, M, N, K, True, True, np.float32)
+        a[K // 2, M - 1] = np.nan
+        b[N - 1, 0] = np.inf
+        kw = dict(activation=activation, alpha=spec.get("alpha", 1.0))
+        out0 = None
+        if "beta" in spec:
+            kw["beta"] = spec["beta"]
+            out0 = rng.uniform(-2, 2, size=(M, N)).astype(np.float32)
+        if spec.get("bias"):
+            kw["bias"] = rng.uniform(-2, 2, size=N).astype(np.float32)
+        a_t, b_t = np.ascontiguousarray(a.T), np.ascontiguousarray(b.T)
+        want = kernels.gemm(a_t, b_t, out=None if out0 is None else out0.copy(), **kw)
+        got = kernels.gemm(a, b, trans_a=True, trans_b=True, out=None if out0 is None else out0.copy(), **kw)
+        np.testing.assert_array_equal(got, want, err_msg=f"{M}x{N}x{K}")
+        if epilogue == "plain" and activation == "identity":
+            finite_a, finite_b = operands(rng, M, N, K, True, True, np.float32)
+            call_and_check(finite_a, finite_b, trans_a=True, trans_b=True)
+            y = np.maximum(rng.standard_normal((M, N)), 0).astype(np.float32)
+            masked = [_core._gemm(x, w, t, t, 1.0, 0.0, np.full((M, N), np.nan, np.float32), None, "identity", None,
+                                  y, 0.2) for x, w, t in ((a, b, True), (a_t, b_t, False))]
+            np.testing.assert_array_equal(masked[0], masked[1], err_msg=f"relu_mask, {M}x{N}x{K}")
+
+
 RELU_MASK_SHAPES = [(256, 512, 10), (64, 96, 70), (7, 17, 5), (1, 64, 32), (1, 5, 3), (13, 16, 0), (64, 8, 32),
                     (37, 300, 13), (30, 40, 1100), (56, 64, 1100), (52, 64, 30), (38, 48, 40), (131, 100, 300)]
 

@@ -55,7 +55,8 @@ inline __attribute__((always_inline)) void micro_tile(int64_t kc, const T* __res
   using V = typename S::V;
   constexpr int MR = Blocking<T>::MR, NV = Vecs, W = S::W, NR = Blocking<T>::NR;
   static_assert(Vecs >= 1 && Vecs <= Blocking<T>::NV, "a register tile has at most NV vectors per row");
-  static_assert(Rows >= 1 && Rows <= MR, "a register tile has at most MR rows");
+  static_assert(Rows >= 1 && (Rows <= MR || (Direct && Vecs == 1 && Rows <= 16)),
+                "a register tile has at most MR rows (16 with op(a) in place and one vector)");
   V c[Rows][NV];
 #pragma GCC unroll 16
   for (int i = 0; i < Rows; ++i)
@@ -617,6 +618,99 @@ void gemm_one_row(const GemmArgs<T>& g) {
 
 }  // namespace
 
+#if defined(__AVX512F__)
+// One 16x16 tile of a small A^T.B^T computed as its transpose B.A (see gemm_tt_swapped): Rows
+// columns j0.. of the output as the broadcast side (a copy of rows of b at bj, kTTStride apart; the
+// first `cols` exist) and 16 rows i0.. as the vector (row k of a's part at ai + k * lda). The
+// Rows x 16 block of the transposed product is turned 16x16 in registers and stored an output row
+// at a time (its first `rows` rows, `cols` lanes each) with store_tile's arithmetic in its order:
+// in registers for the identity and ReLU, else through store_tile itself (which also applies a
+// relu_mask).
+// The copy's constant row stride lets each broadcast address one base register plus a constant:
+// with b's rows in place (stride K, a variable) the 16 row pointers spilled to the stack and the
+// path lost to the packing one (32x64x64 3.2 against 3.0 us).
+constexpr int64_t kTTStride = 256;
+
+template <int Rows>
+void tt_swapped_tile(const GemmArgs<float>& g, const float* bj, const float* ai, int64_t lda, int64_t i0,
+                     int64_t j0, int rows, int cols, bool registers) {
+  using V = __m512;
+  micro_tile<float, true, Rows, 1>(
+      g.K, bj, ai, lda, nullptr, false,
+      [&](const V (&c)[Rows][1]) __attribute__((always_inline)) {
+        const __mmask16 lanes = static_cast<__mmask16>((1u << cols) - 1u);
+        const V zero = _mm512_setzero_ps();
+        const float beta = static_cast<float>(g.beta);
+        const V va = _mm512_set1_ps(static_cast<float>(g.alpha)), vb = _mm512_set1_ps(beta);
+        const V bias = g.bias ? _mm512_maskz_loadu_ps(lanes, g.bias + j0) : zero;
+        alignas(64) float tile[16 * 16];
+        V r[16];
+#pragma GCC unroll 16
+        for (int t = 0; t < 16; ++t) r[t] = t < Rows ? c[t < Rows ? t : 0][0] : zero;
+        transpose16x16(r);
+        if (registers) {
+          for (int q = 0; q < rows; ++q) {
+            float* o = g.out + (i0 + q) * g.N + j0;
+            V x = va * r[q];
+            if (beta != 0.0f) x = x + vb * _mm512_maskz_loadu_ps(lanes, o);
+            if (g.bias) x = x + bias;
+            if (g.act == Act::relu) x = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(x, zero, _CMP_LT_OQ), x, zero);  // as ops::relu
+            _mm512_mask_storeu_ps(o, lanes, x);
+          }
+        } else {
+          for (int q = 0; q < rows; ++q) _mm512_store_ps(tile + 16 * q, r[q]);
+          store_tile(g, tile, 16, i0, j0, rows, cols);
+        }
+      },
+      kTTStride, 1);
+}
+
+// A one-thread A^T.B^T as 16x16 tiles of its transpose B.A, with no transposing pack of op(b):
+// rows of b (contiguous in k) are broadcast, rows of a (contiguous in i) are the vectors, and each
+// tile is transposed on its way out. That costs 64 shuffles per 256 outputs where the pack costs
+// 64 per 256 elements of op(b) and a pass over memory, so it pays while M is not much above K.
+// Toggled in separate processes on an AVX-512 Xeon (median of 7, us; NumPy beside):
+// 32x64x64 2.9-3.0 -> 2.8 (NumPy 2.8-3.0), 16x48x32 1.8 -> 1.2 (1.5), 32x128x100 8.5 -> 7.0 (6.1),
+// 28x100x64 5.6 -> 4.4 (5.1), 48x64x64 3.8 -> 3.6 (4.0), 64x32x64 2.9 -> 2.5, 80x48x64 6.2 -> 4.4;
+// 64x64x64, 96x32x64 and 64x96x48 unchanged; 128x64x48 (M = 2.7 K) lost, 6.7 -> 6.8-7.3.
+// Every output is the chain fma(op(a)[i][k], op(b)[k][j], c) over k in order from +0 that the other
+// paths form (fma is symmetric in its factors), then the same epilogue: bitwise the same results.
+// The last M % 16 rows of the output (columns of a) go through a zero-padded copy, and the last
+// columns through zero rows of b's copy.
+void gemm_tt_swapped(const GemmArgs<float>& g) {
+  const int64_t M = g.M, N = g.N, K = g.K;
+  const bool registers = (g.act == Act::identity || g.act == Act::relu) && !g.relu_mask;
+  const int64_t m_full = M / 16 * 16;
+  const int m_tail = static_cast<int>(M - m_full);
+  float* a_tail = static_cast<float*>(
+      thread_scratch(kScratchPackB, sizeof(float) * static_cast<size_t>(16 * K + 16 * kTTStride)));
+  float* b_rows = a_tail + 16 * K;  // 16 x kTTStride: the tile's rows of b, zeros past N
+  if (m_tail)  // K x 16: the last m_tail columns of a, zeros past them
+    for (int64_t k = 0; k < K; ++k)
+      for (int t = 0; t < 16; ++t) a_tail[k * 16 + t] = t < m_tail ? g.a[k * M + m_full + t] : 0.0f;
+  auto columns = [&](auto rows_c, const float* bj, int64_t j0, int cols) {
+    constexpr int R = decltype(rows_c)::value;
+    for (int64_t i0 = 0; i0 < m_full; i0 += 16) tt_swapped_tile<R>(g, bj, g.a + i0, M, i0, j0, 16, cols, registers);
+    if (m_tail) tt_swapped_tile<R>(g, bj, a_tail, 16, m_full, j0, m_tail, cols, registers);
+  };
+  for (int64_t j0 = 0; j0 < N; j0 += 16) {
+    const int cols = static_cast<int>(min_i64(16, N - j0));
+    const int rows_class = (cols + 3) / 4 * 4;  // 4, 8, 12 or 16 rows of b
+    for (int r = 0; r < rows_class; ++r) {
+      if (r < cols) std::memcpy(b_rows + r * kTTStride, g.b + (j0 + r) * K, sizeof(float) * static_cast<size_t>(K));
+      else std::memset(b_rows + r * kTTStride, 0, sizeof(float) * static_cast<size_t>(K));
+    }
+    const float* bj = b_rows;
+    switch (rows_class) {
+      case 4: columns(std::integral_constant<int, 4>{}, bj, j0, cols); break;
+      case 8: columns(std::integral_constant<int, 8>{}, bj, j0, cols); break;
+      case 12: columns(std::integral_constant<int, 12>{}, bj, j0, cols); break;
+      default: columns(std::integral_constant<int, 16>{}, bj, j0, cols); break;
+    }
+  }
+}
+#endif
+
 template <class T>
 void gemm(const GemmArgs<T>& g) {
   using B = Blocking<T>;
@@ -632,6 +726,19 @@ void gemm(const GemmArgs<T>& g) {
     return;
   }
   if (M == 0 || N == 0) return;
+#if defined(__AVX512F__)
+  if constexpr (std::is_same_v<T, float>) {
+    // A small A^T.B^T whose M is at most 2K, in whole or mostly whole vectors, on one thread up
+    // to 2^21 flops: see gemm_tt_swapped (against the threaded path, separate processes: 32x256x64
+    // 11.1-11.6 -> 9.2-9.4 us, 48x128x128 13.5-14.0 -> 12.4-12.7; 64x128x128, 2^21, lost 15.5 -> 16.6).
+    if (g.trans_a && g.trans_b && !g.a_sums && M >= 16 && (M % 16 == 0 || M % 16 > 8) && N >= 2 &&
+        M <= 2 * K && K <= kTTStride &&
+        2.0 * static_cast<double>(M) * static_cast<double>(N) * static_cast<double>(K) < 2097152.0) {
+      gemm_tt_swapped(g);
+      return;
+    }
+  }
+#endif
   if (M == 1 && N > NR) {  // one column panel: the direct-A path below already reads a in place
     gemm_one_row(g);
     return;

@@ -670,7 +670,7 @@ void tt_swapped_tile(const GemmArgs<float>& g, const float* bj, const float* ai,
 // tile is transposed on its way out. That costs 64 shuffles per 256 outputs where the pack costs
 // 64 per 256 elements of op(b) and a pass over memory, so it pays while M is not much above K.
 // Toggled in separate processes on an AVX-512 Xeon (median of 7, us; NumPy beside):
-// 32x64x64 2.9-3.0 -> 2.8 (NumPy 2.8-3.0), 16x48x32 1.8 -> 1.2 (1.5), 32x128x100 8.5 -> 7.0 (6.1),
+// 32x64x64 2.9-3.0 -> 2.7 (NumPy 2.8-3.0), 16x48x32 1.8 -> 1.2 (1.5), 32x128x100 8.5 -> 6.6 (6.1),
 // 28x100x64 5.6 -> 4.4 (5.1), 48x64x64 3.8 -> 3.6 (4.0), 64x32x64 2.9 -> 2.5, 80x48x64 6.2 -> 4.4;
 // 64x64x64, 96x32x64 and 64x96x48 unchanged; 128x64x48 (M = 2.7 K) lost, 6.7 -> 6.8-7.3.
 // Every output is the chain fma(op(a)[i][k], op(b)[k][j], c) over k in order from +0 that the other
@@ -696,9 +696,18 @@ void gemm_tt_swapped(const GemmArgs<float>& g) {
   for (int64_t j0 = 0; j0 < N; j0 += 16) {
     const int cols = static_cast<int>(min_i64(16, N - j0));
     const int rows_class = (cols + 3) / 4 * 4;  // 4, 8, 12 or 16 rows of b
+    // Inline 16-float moves: a libc memcpy per row of b cost more than the move itself.
+    const __mmask16 k_tail = static_cast<__mmask16>((1u << (K % 16)) - 1u);
     for (int r = 0; r < rows_class; ++r) {
-      if (r < cols) std::memcpy(b_rows + r * kTTStride, g.b + (j0 + r) * K, sizeof(float) * static_cast<size_t>(K));
-      else std::memset(b_rows + r * kTTStride, 0, sizeof(float) * static_cast<size_t>(K));
+      float* dst = b_rows + r * kTTStride;
+      const float* src = g.b + (j0 + r) * K;
+      int64_t k = 0;
+      if (r < cols) {
+        for (; k + 16 <= K; k += 16) _mm512_storeu_ps(dst + k, _mm512_loadu_ps(src + k));
+        if (k_tail) _mm512_mask_storeu_ps(dst + k, k_tail, _mm512_maskz_loadu_ps(k_tail, src + k));
+      } else {
+        for (; k < K; k += 16) _mm512_storeu_ps(dst + k, _mm512_setzero_ps());  // within the 256-float row
+      }
     }
     const float* bj = b_rows;
     switch (rows_class) {

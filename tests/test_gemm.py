@@ -268,19 +268,19 @@ def test_gemm_a_sums_arguments_are_checked():
     np.testing.assert_array_equal(frozen, 0)
 
 
-# The last three end in a partial row panel of exactly a third or two thirds of the register tile
-# (MR = 12 on AVX-512, 6 elsewhere), which has its own register epilogue: 56 = 4 x 12 + 8,
-# 52 = 4 x 12 + 4 = 8 x 6 + 4, 38 = 6 x 6 + 2.
-# (131, 100, 300): threaded, one k block, op(a) read in place where not transposed, with a partial
-# last row panel of no register-tile size (131 = 10 x 12 + 11 = 21 x 6 + 5) and a partial last
-# column panel on every path.
 # A small float32 A^T.B^T with M <= 2K runs, on AVX-512, as tiles of its transpose B.A with no
-# transposing pack (gemm_tt_swapped): whole and partial 16-row tails of the output (M % 16 = 0, 9..15),
-# every column tail (N % 16 = 1..15, through zero rows), K up to the copy's 256. Each output must be
-# bitwise what the packing paths give for the same product (A.B of the materialised transposes),
-# NaN and Inf included, under every epilogue and with a relu_mask.
+# transposing pack (gemm_tt_swapped). The shapes reach 16-row output tails of 0 and 9..15 rows, the
+# last-columns classes of 4, 8, 12 and 16 rows of b (1, 2, 4, 7 and 9..16 columns), and K from 8
+# to 256 with and without a k tail. Each output must be bitwise (sign of zero and NaN
+# included) what the packing paths give for the same product (A.B of the materialised transposes),
+# under every epilogue, with and without a relu_mask; with beta == 0 out is never read.
 TT_SWAP_SHAPES = [(16, 2, 8), (32, 64, 64), (25, 17, 40), (48, 30, 100), (31, 45, 16), (64, 13, 256),
-                  (16, 255, 20), (80, 48, 64), (57, 7, 29)]
+                  (16, 255, 20), (80, 48, 64), (57, 7, 29), (26, 12, 13), (44, 25, 100), (30, 27, 255),
+                  (29, 44, 250), (16, 10, 8), (60, 14, 33), (27, 20, 20)]
+
+
+def bits(x):
+    return x.view(np.uint32)
 
 
 @pytest.mark.parametrize("epilogue", list(EPILOGUES), ids=str)
@@ -290,28 +290,33 @@ def test_small_at_bt_is_bitwise_the_product_of_the_packing_paths(isa, rng, activ
     spec = EPILOGUES[epilogue]
     for M, N, K in TT_SWAP_SHAPES:
         a, b = operands(rng, M, N, K, True, True, np.float32)
+        a[:, 0] = 0.0  # a zero row of op(a): -0 after alpha < 0, which ReLU keeps
         a[K // 2, M - 1] = np.nan
         b[N - 1, 0] = np.inf
-        kw = dict(activation=activation, alpha=spec.get("alpha", 1.0))
-        out0 = None
-        if "beta" in spec:
-            kw["beta"] = spec["beta"]
-            out0 = rng.uniform(-2, 2, size=(M, N)).astype(np.float32)
-        if spec.get("bias"):
-            kw["bias"] = rng.uniform(-2, 2, size=N).astype(np.float32)
         a_t, b_t = np.ascontiguousarray(a.T), np.ascontiguousarray(b.T)
-        want = kernels.gemm(a_t, b_t, out=None if out0 is None else out0.copy(), **kw)
-        got = kernels.gemm(a, b, trans_a=True, trans_b=True, out=None if out0 is None else out0.copy(), **kw)
-        np.testing.assert_array_equal(got, want, err_msg=f"{M}x{N}x{K}")
+        alpha, beta = spec.get("alpha", 1.0), spec.get("beta", 0.0)
+        out0 = rng.uniform(-2, 2, size=(M, N)).astype(np.float32) if "beta" in spec else np.full((M, N), np.nan, np.float32)
+        bias = rng.uniform(-2, 2, size=N).astype(np.float32) if spec.get("bias") else None
+        y = np.maximum(rng.standard_normal((M, N)), 0).astype(np.float32)
+        for mask in (None, y):
+            got, want = (_core._gemm(x, w, t, t, alpha, beta, out0.copy(), bias, activation, None, mask, 0.2)
+                         for x, w, t in ((a, b, True), (a_t, b_t, False)))
+            where = f"{M}x{N}x{K}" + ("" if mask is None else ", relu_mask")
+            np.testing.assert_array_equal(bits(got), bits(want), err_msg=where)
+            if beta == 0.0:  # the NaN-filled out never read: NaN only in op(a)'s NaN row and 0 * Inf
+                assert np.isfinite(got[:M - 1, :N - 1]).all(), where
         if epilogue == "plain" and activation == "identity":
             finite_a, finite_b = operands(rng, M, N, K, True, True, np.float32)
             call_and_check(finite_a, finite_b, trans_a=True, trans_b=True)
-            y = np.maximum(rng.standard_normal((M, N)), 0).astype(np.float32)
-            masked = [_core._gemm(x, w, t, t, 1.0, 0.0, np.full((M, N), np.nan, np.float32), None, "identity", None,
-                                  y, 0.2) for x, w, t in ((a, b, True), (a_t, b_t, False))]
-            np.testing.assert_array_equal(masked[0], masked[1], err_msg=f"relu_mask, {M}x{N}x{K}")
 
 
+# The last three end in a partial row panel of exactly a third or two thirds of the register tile
+# (MR = 12 on AVX-512, 6 elsewhere), which has its own register epilogue: 56 = 4 x 12 + 8,
+# 52 = 4 x 12 + 4 = 8 x 6 + 4, 38 = 6 x 6 + 2.
+# (131, 100, 300): threaded, one k block, op(a) read in place (row-major, or transposed and at most
+# 256 KiB), with a partial
+# last row panel of no register-tile size (131 = 10 x 12 + 11 = 21 x 6 + 5) and a partial last
+# column panel on every path.
 RELU_MASK_SHAPES = [(256, 512, 10), (64, 96, 70), (7, 17, 5), (1, 64, 32), (1, 5, 3), (13, 16, 0), (64, 8, 32),
                     (37, 300, 13), (30, 40, 1100), (56, 64, 1100), (52, 64, 30), (38, 48, 40), (131, 100, 300)]
 
@@ -425,8 +430,8 @@ INVARIANCE_CASES = [
     ((68, 64, 1100), dict(bias=True, activation="relu")),
     ((52, 96, 300), dict(beta=0.5, bias=True)),
     # Small enough for one thread (op(a) read in place by the register-epilogue kernels, as in the
-    # threaded cases above whose op(a) is not transposed), beta and bias included; single rows and
-    # the windows below take the other kernels
+    # threaded cases above whose op(a) is row-major or small), beta and bias included; single rows
+    # and the windows below take the other kernels; A^T.B^T goes through gemm_tt_swapped
     ((48, 80, 64), dict(beta=0.5, bias=True, activation="relu")),
 ]
 

@@ -9,8 +9,10 @@
 // parked partial sums. Some shapes skip a packing, with the same FMA chains: one column panel
 // reads op(a) in place (direct_a), as do, in their register-epilogue tiles, a small GEMM (one
 // thread, one k block) and a threaded one-k-block GEMM whose row-major op(a) meets few columns
-// (a_in_place); one or two row panels (or a small op(b)) read a row-major op(b) in
-// place (direct_b); and a single row (M = 1) streams op(b) without tiles (gemm_one_row).
+// or whose transposed op(a) is small (a_in_place); one or two row panels (or a small op(b)) read a
+// row-major op(b) in place (direct_b); a single row (M = 1) streams op(b) without tiles
+// (gemm_one_row); and on AVX-512 a small float A^T.B^T runs as tiles of its transpose B.A,
+// with no transposing pack of op(b) (gemm_tt_swapped).
 #include <cstdint>
 #include <cstring>
 #include <thread>
@@ -55,8 +57,8 @@ inline __attribute__((always_inline)) void micro_tile(int64_t kc, const T* __res
   using V = typename S::V;
   constexpr int MR = Blocking<T>::MR, NV = Vecs, W = S::W, NR = Blocking<T>::NR;
   static_assert(Vecs >= 1 && Vecs <= Blocking<T>::NV, "a register tile has at most NV vectors per row");
-  static_assert(Rows >= 1 && (Rows <= MR || (Direct && Vecs == 1 && Rows <= 16)),
-                "a register tile has at most MR rows (16 with op(a) in place and one vector)");
+  static_assert(Rows >= 1 && (Rows <= MR || (Direct && Vecs == 1 && Rows <= 16 && W * sizeof(T) == 64)),
+                "a register tile has at most MR rows (16 with op(a) in place, one vector, on AVX-512)");
   V c[Rows][NV];
 #pragma GCC unroll 16
   for (int i = 0; i < Rows; ++i)
@@ -414,9 +416,9 @@ void pack_b_panel(const GemmArgs<T>& g, int64_t jp, int64_t k0, int64_t kc, T* _
         const T* lines = g.b + j0 * g.K + k0;
 #if defined(__AVX512F__)
         // 16x16 blocks for a one-thread GEMM, whose op(b) is in L1 or L2 and whose pack is a
-        // fifth of the call (32x64x64 A^T.B^T and A.B^T 0.05-0.15 us faster of ~2.8, 5 runs of 5 in
-        // alternating processes on a Xeon); threaded GEMMs, which stream op(b) from L3, showed
-        // no gain and more spread (256x512x784 A.B^T).
+        // fifth of the call (32x64x64 A.B^T, and A^T.B^T before gemm_tt_swapped took it, 0.05-0.15
+        // us faster of ~2.8, 5 runs of 5 in alternating processes on a Xeon); threaded GEMMs,
+        // which stream op(b) from L3, showed no gain and more spread (256x512x784 A.B^T).
         if constexpr (NR % 16 == 0) {
           if (blocks16)
             for (; k_done + 16 <= kc; k_done += 16)
@@ -616,8 +618,6 @@ void gemm_one_row(const GemmArgs<T>& g) {
   });
 }
 
-}  // namespace
-
 #if defined(__AVX512F__)
 // One 16x16 tile of a small A^T.B^T computed as its transpose B.A (see gemm_tt_swapped): Rows
 // columns j0.. of the output as the broadcast side (a copy of rows of b at bj, kTTStride apart; the
@@ -700,9 +700,9 @@ void gemm_tt_swapped(const GemmArgs<float>& g) {
     const __mmask16 k_tail = static_cast<__mmask16>((1u << (K % 16)) - 1u);
     for (int r = 0; r < rows_class; ++r) {
       float* dst = b_rows + r * kTTStride;
-      const float* src = g.b + (j0 + r) * K;
       int64_t k = 0;
       if (r < cols) {
+        const float* src = g.b + (j0 + r) * K;
         for (; k + 16 <= K; k += 16) _mm512_storeu_ps(dst + k, _mm512_loadu_ps(src + k));
         if (k_tail) _mm512_mask_storeu_ps(dst + k, k_tail, _mm512_maskz_loadu_ps(k_tail, src + k));
       } else {
@@ -719,6 +719,8 @@ void gemm_tt_swapped(const GemmArgs<float>& g) {
   }
 }
 #endif
+
+}  // namespace
 
 template <class T>
 void gemm(const GemmArgs<T>& g) {
@@ -792,7 +794,7 @@ void gemm(const GemmArgs<T>& g) {
   // in place, the same sums in the same order (toggled in one process on an AVX-512 Xeon, against
   // packing: 32x64x64 1.13-1.19x for every transpose pair, NN 0.94x -> 1.06x NumPy; 64x64x64
   // 1.16-1.25x; 32x128x100 1.05-1.15x). A panel whose rows are not a whole row class (33 = 2 x 12
-  // + 9) and a partial column panel still pack their A panel.
+  // + 9) still packs its A panel; a partial column panel reads whole MR-row panels in place too.
   // So does a threaded GEMM with one k block whose op(a) is row-major (each A panel row a run of
   // K elements: a cache line serves 64 bytes of k) and meets at most kDirectAMaxCols columns of op(b), where packing
   // it costs more than its strided reads (toggled in one process on the Xeon, AVX-512 / AVX2 path:

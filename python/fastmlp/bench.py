@@ -561,7 +561,14 @@ def bench_threads(table: Table, limits: dict, quick: bool) -> None:
             for k in ((1, threads) if r % 2 == 0 else (threads, 1)):
                 fastmlp.set_num_threads(k)
                 time.sleep(GAP_S)
-                K.gemm(a, b, out=out)  # warm-up: the pool and the caches
+                # Warm-up for WARM_S, as interleaved() does: after the idle gap the second vCPU takes
+                # tens of ms to come back, which a single 7-9 ms warm-up call may leave to the
+                # two-thread samples (the row read 84% in one run whose 1024^3 GEMM rows took
+                # 7.2-8.1 ms on two threads, against 9.0 ms here).
+                warm_until = time.perf_counter() + WARM_S
+                K.gemm(a, b, out=out)
+                while time.perf_counter() < warm_until:
+                    K.gemm(a, b, out=out)
                 for _ in range(per_round):
                     t0 = time.perf_counter()
                     K.gemm(a, b, out=out)

@@ -788,8 +788,17 @@ void gemm(const GemmArgs<T>& g) {
   const bool direct_b = !direct_a && !g.trans_b && (m_panels_all <= kDirectBMaxPanels || small_b) &&
                         (N * static_cast<int64_t>(sizeof(T))) % 4096 != 0;
   const int64_t b_first_packed = direct_b ? N / NR : 0;  // panels before it are read in place
-  // Below ~2^20 flops (a few microseconds) waking the pool costs more than it saves.
-  const bool parallel = 2.0 * static_cast<double>(M) * static_cast<double>(N) * static_cast<double>(K) >= 1048576.0;
+  // Below ~2^20 flops (a few microseconds) waking the pool costs more than it saves. On AVX-512 a
+  // float A.B^T stays on one thread up to 2^21, where its transposing pack goes by 16x16 blocks
+  // (pack_b_panel) and no task waits on another's pack groups: in one process, the two settings
+  // alternating 30 times per shape, 64x128x64 11.7 -> 8.9 us (one thread faster in 30 of 30),
+  // 96^3 16.2 -> 13.5 (30/30), 80x80x100 14.3 -> 12.9 (30/30), 128x96x64 12.1 -> 11.7 (23/30),
+  // 64x64x128 9.6 -> 8.3 (19/30), 48x128x128 even; from 2^21 two threads won again (128x128x96
+  // 22.9 -> 15.3 us). The other pairs, and the AVX2 path (64x128x64 A.B^T 14.4 -> 10.9 us on two
+  // threads), gain from the second thread from 2^20.
+  constexpr bool kOneThreadNT = std::is_same_v<T, float> && Simd<T>::W * sizeof(T) >= 64;
+  const bool parallel = 2.0 * static_cast<double>(M) * static_cast<double>(N) * static_cast<double>(K) >=
+                        (kOneThreadNT && g.trans_b && !g.trans_a ? 2097152.0 : 1048576.0);
   // A small GEMM (one thread, one k block) packs no op(a): its register-epilogue kernels read op(a)
   // in place, the same sums in the same order (toggled in one process on an AVX-512 Xeon, against
   // packing: 32x64x64 1.13-1.19x for every transpose pair, NN 0.94x -> 1.06x NumPy; 64x64x64

@@ -240,6 +240,48 @@ struct StoreColumn {
   __device__ void operator()(int64_t c, const Sums<1>& total) const { out[c] = static_cast<float>(total.v[0]); }
 };
 
+// bias_grad's first stage over groups of four columns (cols % 4 == 0, grad 16-byte aligned): a
+// block is 32 lanes x 4 columns wide (512 bytes per row and warp, one float4 load per lane)
+// and kRowLanes rows deep, on the same row blocks as column_partials_kernel; each column's
+// rows are added in the same order, so the partials are bitwise the scalar kernel's.
+__global__ void __launch_bounds__(kColTile* kRowLanes)
+    bias_grad_partials_vec_kernel(const float* grad, int64_t rows, int64_t cols, int64_t row_block,
+                                  int64_t row_blocks, double* partial) {
+  __shared__ double lanes[kRowLanes][4 * kColTile];
+  const int lane = threadIdx.x, ry = threadIdx.y;
+  const int64_t c = (static_cast<int64_t>(blockIdx.x) * kColTile + lane) * 4;
+  for (int64_t rb = blockIdx.y; rb < row_blocks; rb += gridDim.y) {
+    double acc[4] = {0.0, 0.0, 0.0, 0.0};
+    if (c < cols) {
+      const int64_t r0 = rb * row_block;
+      const int64_t r1 = rows < r0 + row_block ? rows : r0 + row_block;
+#pragma unroll 8
+      for (int64_t r = r0 + ry; r < r1; r += kRowLanes) {
+        const float4 t = __ldg(reinterpret_cast<const float4*>(grad + r * cols + c));
+        acc[0] += static_cast<double>(t.x);
+        acc[1] += static_cast<double>(t.y);
+        acc[2] += static_cast<double>(t.z);
+        acc[3] += static_cast<double>(t.w);
+      }
+    }
+#pragma unroll
+    for (int j = 0; j < 4; ++j) lanes[ry][4 * lane + j] = acc[j];
+    __syncthreads();
+    // Threads t < 128 finish the block's column t: its kRowLanes partials added in order.
+    const int t = ry * kColTile + lane;
+    if (t < 4 * kColTile) {
+      const int64_t col = static_cast<int64_t>(blockIdx.x) * 4 * kColTile + t;
+      if (col < cols) {
+        double total = lanes[0][t];
+#pragma unroll
+        for (int k = 1; k < kRowLanes; ++k) total += lanes[k][t];
+        partial[rb * cols + col] = total;
+      }
+    }
+    __syncthreads();
+  }
+}
+
 }  // namespace
 
 void activation(const float* x, float* out, int64_t n, Act act, Stream stream) {
@@ -282,6 +324,18 @@ void bias_grad(const float* grad, float* out, int64_t rows, int64_t cols, Stream
   const int64_t row_blocks = column_row_blocks(rows, cols);
   double* partial =
       static_cast<double*>(scratch(sizeof(double) * static_cast<size_t>(row_blocks * cols), stream, "bias_grad"));
+  if (cols % 4 == 0 && aligned16(grad)) {  // H100, 65536 x 1024: 109.7-110.8 -> 104.2-106.2 us (82 -> 86% of the triad)
+    const int64_t row_block = column_row_block(rows, cols);
+    const dim3 block(kColTile, kRowLanes);
+    const dim3 grid(static_cast<unsigned>(ceil_div(cols, 4 * kColTile)),
+                    static_cast<unsigned>(row_blocks < 65535 ? row_blocks : 65535));
+    bias_grad_partials_vec_kernel<<<grid, block, 0, stream>>>(grad, rows, cols, row_block, row_blocks, partial);
+    check_launch("bias_grad");
+    column_combine_kernel<1><<<static_cast<unsigned>(ceil_div(cols, kColTile)), block, 0, stream>>>(
+        StoreColumn{out}, partial, cols, row_blocks);
+    check_launch("bias_grad");
+    return;
+  }
   column_reduce<1>(GradTerm{grad, cols}, StoreColumn{out}, rows, cols, partial, stream, "bias_grad");
 }
 

@@ -225,13 +225,21 @@ struct AdamLaunch {
 template <bool Vec>
 __global__ void adam_kernel(AdamLaunch k) {
   const cpu::AdamArgs& a = k.args;
-  const double lr = current_lr(k.sched, a.lr);
-  double bias_correction1 = k.bias_correction1, bias_correction2 = k.bias_correction2;
-  if (k.sched.step_ptr) {
-    const double t = static_cast<double>(current_step(k.sched, a.step));
-    bias_correction1 = 1.0 - pow(a.beta1, t);
-    bias_correction2 = 1.0 - pow(a.beta2, t);
+  // The schedule's values, formed once per block by one thread (pow in double is hundreds of
+  // instructions) and read by every thread after the barrier.
+  __shared__ double schedule[3];
+  if (threadIdx.x == 0) {
+    schedule[0] = current_lr(k.sched, a.lr);
+    schedule[1] = k.bias_correction1;
+    schedule[2] = k.bias_correction2;
+    if (k.sched.step_ptr) {
+      const double t = static_cast<double>(current_step(k.sched, a.step));
+      schedule[1] = 1.0 - pow(a.beta1, t);
+      schedule[2] = 1.0 - pow(a.beta2, t);
+    }
   }
+  __syncthreads();
+  const double lr = schedule[0], bias_correction1 = schedule[1], bias_correction2 = schedule[2];
   RangeCursor range;
   ops::AdamCoef<float> c{};
   auto coefficients_for = [&](int64_t i) {

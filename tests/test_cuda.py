@@ -978,6 +978,38 @@ def test_events_order_work_across_streams_and_fork_a_capture_that_must_be_joined
 
 
 @requires_gpu
+def test_streams_events_and_graphs_collected_during_a_capture_leave_it_intact(rng):
+    # Destroying a stream synchronises it and frees its scratch, which would invalidate the capture
+    # (the next launch then fails "due to a previous error during capture"): a stream, event or
+    # graph that dies inside graph_capture (e.g. a cycle from earlier work) goes when it ends.
+    a = cuda.asarray(rng.standard_normal((64, 1024)).astype(np.float32))
+    h = cuda.empty((64, 64))
+    K.gemm(a, a, trans_b=True, out=h)  # split-K: scratch and counters on the current stream
+    streams = [cuda.Stream() for _ in range(2)]
+    for s in streams:
+        K.gemm(a, a, trans_b=True, out=h, stream=s)  # scratch of their own, freed with them
+        s.record_event()
+        s.synchronize()
+    events = [streams[0].record_event()]
+    streams[0].synchronize()
+    with cuda.graph_capture(streams[1]) as old:
+        K.gemm(a, a, trans_b=True, out=h, stream=streams[1])
+    graphs = [old]
+    del old
+    with cuda.graph_capture() as g:
+        del streams[:], events[:], graphs[:], s
+        K.gemm(a, a, trans_b=True, out=h, alpha=2.0)
+    g.replay()
+    cuda.synchronize()
+    a64 = a.to_numpy().astype(np.float64)
+    np.testing.assert_allclose(h.to_numpy(), 2 * a64 @ a64.T, rtol=1e-4, atol=1e-3)
+    s2 = cuda.Stream()  # and the device is still usable on new streams afterwards
+    K.gemm(a, a, trans_b=True, out=h, stream=s2)
+    s2.synchronize()
+    np.testing.assert_allclose(h.to_numpy(), a64 @ a64.T, rtol=1e-4, atol=1e-3)
+
+
+@requires_gpu
 def test_a_capture_with_an_unjoined_fork_is_refused(rng):
     # (A deliberate CUDA API error, which compute-sanitizer reports: tools/gpu_check.sh leaves this
     # test out of its sanitizer runs.)

@@ -251,6 +251,14 @@ namespace {
 using DeferredFrees = std::vector<std::pair<void*, int>>;  // (ptr, device); device -1: pinned
 thread_local int t_capturing = 0;
 thread_local DeferredFrees t_deferred_frees;
+// Streams, events and executable graphs collected during a capture likewise: destroying a stream
+// synchronises it and frees its scratch, either of which invalidates this thread's capture (then
+// the next launch in it fails with "operation failed due to a previous error during capture";
+// H100, a trainer's graph capture after tests that left graphs in reference cycles). They are
+// destroyed when the capture ends, on the device that was current when they were dropped.
+thread_local std::vector<std::pair<Stream, int>> t_deferred_streams;
+thread_local std::vector<std::pair<Event, int>> t_deferred_events;
+thread_local std::vector<GraphExec*> t_deferred_graphs;  // executable graphs likewise
 }  // namespace
 
 void device_free(void* ptr, int device) noexcept {
@@ -319,6 +327,12 @@ Stream stream_create() {
 }
 
 void stream_destroy(Stream stream) {
+  if (t_capturing > 0) {
+    int device = 0;
+    check(cudaGetDevice(&device), "cudaGetDevice");
+    t_deferred_streams.emplace_back(stream, device);
+    return;
+  }
   check(cudaStreamSynchronize(stream), "cudaStreamSynchronize");
   int device = 0;
   check(cudaGetDevice(&device), "cudaGetDevice");
@@ -346,7 +360,15 @@ Event event_create() {
   return e;
 }
 
-void event_destroy(Event event) { check(cudaEventDestroy(event), "cudaEventDestroy"); }
+void event_destroy(Event event) {
+  if (t_capturing > 0) {
+    int device = 0;
+    check(cudaGetDevice(&device), "cudaGetDevice");
+    t_deferred_events.emplace_back(event, device);
+    return;
+  }
+  check(cudaEventDestroy(event), "cudaEventDestroy");
+}
 
 void event_record(Event event, Stream stream) { check(cudaEventRecord(event, stream), "cudaEventRecord"); }
 
@@ -369,6 +391,31 @@ void release(DeferredFrees& frees) noexcept {
   }
   frees.clear();
 }
+
+// The streams and events dropped during the capture that just ended (errors cannot be reported:
+// their owners are gone).
+void destroy_deferred() noexcept {
+  int current = 0;
+  if (cudaGetDevice(&current) != cudaSuccess) current = -1;
+  int active = current;
+  const auto on = [&active](int device) {
+    if (device != active && cudaSetDevice(device) == cudaSuccess) active = device;
+  };
+  for (const auto& [stream, device] : std::exchange(t_deferred_streams, {})) {
+    on(device);
+    try {
+      stream_destroy(stream);
+    } catch (...) {
+    }
+  }
+  for (const auto& [event, device] : std::exchange(t_deferred_events, {})) {
+    on(device);
+    cudaEventDestroy(event);
+  }
+  for (GraphExec* graph : std::exchange(t_deferred_graphs, {})) graph_destroy(graph);
+  if (current >= 0) on(current);
+  cudaGetLastError();
+}
 }  // namespace
 
 void capture_begin(Stream stream) {
@@ -382,7 +429,10 @@ GraphExec* capture_end(Stream stream) {
   cudaGraph_t graph = nullptr;
   cudaError_t err = cudaStreamEndCapture(stream, &graph);
   DeferredFrees frees;
-  if (t_capturing > 0 && --t_capturing == 0) frees = std::exchange(t_deferred_frees, {});
+  if (t_capturing > 0 && --t_capturing == 0) {
+    frees = std::exchange(t_deferred_frees, {});
+    destroy_deferred();
+  }
   if (err != cudaSuccess) {
     if (graph) cudaGraphDestroy(graph);
     release(frees);
@@ -410,6 +460,13 @@ void graph_replay(GraphExec* graph, Stream stream) { check(cudaGraphLaunch(graph
 
 void graph_destroy(GraphExec* graph) noexcept {
   if (!graph) return;
+  if (t_capturing > 0) {
+    try {
+      t_deferred_graphs.push_back(graph);
+      return;
+    } catch (...) {  // out of host memory: destroy now and lose the capture rather than leak
+    }
+  }
   cudaGraphExecDestroy(graph->exec);
   cudaGetLastError();
   release(graph->owned);

@@ -25,6 +25,7 @@ on one stream and read on another need a :meth:`Stream.synchronize` between them
 from __future__ import annotations
 
 import contextlib
+import gc
 import math
 import sys
 import threading
@@ -413,6 +414,9 @@ def graph_capture(stream=None) -> Iterator[Graph]:
     previous = getattr(_tls, "stream", None)
     _tls.stream, _tls.capture = s, g
     try:
+        # Python's cyclic garbage, collected now rather than inside the capture: arrays, streams,
+        # events and graphs that die there are only destroyed when it ends (as torch.cuda.graph).
+        gc.collect()
         native.capture_begin(s.handle)
         try:
             yield g

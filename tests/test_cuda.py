@@ -598,12 +598,27 @@ def test_activation_and_its_backward_match_the_cpu(n, kind, rng):
 
 
 @requires_gpu
-@pytest.mark.parametrize("rows, cols", [(0, 3), (3, 0), (1, 1), (7, 13), (1000, 33), (4097, 129)])
+@pytest.mark.parametrize("rows, cols", [(0, 3), (3, 0), (1, 1), (7, 13), (1000, 33), (4097, 129), (1, 4), (7, 128),
+                                        (64, 132), (4097, 1024)])
 def test_bias_grad_matches_the_float64_column_sums(rows, cols, rng):
     g = rng.standard_normal((rows, cols)).astype(np.float32)
     got = K.bias_grad(cuda.asarray(g)).to_numpy()
     bound = (rows + 2) * EPS32 * np.abs(g).astype(np.float64).sum(axis=0) + 1e-30
     assert np.all(np.abs(got - g.astype(np.float64).sum(axis=0)) <= bound)
+
+
+@requires_gpu
+@pytest.mark.parametrize("rows, cols", [(1, 4), (7, 128), (64, 132), (4097, 1024), (300, 8)])
+def test_bias_grad_is_bitwise_the_same_on_aligned_and_misaligned_rows(rows, cols, rng):
+    # cols % 4 == 0 with 16-byte aligned rows takes the four-columns-per-lane kernel; the same data
+    # one float off alignment takes the scalar one: the same row blocks and order, the same bits.
+    g = rng.standard_normal((rows, cols)).astype(np.float32)
+    aligned = cuda.asarray(g)
+    flat = cuda.asarray(np.concatenate([np.zeros(1, np.float32), g.ravel()]))
+    shifted = flat[1:].reshape(rows, cols)
+    assert aligned.ptr % 16 == 0 and shifted.ptr % 16 == 4
+    np.testing.assert_array_equal(K.bias_grad(shifted).to_numpy().view(np.uint32),
+                                  K.bias_grad(aligned).to_numpy().view(np.uint32))
 
 
 # -- GPU: random streams --------------------------------------------------------------------------

@@ -327,14 +327,15 @@ Stream stream_create() {
 }
 
 void stream_destroy(Stream stream) {
-  if (t_capturing > 0) {
-    int device = 0;
-    check(cudaGetDevice(&device), "cudaGetDevice");
-    t_deferred_streams.emplace_back(stream, device);
-    return;
+  int device = 0;
+  if (t_capturing > 0 && cudaGetDevice(&device) == cudaSuccess) {
+    try {
+      t_deferred_streams.emplace_back(stream, device);
+      return;
+    } catch (...) {  // out of host memory: destroy now and lose the capture rather than leak
+    }
   }
   check(cudaStreamSynchronize(stream), "cudaStreamSynchronize");
-  int device = 0;
   check(cudaGetDevice(&device), "cudaGetDevice");
   for (auto* table : {&t_scratch.buffers, &t_scratch.tickets}) {
     auto it = table->find({device, stream_key(stream)});
@@ -361,11 +362,13 @@ Event event_create() {
 }
 
 void event_destroy(Event event) {
-  if (t_capturing > 0) {
-    int device = 0;
-    check(cudaGetDevice(&device), "cudaGetDevice");
-    t_deferred_events.emplace_back(event, device);
-    return;
+  int device = 0;
+  if (t_capturing > 0 && cudaGetDevice(&device) == cudaSuccess) {
+    try {
+      t_deferred_events.emplace_back(event, device);
+      return;
+    } catch (...) {
+    }
   }
   check(cudaEventDestroy(event), "cudaEventDestroy");
 }

@@ -257,7 +257,8 @@ class Stream:
         return event
 
     def close(self) -> None:
-        """Destroy an owned stream now (after its queued work finishes). Idempotent."""
+        """Destroy an owned stream now (after its queued work finishes; while this thread captures a
+        graph, when that capture ends). Idempotent."""
         if self._owned and _native_module is not None:
             self._owned = False
             with _on_device(self.device):
@@ -411,12 +412,12 @@ def graph_capture(stream=None) -> Iterator[Graph]:
         raise RuntimeError("graph_capture: a capture is already in progress on this thread")
     g = Graph()
     g.stream = s
+    # Python's cyclic garbage, collected now rather than inside the capture: arrays, streams, events
+    # and graphs that die there are only destroyed when it ends (as torch.cuda.graph collects).
+    gc.collect()
     previous = getattr(_tls, "stream", None)
     _tls.stream, _tls.capture = s, g
     try:
-        # Python's cyclic garbage, collected now rather than inside the capture: arrays, streams,
-        # events and graphs that die there are only destroyed when it ends (as torch.cuda.graph).
-        gc.collect()
         native.capture_begin(s.handle)
         try:
             yield g

@@ -6,10 +6,12 @@
 #
 #   bash tools/gpu_check.sh [stages...]
 #
-# stages, run in this order: build diag tests cputests sweep profile bench sanitize (default:
+# stages, run in this order: build diag tests cputests sweep memab profile bench sanitize (default:
 # build tests bench sanitize). diag: the CPU, compiler and a backtrace (cuda-gdb) of REPRO, a Python statement;
 # cputests: the CPU kernel tests on this machine's ISA paths (AVX-512 where the host has it);
-# sweep: bench/cuda_sweep.py under each setting in SWEEP; profile: Nsight Compute's time for each kernel of one eager training step.
+# sweep: bench/cuda_sweep.py under each setting in SWEEP; memab: bench/cuda_memory_ab.py under each setting
+# in MEMAB (FASTMLP_CUDA_* variables without the prefix, as SWEEP), MEMAB_ROUNDS times in turn (default 3);
+# profile: Nsight Compute's time for each kernel of one eager training step.
 #
 # Environment: ARCH (default 90), PY (default python3), TEST_ARGS (extra pytest arguments),
 # BENCH_ARGS (extra `python -m fastmlp.bench --device cuda` arguments), SWEEP (the sweep's settings:
@@ -33,8 +35,8 @@ stages=("$@")
 want() { local s; for s in "${stages[@]}"; do [ "$s" = "$1" ] && return 0; done; return 1; }
 status=0
 
-# At most 8 files come back from $OUT: diag.txt, tests.log, cputests.log, sweep.txt, profile.txt,
-# bench-cuda.{txt,json}, sanitize.log (build.log only when the build fails).
+# At most 8 files come back from $OUT: diag.txt, tests.log, cputests.log, sweep.txt, memab.txt, profile.txt,
+# bench-cuda.{txt,json}, sanitize.log (build.log only when the build fails): a call runs at most eight of them.
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.mem --format=csv 2>&1 | tee -a "$OUT/diag.txt"
 # Tests see the warnings-as-errors filter of pyproject.toml; third-party imports (torch, JAX, CuPy)
 # on that machine may warn on import, which must not fail the interop tests.
@@ -111,6 +113,20 @@ if want sweep; then
     fi
     (cd /tmp && env ${vars[@]+"${vars[@]}"} timeout 60 "$PY" "$ROOT/bench/cuda_sweep.py" sweep) 2>&1 | tail -2
   done | tee "$OUT/sweep.txt"
+fi
+
+if want memab; then
+  say "memory-bound kernels A/B"
+  for round in $(seq "${MEMAB_ROUNDS:-3}"); do
+    for setting in ${MEMAB:--}; do
+      vars=()
+      if [ "$setting" != "-" ]; then
+        IFS=, read -r -a parts <<<"$setting"
+        for v in "${parts[@]}"; do [ -n "$v" ] && vars+=("FASTMLP_CUDA_$v"); done
+      fi
+      (cd /tmp && env ${vars[@]+"${vars[@]}"} timeout 60 "$PY" "$ROOT/bench/cuda_memory_ab.py" "round $round") 2>&1 | tail -1
+    done
+  done | tee "$OUT/memab.txt"
 fi
 
 if want profile; then

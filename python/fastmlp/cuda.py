@@ -402,6 +402,9 @@ def graph_capture(stream=None) -> Iterator[Graph]:
     host while capturing: pass ``out=`` to every kernel, keep labels on the device, and run the
     step once eagerly first on the same stream. Capturable kernels read the step counter and the
     learning rate from device scalars (``step=``/``lr=``), so a replay is a correct new step.
+    Arrays, streams, events and graphs that Python drops inside the block are destroyed when it
+    ends (destroying them there would break the capture); Python's cyclic garbage is collected
+    before it begins.
     """
     native = _native()
     s = current_stream() if stream is None else _as_stream(stream, "graph_capture")

@@ -1,7 +1,8 @@
 """One line of GPU timings for the GEMM sweep in tools/gpu_check.sh: the small MLP GEMM shapes
 (each timed inside a captured graph of 20 calls) and the 784-512-512-10 training step's graph
-replay, and TFLOP/s at 4096^3 and 8192x1024x1024, under whatever the FASTMLP_CUDA_GEMM_* tuning
-variables (csrc/cuda/INTERFACE.md) say.
+replay, and TFLOP/s at 4096^3 and 8192x1024x1024 (A.B^T and A^T.B, and A.B, the pair furthest
+below cuBLAS there), under whatever the FASTMLP_CUDA_GEMM_* tuning variables
+(csrc/cuda/INTERFACE.md) say.
 
     python bench/cuda_sweep.py LABEL
 """
@@ -22,7 +23,8 @@ def main() -> None:
     for M, N, inner, ta, tb in ((256, 512, 784, False, True), (256, 512, 512, False, True),
                                 (512, 784, 256, True, False), (512, 512, 256, True, False),
                                 (256, 784, 512, False, False), (10, 512, 256, True, False),
-                                (4096, 4096, 4096, False, True), (8192, 1024, 1024, True, False)):
+                                (4096, 4096, 4096, False, True), (8192, 1024, 1024, True, False),
+                                (4096, 4096, 4096, False, False), (8192, 1024, 1024, False, False)):
         A = cuda.asarray(rng.standard_normal((inner, M) if ta else (M, inner), dtype=np.float32))
         B = cuda.asarray(rng.standard_normal((N, inner) if tb else (inner, N), dtype=np.float32))
         out = cuda.empty((M, N))

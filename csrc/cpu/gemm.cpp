@@ -45,6 +45,81 @@ struct Blocking {
   static constexpr int64_t NC_MAX = 16 * NR;     // columns per task: the B block streams from L2/L3
 };
 
+// Row k of the B panel (see micro_tile) to b.
+template <class T, int NV>
+inline __attribute__((always_inline)) void load_b_row(const T* __restrict B, int64_t k, int64_t ldb,
+                                                      typename Simd<T>::V (&b)[NV]) {
+  using S = Simd<T>;
+  constexpr int W = S::W;
+#pragma GCC unroll 4
+  for (int j = 0; j < NV; ++j) b[j] = S::load(B + k * ldb + j * W);
+#if defined(__AVX512F__)
+  // The B panel is larger than L1 and read once per A panel: fetch its row k + 16 now (the
+  // address is formed as an integer: past the panel's end it is a harmless prefetch, not a
+  // pointer out of range). Toggled in one process on a Xeon (Emerald
+  // Rapids): AVX-512 +0-4% at the MLP shapes and 1024^3, and within +-3% (mostly a gain) inside
+  // the training step; AVX2 gained 2-6% on isolated GEMMs but lost 1.3-1.7% inside the step
+  // (three runs), so AVX2 does without.
+#pragma GCC unroll 4
+  for (int l = 0; l < NV * W * static_cast<int>(sizeof(T)) / 64; ++l)
+    __builtin_prefetch(reinterpret_cast<const void*>(reinterpret_cast<uintptr_t>(B) +
+                                                     static_cast<uintptr_t>((k + 16) * ldb) * sizeof(T) + 64 * l));
+#endif
+}
+
+// micro_tile's k loop for a tile of more than 8 rows with op(a) read in place at a row stride si
+// known only at run time (each row of op(a) contiguous in k, sk = 1, or rows contiguous, si = 1).
+// Left to itself GCC kept one pointer per row (12 on AVX-512), ran out of the 16 general
+// registers and reloaded four of them every k from the stack and from vector registers; those
+// vmovq moves issue on an FMA port. Here rows are addressed from one pointer per three rows plus
+// 0, si or 2 si (base + index * scale), the pointers hidden from the optimiser so it cannot split
+// them again. The FMAs and their order are micro_tile's: bitwise the same sums. Toggled in one
+// process on a Xeon (Emerald Rapids, AVX-512, 2 threads, 24 alternations): 256x784x512 A.B,
+// 256x512x784 A.Bt, 512x784x256 A.Bt and 256x512x512 A.B 1.13x (1.12-1.14x on one thread),
+// 64x128x64 A.B 1.04x, 128^3 At.B 1.06x, the 784-512-512-10 training step 1.04x (faster in 25 of
+// 30). The AVX2 tiles (6 rows) kept their pointers in registers and lost 3-5% this way.
+template <class T, int Rows, int NV>
+inline __attribute__((always_inline)) void k_loop_rows_in_place(int64_t kc, const T* __restrict A, int64_t si,
+                                                                int64_t sk, const T* __restrict B, int64_t ldb,
+                                                                typename Simd<T>::V (&c)[Rows][NV]) {
+  using S = Simd<T>;
+  using V = typename S::V;
+  if (si == 1) {  // rows side by side: one pointer, the rows at fixed offsets
+#pragma GCC unroll 4
+    for (int64_t k = 0; k < kc; ++k) {
+      V b[NV];
+      load_b_row<T, NV>(B, k, ldb, b);
+      const T* a = A + k * sk;
+#pragma GCC unroll 16
+      for (int i = 0; i < Rows; ++i) {
+        const V ai = S::set1(a[i]);
+#pragma GCC unroll 4
+        for (int j = 0; j < NV; ++j) c[i][j] = S::fma(ai, b[j], c[i][j]);
+      }
+    }
+    return;
+  }
+  constexpr int G = (Rows + 2) / 3;
+  const T* base[G];
+#pragma GCC unroll 8
+  for (int q = 0; q < G; ++q) base[q] = A + 3 * q * si;
+  for (int64_t k = 0; k < kc; ++k) {
+    V b[NV];
+    load_b_row<T, NV>(B, k, ldb, b);
+#pragma GCC unroll 16
+    for (int i = 0; i < Rows; ++i) {
+      const V ai = S::set1(base[i / 3][(i % 3) * si]);
+#pragma GCC unroll 4
+      for (int j = 0; j < NV; ++j) c[i][j] = S::fma(ai, b[j], c[i][j]);
+    }
+#pragma GCC unroll 8
+    for (int q = 0; q < G; ++q) {
+      base[q] += sk;
+      asm("" : "+r"(base[q]));
+    }
+  }
+}
+
 // c (Rows x NR registers) = (load ? acc : 0) + sum_k A[k] (x) B[k], then finish(c); row k of the
 // B panel at B + k * ldb (NR when packed k-major by NR; op(b)'s row stride when read in place), A
 // packed k-major by MR or, when Direct, read in place: element (i, k) at A[i * si + k * sk].
@@ -64,23 +139,17 @@ inline __attribute__((always_inline)) void micro_tile(int64_t kc, const T* __res
   for (int i = 0; i < Rows; ++i)
 #pragma GCC unroll 4
     for (int j = 0; j < NV; ++j) c[i][j] = load ? S::load(acc + i * NR + j * W) : S::zero();
+  if constexpr (Direct && Rows > 8) {
+    if (!__builtin_constant_p(si)) {
+      k_loop_rows_in_place<T, Rows, NV>(kc, A, si, sk, B, ldb, c);
+      finish(c);
+      return;
+    }
+  }
 #pragma GCC unroll 4
   for (int64_t k = 0; k < kc; ++k) {
     V b[NV];
-#pragma GCC unroll 4
-    for (int j = 0; j < NV; ++j) b[j] = S::load(B + k * ldb + j * W);
-#if defined(__AVX512F__)
-    // The B panel is larger than L1 and read once per A panel: fetch its row k + 16 now (the
-    // address is formed as an integer: past the panel's end it is a harmless prefetch, not a
-    // pointer out of range). Toggled in one process on a Xeon (Emerald
-    // Rapids): AVX-512 +0-4% at the MLP shapes and 1024^3, and within +-3% (mostly a gain) inside
-    // the training step; AVX2 gained 2-6% on isolated GEMMs but lost 1.3-1.7% inside the step
-    // (three runs), so AVX2 does without.
-#pragma GCC unroll 4
-    for (int l = 0; l < NV * W * static_cast<int>(sizeof(T)) / 64; ++l)
-      __builtin_prefetch(reinterpret_cast<const void*>(reinterpret_cast<uintptr_t>(B) +
-                                                       static_cast<uintptr_t>((k + 16) * ldb) * sizeof(T) + 64 * l));
-#endif
+    load_b_row<T, NV>(B, k, ldb, b);
     const T* a = Direct ? A + k * sk : A + k * MR;
 #pragma GCC unroll 16
     for (int i = 0; i < Rows; ++i) {

@@ -316,9 +316,12 @@ def test_small_at_bt_is_bitwise_the_product_of_the_packing_paths(isa, rng, activ
 # (131, 100, 300): threaded, one k block, op(a) read in place (row-major, or transposed and at most
 # 256 KiB), with a partial
 # last row panel of no register-tile size (131 = 10 x 12 + 11 = 21 x 6 + 5) and a partial last
-# column panel on every path.
+# column panel on every path. (260, 100, 300): the same with a transposed op(a) of 1 KiB rows and
+# more than 256 KiB, read in place on AVX-512 (packed on AVX2), ending in a partial row panel of
+# two thirds of the AVX-512 tile (260 = 21 x 12 + 8).
 RELU_MASK_SHAPES = [(256, 512, 10), (64, 96, 70), (7, 17, 5), (1, 64, 32), (1, 5, 3), (13, 16, 0), (64, 8, 32),
-                    (37, 300, 13), (30, 40, 1100), (56, 64, 1100), (52, 64, 30), (38, 48, 40), (131, 100, 300)]
+                    (37, 300, 13), (30, 40, 1100), (56, 64, 1100), (52, 64, 30), (38, 48, 40), (131, 100, 300),
+                    (260, 100, 300)]
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
@@ -420,7 +423,7 @@ def test_gemm_propagates_nan_and_inf(isa, rng, trans, activation, dtype):
 
 # Shapes large enough to be split into several row blocks, column blocks and KC blocks.
 INVARIANCE_CASES = [
-    ((300, 70, 300), dict()),
+    ((300, 70, 300), dict()),  # transposed op(a) of 360 KiB: read in place on AVX-512, packed on AVX2
     ((130, 300, 40), dict(bias=True, activation="relu")),
     ((250, 33, 257), dict(alpha=0.5, bias=True, activation="sigmoid")),
     ((64, 129, 17), dict(beta=0.5, activation="tanh")),

@@ -8,8 +8,8 @@
 // NR columns and MR, 2MR/3 or MR/3 rows with the identity or ReLU (or relu_mask), else from the
 // parked partial sums. Some shapes skip a packing, with the same FMA chains: one column panel
 // reads op(a) in place (direct_a), as do, in their register-epilogue tiles, a small GEMM (one
-// thread, one k block) and a threaded one-k-block GEMM whose row-major op(a) meets few columns
-// or whose transposed op(a) is small (a_in_place); one or two row panels (or a small op(b)) read a
+// thread, one k block) and a threaded one-k-block GEMM whose op(a) meets few columns (row-major,
+// or on AVX-512 transposed with short rows) or whose transposed op(a) is small (a_in_place); one or two row panels (or a small op(b)) read a
 // row-major op(b) in place (direct_b); a single row (M = 1) streams op(b) without tiles
 // (gemm_one_row); and on AVX-512 a small float A^T.B^T runs as tiles of its transpose B.A,
 // with no transposing pack of op(b) (gemm_tt_swapped).
@@ -894,9 +894,19 @@ void gemm(const GemmArgs<T>& g) {
   // with anything else the masked tiles go through store_tile.
   const bool masked_out = g.relu_mask && g.act == Act::identity && g.beta == 0.0 && !g.bias;
   constexpr int64_t kDirectAMaxCols = 800, kDirectATransMaxBytes = int64_t{256} << 10;
+  // On AVX-512 a transposed op(a) is read in place on those terms too while its rows (M elements,
+  // one cache line of a panel per k) are at most 2 KiB apart and it is at most 1 MiB: toggled in
+  // one process on the Xeon (2 threads, 12-16 alternations), 256x512x784 At.B 1.04-1.06x,
+  // 512x784x256 1.02-1.04x, 512x512x256 1.05-1.06x, 512^3 1.05x, 256x64x1024 1.17x; At.Bt
+  // 256x512x512 1.06-1.08x, 256x784x512 1.04x. Rows 4 KiB or more apart (M = 1024-4096) lost
+  // 9-47%, 512x784x1024 (2 MiB) 23%, and the AVX2 path (6-row tiles) 2-7%. The training step's
+  // dW GEMMs (a_sums) keep packing: their sums then cost a pass of their own, and the step lost
+  // 1.4-2.7%.
+  const bool trans_a_narrow = Simd<T>::W * sizeof(T) >= 64 && M * static_cast<int64_t>(sizeof(T)) <= 2048 &&
+                              M * K * static_cast<int64_t>(sizeof(T)) <= (int64_t{1} << 20);
   const bool a_in_place = k_blocks == 1 && !direct_a && (!g.relu_mask || masked_out) && !g.a_sums &&
                           (g.act == Act::identity || g.act == Act::relu) &&
-                          (!parallel || (!g.trans_a && N <= kDirectAMaxCols) ||
+                          (!parallel || ((!g.trans_a || trans_a_narrow) && N <= kDirectAMaxCols) ||
                            (g.trans_a && M * K * static_cast<int64_t>(sizeof(T)) <= kDirectATransMaxBytes));
   // Task grid over (row block, column block); block sizes only change how work is split.
   const int threads = parallel ? get_num_threads() : 1;

@@ -58,8 +58,9 @@ __device__ __forceinline__ int64_t grid_stride() { return static_cast<int64_t>(g
 
 // At least `bytes` of device memory (256-byte aligned) for work on `stream` by this thread on the
 // current device; contents are not preserved. Grows only outside capture: a stream being captured
-// that needs more throws, naming `who`. A buffer handed out during a capture is never freed (a
-// graph may still use it). Kernels of one stream run in order, so two calls never overlap.
+// that needs more throws, naming `who`. A buffer handed out during a capture is shared with the graph
+// (which may use it): it is freed when both the stream has let it go and the graphs captured
+// with it are destroyed. Kernels of one stream run in order, so two calls never overlap.
 void* scratch(std::size_t bytes, Stream stream, const char* who);
 
 // kTickets unsigned ints on the current device for kernels on `stream` by this thread that count arrivals

@@ -2,8 +2,10 @@
 // here may fail just because there is no GPU: device_count() and pointer_device() swallow the
 // "no driver / no device" errors so that a CUDA build imports and runs its CPU path anywhere.
 #include <cstdint>
+#include <algorithm>
 #include <initializer_list>
 #include <map>
+#include <mutex>
 #include <stdexcept>
 #include <string>
 #include <tuple>
@@ -49,16 +51,71 @@ constexpr std::size_t kScratchGranule = std::size_t(1) << 20;  // grow in whole 
 struct ScratchBuffer {
   void* ptr = nullptr;
   std::size_t bytes = 0;
-  bool captured = false;  // handed out during a capture: a graph may hold the pointer
+  bool captured = false;  // handed out during a capture: shared with graphs (see SharedScratch)
 };
+
+// A scratch buffer handed out while its stream is captured may be used by the graph: it is then
+// shared, by count, between its stream's table (until the stream lets it go: it grows, the
+// stream is destroyed or the thread exits) and every graph captured while it was in use, and the
+// last of them frees it. (Never freeing such buffers leaked each model's scratch: a few MiB per
+// model trained on the device with graphs.) Graphs may be destroyed on any thread, so the counts
+// are process-wide; the table is never destroyed, as thread-exit frees may run after static
+// destructors.
+struct SharedScratch {
+  int device;
+  int refs;
+};
+std::mutex& shared_scratch_mutex() {
+  static auto* mutex = new std::mutex;
+  return *mutex;
+}
+std::map<void*, SharedScratch>& shared_scratch() {
+  static auto* table = new std::map<void*, SharedScratch>;
+  return *table;
+}
+thread_local std::vector<void*> t_capture_scratch;  // shared buffers used by this thread's open captures
+
+// buf (on `device`) is being handed out to a captured stream.
+void share_with_capture(ScratchBuffer& buf, int device) {
+  if (!buf.captured) {
+    {
+      std::lock_guard<std::mutex> lock(shared_scratch_mutex());
+      shared_scratch()[buf.ptr] = SharedScratch{device, 1};  // the stream's table's reference
+    }
+    buf.captured = true;
+  }
+  if (std::find(t_capture_scratch.begin(), t_capture_scratch.end(), buf.ptr) == t_capture_scratch.end())
+    t_capture_scratch.push_back(buf.ptr);
+}
+
+// Drops one reference to a shared buffer; the last one frees it.
+void release_shared(void* ptr) noexcept {
+  int device = 0;
+  {
+    std::lock_guard<std::mutex> lock(shared_scratch_mutex());
+    auto it = shared_scratch().find(ptr);
+    if (it == shared_scratch().end() || --it->second.refs > 0) return;
+    device = it->second.device;
+    shared_scratch().erase(it);
+  }
+  device_free(ptr, device);
+}
+
+// The table's buffer let go: freed, or its reference dropped when graphs share it.
+void drop_buffer(const ScratchBuffer& buf) noexcept {
+  if (!buf.ptr) return;
+  if (buf.captured)
+    release_shared(buf.ptr);
+  else
+    cudaFree(buf.ptr);  // errors (at exit, or a sticky one) cannot be reported here
+}
 
 struct ScratchTable {
   std::map<std::pair<int, std::uintptr_t>, ScratchBuffer> buffers;  // (device, stream) -> buffer
   std::map<std::pair<int, std::uintptr_t>, ScratchBuffer> tickets;  // (device, stream) -> kTickets ints
   ~ScratchTable() {
     for (auto* table : {&buffers, &tickets})
-      for (auto& entry : *table)
-        if (entry.second.ptr && !entry.second.captured) cudaFree(entry.second.ptr);  // errors at exit: ignored
+      for (auto& entry : *table) drop_buffer(entry.second);
   }
 };
 
@@ -77,7 +134,7 @@ void* scratch(std::size_t bytes, Stream stream, const char* who) {
   const bool capturing = status != cudaStreamCaptureStatusNone;
   if (bytes == 0) bytes = 1;
   if (buf.bytes >= bytes) {
-    buf.captured = buf.captured || capturing;
+    if (capturing) share_with_capture(buf, device);
     return buf.ptr;
   }
   if (capturing)
@@ -90,8 +147,9 @@ void* scratch(std::size_t bytes, Stream stream, const char* who) {
   if (buf.ptr) {
     // Earlier kernels on this stream may still read the old buffer.
     check(cudaStreamSynchronize(stream), "cudaStreamSynchronize");
-    if (!buf.captured) check(cudaFree(buf.ptr), "cudaFree");  // a captured one stays for its graphs
-    buf = ScratchBuffer{};
+    const ScratchBuffer old = std::exchange(buf, ScratchBuffer{});
+    if (old.captured) release_shared(old.ptr);  // its graphs keep it until they go
+    else check(cudaFree(old.ptr), "cudaFree");
   }
   void* ptr = nullptr;
   const cudaError_t err = cudaMalloc(&ptr, grown);
@@ -132,7 +190,7 @@ unsigned* tickets(Stream stream, const char* who, bool optional) {
     buf.ptr = ptr;
     buf.bytes = bytes;
   }
-  buf.captured = buf.captured || capturing;
+  if (capturing) share_with_capture(buf, device);
   return static_cast<unsigned*>(buf.ptr);
 }
 
@@ -340,8 +398,10 @@ void stream_destroy(Stream stream) {
   for (auto* table : {&t_scratch.buffers, &t_scratch.tickets}) {
     auto it = table->find({device, stream_key(stream)});
     if (it != table->end()) {
-      if (it->second.ptr && !it->second.captured) check(cudaFree(it->second.ptr), "cudaFree");
+      const ScratchBuffer buf = it->second;
       table->erase(it);
+      if (buf.captured) release_shared(buf.ptr);
+      else if (buf.ptr) check(cudaFree(buf.ptr), "cudaFree");
     }
   }
   check(cudaStreamDestroy(stream), "cudaStreamDestroy");
@@ -381,7 +441,8 @@ void stream_wait_event(Stream stream, Event event) {
 
 struct GraphExec {
   cudaGraphExec_t exec;
-  DeferredFrees owned;  // buffers freed by their owners during the capture (see t_deferred_frees)
+  DeferredFrees owned;         // buffers freed by their owners during the capture (see t_deferred_frees)
+  std::vector<void*> shared;  // scratch used during the capture: one reference each (SharedScratch)
 };
 
 namespace {
@@ -432,28 +493,55 @@ GraphExec* capture_end(Stream stream) {
   cudaGraph_t graph = nullptr;
   cudaError_t err = cudaStreamEndCapture(stream, &graph);
   DeferredFrees frees;
+  // The graph's references to the scratch this thread's captures used (all of them, when
+  // captures overlap: a graph may then hold a buffer it does not use, until it goes), taken before
+  // the streams dropped during the capture are destroyed below and let go of theirs. No owner's
+  // reference can have gone during the capture: growing a scratch buffer and destroying a stream
+  // wait until it ends.
+  std::vector<void*> used;
+  if (err == cudaSuccess) {
+    try {
+      used.reserve(t_capture_scratch.size());
+      std::lock_guard<std::mutex> lock(shared_scratch_mutex());
+      for (void* ptr : t_capture_scratch) {
+        auto it = shared_scratch().find(ptr);
+        if (it == shared_scratch().end()) continue;
+        ++it->second.refs;
+        used.push_back(ptr);
+      }
+    } catch (...) {  // out of host memory: fail the capture rather than let a graph outlive its buffers
+      for (void* ptr : used) release_shared(ptr);
+      used.clear();
+      err = cudaErrorMemoryAllocation;
+    }
+  }
   if (t_capturing > 0 && --t_capturing == 0) {
     frees = std::exchange(t_deferred_frees, {});
+    t_capture_scratch.clear();
     destroy_deferred();
   }
+  auto release_all = [&]() noexcept {
+    release(frees);
+    for (void* ptr : used) release_shared(ptr);
+  };
   if (err != cudaSuccess) {
     if (graph) cudaGraphDestroy(graph);
-    release(frees);
+    release_all();
     throw_cuda_error(err, "cudaStreamEndCapture");
   }
   cudaGraphExec_t exec = nullptr;
   err = cudaGraphInstantiate(&exec, graph, 0);
   cudaGraphDestroy(graph);  // the executable graph does not need it
   if (err != cudaSuccess) {
-    release(frees);
+    release_all();
     throw_cuda_error(err, "cudaGraphInstantiate");
   }
   GraphExec* result = nullptr;
   try {
-    result = new GraphExec{exec, std::move(frees)};
+    result = new GraphExec{exec, std::move(frees), std::move(used)};
   } catch (...) {
     cudaGraphExecDestroy(exec);
-    release(frees);
+    release_all();
     throw;
   }
   return result;
@@ -473,6 +561,7 @@ void graph_destroy(GraphExec* graph) noexcept {
   cudaGraphExecDestroy(graph->exec);
   cudaGetLastError();
   release(graph->owned);
+  for (void* ptr : graph->shared) release_shared(ptr);
   delete graph;
 }
 

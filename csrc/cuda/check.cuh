@@ -60,7 +60,7 @@ __device__ __forceinline__ int64_t grid_stride() { return static_cast<int64_t>(g
 // current device; contents are not preserved. Grows only outside capture: a stream being captured
 // that needs more throws, naming `who`. A buffer handed out during a capture is shared with the graph
 // (which may use it): it is freed when both the stream has let it go and the graphs captured
-// with it are destroyed. Kernels of one stream run in order, so two calls never overlap.
+// with it are destroyed (kept for good when the capture was begun outside fastmlp). Kernels of one stream run in order, so two calls never overlap.
 void* scratch(std::size_t bytes, Stream stream, const char* who);
 
 // kTickets unsigned ints on the current device for kernels on `stream` by this thread that count arrivals

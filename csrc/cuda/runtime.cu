@@ -58,12 +58,17 @@ struct ScratchBuffer {
 // shared, by count, between its stream's table (until the stream lets it go: it grows, the
 // stream is destroyed or the thread exits) and every graph captured while it was in use, and the
 // last of them frees it. (Never freeing such buffers leaked each model's scratch: a few MiB per
-// model trained on the device with graphs.) Graphs may be destroyed on any thread, so the counts
-// are process-wide; the table is never destroyed, as thread-exit frees may run after static
+// model trained on the device with graphs.) A capture this thread began with capture_begin takes
+// its reference when it is handed the buffer (so nothing frees it before the graph exists) and
+// passes it on to the graph at capture_end. A capture begun elsewhere (torch.cuda.graph around
+// fastmlp's kernels, or another thread's capture) ends where fastmlp cannot see it: its buffers
+// are pinned, kept for good. Graphs may be destroyed on any thread, so the counts are
+// process-wide; the table is never destroyed, as thread-exit frees may run after static
 // destructors.
 struct SharedScratch {
   int device;
   int refs;
+  bool pinned;  // handed to a capture fastmlp did not begin: one reference never dropped
 };
 std::mutex& shared_scratch_mutex() {
   static auto* mutex = new std::mutex;
@@ -73,19 +78,31 @@ std::map<void*, SharedScratch>& shared_scratch() {
   static auto* table = new std::map<void*, SharedScratch>;
   return *table;
 }
-thread_local std::vector<void*> t_capture_scratch;  // shared buffers used by this thread's open captures
+thread_local int t_capturing = 0;  // captures begun by capture_begin on this thread and not yet ended
+// The shared buffers this thread's open captures were handed, each holding one reference for
+// them until the outermost one ends.
+thread_local std::vector<void*> t_capture_scratch;
 
-// buf (on `device`) is being handed out to a captured stream.
+// buf (on `device`) is being handed out to a stream being captured.
 void share_with_capture(ScratchBuffer& buf, int device) {
+  const bool ours = t_capturing > 0;
+  if (ours) {
+    if (std::find(t_capture_scratch.begin(), t_capture_scratch.end(), buf.ptr) != t_capture_scratch.end()) return;
+    t_capture_scratch.reserve(t_capture_scratch.size() + 1);  // may throw: before any count changes
+  }
+  std::lock_guard<std::mutex> lock(shared_scratch_mutex());
   if (!buf.captured) {
-    {
-      std::lock_guard<std::mutex> lock(shared_scratch_mutex());
-      shared_scratch()[buf.ptr] = SharedScratch{device, 1};  // the stream's table's reference
-    }
+    shared_scratch()[buf.ptr] = SharedScratch{device, 1, false};  // the stream's table's reference
     buf.captured = true;
   }
-  if (std::find(t_capture_scratch.begin(), t_capture_scratch.end(), buf.ptr) == t_capture_scratch.end())
-    t_capture_scratch.push_back(buf.ptr);
+  SharedScratch& shared = shared_scratch().at(buf.ptr);  // present while the table holds its reference
+  if (ours) {
+    ++shared.refs;
+    t_capture_scratch.push_back(buf.ptr);  // reserved above: does not throw
+  } else if (!shared.pinned) {
+    shared.pinned = true;
+    ++shared.refs;
+  }
 }
 
 // Drops one reference to a shared buffer; the last one frees it.
@@ -114,6 +131,9 @@ struct ScratchTable {
   std::map<std::pair<int, std::uintptr_t>, ScratchBuffer> buffers;  // (device, stream) -> buffer
   std::map<std::pair<int, std::uintptr_t>, ScratchBuffer> tickets;  // (device, stream) -> kTickets ints
   ~ScratchTable() {
+    // A thread that exits inside a capture frees at once: the deferral lists may be gone already
+    // (what an unfinished capture held is lost with it).
+    t_capturing = 0;
     for (auto* table : {&buffers, &tickets})
       for (auto& entry : *table) drop_buffer(entry.second);
   }
@@ -307,7 +327,6 @@ namespace {
 // graph may use those buffers, so a successful capture hands them to its graph, which frees them
 // when it is destroyed; a failed one frees them at once.
 using DeferredFrees = std::vector<std::pair<void*, int>>;  // (ptr, device); device -1: pinned
-thread_local int t_capturing = 0;
 thread_local DeferredFrees t_deferred_frees;
 // Streams, events and executable graphs collected during a capture likewise: destroying a stream
 // synchronises it and frees its scratch, either of which invalidates this thread's capture (then
@@ -492,12 +511,9 @@ void capture_begin(Stream stream) {
 GraphExec* capture_end(Stream stream) {
   cudaGraph_t graph = nullptr;
   cudaError_t err = cudaStreamEndCapture(stream, &graph);
-  DeferredFrees frees;
-  // The graph's references to the scratch this thread's captures used (all of them, when
-  // captures overlap: a graph may then hold a buffer it does not use, until it goes), taken before
-  // the streams dropped during the capture are destroyed below and let go of theirs. No owner's
-  // reference can have gone during the capture: growing a scratch buffer and destroying a stream
-  // wait until it ends.
+  // The graph's references to the scratch this thread's captures were handed (all of them, when
+  // captures overlap: a graph may then hold a buffer it does not use, until it goes). Each is still
+  // held by the captures, so none can have been freed.
   std::vector<void*> used;
   if (err == cudaSuccess) {
     try {
@@ -510,16 +526,17 @@ GraphExec* capture_end(Stream stream) {
         used.push_back(ptr);
       }
     } catch (...) {  // out of host memory: fail the capture rather than let a graph outlive its buffers
-      for (void* ptr : used) release_shared(ptr);
-      used.clear();
       err = cudaErrorMemoryAllocation;
     }
   }
+  DeferredFrees frees;
+  std::vector<void*> capture_refs;
   if (t_capturing > 0 && --t_capturing == 0) {
     frees = std::exchange(t_deferred_frees, {});
-    t_capture_scratch.clear();
+    capture_refs = std::exchange(t_capture_scratch, {});
     destroy_deferred();
   }
+  for (void* ptr : capture_refs) release_shared(ptr);  // the captures' references: the graph holds its own
   auto release_all = [&]() noexcept {
     release(frees);
     for (void* ptr : used) release_shared(ptr);

@@ -63,19 +63,19 @@ struct cudaPointerAttributes {
 namespace mock {
 struct State {
   std::set<void*> device_live, host_live;
-  int bad_frees = 0;      // frees of memory that is not live
-  int capture_errors = 0;  // unsafe calls (malloc, free, sync) made while a stream captures
-  int capturing = 0;       // streams being captured
+  int bad_frees = 0;                   // frees of memory that is not live
+  bool allow_unsafe_in_capture = false;  // let the next unsafe calls through (a laxer driver)
+  bool fail_instantiate = false;         // the next cudaGraphInstantiate fails
 };
 inline State& state() {
   static State s;
   return s;
 }
+// Captures in thread-local mode: the unsafe calls (malloc, free, synchronize) are refused on the
+// thread that captures, and allowed on the others.
+inline thread_local int capturing = 0;
 inline cudaError_t unsafe_call() {
-  if (state().capturing > 0) {
-    ++state().capture_errors;
-    return cudaErrorStreamCaptureUnsupported;
-  }
+  if (capturing > 0 && !state().allow_unsafe_in_capture) return cudaErrorStreamCaptureUnsupported;
   return cudaSuccess;
 }
 }  // namespace mock
@@ -178,17 +178,21 @@ inline cudaError_t cudaStreamIsCapturing(cudaStream_t s, cudaStreamCaptureStatus
 }
 inline cudaError_t cudaStreamBeginCapture(cudaStream_t s, cudaStreamCaptureMode) {
   s->capturing = true;
-  ++mock::state().capturing;
+  ++mock::capturing;
   return cudaSuccess;
 }
 inline cudaError_t cudaStreamEndCapture(cudaStream_t s, cudaGraph_t* g) {
   if (!s->capturing) return cudaErrorInvalidValue;
   s->capturing = false;
-  --mock::state().capturing;
+  --mock::capturing;
   *g = new CUgraph_st;
   return cudaSuccess;
 }
 inline cudaError_t cudaGraphInstantiate(cudaGraphExec_t* e, cudaGraph_t, unsigned long long) {
+  if (mock::state().fail_instantiate) {
+    mock::state().fail_instantiate = false;
+    return cudaErrorInvalidValue;
+  }
   *e = new CUgraphExec_st;
   return cudaSuccess;
 }

@@ -496,6 +496,20 @@ void pack_b_panel(const GemmArgs<T>& g, int64_t jp, int64_t k0, int64_t kc, T* _
 #endif
         for (; k_done + 8 <= kc; k_done += 8)
           for (int c0 = 0; c0 < NR; c0 += 8) pack_transposed_block_8(lines + c0 * g.K, g.K, 8, k_done, dst + c0, NR, 8);
+      } else {
+        // A partial panel (an output layer of a few classes) by the same 8x8 blocks, its missing
+        // columns as zeros (no pointer formed past the last line): element by element it was a
+        // strided scalar load each, packed by one task while the others waited. Toggled in one
+        // process on the Xeon (2 threads): 256x10x512 A.B^T 1.02-1.04x, 64x10x512 1.18x.
+        const T* lines = g.b + j0 * g.K + k0;
+        for (; k_done + 8 <= kc; k_done += 8)
+          for (int c0 = 0; c0 < NR; c0 += 8) {
+            if (c0 < nr) {
+              pack_transposed_block_8(lines + c0 * g.K, g.K, 8, k_done, dst + c0, NR, static_cast<int>(nr) - c0);
+            } else {
+              for (int j = 0; j < 8; ++j) _mm256_storeu_ps(dst + (k_done + j) * NR + c0, _mm256_setzero_ps());
+            }
+          }
       }
     }
 #endif

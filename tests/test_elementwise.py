@@ -408,3 +408,42 @@ def test_streamed_softmax_cross_entropy_is_bitwise_the_plain_one(isa, streaming,
         got_loss, _ = kernels.softmax_cross_entropy(y, labels, out=y)
         assert got_loss == loss
         np.testing.assert_array_equal(y, expected, err_msg=f"in place, rows={rows}")
+
+
+@pytest.mark.parametrize("shape", [(1, 5), (3, 17), (7, 129), (2, 16384 + 37), (5, 32768 // 5 + 3), (300, 229)])
+def test_streamed_squared_error_is_bitwise_the_plain_one(isa, streaming, rng, shape):
+    # The float gradient streams in whole lines of the output (the rest of a line waits for the
+    # next piece); loss and gradient must be the plain call's bits for any offset of out, and
+    # nothing outside out may be written. (300, 229) spans three 32768-element loss blocks.
+    rows, cols = shape
+    x = rng.standard_normal(shape).astype(np.float32)
+    t = rng.standard_normal(shape).astype(np.float32)
+    loss, expected = _plain(lambda: kernels.squared_error(x, t))
+    for shift in (0, 1, 5, 12):
+        o = _OffsetOut(rows * cols, np.float32, shift)
+        got_loss, _ = kernels.squared_error(x, t, out=o.out.reshape(shape))
+        assert got_loss == loss, f"shift={shift}"
+        o.check(expected.ravel(), f"shift={shift}")
+    y = x.copy()
+    got_loss, _ = kernels.squared_error(y, t, out=y)
+    assert got_loss == loss
+    np.testing.assert_array_equal(y, expected, err_msg="in place")
+
+
+def test_squared_error_is_bitwise_the_same_on_avx2_and_avx512(rng):
+    # Both paths sum d² in sixteen double accumulators per block (eight-lane vectors on AVX-512,
+    # four-lane ones on AVX2) combined in one tree: the same loss bits.
+    if not {"avx2", "avx512"} <= set(fastmlp.available_isas()):
+        pytest.skip("needs both the avx2 and the avx512 path")
+    x = rng.standard_normal((300, 229)).astype(np.float32) * 3
+    t = rng.standard_normal((300, 229)).astype(np.float32)
+    got = {}
+    previous = fastmlp.get_isa()
+    try:
+        for name in ("avx2", "avx512"):
+            fastmlp.set_isa(name)
+            got[name] = kernels.squared_error(x, t)
+    finally:
+        fastmlp.set_isa(previous)
+    assert got["avx2"][0] == got["avx512"][0]
+    np.testing.assert_array_equal(got["avx2"][1], got["avx512"][1])

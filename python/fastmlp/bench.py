@@ -104,6 +104,8 @@ def interleaved(fns: Dict[str, Callable[[], None]], repeats: int, warmup: int = 
                 min_time: float = 0.0, rounds: int = 5) -> Dict[str, float]:
     """Median seconds per call of each function. The competitors take turns: ``rounds`` times,
     each runs a block of calls (after an idle gap and ``warmup`` untimed calls), every call timed.
+    The order of turns rotates from round to round, so that a slow spell of a shared machine (they
+    last seconds) does not fall on one competitor's turns more than on another's.
     ``repeats`` is the number of timed calls per competitor over all rounds; with ``min_time``
     each timed sample repeats the call until it has taken that long."""
     inner = {}
@@ -116,8 +118,10 @@ def interleaved(fns: Dict[str, Callable[[], None]], repeats: int, warmup: int = 
         inner[name] = max(1, int(min_time / one)) if min_time else 1
     per_round = max(1, -(-repeats // rounds))
     samples: Dict[str, List[float]] = {name: [] for name in fns}
-    for _ in range(rounds):
-        for name, fn in fns.items():
+    names = list(fns)
+    for r in range(rounds):
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            fn = fns[name]
             if len(fns) > 1:
                 # Let the previous library's threads go idle, then warm this one up again for
                 # WARM_S: after an idle spell a VM's second vCPU takes tens of ms to come back.
@@ -259,9 +263,10 @@ def bench_gemm(table: Table, torch, limits: dict, quick: bool) -> float:
                     tout = torch.from_numpy(out)
                     fns["torch"] = lambda: torch.matmul(tav, tbv, out=tout)
                 flops = 2.0 * M * N * Kd
-                # Seven rounds: the median then stands even when up to three of a competitor's
-                # rounds land in one of a shared VM's slow spells (a vCPU away for a while).
-                times = interleaved(fns, repeats=7 if quick else 21, min_time=0.002, rounds=5 if quick else 7)
+                # Eleven rounds of two samples: the median then stands even when up to five of a
+                # competitor's rounds land in one of a shared VM's slow spells (a vCPU away for
+                # seconds; seven rounds of three let a spell over four rounds decide a row).
+                times = interleaved(fns, repeats=7 if quick else 22, min_time=0.002, rounds=5 if quick else 11)
                 best_rate = max(best_rate, max(flops / t / 1e9 for t in times.values()))
                 results.append(((M, N, Kd), ta, tb, times, flops))
     limit = max(max(limits["fma_gflops"].values()), best_rate)

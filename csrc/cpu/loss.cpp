@@ -203,89 +203,77 @@ double squared_error_f32(const float* pred, const float* target, float* grad, in
   const int64_t blocks = ceil_div(n, block);
   double* partial = static_cast<double*>(thread_scratch(kScratchReduce, sizeof(double) * static_cast<size_t>(blocks)));
   // A large gradient is computed a piece at a time into a staging buffer in L1 and streamed out
-  // from there (cpu/stream.h: small pieces, so that one piece's loads overlap the last one's
-  // streaming); the pieces start at multiples of 16 elements from the block, so the accumulators
-  // see the same elements either way.
+  // from there in whole lines (cpu/stream.h: small pieces, so that one piece's loads overlap the
+  // last one's streaming); the pieces start at multiples of 16 elements from the block, so the
+  // accumulators see the same elements either way.
   const bool stream = stream_output(n, grad, pred, target);
   constexpr int64_t kPiece = kStreamPieceBytes / static_cast<int64_t>(sizeof(float));
   [[maybe_unused]] constexpr int64_t kAhead = 256;
   parallel_for(blocks, [&](int64_t b) {
-    alignas(64) float stage[kPiece + 16];
+    WholeLineStream<float, kPiece> out;
     const __m256d inv = _mm256_set1_pd(inv_rows);
 #if defined(__AVX512F__)
     const __m512d inv8 = _mm512_set1_pd(inv_rows);
 #endif
-    {
-      const int64_t e0 = b * block, e1 = min_i64(n, e0 + block);
-      __m256d acc[4] = {_mm256_setzero_pd(), _mm256_setzero_pd(), _mm256_setzero_pd(), _mm256_setzero_pd()};
-      double tail = 0.0;
+    const int64_t e0 = b * block, e1 = min_i64(n, e0 + block);
+    __m256d acc[4] = {_mm256_setzero_pd(), _mm256_setzero_pd(), _mm256_setzero_pd(), _mm256_setzero_pd()};
+    double tail = 0.0;
 #if defined(__AVX512F__)
-      __m512d acc8[2] = {_mm512_setzero_pd(), _mm512_setzero_pd()};
+    __m512d acc8[2] = {_mm512_setzero_pd(), _mm512_setzero_pd()};
 #endif
-      int64_t pending = 0;  // streamed: the computed elements at the front of stage, not yet written
-      for (int64_t s = e0; s < e1; s += kPiece) {
-        const int64_t len = min_i64(kPiece, e1 - s);
-        const float* p = pred + s;
-        const float* t = target + s;
-        float* g = stream ? stage + pending : grad + s;
-        int64_t c = 0;
+    for (int64_t s = e0; s < e1; s += kPiece) {
+      const int64_t len = min_i64(kPiece, e1 - s);
+      const float* p = pred + s;
+      const float* t = target + s;
+      float* g = stream ? out.slot(grad + s) : grad + s;
+      int64_t c = 0;
 #if defined(__AVX512F__)
-        for (; c + 16 <= len; c += 16) {
-          // The inputs' lines 1 KiB ahead (8192 x 4096 on 2 threads: 1.10x against none; 2 and 4
-          // KiB ahead about the same): the loop is long enough that the hardware prefetchers fall
-          // behind at each 4 KiB page.
-          if (s + c + kAhead + 16 <= n) {
-            __builtin_prefetch(p + c + kAhead);
-            __builtin_prefetch(t + c + kAhead);
-          }
-          const __m512d d0 = _mm512_sub_pd(_mm512_cvtps_pd(_mm256_loadu_ps(p + c)), _mm512_cvtps_pd(_mm256_loadu_ps(t + c)));
-          const __m512d d1 = _mm512_sub_pd(_mm512_cvtps_pd(_mm256_loadu_ps(p + c + 8)), _mm512_cvtps_pd(_mm256_loadu_ps(t + c + 8)));
-          _mm256_storeu_ps(g + c, _mm512_cvtpd_ps(_mm512_mul_pd(d0, inv8)));
-          _mm256_storeu_ps(g + c + 8, _mm512_cvtpd_ps(_mm512_mul_pd(d1, inv8)));
-          acc8[0] = _mm512_fmadd_pd(d0, d0, acc8[0]);
-          acc8[1] = _mm512_fmadd_pd(d1, d1, acc8[1]);
+      for (; c + 16 <= len; c += 16) {
+        // The inputs' lines 1 KiB ahead (8192 x 4096 on 2 threads: 1.10x against none; 2 and 4
+        // KiB ahead about the same): the loop is long enough that the hardware prefetchers fall
+        // behind at each 4 KiB page.
+        if (s + c + kAhead + 16 <= n) {
+          __builtin_prefetch(p + c + kAhead);
+          __builtin_prefetch(t + c + kAhead);
         }
+        const __m512d d0 = _mm512_sub_pd(_mm512_cvtps_pd(_mm256_loadu_ps(p + c)), _mm512_cvtps_pd(_mm256_loadu_ps(t + c)));
+        const __m512d d1 = _mm512_sub_pd(_mm512_cvtps_pd(_mm256_loadu_ps(p + c + 8)), _mm512_cvtps_pd(_mm256_loadu_ps(t + c + 8)));
+        _mm256_storeu_ps(g + c, _mm512_cvtpd_ps(_mm512_mul_pd(d0, inv8)));
+        _mm256_storeu_ps(g + c + 8, _mm512_cvtpd_ps(_mm512_mul_pd(d1, inv8)));
+        acc8[0] = _mm512_fmadd_pd(d0, d0, acc8[0]);
+        acc8[1] = _mm512_fmadd_pd(d1, d1, acc8[1]);
+      }
 #endif
-        for (; c + 16 <= len; c += 16) {
+      for (; c + 16 <= len; c += 16) {
 #pragma GCC unroll 4
-          for (int j = 0; j < 4; ++j) {  // each group read before its gradient is written (in place)
-            const __m256d d = _mm256_sub_pd(_mm256_cvtps_pd(_mm_loadu_ps(p + c + 4 * j)),
-                                            _mm256_cvtps_pd(_mm_loadu_ps(t + c + 4 * j)));
-            _mm_storeu_ps(g + c + 4 * j, _mm256_cvtpd_ps(_mm256_mul_pd(d, inv)));
-            acc[j] = _mm256_fmadd_pd(d, d, acc[j]);
-          }
-        }
-        for (; c < len; ++c) {  // only in a block's last piece
-          const double d = ops::squared_error_diff(p[c], t[c]);
-          g[c] = static_cast<float>(d * inv_rows);
-          tail += d * d;
-        }
-        if (stream) {
-          // Whole lines of grad only (a line written in two parts with plain stores is read for
-          // ownership first); the rest of the last line waits at the front of stage.
-          const int64_t have = pending + len;
-          float* dst = grad + s - pending;
-          const int64_t held = s + len == e1 ? 0 : (16 - elements_to_line(dst + have)) % 16;
-          stream_copy_bytes(dst, stage, (have - held) * static_cast<int64_t>(sizeof(float)));
-          std::memmove(stage, stage + (have - held), static_cast<size_t>(held) * sizeof(float));
-          pending = held;
+        for (int j = 0; j < 4; ++j) {  // each group read before its gradient is written (in place)
+          const __m256d d = _mm256_sub_pd(_mm256_cvtps_pd(_mm_loadu_ps(p + c + 4 * j)),
+                                          _mm256_cvtps_pd(_mm_loadu_ps(t + c + 4 * j)));
+          _mm_storeu_ps(g + c + 4 * j, _mm256_cvtpd_ps(_mm256_mul_pd(d, inv)));
+          acc[j] = _mm256_fmadd_pd(d, d, acc[j]);
         }
       }
-#if defined(__AVX512F__)
-      {
-        alignas(64) double u[8];  // offsets k and k + 8
-        _mm512_store_pd(u, _mm512_add_pd(acc8[0], acc8[1]));
-        acc[0] = _mm256_load_pd(u);
-        acc[1] = _mm256_load_pd(u + 4);
+      for (; c < len; ++c) {  // only in a block's last piece
+        const double d = ops::squared_error_diff(p[c], t[c]);
+        g[c] = static_cast<float>(d * inv_rows);
+        tail += d * d;
       }
-#endif
-      // offsets k and k + 8, then k and k + 4, then the four lanes pairwise
-      const __m256d v = _mm256_add_pd(_mm256_add_pd(acc[0], acc[2]), _mm256_add_pd(acc[1], acc[3]));
-      alignas(32) double lanes[4];
-      _mm256_store_pd(lanes, v);
-      partial[b] = ((lanes[0] + lanes[2]) + (lanes[1] + lanes[3])) + tail;
+      if (stream) out.commit(len);
     }
-    if (stream) stream_fence();
+#if defined(__AVX512F__)
+    {
+      alignas(64) double u[8];  // offsets k and k + 8
+      _mm512_store_pd(u, _mm512_add_pd(acc8[0], acc8[1]));
+      acc[0] = _mm256_load_pd(u);
+      acc[1] = _mm256_load_pd(u + 4);
+    }
+#endif
+    // offsets k and k + 8, then k and k + 4, then the four lanes pairwise
+    const __m256d v = _mm256_add_pd(_mm256_add_pd(acc[0], acc[2]), _mm256_add_pd(acc[1], acc[3]));
+    alignas(32) double lanes[4];
+    _mm256_store_pd(lanes, v);
+    partial[b] = ((lanes[0] + lanes[2]) + (lanes[1] + lanes[3])) + tail;
+    if (stream) out.finish();
   });
   double total = 0.0;
   for (int64_t b = 0; b < blocks; ++b) total += partial[b];

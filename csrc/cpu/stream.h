@@ -97,6 +97,40 @@ inline void write_out(T* out, int64_t b, int64_t e, bool stream, const Body& bod
   stream_fence();
 }
 
+// An output range computed in order, a piece at a time, into a staging buffer and streamed out in
+// whole 64-byte lines only: the rest of a piece's last line waits at the front of the buffer for
+// the next piece (a line written in two parts with plain stores, as write_out's pieces would be
+// when they cannot start on a line, is read for ownership first). For loops whose pieces are
+// fixed by something other than out's alignment (a summation order). Use: p = slot(out + s);
+// compute len <= Capacity elements into p; commit(len); ...; finish() at the end of the task.
+// Consecutive slots must be consecutive in out.
+template <class T, int64_t Capacity>
+struct WholeLineStream {
+  static constexpr int64_t kLine = 64 / static_cast<int64_t>(sizeof(T));
+  alignas(64) T stage[Capacity + kLine];
+  T* dst = nullptr;  // where stage[0] goes
+  int64_t pending = 0;
+
+  T* slot(T* out) {
+    if (pending == 0) dst = out;
+    return stage + pending;
+  }
+  void commit(int64_t len) {
+    const int64_t have = pending + len;
+    // the elements past the last line boundary in [dst, dst + have): all of them if there is none
+    const int64_t held = min_i64(have, (kLine - elements_to_line(dst + have)) % kLine);
+    stream_copy_bytes(dst, stage, (have - held) * static_cast<int64_t>(sizeof(T)));
+    std::memmove(stage, stage + (have - held), static_cast<size_t>(held) * sizeof(T));
+    dst += have - held;
+    pending = held;
+  }
+  void finish() {
+    stream_copy_bytes(dst, stage, pending * static_cast<int64_t>(sizeof(T)));
+    pending = 0;
+    stream_fence();
+  }
+};
+
 }  // namespace
 }  // namespace cpu
 }  // namespace fastmlp

@@ -447,4 +447,3 @@ def test_squared_error_is_bitwise_the_same_on_avx2_and_avx512(rng):
         fastmlp.set_isa(previous)
     assert got["avx2"][0] == got["avx512"][0]
     np.testing.assert_array_equal(got["avx2"][1], got["avx512"][1])
-

@@ -43,10 +43,19 @@ void activation_act(const T* __restrict x, T* __restrict out, int64_t n) {
       if constexpr (std::is_same_v<T, float> && (A == Act::sigmoid || A == Act::tanh)) {
         // exp and a divide per element: explicit SIMD bundles (cpu/lanes.h), same math and bits
         // as ops::activate.
-        map_lanes(xs, dst, len, [](auto v) __attribute__((always_inline)) {
-          if constexpr (A == Act::sigmoid) return ops::sigmoid_t(v);
-          else return ops::tanh_t(v);
-        });
+        // x's lines 2 KiB ahead, a piece of 128 elements at a time: the arithmetic keeps the core
+        // too busy for the hardware prefetchers to stay ahead (8192 x 4096 on two Emerald Rapids
+        // cores: sigmoid 10.2-10.7 -> 7.4-7.5 ms, tanh 9.6-10.1 -> 6.7-7.0; 1 KiB ahead a little
+        // less, 4 KiB about the same).
+        constexpr int64_t kPiece = 128, kAhead = 512;
+        for (int64_t q = 0; q < len; q += kPiece) {
+          for (int64_t l = 0; l < kPiece; l += 64 / static_cast<int64_t>(sizeof(float)))
+            if (s + q + kAhead + l < n) __builtin_prefetch(xs + q + kAhead + l);
+          map_lanes(xs + q, dst + q, min_i64(kPiece, len - q), [](auto v) __attribute__((always_inline)) {
+            if constexpr (A == Act::sigmoid) return ops::sigmoid_t(v);
+            else return ops::tanh_t(v);
+          });
+        }
       } else {
         for (int64_t i = 0; i < len; ++i) dst[i] = ops::activate<A>(xs[i]);
       }

@@ -41,6 +41,9 @@ SHAPES = [
     (1000, 3, 7), (3, 1000, 513), (1, 1000, 300), (1000, 1, 300),
     (19, 37, 2053), (8, 3, 1031),  # several k blocks on every ISA path (blocks hold up to 1024)
     (5, 40, 1100), (11, 1024, 30),  # op(b) read in place (few row panels) with k blocks; or packed (4 KiB rows)
+    # a last column panel of at most one vector (784 = 24 x 32 + 16; 16 on AVX2 tiles of 16 + 8),
+    # with full and partial row panels, threaded, with and without k blocks
+    (256, 784, 512), (37, 792, 1100),
 ]
 
 

@@ -162,12 +162,13 @@ inline __attribute__((always_inline)) void micro_tile(int64_t kc, const T* __res
 }
 
 // The tile's partial sums to acc (Rows x NR of an MR x NR row-major tile). Rows < MR: the first
-// rows of a partial panel only (its packed rows past M are zeros that no output needs).
-template <class T, int Rows = Blocking<T>::MR>
+// rows of a partial panel only (its packed rows past M are zeros that no output needs). Vecs = 1:
+// the first W columns only (a last column panel of at most W columns), half the FMAs.
+template <class T, int Rows = Blocking<T>::MR, int Vecs = Blocking<T>::NV>
 void micro_kernel(int64_t kc, const T* __restrict A, const T* __restrict B, int64_t ldb, T* __restrict acc, bool load) {
   using S = Simd<T>;
-  constexpr int NV = Blocking<T>::NV, W = S::W, NR = Blocking<T>::NR;
-  micro_tile<T, false, Rows>(kc, A, B, ldb, acc, load, [acc](const typename S::V (&c)[Rows][NV]) __attribute__((always_inline)) {
+  constexpr int NV = Vecs, W = S::W, NR = Blocking<T>::NR;
+  micro_tile<T, false, Rows, Vecs>(kc, A, B, ldb, acc, load, [acc](const typename S::V (&c)[Rows][NV]) __attribute__((always_inline)) {
 #pragma GCC unroll 16
     for (int i = 0; i < Rows; ++i)
 #pragma GCC unroll 4
@@ -175,9 +176,9 @@ void micro_kernel(int64_t kc, const T* __restrict A, const T* __restrict B, int6
   });
 }
 
-// micro_kernel with op(a) read in place (see micro_tile): all MR rows must exist. Vecs = 1: an
-// op(b) of at most W columns (an output layer of few classes), half the FMAs of a full tile; the
-// tile's other columns are left as they are.
+// micro_kernel with op(a) read in place (see micro_tile): all MR rows must exist. Vecs = 1: a
+// column panel of at most W columns (an output layer of few classes, or the last panel of N = 784),
+// half the FMAs of a full tile; the tile's other columns are left as they are.
 template <class T, int Vecs = Blocking<T>::NV>
 void micro_kernel_direct(int64_t kc, const T* __restrict A, int64_t si, int64_t sk, const T* __restrict B,
                          T* __restrict acc, bool load) {
@@ -1045,6 +1046,14 @@ void gemm(const GemmArgs<T>& g) {
   // relu_mask in the bias argument and the dropout scale in beta's.
   using TileKernel = void (*)(int64_t, const T*, const T*, int64_t, T*, bool);
   const TileKernel tile_kernels[3] = {micro_kernel<T, kRowsSmall>, micro_kernel<T, kRowsMid>, micro_kernel<T>};
+  // The same for a last column panel of at most W columns (N = 784 = 24 x 32 + 16 on AVX-512):
+  // one vector per row, half the FMAs, the same chains. On one thread that panel took 4.6% of
+  // 512x784x256 A.B (perf) for 2% of its columns. Toggled in one process on the Xeon (Emerald
+  // Rapids, AVX-512, 2 threads, 20 alternations): N = 784 shapes 0.98-1.02x (noise), 1000x784x1000
+  // 1.016x, 256x528x784 A.Bt 1.04x.
+  constexpr int W = Simd<T>::W;
+  const TileKernel narrow_kernels[3] = {micro_kernel<T, kRowsSmall, 1>, micro_kernel<T, kRowsMid, 1>,
+                                        micro_kernel<T, MR, 1>};
   // beta as T, as store_tile tests it: a double beta that rounds to zero in float must not read out
   // (0 * Inf is NaN) in one tile and skip it in another.
   const bool has_beta = static_cast<T>(g.beta) != T(0), has_bias = g.bias != nullptr;
@@ -1097,6 +1106,8 @@ void gemm(const GemmArgs<T>& g) {
           const int64_t tile_rows = min_i64(MR, rows - ip * MR);
           const int cls = rows_class(tile_rows);
           const int64_t cls_rows = cls == 2 ? MR : cls == 1 ? kRowsMid : kRowsSmall;
+          const bool narrow = tile_cols <= W;
+          const TileKernel tile_kernel = narrow ? narrow_kernels[cls] : tile_kernels[cls];
           if (a_in_place) {
             const int64_t r0 = i0 + ip * MR, c0 = j0 + jp * NR;
             if (tile_rows == cls_rows && tile_cols == NR) {
@@ -1104,12 +1115,13 @@ void gemm(const GemmArgs<T>& g) {
               direct_out_kernels[cls](kc, g.a + r0 * a_si + k0 * a_sk, a_si, a_sk, bp, ldb, g.out + r0 * N + c0, N,
                                       extra, alpha, beta_or_scale);
             } else if (tile_rows == MR) {  // the partial last column panel (packed, zero-padded): no A pack
-              micro_kernel_direct(kc, g.a + r0 * a_si + k0 * a_sk, a_si, a_sk, bp, tile, false);
+              if (narrow) micro_kernel_direct<T, 1>(kc, g.a + r0 * a_si + k0 * a_sk, a_si, a_sk, bp, tile, false);
+              else micro_kernel_direct(kc, g.a + r0 * a_si + k0 * a_sk, a_si, a_sk, bp, tile, false);
               store_tile(g, tile, NR, r0, c0, tile_rows, tile_cols);
             } else {
               T* a_panel = static_cast<T*>(thread_scratch(kScratchPackA, sizeof(T) * static_cast<size_t>(MR * kc)));
               pack_a(g, r0, tile_rows, k0, kc, a_panel);
-              tile_kernels[cls](kc, a_panel, bp, ldb, tile, false);
+              tile_kernel(kc, a_panel, bp, ldb, tile, false);
               store_tile(g, tile, NR, r0, c0, tile_rows, tile_cols);
             }
             continue;
@@ -1119,14 +1131,14 @@ void gemm(const GemmArgs<T>& g) {
             // At most W columns (an output layer of few classes, or one): a one-vector tile, the same
             // chains for the columns that exist (toggled in one process on the Xeon: 256x10x512
             // A.Bt 1.41x, 256x1x512 1.66x (1.36x on the AVX2 path, W = 8), 1024x10x784 1.67x).
-            if (tile_rows == MR && N <= Simd<T>::W) {
+            if (tile_rows == MR && narrow) {
               micro_kernel_direct<T, 1>(kc, g.a + r0 * a_si + k0 * a_sk, a_si, a_sk, bp, tile, !first);
             } else if (tile_rows == MR) {
               micro_kernel_direct(kc, g.a + r0 * a_si + k0 * a_sk, a_si, a_sk, bp, tile, !first);
             } else {  // rows past M do not exist: pack the short panel (zero rows) and use it
               T* a_panel = static_cast<T*>(thread_scratch(kScratchPackA, sizeof(T) * static_cast<size_t>(MR * kc)));
               pack_a(g, r0, tile_rows, k0, kc, a_panel);
-              tile_kernels[cls](kc, a_panel, bp, ldb, tile, !first);
+              tile_kernel(kc, a_panel, bp, ldb, tile, !first);
             }
             if (last) store_tile(g, tile, NR, r0, j0 + jp * NR, tile_rows, tile_cols);
             continue;
@@ -1138,7 +1150,7 @@ void gemm(const GemmArgs<T>& g) {
             out_kernels[cls](kc, a_panel, bp, ldb, tile, !first, g.out + r0 * N + c0, N, extra, alpha, beta_or_scale);
             continue;
           }
-          tile_kernels[cls](kc, a_panel, bp, ldb, tile, !first);
+          tile_kernel(kc, a_panel, bp, ldb, tile, !first);
           if (last) store_tile(g, tile, NR, i0 + ip * MR, j0 + jp * NR, tile_rows, tile_cols);
         }
       }

@@ -531,3 +531,56 @@ def test_softmax_cross_entropy_labels_must_be_int32_or_int64(labels):
 def test_softmax_cross_entropy_labels_must_be_valid_class_indices(bad):
     with pytest.raises(ValueError, match=r"softmax_cross_entropy: labels\[1\] = " + str(bad)):
         kernels.softmax_cross_entropy(np.zeros((4, 3), F32), np.array([0, bad, 2, 1]))
+
+
+# kernels.gemm reaches the kernel through _core._gemm, a METH_FASTCALL function that converts its
+# positional arguments itself (pybind11 does it for the other entry points): the same conversions,
+# and the same exceptions, as pybind11's.
+def _gemm_operands():
+    return np.ones((3, 4), F32), np.ones((4, 5), F32)
+
+
+def test_gemm_scalar_arguments_convert_like_pybind11():
+    a, b = _gemm_operands()
+    expected = kernels.gemm(a, b, alpha=2.0)
+    for alpha in (2, np.float32(2.0), np.float64(2.0), np.int64(2)):
+        np.testing.assert_array_equal(kernels.gemm(a, b, alpha=alpha), expected)
+    at = np.ascontiguousarray(a.T)
+    for flag in (True, np.bool_(True), 1):
+        np.testing.assert_array_equal(kernels.gemm(at, b, trans_a=flag, alpha=2.0), expected)
+
+
+def test_gemm_bad_scalar_arguments_raise_type_errors():
+    a, b = _gemm_operands()
+    with pytest.raises(TypeError):
+        kernels.gemm(a, b, alpha="2")
+    with pytest.raises(TypeError):
+        kernels.gemm(a, b, beta=None)
+    with pytest.raises(TypeError, match="gemm: activation must be a str, not int"):
+        kernels.gemm(a, b, activation=3)
+    with pytest.raises(ValueError, match="activation"):
+        kernels.gemm(a, b, activation="bogus")
+
+    class Bad:
+        def __bool__(self):
+            raise RuntimeError("no truth value")
+
+    with pytest.raises(RuntimeError, match="no truth value"):
+        kernels.gemm(a, b, trans_a=Bad())
+
+
+def test_gemm_positional_entry_point_checks_its_argument_count():
+    from fastmlp import _core
+
+    a, b = _gemm_operands()
+    with pytest.raises(TypeError, match="9 to 12 positional arguments"):
+        _core._gemm(a, b, False, False, 1.0, 0.0, None, None)
+    with pytest.raises(TypeError, match="9 to 12 positional arguments"):
+        _core._gemm(a, b, False, False, 1.0, 0.0, None, None, "identity", None, None, 0.0, 1)
+    with pytest.raises(TypeError):
+        _core._gemm(a, b, False, False, 1.0, 0.0, None, None, activation="identity")
+    out = _core._gemm(a, b, False, False, 1.0, 0.0, None, None, "relu")
+    np.testing.assert_array_equal(out, np.full((3, 5), 4.0, F32))
+    # the validation's errors surface as the same Python exceptions
+    with pytest.raises(ValueError, match="inner dimensions must match"):
+        _core._gemm(a, a, False, False, 1.0, 0.0, None, None, "identity")

@@ -552,10 +552,14 @@ def test_gemm_scalar_arguments_convert_like_pybind11():
 
 def test_gemm_bad_scalar_arguments_raise_type_errors():
     a, b = _gemm_operands()
-    with pytest.raises(TypeError):
+    with pytest.raises(TypeError, match="gemm: alpha must be a real number, not str"):
         kernels.gemm(a, b, alpha="2")
-    with pytest.raises(TypeError):
+    with pytest.raises(TypeError, match="gemm: beta must be a real number, not NoneType"):
         kernels.gemm(a, b, beta=None)
+    with pytest.raises(TypeError, match="gemm: alpha must be a real number, not int .*too large"):
+        kernels.gemm(a, b, alpha=10**400)
+    with pytest.raises(TypeError, match="gemm: trans_b must be a bool, not numpy.ndarray .*ambiguous"):
+        kernels.gemm(a, b, trans_b=np.ones(2))
     with pytest.raises(TypeError, match="gemm: activation must be a str, not int"):
         kernels.gemm(a, b, activation=3)
     with pytest.raises(ValueError, match="activation"):
@@ -565,7 +569,7 @@ def test_gemm_bad_scalar_arguments_raise_type_errors():
         def __bool__(self):
             raise RuntimeError("no truth value")
 
-    with pytest.raises(RuntimeError, match="no truth value"):
+    with pytest.raises(TypeError, match="gemm: trans_a must be a bool, not Bad .*no truth value"):
         kernels.gemm(a, b, trans_a=Bad())
 
 

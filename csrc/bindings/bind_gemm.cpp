@@ -106,16 +106,23 @@ PyObject* gemm_fastcall(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
     return nullptr;
   }
   try {
-    auto flag = [&](Py_ssize_t i) {
+    // A failed conversion is a TypeError naming the argument, as pybind11 raised (it swallowed the
+    // conversion's own error: an int beyond double's range, an array's ambiguous truth value).
+    auto refuse = [&](Py_ssize_t i, const char* name, const char* expected) {
+      py::error_already_set cause;  // takes the conversion's error
+      type_error(std::string("gemm: ") + name + " must be " + expected + ", not " + Py_TYPE(args[i])->tp_name + " (" +
+                 cause.what() + ")");
+    };
+    auto flag = [&](Py_ssize_t i, const char* name) {
       if (args[i] == Py_True) return true;
       if (args[i] == Py_False) return false;
       const int v = PyObject_IsTrue(args[i]);
-      if (v < 0) throw py::error_already_set();
-      return v != 0;
+      if (v < 0) refuse(i, name, "a bool");
+      return v > 0;
     };
-    auto real = [&](Py_ssize_t i) {
+    auto real = [&](Py_ssize_t i, const char* name) {
       const double v = PyFloat_AsDouble(args[i]);
-      if (v == -1.0 && PyErr_Occurred()) throw py::error_already_set();
+      if (v == -1.0 && PyErr_Occurred()) refuse(i, name, "a real number");
       return v;
     };
     if (!PyUnicode_Check(args[8])) type_error("gemm: activation must be a str, not " + std::string(Py_TYPE(args[8])->tp_name));
@@ -123,9 +130,10 @@ PyObject* gemm_fastcall(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
     const char* text = PyUnicode_AsUTF8AndSize(args[8], &len);
     if (!text) throw py::error_already_set();
     const py::handle none = py::none();
-    return gemm(args[0], args[1], flag(2), flag(3), real(4), real(5), args[6], args[7], std::string(text, static_cast<size_t>(len)),
-                nargs > 9 ? py::handle(args[9]) : none, nargs > 10 ? py::handle(args[10]) : none,
-                nargs > 11 ? real(11) : 0.0)
+    const bool trans_a = flag(2, "trans_a"), trans_b = flag(3, "trans_b");
+    const double alpha = real(4, "alpha"), beta = real(5, "beta"), mask_p = nargs > 11 ? real(11, "mask_p") : 0.0;
+    return gemm(args[0], args[1], trans_a, trans_b, alpha, beta, args[6], args[7], std::string(text, static_cast<size_t>(len)),
+                nargs > 9 ? py::handle(args[9]) : none, nargs > 10 ? py::handle(args[10]) : none, mask_p)
         .release()
         .ptr();
   } catch (py::error_already_set& e) {

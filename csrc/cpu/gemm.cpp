@@ -1101,12 +1101,12 @@ void gemm(const GemmArgs<T>& g) {
         const T* bp = b_in_place ? g.b + k0 * N + panel * NR : packed_b + k0 * n_pad + panel * kc * NR;
         const int64_t ldb = b_in_place ? N : NR;
         const int64_t tile_cols = min_i64(NR, cols - jp * NR);
+        const bool narrow = tile_cols <= W;
         for (int64_t ip = 0; ip < m_panels; ++ip) {
           T* tile = acc + (ip * c_panels + jp) * MR * NR;
           const int64_t tile_rows = min_i64(MR, rows - ip * MR);
           const int cls = rows_class(tile_rows);
           const int64_t cls_rows = cls == 2 ? MR : cls == 1 ? kRowsMid : kRowsSmall;
-          const bool narrow = tile_cols <= W;
           const TileKernel tile_kernel = narrow ? narrow_kernels[cls] : tile_kernels[cls];
           if (a_in_place) {
             const int64_t r0 = i0 + ip * MR, c0 = j0 + jp * NR;

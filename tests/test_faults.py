@@ -552,10 +552,10 @@ def test_kernels_propagate_nan_and_inf(dtype):
     assert np.all(np.isnan(out[:, 1])) and np.all(np.isfinite(out[:, [0, 2]]))
 
 
-def test_nan_in_the_data_stops_fit_naming_the_step_and_keeps_the_last_good_state():
+def test_overflowing_data_stops_fit_naming_the_step_and_keeps_the_last_good_state():
     X, y = _data()
     X_bad = X.copy()
-    X_bad[157] = np.nan  # without shuffling, row 157 is in batch 8 of every epoch
+    X_bad[157] = 3e38  # finite, so fit takes it; the logits overflow. Unshuffled, row 157 is in batch 8
 
     def trainer(callbacks=()):
         return fastmlp.Trainer(_model(), optimizer=optim.Adam(1e-2), batch_size=20, epochs=1, shuffle=False,
@@ -574,6 +574,54 @@ def test_nan_in_the_data_stops_fit_naming_the_step_and_keeps_the_last_good_state
     assert t.history.stop_reason == "non_finite_loss" and len(t.history) == 1
     _assert_state(t, recorder.state)  # the start of epoch 2: the last state the History vouches for
     assert np.all(np.isfinite(t.model.predict_proba(X)))
+
+
+@pytest.mark.parametrize("where", ["X", "y", "validation X"])
+def test_fit_refuses_non_finite_data_before_changing_anything(where):
+    X, y = _data()
+    if where == "y":  # a regression target
+        y = y.astype(np.float64).reshape(-1, 1)
+    model = fastmlp.MLP([X.shape[1], 16, 1 if where == "y" else 3], output="identity" if where == "y" else "softmax",
+                        seed=1)
+    fastmlp.Trainer(model, epochs=1, standardize=True, progress=False).fit(X, y)
+    scaler = {k: v.copy() for k, v in model.scaler.items()}
+    params = model.parameters().copy()
+    bad_X, bad_y = X.copy(), y.copy()
+    validation = None
+    if where == "X":
+        bad_X[7, 2] = np.nan
+    elif where == "y":
+        bad_y[11, 0] = np.inf
+    else:
+        validation = (bad_X[:10].copy(), y[:10])
+        validation[0][3, 1] = -np.inf
+    trainer = fastmlp.Trainer(model, epochs=1, standardize=True, progress=False, validation=validation)
+    with pytest.raises(ValueError, match=f"^{where} contains NaN or infinity"):
+        trainer.fit(bad_X, bad_y)
+    assert np.array_equal(model.parameters(), params)
+    assert all(np.array_equal(model.scaler[k], v) for k, v in scaler.items())
+    assert len(trainer.history) == 0 and trainer.step == 0
+
+
+def test_fit_and_predict_refuse_sparse_matrices_by_name():
+    sparse = pytest.importorskip("scipy.sparse")
+    X, y = _data()
+    model = _model()
+    with pytest.raises(TypeError, match=r"X is a scipy.sparse csr_matrix .*X.toarray\(\)"):
+        fastmlp.Trainer(model, epochs=1, progress=False).fit(sparse.csr_matrix(X), y)
+    with pytest.raises(TypeError, match="X is a scipy.sparse"):
+        model.predict(sparse.csr_matrix(X))
+
+
+def test_a_fit_that_diverges_in_its_first_epoch_keeps_the_models_scaler():
+    X, y = _data()
+    model = _model()
+    fastmlp.Trainer(model, epochs=1, progress=False).fit(X, y)  # trained unscaled
+    before = model.predict_proba(X)
+    with np.errstate(all="ignore"), pytest.raises(fastmlp.NonFiniteLossError):
+        fastmlp.Trainer(model, optimizer=optim.SGD(1e30), epochs=2, standardize=True, progress=False).fit(X, y)
+    assert model.scaler is None  # the weights went back to the start of the fit, and so did the scaler
+    assert np.array_equal(model.predict_proba(X), before)
 
 
 def test_train_step_on_non_finite_data_changes_nothing():

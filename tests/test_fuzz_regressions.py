@@ -60,11 +60,13 @@ def test_unedited_parts_round_trip(tmp_path, mlp_parts):
 # --- fastmlp.load findings -------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("value", [{"relu": 1}, ["relu"]])
-def test_activation_that_is_a_json_object_or_list_is_rejected_not_a_type_error(tmp_path, mlp_parts, value):
-    # Was: TypeError "unhashable type: 'dict'" from `act in nn.ACTIVATIONS`.
-    _load_rejects(tmp_path, _edited(mlp_parts, lambda h: h["model"].__setitem__("activation", value)),
-                  "activation .* is invalid")
+@pytest.mark.parametrize("value, message", [({"relu": 1}, "activation .* is invalid"),
+                                            ([{"relu": 1}], "activation .* is invalid"),
+                                            (["relu", "relu"], "activation list is malformed")])
+def test_activation_that_is_a_json_object_or_list_is_rejected_not_a_type_error(tmp_path, mlp_parts, value, message):
+    # Was: TypeError "unhashable type: 'dict'" from `act in nn.ACTIVATIONS`. A list is one name per
+    # hidden layer (the model has one).
+    _load_rejects(tmp_path, _edited(mlp_parts, lambda h: h["model"].__setitem__("activation", value)), message)
 
 
 def test_layer_type_that_is_a_list_is_rejected(tmp_path):

@@ -174,6 +174,37 @@ def test_from_encoder_copies_the_encoder_weights_and_biases():
     np.testing.assert_array_equal(hidden, ae.encode(X))
 
 
+def test_from_encoder_keeps_a_linear_code_linear():
+    """The autoencoder's default code layer has no activation; the classifier built on it must not
+    add one (a ReLU there zeroed about half of the pre-trained 2-D codes)."""
+    rng = np.random.default_rng(1)
+    X = rng.normal(size=(64, 6))
+    ae = fastmlp.DenoisingAutoencoder([6, 5, 2], noise="mask", level=0.2, seed=0)
+    ae.fit(X, epochs=2, batch_size=16, progress=False, standardize=True)
+    mlp = fastmlp.MLP.from_encoder(ae, outputs=3, seed=1)
+    assert mlp.activation == ["relu", "identity"]
+    assert [type(l).__name__ for l in mlp.layers] == ["Dense", "ReLU", "Dense", "Identity", "Dense"]
+    codes = ae.encode(X)
+    assert np.any(codes < 0)
+    np.testing.assert_array_equal(mlp._forward_blocks(mlp._as_input(X), 0, 2, False), codes)
+
+
+def test_mlp_takes_one_activation_per_hidden_layer_and_saves_it(tmp_path):
+    model = fastmlp.MLP([5, 4, 4, 3, 2], activation=["tanh", "relu", "logistic"], seed=0)
+    assert [type(l).__name__ for l in model.layers][1::2] == ["Tanh", "ReLU", "Sigmoid"]
+    assert model.activation == ["tanh", "relu", "sigmoid"]
+    assert fastmlp.MLP([5, 4, 4, 2], activation=["tanh", "tanh"]).activation == "tanh"
+    model.save(tmp_path / "m.npz")
+    loaded = fastmlp.load(tmp_path / "m.npz")
+    X = np.random.default_rng(0).normal(size=(7, 5))
+    assert loaded.activation == model.activation
+    np.testing.assert_array_equal(loaded.predict(X), model.predict(X))
+    with pytest.raises(ValueError, match="activation has 2 names but the model has 3 hidden layers"):
+        fastmlp.MLP([5, 4, 4, 3, 2], activation=["tanh", "relu"])
+    with pytest.raises(ValueError, match="activation must be one of"):
+        fastmlp.MLP([5, 4, 2], activation=["swish"])
+
+
 def _labelled_subset(y, per_class, rng):
     picks = [rng.permutation(np.flatnonzero(y == c))[:per_class] for c in range(10)]
     return np.concatenate(picks)

@@ -30,6 +30,29 @@ def is_device(a) -> bool:
     return type(a) is not np.ndarray and hasattr(a, "__cuda_array_interface__")
 
 
+def dense_host(name: str, a) -> np.ndarray:
+    """``a`` as a NumPy array; a scipy.sparse matrix is refused by name (np.asarray would make it a
+    0-d object array, and the error would then be about its shape)."""
+    if type(a) is np.ndarray:
+        return a
+    if type(a).__module__.startswith("scipy.sparse"):
+        raise TypeError(f"{name} is a scipy.sparse {type(a).__name__} of shape {getattr(a, 'shape', '?')}; fastmlp "
+                        f"works on dense arrays: pass {name}.toarray()")
+    return np.asarray(a)
+
+
+def check_finite(name: str, a: np.ndarray) -> None:
+    """ValueError naming the first NaN or infinity in a floating-point ``a``. The test is a min and
+    a max (NaN and +-inf show in one or the other), so it needs no temporary the size of ``a``."""
+    if not (np.issubdtype(a.dtype, np.floating) or np.issubdtype(a.dtype, np.complexfloating)) or a.size == 0:
+        return
+    if np.isfinite(a.min()) and np.isfinite(a.max()) if not np.iscomplexobj(a) else np.isfinite(a).all():
+        return
+    where = tuple(int(i) for i in np.argwhere(~np.isfinite(a))[0])
+    raise ValueError(f"{name} contains NaN or infinity (the first at index {where}, value {a[where]}); fastmlp "
+                     f"needs finite data: drop or impute those entries")
+
+
 def empty(shape, dtype, device: str):
     if device == "cpu":
         return np.empty(shape, dtype)

@@ -910,7 +910,7 @@ class Sequential:
         if (type(X) is np.ndarray and X.dtype == self.dtype and X.ndim == 2 and X.shape[1] == self.in_features
                 and self.scaler is None and X.flags.c_contiguous):
             return X  # what the checks below would pass and leave as it is, for a few attribute reads
-        X = np.asarray(X)
+        X = _arrays.dense_host("X", X)
         if X.ndim == 1 and self.in_features == 1:
             X = X.reshape(-1, 1)
         if X.ndim != 2:
@@ -1210,21 +1210,28 @@ class MLP(Sequential):
     ``MLP([784, 512, 512, 10], activation="relu", output="softmax", dropout=0.2)`` is
     Dense → ReLU → Dropout → Dense → ReLU → Dropout → Dense. With ``batch_norm=True`` each hidden
     layer is Dense (no bias) → BatchNorm → activation → Dropout. ``dropout`` is one value or one
-    per hidden layer; ``input_dropout`` drops inputs.
+    per hidden layer; ``input_dropout`` drops inputs. ``activation`` is one name or one per hidden
+    layer (``["relu", "relu", "identity"]``: a linear last hidden layer, as ``from_encoder`` builds
+    for an autoencoder's linear code).
 
     Threads and memory as for :class:`Sequential`: predict from many threads at once; train from
     one thread at a time (a second gets ``RuntimeError``); sizes beyond physical memory raise
     ``MemoryError`` before anything is allocated.
     """
 
-    def __init__(self, sizes: Sequence[int], *, activation: str = "relu", output: str = "identity",
-                 dropout: Union[float, Sequence[float]] = 0.0, input_dropout: float = 0.0,
+    def __init__(self, sizes: Sequence[int], *, activation: Union[str, Sequence[str]] = "relu",
+                 output: str = "identity", dropout: Union[float, Sequence[float]] = 0.0, input_dropout: float = 0.0,
                  batch_norm: bool = False, init="he", seed: int = 0, dtype="float32", device: str = "cpu"):
         sizes = [int(s) for s in sizes]
         if len(sizes) < 2 or any(s < 1 for s in sizes):
             raise ValueError(f"sizes must list at least an input and an output width, all >= 1; got {sizes}")
-        act = _activation_name(activation)
         hidden = len(sizes) - 2
+        if isinstance(activation, str):
+            acts = [_activation_name(activation)] * hidden
+        else:
+            acts = [_activation_name(a) for a in activation]
+            if len(acts) != hidden:
+                raise ValueError(f"activation has {len(acts)} names but the model has {hidden} hidden layers")
         drops = _check_drop_probs(_per_layer(dropout, hidden, "dropout"), "dropout")
         _check_drop_probs([float(input_dropout)], "input_dropout")
         layers: List[Layer] = []
@@ -1234,12 +1241,14 @@ class MLP(Sequential):
             layers.append(Dense(sizes[i], sizes[i + 1], bias=not batch_norm))
             if batch_norm:
                 layers.append(BatchNorm(sizes[i + 1]))
-            layers.append(_ACTIVATION_LAYERS[act]())
+            layers.append(_ACTIVATION_LAYERS[acts[i]]())
             if drops[i] > 0:
                 layers.append(Dropout(drops[i]))
         layers.append(Dense(sizes[-2], sizes[-1]))
         self.sizes = sizes
-        self.activation = act
+        # One name when every hidden layer has it (as given, or all the same); else the list.
+        self.activation = _activation_name(activation) if isinstance(activation, str) else \
+            (acts[0] if acts and acts.count(acts[0]) == len(acts) else acts)
         self.dropout = drops
         self.input_dropout = float(input_dropout)
         self.batch_norm = bool(batch_norm)
@@ -1255,9 +1264,12 @@ class MLP(Sequential):
     def from_encoder(cls, autoencoder, outputs: int, *, output: str = "softmax", dropout=0.0, seed: int = 0,
                      init="he") -> "MLP":
         """An MLP whose hidden layers start from a trained autoencoder's encoder (unsupervised
-        pre-training); the new output layer of width ``outputs`` is initialised by ``init``."""
+        pre-training), with the encoder's activations (the code layer keeps the autoencoder's
+        ``code_activation``, linear by default); the new output layer of width ``outputs`` is
+        initialised by ``init``."""
         enc_sizes = list(autoencoder.sizes)
-        model = cls(enc_sizes + [int(outputs)], activation=autoencoder.activation, output=output,
+        acts = [autoencoder.activation] * (len(enc_sizes) - 2) + [autoencoder.code_activation]
+        model = cls(enc_sizes + [int(outputs)], activation=acts, output=output,
                     dropout=dropout, seed=seed, init=init, dtype=autoencoder.model.dtype,
                     device=autoencoder.model.device)
         src = [l for l in autoencoder.model.layers if isinstance(l, Dense)][: len(enc_sizes) - 1]

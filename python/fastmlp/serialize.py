@@ -78,7 +78,12 @@ def _build_model(cfg: dict, n_params: int):
         total = sum(a * b + b for a, b in zip(sizes[:-1], sizes[1:]))
         _require(total <= 1 << 34, "MLP is implausibly large")
         act = cfg.get("activation")
-        _name(act, nn.ACTIVATIONS, "activation")
+        if isinstance(act, list):  # one per hidden layer
+            _require(len(act) == len(sizes) - 2, "MLP activation list is malformed")
+            for a in act:
+                _name(a, nn.ACTIVATIONS, "activation")
+        else:
+            _name(act, nn.ACTIVATIONS, "activation")
         drops = cfg.get("dropout")
         _require(isinstance(drops, list) and len(drops) == len(sizes) - 2, "MLP dropout list is malformed")
         drops = [_float(d, "dropout", 0.0, 0.999999) for d in drops]

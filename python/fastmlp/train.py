@@ -378,7 +378,7 @@ class Trainer:
         model = self.model
         if _arrays.is_device(X) and model.device != "cpu":
             return self._prepare_device(X, y)
-        X = np.asarray(X)
+        X = _arrays.dense_host("X", X)
         if X.ndim != 2:
             raise ValueError(f"X must be 2-D (samples, features), got shape {X.shape}")
         x = model._as_host_input(X)
@@ -595,7 +595,15 @@ class Trainer:
         if _arrays.is_device(X) or _arrays.is_device(y):
             self._check_device_data(X, y, sample_weight)
         else:
-            X = np.asarray(X)
+            # Checked before anything changes: a NaN would otherwise surface as a non-finite loss
+            # (a misleading message), after the scaler had been fitted to it.
+            X, y = _arrays.dense_host("X", X), _arrays.dense_host("y", y)
+            _arrays.check_finite("X", X)
+            _arrays.check_finite("y", y)
+            if isinstance(self.validation, tuple):
+                Xv, yv = (_arrays.dense_host(n, a) for n, a in zip(("validation X", "validation y"), self.validation))
+                _arrays.check_finite("validation X", Xv)
+                _arrays.check_finite("validation y", yv)
         if X.ndim != 2 or X.shape[0] == 0:
             raise ValueError(f"X must be a non-empty 2-D array (samples, features), got shape {X.shape}")
         weights = None
@@ -612,8 +620,19 @@ class Trainer:
         else:
             Xtr, ytr, Xva, yva = self._split(X, y)
         resuming = self.epoch > 0 or self.step > 0
+        scaler_before = model.scaler
         if self.standardize and not resuming:
             self._fit_scaler(Xtr, ytr)
+        try:
+            return self._fit_prepared(Xtr, ytr, Xva, yva, weights)
+        except NonFiniteLossError:
+            # Rolled back to the weights this fit started from: they go with the scaler they had.
+            if self.epoch == 0 and self.step == 0:
+                model.scaler = scaler_before
+            raise
+
+    def _fit_prepared(self, Xtr, ytr, Xva, yva, weights) -> History:
+        model = self.model
         x, t = self._prepare(Xtr, ytr, upload=False)
         self._weights = weights
         xv = tv = None

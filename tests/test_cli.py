@@ -219,6 +219,35 @@ def test_non_numeric_csv_cell_names_row_and_column(tmp_path, capsys):
     assert_cli_fails(["train", "--data", str(path)], capsys, "non-numeric value 'high'", "row 4", "column 'b'")
 
 
+def test_a_target_column_of_class_names(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(120, 3))
+    names = np.array(["setosa", "versicolor", "virginica"])[np.argmax(X, axis=1)]
+    path = tmp_path / "named.csv"
+    # first column, a byte-order mark as Excel writes "CSV UTF-8", spaces around the names
+    with open(path, "w", encoding="utf-8-sig") as f:
+        f.write("species,a,b,c\n")
+        for name, row in zip(names, X):
+            f.write(f" {name} ," + ",".join(f"{v:.6f}" for v in row) + "\n")
+    status, text = run(["train", "--data", str(path), "--target", "species", "--save", str(tmp_path / "m.npz"),
+                        "--epochs", "40", "--no-progress"])
+    assert status == 0, capsys.readouterr().err
+    assert "(classification)" in text and _accuracy(text) >= 0.8
+    assert "0: setosa, 1: versicolor, 2: virginica" in text
+    assert_cli_fails(["train", "--data", str(path), "--target", "species", "--task", "regression"], capsys,
+                     "needs a numeric target", "class names")
+    # autoencode drops the named column without reading it as a number
+    status, text = run(["autoencode", "--data", str(path), "--target", "species", "--code", "2"] + FAST)
+    assert status == 0, capsys.readouterr().err
+    assert "120 rows" in text
+
+
+def test_a_csv_that_is_not_utf8(tmp_path, capsys):
+    path = tmp_path / "latin1.csv"
+    path.write_bytes("a,b,label\n1,2,0\n3,4,1\n5,6,caf\u00e9\n".encode("latin-1"))
+    assert_cli_fails(["train", "--data", str(path)], capsys, "not UTF-8", "latin1.csv")
+
+
 def test_ragged_csv_rows(tmp_path, capsys):
     path = _write_csv(tmp_path / "ragged.csv", None, [[1, 2, 0], [3, 4, 1], [5, 0], [7, 8, 1]])
     assert_cli_fails(["train", "--data", str(path)], capsys, "row 3 has 2 columns, expected 3")

@@ -35,10 +35,13 @@ class DataError(Exception):
 
 def _load_csv(path: str, target: Optional[str], need_target: bool):
     try:
-        with open(path, newline="") as f:
+        # utf-8-sig: a byte-order mark (Excel's "CSV UTF-8") is not part of the first column's name.
+        with open(path, newline="", encoding="utf-8-sig") as f:
             rows = [r for r in csv.reader(f) if r and any(c.strip() for c in r)]
     except csv.Error as e:
         raise DataError(f"{path}: not a readable CSV file ({e})") from None
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start}); save the CSV as UTF-8") from None
     if not rows:
         raise DataError(f"{path}: the CSV file is empty")
 
@@ -58,23 +61,37 @@ def _load_csv(path: str, target: Optional[str], need_target: bool):
     for i, r in enumerate(rows):
         if len(r) != width:
             raise DataError(f"{path}: row {i + 1 + (header is not None)} has {len(r)} columns, expected {width}")
+    if need_target and width < 2:
+        raise DataError(f"{path}: needs at least one feature column besides the target")
+    col = _column_index(path, target, header, width) if target is not None else width - 1 if need_target else None
+    # A target column of words (class names such as "setosa") is kept as text: its classes are
+    # numbered in sorted order, as numeric labels are.
+    labels = None
+    if need_target and not all(numeric(r[col]) for r in rows):
+        labels = np.array([r[col].strip() for r in rows])
+        if np.any(labels == ""):
+            i = int(np.argmax(labels == ""))
+            raise DataError(f"{path}: the target is empty in row {i + 1 + (header is not None)}")
+    skip = col if labels is not None or not need_target else None  # not parsed as a number
     data = np.empty((len(rows), width), dtype=np.float64)
     for i, r in enumerate(rows):
         for j, c in enumerate(r):
+            if j == skip:
+                data[i, j] = 0.0
+                continue
             try:
                 data[i, j] = float(c)
             except ValueError:
-                col = header[j] if header else str(j)
+                name = header[j] if header else str(j)
                 raise DataError(f"{path}: non-numeric value {c.strip()!r} in row {i + 1 + (header is not None)}, "
-                                f"column {col!r}; fastmlp needs numeric data") from None
-    if not need_target:
-        if target is not None:
-            data = np.delete(data, _column_index(path, target, header, width), axis=1)
+                                f"column {name!r}; fastmlp needs numeric features (a target column may hold "
+                                f"class names)") from None
+    if col is None:
         return data, None
-    col = _column_index(path, target, header, width) if target is not None else width - 1
-    if width < 2:
-        raise DataError(f"{path}: needs at least one feature column besides the target")
-    return np.delete(data, col, axis=1), data[:, col]
+    X = np.delete(data, col, axis=1)
+    if not need_target:
+        return X, None
+    return X, (labels if labels is not None else data[:, col])
 
 
 def _column_index(path: str, target: str, header: Optional[List[str]], width: int) -> int:
@@ -148,7 +165,7 @@ def _is_classification(y: np.ndarray, task: str) -> bool:
         return task == "classification"
     if y.ndim != 1:
         return False
-    if y.dtype.kind in "iub":
+    if y.dtype.kind in "iubUS":
         return True
     return bool(np.all(y == np.round(y)) and np.unique(y).size <= max(2, min(100, y.size // 5)))
 
@@ -241,6 +258,8 @@ def cmd_train(args, out) -> int:
     X, y, source = load_data(args.data, args.target)
     y = np.asarray(y)
     classification = _is_classification(y, args.task)
+    if not classification and y.dtype.kind in "US":
+        raise DataError(f"{source}: --task regression needs a numeric target; this one holds class names")
     n = X.shape[0]
     if classification:
         classes, y_enc = np.unique(y, return_inverse=True)

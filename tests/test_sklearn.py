@@ -74,6 +74,11 @@ def _logits(coefs, intercepts, activation, X):
     return h
 
 
+def _softmax(z):
+    e = np.exp(z - z.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
 def _weights(est):
     return [W.copy() for W in est.coefs_], [b.copy() for b in est.intercepts_]
 
@@ -439,6 +444,45 @@ def test_fitted_attributes(small_digits):
     assert [b.shape for b in est.intercepts_] == [(16,), (8,), (10,)]
     es = MLPClassifier((16,), early_stopping=True, max_iter=4, random_state=0).fit(X, y)
     assert len(es.validation_scores_) == es.n_iter_ and es.best_loss_ is None
+
+
+def test_coefs_and_intercepts_can_be_assigned_as_in_sklearn(small_digits):
+    X, y = small_digits
+    est = MLPClassifier((16, 8), max_iter=4, random_state=0).fit(X, y)
+    coefs, intercepts = _weights(est)
+    rng = np.random.default_rng(0)
+    new_coefs = [rng.normal(size=W.shape) for W in coefs]
+    new_intercepts = [rng.normal(size=b.shape) for b in intercepts]
+    est.coefs_, est.intercepts_ = new_coefs, new_intercepts
+    for got, want in zip(est.coefs_ + est.intercepts_, new_coefs + new_intercepts):
+        np.testing.assert_allclose(got, want, rtol=1e-6)  # stored as float32
+    np.testing.assert_allclose(est.predict_proba(X), _softmax(_logits(est.coefs_, est.intercepts_, "relu", X)),
+                               rtol=1e-4, atol=1e-6)
+    before = _weights(est)
+    with pytest.raises(ValueError, match=r"coefs_\[1\] has shape \(8, 16\); the layer needs \(16, 8\)"):
+        est.coefs_ = [new_coefs[0], new_coefs[1].T, new_coefs[2]]
+    with pytest.raises(ValueError, match="coefs_ needs 3 arrays"):
+        est.coefs_ = new_coefs[:2]
+    with pytest.raises(ValueError, match="NaN"):
+        est.intercepts_ = [b * np.nan for b in new_intercepts]
+    for got, want in zip(_weights(est)[0] + _weights(est)[1], before[0] + before[1]):
+        np.testing.assert_array_equal(got, want)  # a refused assignment changes nothing
+
+
+def test_multiclass_multioutput_targets_get_a_short_clear_error(small_digits):
+    X, y = small_digits
+    with pytest.raises(ValueError, match="multiclass-multioutput") as info:
+        MLPClassifier((8,), max_iter=2).fit(X, np.c_[y, y])
+    assert len(str(info.value)) < 300
+
+
+def test_regressor_with_one_output_predicts_1d_as_sklearn(small_digits):
+    X, y = small_digits
+    for target in (y.astype(float), y.astype(float)[:, None]):
+        est = MLPRegressor((8,), max_iter=3, random_state=0).fit(X, target)
+        assert est.predict(X[:5]).shape == (5,)
+    two = MLPRegressor((8,), max_iter=3, random_state=0).fit(X, np.c_[y, y].astype(float))
+    assert two.predict(X[:5]).shape == (5, 2)
 
 
 def test_string_labels_come_back_as_labels(small_digits):

@@ -416,12 +416,43 @@ class _BaseMLP(BaseEstimator):
         return [_arrays.host_copy(l.weight).T if _arrays.is_device(l.weight) else l.weight.T
                 for l in self.model_.layers if isinstance(l, nn.Dense)]
 
+    @coefs_.setter
+    def coefs_(self, values):
+        """Assign the weight matrices, (in, out) each as scikit-learn lays them out: copied into the
+        model's parameters (its shapes are fixed)."""
+        self._assign_layers(values, "coefs_", lambda l: l.weight, lambda l: (l.in_features, l.out_features), True)
+
     @property
     def intercepts_(self):
         check_is_fitted(self, "model_")
         return [_arrays.host_copy(l.bias) if l.bias_enabled and _arrays.is_device(l.bias) else
                 l.bias if l.bias_enabled else np.zeros(l.out_features, self.model_.dtype)
                 for l in self.model_.layers if isinstance(l, nn.Dense)]
+
+    @intercepts_.setter
+    def intercepts_(self, values):
+        self._assign_layers(values, "intercepts_", lambda l: l.bias, lambda l: (l.out_features,), False)
+
+    def _assign_layers(self, values, name, param, shape, transpose):
+        check_is_fitted(self, "model_")
+        dense = [l for l in self.model_.layers if isinstance(l, nn.Dense)]
+        values = list(values)
+        if len(values) != len(dense):
+            raise ValueError(f"{name} needs {len(dense)} arrays, one per layer; got {len(values)}")
+        checked = []
+        for i, (l, v) in enumerate(zip(dense, values)):
+            v = np.asarray(v, dtype=np.float64)
+            if v.shape != shape(l):
+                raise ValueError(f"{name}[{i}] has shape {v.shape}; the layer needs {shape(l)}")
+            if not np.all(np.isfinite(v)):
+                raise ValueError(f"{name}[{i}] contains NaN or infinity")
+            if not transpose and not l.bias_enabled:
+                if np.any(v != 0):
+                    raise ValueError(f"{name}[{i}]: layer {i} has no bias (batch norm follows it); only zeros fit")
+                continue
+            checked.append((param(l), v.T if transpose else v))
+        for dst, v in checked:  # all checked first: a bad array changes nothing
+            _arrays.assign(dst, np.ascontiguousarray(v, dtype=self.model_.dtype))
 
     def _validate_X(self, X):
         return validate_data(self, X, reset=False, dtype=(np.float64, np.float32))
@@ -502,6 +533,10 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
                                  f"call to fit. Previously got {self.classes_}, `y` has {labels}")
             return np.searchsorted(self.classes_, y).astype(np.int64), len(self.classes_), "cross_entropy"
         target_type = type_of_target(y, input_name="y")
+        if target_type == "multiclass-multioutput":
+            raise ValueError(f"y of shape {y.shape} holds several multi-class labels per row (multiclass-multioutput), "
+                             "which MLPClassifier does not support: give one label per row, or a 0/1 indicator "
+                             "matrix for multi-label targets")
         if target_type == "multilabel-indicator":
             self._multilabel = True
             self.classes_ = np.arange(y.shape[1])
@@ -614,7 +649,7 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
         check_is_fitted(self, "model_")
         X = self._validate_X(X)
         out = self.model_.predict(X).astype(np.float64)
-        return out.ravel() if self._y_1d else out
+        return out.ravel() if out.shape[1] == 1 else out  # one output: 1-D, as scikit-learn's
 
 
 class AutoencoderTransformer(TransformerMixin, _BaseMLP):

@@ -603,14 +603,43 @@ def test_fit_refuses_non_finite_data_before_changing_anything(where):
     assert len(trainer.history) == 0 and trainer.step == 0
 
 
-def test_fit_and_predict_refuse_sparse_matrices_by_name():
+@pytest.mark.parametrize("standardize", [False, True])
+@pytest.mark.parametrize("validation", [None, 0.2])
+def test_sparse_x_trains_as_its_dense_copy_without_densifying_it(standardize, validation):
+    """A scipy.sparse X (CSR, CSC or COO) trains from dense minibatches made as they are needed,
+    with the dense path's arithmetic: the same weights as X.toarray(), bit for bit, when X is not
+    standardised (the scaler's moments come from the stored values, so there to rounding)."""
+    sparse = pytest.importorskip("scipy.sparse")
+    rng = np.random.default_rng(3)
+    X = sparse.random(150, 40, density=0.1, format="csr", random_state=3, dtype=np.float64)
+    X.data[:5] = 0.0  # explicit zeros are values like any other
+    y = np.asarray(X @ rng.normal(size=(40, 3))).argmax(axis=1)
+    models = []
+    for data in (X, X.tocsc(), X.tocoo(), X.toarray()):
+        model = fastmlp.MLP([40, 16, 3], output="softmax", dropout=0.2, seed=0)
+        fastmlp.Trainer(model, epochs=3, batch_size=32, standardize=standardize, validation=validation,
+                        progress=False, seed=1).fit(data, y)
+        models.append(model)
+    for model in models[:3]:
+        if standardize:
+            np.testing.assert_allclose(model.parameters(), models[3].parameters(), rtol=1e-5, atol=1e-6)
+            for k, v in model.scaler.items():
+                np.testing.assert_allclose(v, models[3].scaler[k], rtol=1e-12)
+        else:
+            np.testing.assert_array_equal(model.parameters(), models[3].parameters())
+        # predictions from sparse rows, a chunk at a time, as from the dense copy
+        np.testing.assert_array_equal(model.predict_proba(X), model.predict_proba(X.toarray()))
+    bad = X.copy()
+    bad.data[7] = np.inf
+    with pytest.raises(ValueError, match=r"X contains NaN or infinity \(the first at index \("):
+        fastmlp.Trainer(models[0], epochs=1, progress=False).fit(bad, y)
+
+
+def test_sparse_targets_are_refused_by_name():
     sparse = pytest.importorskip("scipy.sparse")
     X, y = _data()
-    model = _model()
-    with pytest.raises(TypeError, match=r"X is a scipy.sparse csr_matrix .*X.toarray\(\)"):
-        fastmlp.Trainer(model, epochs=1, progress=False).fit(sparse.csr_matrix(X), y)
-    with pytest.raises(TypeError, match="X is a scipy.sparse"):
-        model.predict(sparse.csr_matrix(X))
+    with pytest.raises(TypeError, match=r"y is a scipy.sparse .*y.toarray\(\)"):
+        fastmlp.Trainer(_model(), epochs=1, progress=False).fit(X, sparse.csr_matrix(np.eye(3)[y]))
 
 
 def test_a_fit_that_diverges_in_its_first_epoch_keeps_the_models_scaler():

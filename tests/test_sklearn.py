@@ -30,11 +30,13 @@ from fastmlp.sklearn import AutoencoderTransformer, MLPClassifier, MLPRegressor 
 # Most fits below stop at max_iter on purpose (speed); the warning itself is tested separately.
 pytestmark = pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
 
-#: The one check the issue allows to fail, and why.
+#: The one check the issue allows to fail (on dense and on sparse data), and why.
+_WEIGHT_EQUIVALENCE = ("a minibatch trainer cannot meet it: weighting a row by 2 and repeating it give different "
+                       "batches; scikit-learn runs it on its own MLPs only with lbfgs (classifier) or tuned sgd "
+                       "(regressor)")
 EXPECTED_FAILED_CHECKS = {
-    "check_sample_weight_equivalence_on_dense_data":
-        "a minibatch trainer cannot meet it: weighting a row by 2 and repeating it give different batches; "
-        "scikit-learn runs it on its own MLPs only with lbfgs (classifier) or tuned sgd (regressor)",
+    "check_sample_weight_equivalence_on_dense_data": _WEIGHT_EQUIVALENCE,
+    "check_sample_weight_equivalence_on_sparse_data": _WEIGHT_EQUIVALENCE,
 }
 
 
@@ -483,6 +485,21 @@ def test_regressor_with_one_output_predicts_1d_as_sklearn(small_digits):
         assert est.predict(X[:5]).shape == (5,)
     two = MLPRegressor((8,), max_iter=3, random_state=0).fit(X, np.c_[y, y].astype(float))
     assert two.predict(X[:5]).shape == (5, 2)
+
+
+def test_sparse_x_is_taken_as_scikit_learn_takes_it(small_digits):
+    sparse = pytest.importorskip("scipy.sparse")
+    X, y = small_digits
+    X_sparse = sparse.csr_matrix(X)
+    for make, target in ((lambda: MLPClassifier((16,), max_iter=5, random_state=0), y),
+                         (lambda: MLPRegressor((16,), max_iter=5, random_state=0), y.astype(float))):
+        dense, from_csr, from_csc = make().fit(X, target), make().fit(X_sparse, target), make().fit(X_sparse.tocsc(), target)
+        for est in (from_csr, from_csc):
+            for W, W_dense in zip(est.coefs_, dense.coefs_):
+                np.testing.assert_array_equal(W, W_dense)
+            np.testing.assert_array_equal(est.predict(X_sparse), dense.predict(X))
+    with pytest.raises(TypeError, match="[Ss]parse"):
+        AutoencoderTransformer((8,), max_iter=2).fit(X_sparse)
 
 
 def test_string_labels_come_back_as_labels(small_digits):

@@ -30,20 +30,62 @@ def is_device(a) -> bool:
     return type(a) is not np.ndarray and hasattr(a, "__cuda_array_interface__")
 
 
-def dense_host(name: str, a) -> np.ndarray:
-    """``a`` as a NumPy array; a scipy.sparse matrix is refused by name (np.asarray would make it a
-    0-d object array, and the error would then be about its shape)."""
+def is_sparse(a) -> bool:
+    """A scipy.sparse matrix or array (scipy is not imported to find out)."""
+    return type(a).__module__.startswith("scipy.sparse")
+
+
+def dense_host(name: str, a, sparse_ok: bool = False):
+    """``a`` as a NumPy array, or as it is if it is a scipy.sparse matrix and ``sparse_ok``; a
+    sparse ``a`` is otherwise refused by name (np.asarray would make it a 0-d object array, and the
+    error would then be about its shape)."""
     if type(a) is np.ndarray:
         return a
-    if type(a).__module__.startswith("scipy.sparse"):
-        raise TypeError(f"{name} is a scipy.sparse {type(a).__name__} of shape {getattr(a, 'shape', '?')}; fastmlp "
-                        f"works on dense arrays: pass {name}.toarray()")
+    if is_sparse(a):
+        if sparse_ok:
+            return a
+        raise TypeError(f"{name} is a scipy.sparse {type(a).__name__} of shape {getattr(a, 'shape', '?')}; this "
+                        f"call needs a dense array: pass {name}.toarray()")
     return np.asarray(a)
 
 
-def check_finite(name: str, a: np.ndarray) -> None:
+class SparseRows:
+    """A scipy.sparse X whose rows are handed out dense, a slice or an index array at a time:
+    scaled by ``scaler`` and converted to ``dtype`` with the dense path's arithmetic, so that
+    training on X and on X.toarray() takes bitwise the same steps. X itself is never densified
+    whole: a minibatch or a prediction chunk at a time."""
+
+    ndim = 2
+
+    def __init__(self, matrix, dtype, scaler=None):
+        self.matrix = matrix.tocsr()  # row slicing and row gathers
+        self.shape = tuple(matrix.shape)
+        self.dtype = np.dtype(dtype)
+        self._scaler = scaler
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, rows) -> np.ndarray:
+        dense = self.matrix[rows].toarray()
+        if self._scaler is not None:
+            dense = (dense - self._scaler["x_mean"]) / self._scaler["x_scale"]
+        return np.ascontiguousarray(dense, dtype=self.dtype)
+
+
+def check_finite(name: str, a) -> None:
     """ValueError naming the first NaN or infinity in a floating-point ``a``. The test is a min and
-    a max (NaN and +-inf show in one or the other), so it needs no temporary the size of ``a``."""
+    a max (NaN and +-inf show in one or the other), so it needs no temporary the size of ``a``. A
+    sparse ``a`` is checked on its stored values."""
+    if is_sparse(a):
+        coo = a.tocoo()
+        bad = ~np.isfinite(coo.data) if coo.data.dtype.kind in "fc" else np.zeros(0, bool)
+        if bad.any():
+            k = int(np.argmax(bad))
+            raise ValueError(f"{name} contains NaN or infinity (the first at index ({int(coo.row[k])}, "
+                             f"{int(coo.col[k])}), value {coo.data[k]}); fastmlp needs finite data: drop or impute "
+                             f"those entries")
+        return
     if not (np.issubdtype(a.dtype, np.floating) or np.issubdtype(a.dtype, np.complexfloating)) or a.size == 0:
         return
     if np.isfinite(a.min()) and np.isfinite(a.max()) if not np.iscomplexobj(a) else np.isfinite(a).all():

@@ -900,17 +900,29 @@ class Sequential:
 
     # -- computation ----------------------------------------------------------------------------
 
-    def _as_input(self, X) -> np.ndarray:
+    def _as_input(self, X, sparse_ok: bool = False) -> np.ndarray:
         if self.device != "cpu":
+            if _arrays.is_sparse(X):
+                X = self._as_host_input(X)  # densified: device models take dense rows
             return self._as_device_input(X)
-        return self._as_host_input(X)
+        return self._as_host_input(X, sparse_ok)
 
-    def _as_host_input(self, X) -> np.ndarray:
-        """X checked and converted on the host: scaled, C-contiguous, the model's dtype."""
+    def _as_host_input(self, X, sparse_ok: bool = False) -> np.ndarray:
+        """X checked and converted on the host: scaled, C-contiguous, the model's dtype. A
+        scipy.sparse X becomes :class:`~fastmlp._arrays.SparseRows` (dense rows on demand) where
+        the caller takes them (``sparse_ok``: prediction chunks, training batches), else one dense
+        array."""
         if (type(X) is np.ndarray and X.dtype == self.dtype and X.ndim == 2 and X.shape[1] == self.in_features
                 and self.scaler is None and X.flags.c_contiguous):
             return X  # what the checks below would pass and leave as it is, for a few attribute reads
-        X = _arrays.dense_host("X", X)
+        if _arrays.is_sparse(X):
+            if len(X.shape) != 2 or X.shape[1] != self.in_features:
+                raise ValueError(f"X has shape {X.shape} but the model expects (samples, {self.in_features})")
+            if not np.issubdtype(X.dtype, np.number) or np.issubdtype(X.dtype, np.complexfloating):
+                raise TypeError(f"X must be numeric, got dtype {X.dtype}")
+            rows = _arrays.SparseRows(X, self.dtype, self.scaler)
+            return rows if sparse_ok else rows[:]
+        X = np.asarray(X)
         if X.ndim == 1 and self.in_features == 1:
             X = X.reshape(-1, 1)
         if X.ndim != 2:
@@ -1003,7 +1015,7 @@ class Sequential:
     def forward(self, X, training: bool = False, *, seed: int = 0, step: int = 0) -> np.ndarray:
         """The logits for X (rows, in_features). ``training=True`` applies dropout (streams from
         ``seed`` and ``step``) and batch statistics, and keeps what :meth:`backward` needs."""
-        x = self._as_input(X)
+        x = self._as_input(X, sparse_ok=not training)
         if not training:
             out = self._predict_chunks(x)
         else:
@@ -1144,7 +1156,7 @@ class Sequential:
     def _predict_chunks(self, x: np.ndarray) -> np.ndarray:
         rows = x.shape[0]
         if rows <= PREDICT_CHUNK_ROWS:
-            return self._forward(x, False)
+            return self._forward(x[:] if isinstance(x, _arrays.SparseRows) else x, False)
         out = _arrays.empty((rows, self.out_features), self.dtype, self.device)
         for start in range(0, rows, PREDICT_CHUNK_ROWS):
             stop = min(rows, start + PREDICT_CHUNK_ROWS)

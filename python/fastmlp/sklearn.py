@@ -155,6 +155,9 @@ class _BaseMLP(BaseEstimator):
     _output_kind = "identity"
     #: The attribute that holds the network object that files and pickles store.
     _network_attr = "model_"
+    #: scipy.sparse X, as scikit-learn's MLPs take it: trained from dense minibatches made as
+    #: needed, predicted a chunk of rows at a time (never densified whole).
+    _accept_sparse = ("csr", "csc")
 
     def __init__(self, hidden_layer_sizes=(100,), activation="relu", *, solver="adam", alpha=0.0001,
                  batch_size="auto", learning_rate="constant", learning_rate_init=0.001, power_t=0.5, max_iter=200,
@@ -455,12 +458,13 @@ class _BaseMLP(BaseEstimator):
             _arrays.assign(dst, np.ascontiguousarray(v, dtype=self.model_.dtype))
 
     def _validate_X(self, X):
-        return validate_data(self, X, reset=False, dtype=(np.float64, np.float32))
+        return validate_data(self, X, reset=False, accept_sparse=self._accept_sparse, dtype=(np.float64, np.float32))
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
         tags.non_deterministic = False
         tags.target_tags.multi_output = True
+        tags.input_tags.sparse = bool(self._accept_sparse)
         return tags
 
     # -- pickling: plain arrays and the model-file header ----------------------------------------
@@ -566,7 +570,8 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
     def _fit(self, X, y, sample_weight, incremental, classes=None):
         self._check_params()
         first_pass = self._first_pass(incremental)
-        X, y = validate_data(self, X, y, reset=first_pass, multi_output=True, dtype=(np.float64, np.float32))
+        X, y = validate_data(self, X, y, reset=first_pass, multi_output=True, accept_sparse=self._accept_sparse,
+                             dtype=(np.float64, np.float32))
         if y.ndim == 2 and y.shape[1] == 1:
             y = y.ravel()
         if sample_weight is not None:
@@ -627,6 +632,7 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
         self._check_params()
         first_pass = self._first_pass(incremental)
         X, y = validate_data(self, X, y, reset=first_pass, multi_output=True, y_numeric=True,
+                             accept_sparse=self._accept_sparse,
                              dtype=(np.float64, np.float32))
         if sample_weight is not None:
             sample_weight = _check_sample_weight(sample_weight, X, dtype=np.float64)
@@ -665,6 +671,7 @@ class AutoencoderTransformer(TransformerMixin, _BaseMLP):
 
     _output_kind = "identity"
     _network_attr = "autoencoder_"
+    _accept_sparse = False  # reconstructions compare with X itself: dense data
     # MLPRegressor settings that are not parameters here.
     learning_rate = "constant"
     power_t = 0.5

@@ -378,10 +378,12 @@ class Trainer:
         model = self.model
         if _arrays.is_device(X) and model.device != "cpu":
             return self._prepare_device(X, y)
-        X = _arrays.dense_host("X", X)
+        X = _arrays.dense_host("X", X, sparse_ok=True)
         if X.ndim != 2:
             raise ValueError(f"X must be 2-D (samples, features), got shape {X.shape}")
-        x = model._as_host_input(X)
+        # Sparse X: SparseRows for fit's batches and predictions (dense rows on demand); a CUDA
+        # model takes it dense.
+        x = model._as_host_input(X, sparse_ok=model.device == "cpu")
         target = _losses.prepare_target(self.loss, y, x.shape[0], model.out_features, model.dtype)
         if self.loss == "squared" and model.scaler is not None and "y_mean" in model.scaler:
             target = np.ascontiguousarray((target - model.scaler["y_mean"]) / model.scaler["y_scale"],
@@ -391,9 +393,20 @@ class Trainer:
         return x, target
 
     def _fit_scaler(self, X, y) -> None:
-        X = np.asarray(X, dtype=np.float64)
-        scale = X.std(axis=0)
-        scaler = {"x_mean": X.mean(axis=0), "x_scale": np.where(scale > 0, scale, 1.0)}
+        if _arrays.is_sparse(X):  # two-pass moments over the stored values; the zeros in closed form
+            csr = X.tocsr(copy=True).astype(np.float64)
+            csr.sum_duplicates()
+            n, cols = csr.shape
+            col = csr.indices
+            mean = np.bincount(col, weights=csr.data, minlength=cols) / n
+            squares = np.bincount(col, weights=(csr.data - mean[col]) ** 2, minlength=cols)
+            zeros = n - np.bincount(col, minlength=cols)
+            scale = np.sqrt((squares + zeros * mean ** 2) / n)
+            scaler = {"x_mean": mean, "x_scale": np.where(scale > 0, scale, 1.0)}
+        else:
+            X = np.asarray(X, dtype=np.float64)
+            scale = X.std(axis=0)
+            scaler = {"x_mean": X.mean(axis=0), "x_scale": np.where(scale > 0, scale, 1.0)}
         if self.loss == "squared":
             Y = np.asarray(y, dtype=np.float64).reshape(X.shape[0], -1)
             ys = Y.std(axis=0)
@@ -405,8 +418,8 @@ class Trainer:
             return X, y, None, None
         if isinstance(self.validation, tuple):
             Xv, yv = self.validation
-            return X, y, np.asarray(Xv), np.asarray(yv)
-        X, y = np.asarray(X), np.asarray(y)
+            return X, y, _arrays.dense_host("validation X", Xv, sparse_ok=True), np.asarray(yv)
+        X, y = _arrays.dense_host("X", X, sparse_ok=True), np.asarray(y)
         labels = y if self.loss == "cross_entropy" and y.ndim == 1 else None
         if X.shape[0] < 2:
             raise ValueError("a validation fraction needs at least 2 rows")
@@ -414,7 +427,7 @@ class Trainer:
         return X[tr], y[tr], X[va], y[va]
 
     def _split_weighted(self, X, y, weights):
-        X, y = np.asarray(X), np.asarray(y)
+        X, y = _arrays.dense_host("X", X, sparse_ok=True), np.asarray(y)
         labels = y if self.loss == "cross_entropy" and y.ndim == 1 else None
         tr, va = _stratified_split(X.shape[0], labels, self.validation, self.seed)
         return X[tr], y[tr], X[va], y[va], weights[tr]
@@ -496,7 +509,9 @@ class Trainer:
                 np.copyto(v, backup[k])
 
     def _gather(self, a: np.ndarray, idx: np.ndarray, name: str) -> np.ndarray:
-        """a[idx] into a reused buffer (no allocation per step)."""
+        """a[idx] into a reused buffer (no allocation per step; a new array for sparse rows)."""
+        if isinstance(a, _arrays.SparseRows):
+            return a[idx]
         shape = (idx.size,) + a.shape[1:]
         buf = self._batch_bufs.get(name)
         if buf is None or buf.shape != shape or buf.dtype != a.dtype:
@@ -513,6 +528,8 @@ class Trainer:
         with self._busy_guard("Trainer.train_step"):
             self._ensure_bound()
             x, t = self._prepare(X_batch, y_batch)
+            if isinstance(x, _arrays.SparseRows):
+                x = x[:]
             if self.model.device != "cpu":
                 return self._step_device(x, t)
             loss = self._step(x, t)
@@ -597,11 +614,14 @@ class Trainer:
         else:
             # Checked before anything changes: a NaN would otherwise surface as a non-finite loss
             # (a misleading message), after the scaler had been fitted to it.
-            X, y = _arrays.dense_host("X", X), _arrays.dense_host("y", y)
+            # A scipy.sparse X trains from dense minibatches made as they are needed (SparseRows).
+            X, y = _arrays.dense_host("X", X, sparse_ok=True), _arrays.dense_host("y", y)
+            X = X.tocsr() if _arrays.is_sparse(X) else X  # row indexing, for the validation split
             _arrays.check_finite("X", X)
             _arrays.check_finite("y", y)
             if isinstance(self.validation, tuple):
-                Xv, yv = (_arrays.dense_host(n, a) for n, a in zip(("validation X", "validation y"), self.validation))
+                Xv, yv = (_arrays.dense_host(n, a, sparse_ok=n == "validation X")
+                          for n, a in zip(("validation X", "validation y"), self.validation))
                 _arrays.check_finite("validation X", Xv)
                 _arrays.check_finite("validation y", yv)
         if X.ndim != 2 or X.shape[0] == 0:

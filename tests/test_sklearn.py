@@ -502,6 +502,47 @@ def test_sparse_x_is_taken_as_scikit_learn_takes_it(small_digits):
         AutoencoderTransformer((8,), max_iter=2).fit(X_sparse)
 
 
+def test_two_classes_train_one_logistic_output_as_in_sklearn(small_digits, tmp_path):
+    from sklearn.neural_network import MLPClassifier as SkMLPClassifier
+
+    X, y = small_digits
+    names = np.where(y >= 5, "high", "low")
+    ours = MLPClassifier((16,), max_iter=100, random_state=0).fit(X, names)
+    theirs = SkMLPClassifier((16,), max_iter=100, random_state=0).fit(X, names)
+    for attr in ("n_outputs_", "out_activation_", "n_layers_"):
+        assert getattr(ours, attr) == getattr(theirs, attr), attr
+    assert [W.shape for W in ours.coefs_] == [W.shape for W in theirs.coefs_] == [(64, 16), (16, 1)]
+    np.testing.assert_array_equal(ours.classes_, theirs.classes_)
+    # the probability of classes_[1] is the sigmoid of the one logit
+    p = 1.0 / (1.0 + np.exp(-_logits(ours.coefs_, ours.intercepts_, "relu", X)[:, 0]))
+    proba = ours.predict_proba(X)
+    np.testing.assert_allclose(proba[:, 1], p, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(proba.sum(axis=1), 1.0, rtol=0, atol=1e-12)
+    np.testing.assert_array_equal(ours.predict(X), ours.classes_[(proba[:, 1] > 0.5).astype(int)])
+    assert ours.score(X, names) >= theirs.score(X, names) - 0.02  # 0.973 and 0.973
+    # partial_fit with two classes and early stopping take the same route
+    pf = MLPClassifier((16,), random_state=0)
+    pf.partial_fit(X[:100], names[:100], classes=["high", "low"])
+    pf.partial_fit(X[100:], names[100:])
+    assert pf.n_outputs_ == 1 and pf.predict_proba(X).shape == (len(X), 2)
+    es = MLPClassifier((16,), max_iter=20, early_stopping=True, random_state=0).fit(X, names)
+    assert 0.5 < es.best_validation_score_ <= 1.0
+
+
+def test_a_two_class_file_from_before_logistic_outputs_still_loads(small_digits, tmp_path):
+    """Estimator files written when two classes trained a two-unit softmax load and predict."""
+    X, y = small_digits
+    names = np.where(y >= 5, "high", "low")
+    est = MLPClassifier((16,), max_iter=3, random_state=0).fit(X, names)
+    est.model_ = fastmlp.MLP([64, 16, 2], output="softmax", seed=3)  # what those fits built
+    est.out_activation_, est.n_outputs_ = "softmax", 2
+    est.save(tmp_path / "old.npz")
+    loaded = fastmlp.load(tmp_path / "old.npz")
+    assert loaded.model_.out_features == 2 and loaded.out_activation_ == "softmax"
+    np.testing.assert_array_equal(loaded.predict_proba(X), est.model_.predict_proba(X).astype(np.float64))
+    np.testing.assert_array_equal(loaded.predict(X), loaded.classes_[est.model_.predict(X)])
+
+
 def test_string_labels_come_back_as_labels(small_digits):
     X, y = small_digits
     names = np.array(["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"])

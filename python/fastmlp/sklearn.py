@@ -509,8 +509,9 @@ class _BaseMLP(BaseEstimator):
 class MLPClassifier(ClassifierMixin, _BaseMLP):
     """Multi-layer perceptron classifier on fastmlp's kernels (scikit-learn's parameters).
 
-    Binary and multi-class targets train a softmax output with cross-entropy; a 0/1 indicator
-    matrix trains a multi-label sigmoid output with binary cross-entropy.
+    As in scikit-learn, two classes train one logistic (sigmoid) output with binary cross-entropy,
+    more classes a softmax output with cross-entropy, and a 0/1 indicator matrix one sigmoid output
+    per label.
     """
 
     def _prepare_targets(self, y, first_pass: bool, incremental: bool, classes=None):
@@ -535,7 +536,7 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
             elif set(labels) != set(self.classes_):
                 raise ValueError("warm_start can only be used where `y` has the same classes as in the previous "
                                  f"call to fit. Previously got {self.classes_}, `y` has {labels}")
-            return np.searchsorted(self.classes_, y).astype(np.int64), len(self.classes_), "cross_entropy"
+            return self._encode_labels(y, self.model_.output == "sigmoid", self.model_.dtype)
         target_type = type_of_target(y, input_name="y")
         if target_type == "multiclass-multioutput":
             raise ValueError(f"y of shape {y.shape} holds several multi-class labels per row (multiclass-multioutput), "
@@ -555,17 +556,34 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
                 raise ValueError(f"`y` has classes not in `classes`: {unseen}")
         else:
             self.classes_ = unique_labels(y)
-        self.out_activation_ = "softmax"
-        return np.searchsorted(self.classes_, y).astype(np.int64), len(self.classes_), "cross_entropy"
+        binary = len(self.classes_) == 2
+        self.out_activation_ = "logistic" if binary else "softmax"
+        return self._encode_labels(y, binary, self.dtype)
+
+    def _encode_labels(self, y, binary: bool, dtype):
+        """Targets, output width and loss for single-label y: a (rows, 1) 0/1 column for two
+        classes (one logistic output), else class indices for a softmax output."""
+        index = np.searchsorted(self.classes_, y)
+        if binary:
+            return (index == 1).astype(dtype).reshape(-1, 1), 1, "binary_cross_entropy"
+        return index.astype(np.int64), len(self.classes_), "cross_entropy"
 
     @property
     def _output_kind(self):
-        return "sigmoid" if getattr(self, "_multilabel", False) else "softmax"
+        binary = len(getattr(self, "classes_", ())) == 2
+        return "sigmoid" if getattr(self, "_multilabel", False) or binary else "softmax"
+
+    @property
+    def _logistic(self) -> bool:
+        """Two classes on one sigmoid output (files written before that had a two-unit softmax)."""
+        return not self._multilabel and self.model_.output == "sigmoid"
 
     def _validation_score(self, X_val, t_val, sw_val) -> float:
-        pred = self.model_.predict(X_val)
-        return float(accuracy_score(np.asarray(t_val, dtype=np.int64), np.asarray(pred, dtype=np.int64),
-                                    sample_weight=sw_val))
+        pred = np.asarray(self.model_.predict(X_val), dtype=np.int64)
+        truth = np.asarray(t_val, dtype=np.int64)
+        if self._logistic:
+            pred, truth = pred.ravel(), truth.ravel()
+        return float(accuracy_score(truth, pred, sample_weight=sw_val))
 
     def _fit(self, X, y, sample_weight, incremental, classes=None):
         self._check_params()
@@ -594,7 +612,8 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
         """Class probabilities (softmax), or per-label probabilities for multi-label targets."""
         check_is_fitted(self, "model_")
         X = self._validate_X(X)
-        return self.model_.predict_proba(X).astype(np.float64)
+        p = self.model_.predict_proba(X).astype(np.float64)
+        return np.hstack([1.0 - p, p]) if self._logistic else p
 
     def predict_log_proba(self, X):
         with np.errstate(divide="ignore"):
@@ -607,7 +626,7 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
         out = self.model_.predict(X)
         if self._multilabel:
             return out
-        return self.classes_[out]
+        return self.classes_[out.ravel() if self._logistic else out]
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
@@ -971,17 +990,19 @@ def _estimator_from_parts(header, arrays):
             names = fitted.get("classes")
             require(isinstance(names, list) and all(isinstance(c, str) for c in names), "classes are malformed")
             classes = np.asarray(names)
-        require(classes.size == model.out_features, f"{classes.size} classes but the network has "
+        multilabel = bool(getattr(est, "_multilabel", False))
+        # Two classes: one logistic output, or (files from before it) a two-unit softmax.
+        logistic = not multilabel and classes.size == 2 and model.out_features == 1
+        require(classes.size == model.out_features or logistic, f"{classes.size} classes but the network has "
                 f"{model.out_features} outputs")
         require(classes.size < 2 or bool(np.all(classes[1:] > classes[:-1])), "classes must be sorted and unique")
-        multilabel = bool(getattr(est, "_multilabel", False))
-        require(model.output == ("sigmoid" if multilabel else "softmax"), f"the network's output {model.output!r} "
-                "does not fit the targets")
+        require(model.output == ("sigmoid" if multilabel or logistic else "softmax"), f"the network's output "
+                f"{model.output!r} does not fit the targets")
         require(not multilabel or np.array_equal(classes, np.arange(classes.size)),
                 "multi-label classes must be 0..n-1")
         est._multilabel = multilabel
         est.classes_ = classes
-        est.out_activation_ = "logistic" if multilabel else "softmax"
+        est.out_activation_ = "logistic" if multilabel or logistic else "softmax"
     est._optimizer = None
     est._epochs_run = est._steps_run = 0
     est._best_params = est._best_buffers = None

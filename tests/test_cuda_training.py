@@ -238,7 +238,7 @@ def test_cuda_fit_takes_device_arrays():
 def test_cuda_trainer_reads_the_device_loss_only_at_checks_and_rolls_back_on_non_finite():
     X, y = _digits(512)
     X = X.copy()
-    X[5 * 32 + 3, 0] = np.nan  # a row of the 6th batch (no shuffling): steps 6.. are not finite
+    X[5 * 32 + 3] = 3e38  # finite, so fit takes it; it overflows the 6th batch (no shuffling): steps 6.. are not finite
     model = fastmlp.MLP([64, 32, 10], output="softmax", seed=0, device="cuda")
     tr = Trainer(model, optimizer=SGD(0.1), batch_size=32, epochs=2, progress=False, check_every=4, shuffle=False)
     with pytest.raises(NonFiniteLossError, match=r"in steps 5\.\.8 \(first at step 6\)"):

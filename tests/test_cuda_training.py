@@ -249,6 +249,37 @@ def test_cuda_trainer_reads_the_device_loss_only_at_checks_and_rolls_back_on_non
 
 
 @needs_gpu
+@pytest.mark.parametrize("stop_at", [6, 8, 16])  # between checks, at a check, at an epoch's end
+def test_cuda_fit_stopped_by_a_callback_resumes_at_the_next_batch(stop_at):
+    """The device reads losses (and runs callbacks) every check_every steps; steps run past the
+    one whose callback stopped the fit are kept and recorded, so a resumed fit runs no batch
+    twice and ends where an uninterrupted one does."""
+    from fastmlp.train import Callback
+
+    class Stop(Callback):
+        def on_batch_end(self, trainer, step, loss):
+            if step == stop_at:
+                raise KeyboardInterrupt
+
+    X, y = _digits(512)
+
+    def trainer(callbacks=()):
+        model = fastmlp.MLP([64, 32, 10], output="softmax", dropout=0.1, seed=0, device="cuda")
+        return Trainer(model, optimizer=Adam(1e-3), batch_size=32, epochs=2, progress=False, check_every=4,
+                       callbacks=list(callbacks))
+
+    whole = trainer()
+    whole.fit(X, y)
+    stopped = trainer([Stop()])
+    with pytest.raises(KeyboardInterrupt):
+        stopped.fit(X, y)
+    stopped.callbacks = []
+    stopped.fit(X, y)
+    assert stopped.step == whole.step == 32
+    np.testing.assert_array_equal(stopped.model.parameters().to_numpy(), whole.model.parameters().to_numpy())
+
+
+@needs_gpu
 def test_cuda_train_step_returns_a_device_scalar():
     X, y = _digits(64)
     model = fastmlp.MLP([64, 16, 10], output="softmax", device="cuda")

@@ -96,7 +96,7 @@ def _assert_usable(trainer, tmp_path):
     history = trainer.fit(X, y)
     assert history.stop_reason == "completed" and trainer.epoch == trainer.epochs
     assert len(history) == trainer.epochs and history.epoch == list(range(1, trainer.epochs + 1))
-    assert trainer.step == steps_before + 10 * (trainer.epochs - epochs_before)
+    assert trainer.step == 10 * trainer.epochs  # an interrupted epoch resumes at its next batch: none twice
     assert trainer.optimizer.step_count == trainer.step
 
 
@@ -249,17 +249,56 @@ def test_interrupt_main_from_a_timer_thread_stops_within_one_step(monkeypatch, t
     _assert_usable(trainer, tmp_path)
 
 
-def test_interrupted_fit_restarts_the_interrupted_epoch_and_keeps_its_completed_steps():
-    """Documented behaviour: the completed steps of an interrupted epoch stay applied; the next
-    fit runs that epoch again from its first batch, with the step counter (and so the dropout
-    streams) continuing."""
+def test_interrupted_fit_resumes_the_epoch_at_its_next_batch_bitwise():
+    """The completed steps of an interrupted epoch stay applied; the next fit continues that
+    epoch at its next batch, so the run ends as one never interrupted: same steps, same weights,
+    same History."""
     X, y = _data()
+    whole = _trainer(_model(), epochs=2)
+    whole.fit(X, y)
     trainer = _trainer(_model(), [_RaiseAt(13)], epochs=2)
     with pytest.raises(KeyboardInterrupt):
         trainer.fit(X, y)
     trainer.callbacks = []
     trainer.fit(X, y)
-    assert trainer.epoch == 2 and trainer.step == 23 and trainer.optimizer.step_count == 23
+    assert trainer.epoch == 2 and trainer.step == 20 and trainer.optimizer.step_count == 20
+    _assert_state(trainer, _state(whole))
+    assert trainer.history.train_loss == whole.history.train_loss
+
+
+def test_weights_overflowed_by_an_epochs_last_update_stop_fit_and_roll_back():
+    """A loss is computed before its update, so the update of an epoch's last step can leave
+    non-finite weights behind finite losses: the epoch end catches it, without a validation set
+    and with one, and puts back the weights of the epoch's start."""
+    X, y = _data()
+    X = X * 1e4  # gradients of ~1e4: lr 1e37 takes the weights past float32's 3.4e38 in one update
+    for validation in (None, 0.25):
+        model = fastmlp.MLP([6, 8, 3], output="softmax", seed=0)
+        before = model.parameters().copy()
+        trainer = fastmlp.Trainer(model, optimizer=optim.SGD(1e37), batch_size=1000, epochs=3,
+                                  validation=validation, progress=False)
+        with np.errstate(all="ignore"), pytest.raises(fastmlp.NonFiniteLossError,
+                                                      match=r"update of step 1 .* made the weights non-finite"):
+            trainer.fit(X, y)
+        np.testing.assert_array_equal(model.parameters(), before)
+        assert trainer.step == 0 and len(trainer.history) == 0
+    # train_step cannot check every update (a pass over the weights per step); the next step's
+    # error says the weights were already broken
+    trainer = fastmlp.Trainer(fastmlp.MLP([6, 8, 3], output="softmax", seed=0), optimizer=optim.SGD(1e37),
+                              progress=False)
+    with np.errstate(all="ignore"):
+        trainer.train_step(X, y)
+        with pytest.raises(fastmlp.NonFiniteLossError, match="the previous step's update overflowed them"):
+            trainer.train_step(X, y)
+
+
+def test_fit_with_no_epochs_to_run_leaves_the_model_unchanged():
+    X, y = _data()
+    model = fastmlp.MLP([6, 8, 3], output="softmax", seed=0)
+    before = model.predict_proba(X)
+    history = fastmlp.Trainer(model, epochs=0, standardize=True, progress=False).fit(X, y)
+    assert len(history) == 0 and model.scaler is None
+    np.testing.assert_array_equal(model.predict_proba(X), before)
 
 
 # --- saves that fail part-way ------------------------------------------------------------------------------

@@ -436,6 +436,34 @@ class _CtrlC(Callback):
             os.kill(os.getpid(), signal.SIGINT)
 
 
+class _CheckpointAt(Callback):
+    def __init__(self, at_step, path):
+        self.at_step, self.path = at_step, path
+
+    def on_batch_end(self, trainer, step, loss):
+        if step == self.at_step:
+            trainer.save_checkpoint(self.path)
+            raise KeyboardInterrupt
+
+
+@pytest.mark.parametrize("at_step", [1, 15, 24])  # the first step, mid-epoch, an epoch's last step
+def test_a_checkpoint_saved_between_steps_resumes_mid_epoch_bitwise(tmp_path, at_step):
+    whole, X, y = _checkpoint_setup()
+    whole.fit(X, y)
+    path = tmp_path / "mid.ckpt"
+    first, _, _ = _checkpoint_setup(callbacks=[_CheckpointAt(at_step, path)])
+    with pytest.raises(KeyboardInterrupt):
+        first.fit(X, y)
+    resumed = fastmlp.Trainer.from_checkpoint(path)
+    assert resumed.step == at_step
+    history = resumed.fit(X, y)
+    assert resumed.step == whole.step  # no batch trained twice
+    np.testing.assert_array_equal(resumed.model.parameters(), whole.model.parameters())
+    for k, v in whole.optimizer.state.items():
+        np.testing.assert_array_equal(resumed.optimizer.state[k], v)
+    assert _history_rows(history) == _history_rows(whole.history)
+
+
 def test_ctrl_c_stops_after_the_current_step_and_reraises_keyboard_interrupt():
     X, y = _regression(n=200)
     recorder, reference = _Recorder(), _Recorder()

@@ -210,8 +210,11 @@ class DeviceLoop:
         self.take_snapshot()
         return losses
 
-    def run_epoch(self, epoch: int, order: Optional[np.ndarray], n_batches: int, sigint, lr: float):
-        """The batches of one epoch; returns (mean loss, batches run, seconds, interrupted)."""
+    def run_epoch(self, epoch: int, order: Optional[np.ndarray], n_batches: int, sigint, lr: float,
+                  start_batch: int = 0, total: float = 0.0):
+        """The batches start_batch.. of one epoch (those before were run by an earlier, stopped
+        fit, with loss sum ``total``); returns (loss sum, batches counted, interrupted), keeping
+        the trainer's partial-epoch record current at each check."""
         tr = self.trainer
         tr.optimizer.set_device_lr(lr)
         host_order = np.ascontiguousarray(order if order is not None else np.arange(self.n_rows), dtype=np.int64)
@@ -221,25 +224,26 @@ class DeviceLoop:
             self.host_order = host_order
         if self.snapshot is None:
             self.take_snapshot()
-        start = time.perf_counter()
-        total, batches = 0.0, 0
+        batches = start_batch
         bs = tr.batch_size
-        for b in range(n_batches):
+        for b in range(start_batch, n_batches):
             lo, hi = b * bs, min(self.n_rows, (b + 1) * bs)
             self.step(lo, hi)
             last = b == n_batches - 1
             if self.pending == self.every or last:
                 losses = self.check(epoch)
                 first_step = tr.step - len(losses) + 1
-                for i, loss in enumerate(losses):
+                for loss in losses:
                     total += loss
-                    batches += 1
+                batches += len(losses)
+                # Every step up to here is applied: recorded before a callback can stop the fit.
+                tr._partial_epoch = (batches, total, tr._partial_epoch[2])
+                for i, loss in enumerate(losses):
                     for cb in tr.callbacks:
                         cb.on_batch_end(tr, first_step + i, loss)
                 if sigint.requested and not last:
-                    return total / max(batches, 1), batches, time.perf_counter() - start, True
-        return total / max(batches, 1), batches, time.perf_counter() - start, False
-
+                    return total, batches, True
+        return total, batches, False
 
 
 def _pinned(shape, dtype):

@@ -273,10 +273,11 @@ class Trainer:
     A step is all or nothing: a KeyboardInterrupt (or any error) raised inside it by a callback,
     data hook or custom loss leaves the weights, batch-norm statistics and optimizer state as after
     the previous step. Afterwards ``Trainer.step == optimizer.step_count`` counts the completed
-    steps, the History holds the whole epochs, and ``fit`` again restarts the interrupted epoch
-    with the completed steps kept. A non-finite loss stops ``fit`` with
-    :class:`NonFiniteLossError`, naming the step, and puts back the weights of the start of that
-    epoch (the state the History's last row describes).
+    steps, the History holds the whole epochs, and ``fit`` again resumes the interrupted epoch at
+    its next batch (as does a checkpoint saved between steps): the same weights, bit for bit, as a
+    run never stopped. A non-finite loss, or weights made non-finite by an epoch's last update,
+    stop ``fit`` with :class:`NonFiniteLossError`, naming the step, and put back the weights of
+    the start of that epoch (the state the History's last row describes).
     """
 
     def __init__(self, model, *, loss: Optional[str] = None, optimizer: Optional[_optim.Optimizer] = None,
@@ -340,6 +341,9 @@ class Trainer:
         self._batch_bufs: Dict[str, np.ndarray] = {}
         self._buffer_backup: Optional[Dict[str, np.ndarray]] = None
         self._device_loop = None
+        # An epoch stopped part-way (Ctrl-C, a callback, a checkpoint taken between steps): its
+        # batches done, their loss sum and seconds. fit resumes it there; checkpoints keep it.
+        self._partial_epoch: Tuple[int, float, float] = (0, 0.0, 0.0)
 
     # -- data -------------------------------------------------------------------------------------
 
@@ -534,7 +538,14 @@ class Trainer:
                 return self._step_device(x, t)
             loss = self._step(x, t)
             if not math.isfinite(loss):
-                raise NonFiniteLossError(f"non-finite loss ({loss}) at step {self.step}; no update was applied")
+                # The weights are not checked after each update (a pass over all of them per step);
+                # here, on the failure path, they are, so the message can say which step broke them.
+                params = self.model.parameters()
+                earlier = params.size > 0 and not (np.isfinite(params.min()) and np.isfinite(params.max()))
+                raise NonFiniteLossError(
+                    f"non-finite loss ({loss}) at step {self.step}; no update was applied" +
+                    ("; the weights were already non-finite: the previous step's update overflowed them" if earlier
+                     else ""))
             return loss
 
     def _step_device(self, x, t):
@@ -641,7 +652,7 @@ class Trainer:
             Xtr, ytr, Xva, yva = self._split(X, y)
         resuming = self.epoch > 0 or self.step > 0
         scaler_before = model.scaler
-        if self.standardize and not resuming:
+        if self.standardize and not resuming and self.epoch < self.epochs:  # epochs=0 changes nothing
             self._fit_scaler(Xtr, ytr)
         try:
             return self._fit_prepared(Xtr, ytr, Xva, yva, weights)
@@ -723,41 +734,62 @@ class Trainer:
         opt.current_lr = lr
         n = x.shape[0]
         order = np.random.default_rng([self.seed, epoch]).permutation(n) if self.shuffle else None
+        b0, total, prior_seconds = self._partial_epoch  # resumed part-way: the same order, from batch b0
         if self._device_loop is not None:
-            train_loss, batches, seconds, interrupted = self._device_loop.run_epoch(epoch, order, n_batches, sigint, lr)
+            start = time.perf_counter()
+            try:
+                total, batches, interrupted = self._device_loop.run_epoch(epoch, order, n_batches, sigint, lr, b0, total)
+            finally:
+                self._partial_epoch = (self._partial_epoch[0], self._partial_epoch[1],
+                                       prior_seconds + time.perf_counter() - start)
             if interrupted:
                 self.history.stop_reason = "interrupted"
                 return "interrupted"
-            return self._end_epoch(epoch, lr, train_loss, seconds, n, xv, tv, sigint, bar)
-        # Snapshot for the NaN guard: the weights and optimizer state at the start of the epoch.
+            seconds = self._partial_epoch[2]
+            self._partial_epoch = (0, 0.0, 0.0)
+            return self._end_epoch(epoch, lr, total / max(batches, 1), seconds, n, xv, tv, sigint, bar)
+        # Snapshot for the NaN guard: the weights, optimizer state and progress at the start of
+        # the epoch (or of its resumed part).
         snapshot = (model.parameters().copy(), {k: v.copy() for k, v in opt.state.items()},
-                    {k: v.copy() for k, v in model.buffers().items()}, opt.step_count, self.step)
+                    {k: v.copy() for k, v in model.buffers().items()}, opt.step_count, self.step,
+                    self._partial_epoch)
         start = time.perf_counter()
-        total, batches = 0.0, 0
         bs = self.batch_size
         contiguous = order is None
-        for b in range(n_batches):
-            lo, hi = b * bs, min(n, (b + 1) * bs)
-            w = self._weights
-            if contiguous:
-                xb, tb, wb = x[lo:hi], t[lo:hi], (None if w is None else w[lo:hi])
-            else:
-                idx = order[lo:hi]
-                xb, tb = self._gather(x, idx, "x"), self._gather(t, idx, "t")
-                wb = None if w is None else w[idx]
-            with sigint.atomic():
-                loss = self._step(xb, tb, wb)
-            if not math.isfinite(loss):
-                return self._non_finite(loss, epoch, b, snapshot)
-            total += loss
-            batches += 1
-            for cb in self.callbacks:
-                cb.on_batch_end(self, self.step, loss)
-            if sigint.requested and b < n_batches - 1:
-                self.history.stop_reason = "interrupted"
-                return "interrupted"
-        seconds = time.perf_counter() - start
-        return self._end_epoch(epoch, lr, total / max(batches, 1), seconds, n, xv, tv, sigint, bar)
+        try:
+            for b in range(b0, n_batches):
+                lo, hi = b * bs, min(n, (b + 1) * bs)
+                w = self._weights
+                if contiguous:
+                    xb, tb, wb = x[lo:hi], t[lo:hi], (None if w is None else w[lo:hi])
+                else:
+                    idx = order[lo:hi]
+                    xb, tb = self._gather(x, idx, "x"), self._gather(t, idx, "t")
+                    wb = None if w is None else w[idx]
+                with sigint.atomic():  # a second Ctrl-C raises on leaving it: the step is recorded by then
+                    loss = self._step(xb, tb, wb)
+                    if math.isfinite(loss):
+                        total += loss
+                        self._partial_epoch = (b + 1, total, prior_seconds)
+                if not math.isfinite(loss):
+                    return self._non_finite(loss, epoch, b, snapshot)
+                for cb in self.callbacks:
+                    cb.on_batch_end(self, self.step, loss)
+                if sigint.requested and b < n_batches - 1:
+                    self.history.stop_reason = "interrupted"
+                    return "interrupted"
+            # Every loss was finite, but the last update can still have overflowed the weights
+            # (a loss is computed before its update): an epoch ends only with finite weights.
+            params = model.parameters()
+            if params.size and not (np.isfinite(params.min()) and np.isfinite(params.max())):
+                return self._non_finite(float("nan"), epoch, n_batches - 1, snapshot, weights=True)
+        finally:
+            done, done_total, _ = self._partial_epoch
+            if done > 0:
+                self._partial_epoch = (done, done_total, prior_seconds + time.perf_counter() - start)
+        seconds = self._partial_epoch[2]
+        self._partial_epoch = (0, 0.0, 0.0)
+        return self._end_epoch(epoch, lr, total / max(n_batches, 1), seconds, n, xv, tv, sigint, bar)
 
     def _end_epoch(self, epoch, lr, train_loss, seconds, n, xv, tv, sigint, bar) -> Optional[str]:
         """Validation, the History row, early stopping, progress and callbacks at an epoch's end."""
@@ -807,23 +839,29 @@ class Trainer:
         h = self.history
         return h.val_loss if any(not math.isnan(v) for v in h.val_loss) else h.train_loss
 
-    def _non_finite(self, loss, epoch, batch, snapshot) -> str:
+    def _non_finite(self, loss, epoch, batch, snapshot, weights: bool = False) -> str:
         model, opt = self.model, self.optimizer
         failed_step = self.step  # named in the message; the snapshot rewinds the counter
         # Weights whose loss is not finite are not good even when they are finite (overflowing
         # logits): go back to the start of the epoch, which matches the History's last record.
-        params, state, buffers, step_count, step = snapshot
+        params, state, buffers, step_count, step, partial = snapshot
         model.parameters()[...] = params
         for k, v in state.items():
             opt.state[k][...] = v
         for k, v in model.buffers().items():
             v[...] = buffers[k]
         opt.step_count, self.step = step_count, step
+        self._partial_epoch = partial
         self.history.stop_reason = "non_finite_loss"
+        what = (f"the update of step {failed_step} (batch {batch + 1}, the last of epoch {epoch + 1}) made the "
+                f"weights non-finite" if weights else
+                f"non-finite training loss ({loss}) at epoch {epoch + 1}, step {failed_step} (batch {batch + 1} of "
+                f"the epoch)")
+        good = (f"those of the start of epoch {epoch + 1}" if partial[0] == 0 else
+                f"those after batch {partial[0]} of epoch {epoch + 1}, where this fit resumed it")
         raise NonFiniteLossError(
-            f"non-finite training loss ({loss}) at epoch {epoch + 1}, step {failed_step} (batch {batch + 1} of the "
-            f"epoch); training stopped and the model keeps its last good weights, those of the start of epoch "
-            f"{epoch + 1}. Lower the learning rate, enable clip_norm, or standardize the inputs.")
+            f"{what}; training stopped and the model keeps its last good weights, {good}. Lower the learning "
+            f"rate, enable clip_norm, or standardize the inputs.")
 
     # -- checkpoints ------------------------------------------------------------------------------
 
@@ -855,6 +893,7 @@ class Trainer:
             arrays["validation.y"] = np.asarray(self.validation[1])
         ckpt = {"kind": "checkpoint", "model": header, "optimizer": opt_state, "settings": self.settings(),
                 "epoch": self.epoch, "step": self.step, "base_lr": self.base_lr,
+                "partial_epoch": list(self._partial_epoch),
                 "schedule": self.schedule.state_dict(), "history": self.history.as_dict(),
                 "best": {"loss": best["loss"], "epoch": best["epoch"], "bad_epochs": best["bad_epochs"],
                          "has_params": best["params"] is not None}}
@@ -883,6 +922,11 @@ class Trainer:
             trainer = cls(model, optimizer=optimizer, validation=validation,
                           schedule=_schedules.from_state(header["schedule"]), callbacks=callbacks, **s)
             trainer.epoch, trainer.step = int(header["epoch"]), int(header["step"])
+            partial = header.get("partial_epoch", [0, 0.0, 0.0])  # absent from older checkpoints
+            if not (isinstance(partial, list) and len(partial) == 3 and isinstance(partial[0], int)
+                    and 0 <= partial[0] and all(isinstance(v, (int, float)) for v in partial[1:])):
+                raise ModelFileError(f"{path}: malformed checkpoint (partial_epoch {partial!r})")
+            trainer._partial_epoch = (int(partial[0]), float(partial[1]), float(partial[2]))
             trainer.base_lr = None if header["base_lr"] is None else float(header["base_lr"])
             trainer.history = History.from_dict(header["history"])
             b = header["best"]

@@ -498,6 +498,8 @@ def test_sparse_x_is_taken_as_scikit_learn_takes_it(small_digits):
             for W, W_dense in zip(est.coefs_, dense.coefs_):
                 np.testing.assert_array_equal(W, W_dense)
             np.testing.assert_array_equal(est.predict(X_sparse), dense.predict(X))
+    auto = MLPClassifier((16,), max_iter=3, learning_rate_init="auto", random_state=0)
+    np.testing.assert_array_equal(auto.fit(X_sparse, y).coefs_[0], clone(auto).fit(X, y).coefs_[0])
     with pytest.raises(TypeError, match="[Ss]parse"):
         AutoencoderTransformer((8,), max_iter=2).fit(X_sparse)
 

@@ -964,7 +964,7 @@ def find_step_size(model, X, y, *, loss: Optional[str] = None, optimizer: Option
     if _prepared:
         x, t = X, y
     else:
-        x = model._as_input(X)
+        x = model._as_input(X, sparse_ok=True)  # sparse X: only the subset below is made dense
         t = _losses.prepare_target(loss, y, x.shape[0], model.out_features, model.dtype)
     n = x.shape[0]
     rng = np.random.default_rng([seed, 0xB077])

@@ -643,13 +643,27 @@ def test_find_step_size_lands_within_3x_of_the_best_step_size_of_a_fine_grid(see
     model = fastmlp.MLP(sizes, seed=0)
     start = model.parameters().copy()
     found, tried = fastmlp.find_step_size(model, X, y, loss="squared", optimizer=optim.SGD(), batch_size=32)
-    assert best / 3 <= found <= best * 3, f"found {found:.4g}, grid best {best:.4g}"
-    # it returns the step size whose short run lowered the loss most, and leaves the model alone
-    assert tried[found] == min(tried.values()) and len(tried) <= 20
+    searched = min(tried, key=tried.get)  # the step size whose short run lowered the loss most
+    assert best / 3 <= searched <= best * 3, f"searched {searched:.4g}, grid best {best:.4g}"
+    # it returns half of that (no momentum), and leaves the model alone
+    assert found == 0.5 * searched and len(tried) <= 20
     assert list(tried) == sorted(tried)
     np.testing.assert_array_equal(model.parameters(), start)
     again, _ = fastmlp.find_step_size(model, X, y, loss="squared", optimizer=optim.SGD(), batch_size=32)
     assert again == found  # seeded
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_lr_auto_with_momentum_trains_to_a_good_model(seed):
+    """The best short run's step size is near the edge of stability: SGD with momentum 0.9 at it
+    ended at chance accuracy on the digits for seeds 0 and 2 (0.11 and 0.16 after 10 epochs). The
+    search hands back half of it, times 1 - 0.9^8 for the momentum the 8-step trial built up."""
+    Xtr, ytr, Xte, yte = _digits_split(seed)
+    model = fastmlp.MLP([64, 128, 64, 10], output="softmax", seed=seed)
+    trainer = fastmlp.Trainer(model, optimizer=optim.SGD("auto", momentum=0.9, nesterov=True), batch_size=32,
+                              epochs=10, standardize=True, progress=False, seed=seed)
+    trainer.fit(Xtr, ytr)
+    assert np.mean(model.predict(Xte) == yte) > 0.95
 
 
 def test_find_step_size_works_with_adaptive_optimizers_and_batch_norm():
@@ -658,7 +672,7 @@ def test_find_step_size_works_with_adaptive_optimizers_and_batch_norm():
     model.scaler = {"x_mean": Xtr.mean(axis=0), "x_scale": np.where(Xtr.std(axis=0) > 0, Xtr.std(axis=0), 1.0)}
     buffers = {k: v.copy() for k, v in model.buffers().items()}
     lr, tried = fastmlp.find_step_size(model, Xtr, ytr, optimizer=optim.Adam(lr="auto"))
-    assert 1e-5 < lr < 10 and math.isfinite(tried[lr])
+    assert 1e-5 < lr < 10 and math.isfinite(tried[2 * lr])  # half the best trial (Adam: no momentum factor)
     for k, v in model.buffers().items():
         np.testing.assert_array_equal(v, buffers[k])
 

@@ -168,6 +168,26 @@ def test_sigmoid_output_trains_with_binary_cross_entropy_and_reconstructs_in_uni
         ae.fit(X, standardize=True)
 
 
+def test_binary_cross_entropy_refuses_targets_outside_the_unit_interval():
+    """Beyond [0, 1] the loss is unbounded below: it trained to -4,431 on raw 0-16 pixels."""
+    X, _ = fastmlp.datasets.load_digits()
+    with pytest.raises(ValueError, match=r"binary_cross_entropy targets must be in \[0, 1\].*\[0, 16\]"):
+        fastmlp.Autoencoder([64, 8], output="sigmoid").fit(X[:100], epochs=1, progress=False)
+    model = fastmlp.MLP([64, 16, 3], output="sigmoid")
+    with pytest.raises(ValueError, match="must be in \\[0, 1\\]"):
+        fastmlp.Trainer(model, epochs=1, progress=False).fit(X[:100] / 16, np.full((100, 3), -0.5))
+    fastmlp.Trainer(model, epochs=1, progress=False).fit(X[:100] / 16, np.full((100, 3), 0.25))  # probabilities
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("standardize, output", [(False, "identity"), (True, "identity"), (False, "sigmoid")])
+def test_reconstructions_come_back_in_the_models_dtype(dtype, standardize, output):
+    X, _ = _digits01(100)
+    ae = fastmlp.Autoencoder([64, 8], output=output, dtype=dtype).fit(X, epochs=1, standardize=standardize,
+                                                                       progress=False)
+    assert ae.reconstruct(X).dtype == ae.decode(ae.encode(X)).dtype == np.dtype(dtype)
+
+
 def test_two_wide_code_for_visualisation():
     X, y = _digits01(600)
     ae = fastmlp.Autoencoder([64, 32, 2], activation="tanh").fit(X, epochs=30, optimizer=optim.Adam(3e-3),

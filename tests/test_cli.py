@@ -236,10 +236,16 @@ def test_a_target_column_of_class_names(tmp_path, capsys):
     assert "0: setosa, 1: versicolor, 2: virginica" in text
     assert_cli_fails(["train", "--data", str(path), "--target", "species", "--task", "regression"], capsys,
                      "needs a numeric target", "class names")
-    # autoencode drops the named column without reading it as a number
+    # autoencode drops the named column without reading it as a number; without --target every
+    # column is a feature (its help says so)
     status, text = run(["autoencode", "--data", str(path), "--target", "species", "--code", "2"] + FAST)
     assert status == 0, capsys.readouterr().err
-    assert "120 rows" in text
+    assert "[3, 32, 2]" in text and "120 rows" in text
+    numeric = _write_csv(tmp_path / "numeric.csv", ["a", "b", "label"], [[v, 2 * v, v % 2] for v in range(20)])
+    status, text = run(["autoencode", "--data", str(numeric), "--code", "2"] + FAST)
+    assert status == 0 and "[3, 32, 2]" in text
+    status, text = run(["autoencode", "--data", str(numeric), "--target", "label", "--code", "2"] + FAST)
+    assert status == 0 and "[2, 32, 2]" in text
 
 
 def test_a_csv_that_is_not_utf8(tmp_path, capsys):

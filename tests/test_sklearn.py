@@ -596,6 +596,11 @@ def test_autoencoder_transformer_codes_reconstructions_and_per_layer_alpha(small
         AutoencoderTransformer((32, 2), alpha=(1e-4, 1e-4, 0.0)).fit(X)
     tied = AutoencoderTransformer((32, 2), tied=True, alpha=(1e-4, 0.0), max_iter=1, random_state=0).fit(X)
     assert tied.transform(X).shape == (len(X), 2)
+    # feature names: checked against the input as scikit-learn's transformers check them
+    names = [f"x{i}" for i in range(X.shape[1])]
+    assert list(ae.get_feature_names_out(names)) == ["autoencodertransformer0", "autoencodertransformer1"]
+    with pytest.raises(ValueError, match="input_features should have length equal to number of features"):
+        ae.get_feature_names_out(["a", "b"])
 
 
 # -- Pipeline, searches, pickling ---------------------------------------------------------------

@@ -61,18 +61,18 @@ def _load_csv(path: str, target: Optional[str], need_target: bool):
     for i, r in enumerate(rows):
         if len(r) != width:
             raise DataError(f"{path}: row {i + 1 + (header is not None)} has {len(r)} columns, expected {width}")
-    if need_target and width < 2:
-        raise DataError(f"{path}: needs at least one feature column besides the target")
     col = _column_index(path, target, header, width) if target is not None else width - 1 if need_target else None
+    if col is not None and width < 2:
+        raise DataError(f"{path}: needs at least one feature column besides the target")
     # A target column of words (class names such as "setosa") is kept as text: its classes are
     # numbered in sorted order, as numeric labels are.
     labels = None
-    if need_target and not all(numeric(r[col]) for r in rows):
+    if col is not None and not all(numeric(r[col]) for r in rows):
         labels = np.array([r[col].strip() for r in rows])
         if np.any(labels == ""):
             i = int(np.argmax(labels == ""))
             raise DataError(f"{path}: the target is empty in row {i + 1 + (header is not None)}")
-    skip = col if labels is not None or not need_target else None  # not parsed as a number
+    skip = col if labels is not None else None  # class names: not parsed as numbers
     data = np.empty((len(rows), width), dtype=np.float64)
     for i, r in enumerate(rows):
         for j, c in enumerate(r):
@@ -88,10 +88,7 @@ def _load_csv(path: str, target: Optional[str], need_target: bool):
                                 f"class names)") from None
     if col is None:
         return data, None
-    X = np.delete(data, col, axis=1)
-    if not need_target:
-        return X, None
-    return X, (labels if labels is not None else data[:, col])
+    return np.delete(data, col, axis=1), (labels if labels is not None else data[:, col])
 
 
 def _column_index(path: str, target: str, header: Optional[List[str]], width: int) -> int:
@@ -343,6 +340,8 @@ def cmd_autoencode(args, out) -> int:
 
         codes = ae.encode(X)
         fig, ax = plt.subplots(figsize=(6, 5))
+        if y is not None and y.dtype.kind in "US":  # class names: one colour each
+            y = np.unique(y, return_inverse=True)[1]
         sc = ax.scatter(codes[:, 0], codes[:, 1], c=y if y is not None else errors, s=6, cmap="tab10" if y is not None
                         else "viridis")
         fig.colorbar(sc, ax=ax, label="label" if y is not None else "reconstruction error")
@@ -370,9 +369,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="kernel threads (default: all available CPUs)")
     sub = parser.add_subparsers(dest="command")
 
-    def common(p, epochs, hidden, batch):
+    def common(p, epochs, hidden, batch, target_help):
         p.add_argument("--data", default=None, help="data file: .npz with X (and y) or .csv (default: bundled digits)")
-        p.add_argument("--target", default=None, help="CSV target column (name or index; default: the last column)")
+        p.add_argument("--target", default=None, help=target_help)
         p.add_argument("--hidden", type=_sizes, default=hidden, help="hidden layer widths, e.g. 128,64")
         p.add_argument("--activation", choices=["relu", "tanh", "sigmoid"], default="relu")
         p.add_argument("--epochs", type=_positive_int, default=epochs)
@@ -384,7 +383,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     t = sub.add_parser("train", help="train an MLP classifier or regressor (default command)")
-    common(t, 30, [128, 64], 32)
+    common(t, 30, [128, 64], 32, "CSV target column (name or index; default: the last column); a column of "
+                                 "class names means classification")
     t.add_argument("--optimizer", choices=["adam", "adamw", "sgd", "rmsprop", "adagrad"], default="adam")
     t.add_argument("--dropout", type=_fraction, default=0.1)
     t.add_argument("--batch-norm", action="store_true")
@@ -395,7 +395,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--task", choices=["auto", "classification", "regression"], default="auto")
 
     a = sub.add_parser("autoencode", help="train a denoising autoencoder and report outliers")
-    common(a, 30, [32], 32)
+    common(a, 30, [32], 32, "CSV label column (name or index) to leave out of the features; it colours the "
+                            "--plot (default: every column is a feature)")
     a.add_argument("--code", type=_positive_int, default=2, help="code width (2 for a plot)")
     a.add_argument("--noise", choices=["gaussian", "mask"], default="mask")
     a.add_argument("--level", type=_nonnegative_float, default=0.2,

@@ -67,7 +67,14 @@ def prepare_target(loss: str, y, rows: int, outputs: int, dtype) -> np.ndarray:
         raise ValueError(f"y has shape {y.shape} but the model has {outputs} outputs; expected ({rows}, {outputs})")
     if not np.issubdtype(y.dtype, np.number) and y.dtype != np.bool_:
         raise TypeError(f"y must be numeric, got dtype {y.dtype}")
-    return np.ascontiguousarray(y, dtype=dtype)
+    target = np.ascontiguousarray(y, dtype=dtype)
+    if loss == "binary_cross_entropy" and target.size:
+        lo, hi = target.min(), target.max()
+        if lo < 0 or hi > 1:  # the loss is unbounded below there: training would run to -inf
+            raise ValueError(f"binary_cross_entropy targets must be in [0, 1] (0/1 labels or probabilities); got "
+                             f"values in [{lo:g}, {hi:g}]. Scale the data to [0, 1], or use an identity output "
+                             f"with squared error")
+    return target
 
 
 def compute(loss: str, logits: np.ndarray, target: np.ndarray, out: Optional[np.ndarray] = None

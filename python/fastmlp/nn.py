@@ -1184,8 +1184,8 @@ class Sequential:
             return logits.argmax(axis=1)
         if self.output == "sigmoid":
             return (logits > 0).astype(np.int64)
-        if self.scaler is not None and "y_mean" in self.scaler:
-            return logits * self.scaler["y_scale"] + self.scaler["y_mean"]
+        if self.scaler is not None and "y_mean" in self.scaler:  # in float64, then the model's dtype
+            return (logits * self.scaler["y_scale"] + self.scaler["y_mean"]).astype(self.dtype, copy=False)
         return logits
 
     # -- description ----------------------------------------------------------------------------

@@ -803,7 +803,17 @@ class AutoencoderTransformer(TransformerMixin, _BaseMLP):
         return self.autoencoder_.reconstruction_error(X)
 
     def get_feature_names_out(self, input_features=None):
+        """The codes' names, ``autoencodertransformer0..``; ``input_features`` is checked as
+        scikit-learn's transformers check it (its length, and the names seen in fit)."""
         check_is_fitted(self, "autoencoder_")
+        if input_features is not None:
+            names = np.asarray(input_features, dtype=object)
+            if names.ndim != 1 or len(names) != self.n_features_in_:
+                raise ValueError(f"input_features should have length equal to number of features "
+                                 f"({self.n_features_in_}), got {len(names) if names.ndim == 1 else names.shape}")
+            seen = getattr(self, "feature_names_in_", None)
+            if seen is not None and not np.array_equal(seen, names):
+                raise ValueError("input_features is not equal to feature_names_in_")
         return np.asarray([f"autoencodertransformer{i}" for i in range(self.n_features_out_)], dtype=object)
 
     def __sklearn_tags__(self):

@@ -248,6 +248,21 @@ def test_a_target_column_of_class_names(tmp_path, capsys):
     assert status == 0 and "[2, 32, 2]" in text
 
 
+def test_a_csv_without_header_whose_last_column_holds_class_names(tmp_path, capsys):
+    """UCI's iris.data: no header, class names in the last column. A word above words is data, so
+    the first row is not taken for a header."""
+    rng = np.random.default_rng(1)
+    X = rng.normal(size=(60, 4))
+    names = np.array(["Iris-setosa", "Iris-versicolor", "Iris-virginica"])[np.argmax(X[:, :3], axis=1)]
+    path = tmp_path / "iris.data.csv"
+    with open(path, "w") as f:
+        for name, row in zip(names, X):
+            f.write(",".join(f"{v:.4f}" for v in row) + f",{name}\n")
+    status, text = run(["train", "--data", str(path), "--test-fraction", "0.5"] + FAST)
+    assert status == 0, capsys.readouterr().err
+    assert "30 training rows, 30 test rows" in text
+
+
 def test_a_csv_that_is_not_utf8(tmp_path, capsys):
     path = tmp_path / "latin1.csv"
     path.write_bytes("a,b,label\n1,2,0\n3,4,1\n5,6,caf\u00e9\n".encode("latin-1"))

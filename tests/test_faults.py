@@ -266,6 +266,58 @@ def test_interrupted_fit_resumes_the_epoch_at_its_next_batch_bitwise():
     assert trainer.history.train_loss == whole.history.train_loss
 
 
+def test_an_interrupt_in_the_end_of_epoch_validation_keeps_the_epochs_batches(monkeypatch):
+    """A Ctrl-C (or an error) in the validation pass, after the epoch's last step and before its
+    History row: the next fit validates and records that epoch, without training it again."""
+    X, y = _data()
+    whole = fastmlp.Trainer(_model(), optimizer=optim.Adam(1e-2), batch_size=20, epochs=2, validation=0.2,
+                            progress=False)
+    whole.fit(X, y)
+    trainer = fastmlp.Trainer(_model(), optimizer=optim.Adam(1e-2), batch_size=20, epochs=2, validation=0.2,
+                              progress=False)
+    original, calls = trainer._evaluate_prepared, []
+
+    def interrupted_once(*args):
+        calls.append(1)
+        if len(calls) == 1:
+            raise KeyboardInterrupt
+        return original(*args)
+
+    monkeypatch.setattr(trainer, "_evaluate_prepared", interrupted_once)
+    with pytest.raises(KeyboardInterrupt):
+        trainer.fit(X, y)
+    assert trainer.step == 8 and trainer.epoch == 0 and len(trainer.history) == 0
+    trainer.fit(X, y)
+    assert trainer.step == whole.step == 16
+    _assert_state(trainer, _state(whole))
+    assert trainer.history.val_loss == whole.history.val_loss
+
+
+def test_an_unfinished_epoch_is_not_continued_on_other_data():
+    X, y = _data()
+    trainer = _trainer(_model(), [_RaiseAt(7)], epochs=1)
+    with pytest.raises(KeyboardInterrupt):
+        trainer.fit(X, y)
+    trainer.callbacks = []
+    with pytest.warns(RuntimeWarning, match="stopped after 7 batches of 200 rows .* this fit has 60 rows"):
+        history = trainer.fit(X[:60], y[:60])
+    assert trainer.step == 7 + 3 and len(history) == 1  # the epoch ran over again on the 60 rows
+
+
+def test_a_refused_fit_leaves_the_scaler_as_it_was():
+    X, y = _data()
+    model = fastmlp.MLP([6, 8, 3], output="sigmoid", seed=0)
+    before = model.predict_proba(X)
+    with pytest.raises(ValueError, match="must be in \\[0, 1\\]"):  # refused after the scaler was fitted
+        fastmlp.Trainer(model, epochs=1, standardize=True, progress=False).fit(X, np.full((200, 3), 2.0))
+    assert model.scaler is None
+    np.testing.assert_array_equal(model.predict_proba(X), before)
+    with pytest.raises(ValueError, match="X has 7 features but the model expects 6"):
+        fastmlp.Trainer(model, epochs=1, standardize=True, progress=False).fit(np.c_[X, X[:, :1]],
+                                                                               np.full((200, 3), 0.5))
+    assert model.scaler is None
+
+
 def test_weights_overflowed_by_an_epochs_last_update_stop_fit_and_roll_back():
     """A loss is computed before its update, so the update of an epoch's last step can leave
     non-finite weights behind finite losses: the epoch end catches it, without a validation set

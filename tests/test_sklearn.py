@@ -531,6 +531,23 @@ def test_two_classes_train_one_logistic_output_as_in_sklearn(small_digits, tmp_p
     assert 0.5 < es.best_validation_score_ <= 1.0
 
 
+def test_early_stopping_stratifies_two_classes_too(monkeypatch, small_digits):
+    import sklearn.model_selection
+
+    X, y = small_digits
+    seen = []
+    original = sklearn.model_selection.train_test_split
+
+    def spy(*arrays, **kw):
+        seen.append(kw.get("stratify"))
+        return original(*arrays, **kw)
+
+    monkeypatch.setattr(sklearn.model_selection, "train_test_split", spy)
+    rare = np.where(y == 0, "zero", "other")  # ~10% positives
+    MLPClassifier((8,), max_iter=2, early_stopping=True, random_state=0).fit(X, rare)
+    assert seen[-1] is not None and set(np.unique(seen[-1])) == {0.0, 1.0}
+
+
 def test_a_two_class_file_from_before_logistic_outputs_still_loads(small_digits, tmp_path):
     """Estimator files written when two classes trained a two-unit softmax load and predict."""
     X, y = small_digits

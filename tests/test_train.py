@@ -525,14 +525,27 @@ def test_standardize_stores_the_training_statistics_and_predict_undoes_them():
     np.testing.assert_allclose(s["x_scale"], Xtr.std(axis=0), rtol=1e-12)
     np.testing.assert_allclose(s["y_mean"], ytr.mean(axis=0), rtol=1e-12)
     np.testing.assert_allclose(s["y_scale"], ytr.std(axis=0), rtol=1e-12)
-    pred = model.predict(X)  # undone in float64, returned in the model's dtype
-    assert pred.dtype == model.dtype
-    np.testing.assert_array_equal(pred, (model.forward(X) * s["y_scale"] + s["y_mean"]).astype(model.dtype))
+    pred = model.predict(X)  # undone in float64
+    np.testing.assert_allclose(pred, model.forward(X) * s["y_scale"] + s["y_mean"], rtol=1e-12)
     assert np.abs(pred - y).mean(axis=0)[0] < 5 and np.abs(model.forward(X)).max() < 10
     # forward applies the input scaling itself: the same as a model fed standardised rows
     plain = fastmlp.MLP([3, 16, 2])
     plain.parameters()[...] = model.parameters()
     np.testing.assert_allclose(model.forward(X), plain.forward((X - s["x_mean"]) / s["x_scale"]), rtol=1e-6)
+
+
+@pytest.mark.parametrize("offset", [1e7, 1e8])
+def test_standardised_regression_keeps_a_large_target_offset(offset):
+    """y = offset + a linear function of X: standardised in float64 before the cast to float32, and
+    predictions un-standardised in float64 (in float32 an offset of 1e7 left 16 distinct values)."""
+    rng = np.random.default_rng(1)
+    X = rng.normal(size=(2000, 5))
+    y = offset + X @ rng.normal(size=5)
+    model = fastmlp.MLP([5, 32, 1], seed=0)
+    fastmlp.Trainer(model, optimizer=optim.Adam(1e-2), epochs=20, standardize=True, progress=False).fit(X, y)
+    pred = model.predict(X)[:, 0]
+    assert np.unique(pred).size > 1900
+    assert 1 - np.mean((pred - y) ** 2) / np.var(y) > 0.98
 
 
 def test_standardize_for_classification_scales_inputs_only():

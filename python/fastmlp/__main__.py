@@ -52,8 +52,13 @@ def _load_csv(path: str, target: Optional[str], need_target: bool):
         except ValueError:
             return False
 
+    # The first row is a header when it has a word above a column of numbers (the rows below,
+    # the first thousand looked at). A word above words is data: a header-less file whose target
+    # column holds class names (5.1,3.5,1.4,0.2,Iris-setosa) keeps its first row.
     header = None
-    if not all(numeric(c) for c in rows[0]):
+    words = [j for j, c in enumerate(rows[0]) if not numeric(c)]
+    below = rows[1:1001]
+    if words and (not below or any(all(j < len(r) and numeric(r[j]) for r in below) for j in words)):
         header, rows = [c.strip() for c in rows[0]], rows[1:]
     if not rows:
         raise DataError(f"{path}: the CSV file has a header but no data rows")

@@ -78,8 +78,12 @@ def check_finite(name: str, a) -> None:
     a max (NaN and +-inf show in one or the other), so it needs no temporary the size of ``a``. A
     sparse ``a`` is checked on its stored values."""
     if is_sparse(a):
-        coo = a.tocoo()
-        bad = ~np.isfinite(coo.data) if coo.data.dtype.kind in "fc" else np.zeros(0, bool)
+        a = a if getattr(a, "format", None) in ("csr", "csc", "coo") else a.tocsr()  # .data: the stored values
+        data = a.data
+        if data.dtype.kind not in "fc" or data.size == 0 or (np.isfinite(data.min()) and np.isfinite(data.max())):
+            return
+        coo = a.tocoo()  # only to name the position
+        bad = ~np.isfinite(coo.data)
         if bad.any():
             k = int(np.argmax(bad))
             raise ValueError(f"{name} contains NaN or infinity (the first at index ({int(coo.row[k])}, "

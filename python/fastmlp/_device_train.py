@@ -237,7 +237,7 @@ class DeviceLoop:
                     total += loss
                 batches += len(losses)
                 # Every step up to here is applied: recorded before a callback can stop the fit.
-                tr._partial_epoch = (batches, total, tr._partial_epoch[2])
+                tr._partial_epoch = (batches, total, tr._partial_epoch[2], self.n_rows, bs)
                 for i, loss in enumerate(losses):
                     for cb in tr.callbacks:
                         cb.on_batch_end(tr, first_step + i, loss)

@@ -152,8 +152,8 @@ class Autoencoder:
         if self.output == "sigmoid":
             return nn._losses.probabilities("sigmoid", logits)
         scaler = self.model.scaler
-        if scaler is not None:  # in float64, then the model's dtype, as without a scaler
-            return (logits * scaler["x_scale"] + scaler["x_mean"]).astype(self.model.dtype, copy=False)
+        if scaler is not None:  # float64: data with a large offset keeps its variation
+            return logits * scaler["x_scale"] + scaler["x_mean"]
         return logits
 
     def decode(self, codes) -> np.ndarray:

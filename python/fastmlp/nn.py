@@ -1175,7 +1175,7 @@ class Sequential:
         return _losses.probabilities(self.output, logits.to_numpy() if _arrays.is_device(logits) else logits)
 
     def predict(self, X) -> np.ndarray:
-        """Outputs (identity, un-standardised if the Trainer standardised y), class indices
+        """Outputs (identity; un-standardised in float64 if the Trainer standardised y), class indices
         (softmax) or a 0/1 matrix at probability 0.5 (sigmoid)."""
         logits = self.forward(X)
         if _arrays.is_device(logits):
@@ -1184,8 +1184,9 @@ class Sequential:
             return logits.argmax(axis=1)
         if self.output == "sigmoid":
             return (logits > 0).astype(np.int64)
-        if self.scaler is not None and "y_mean" in self.scaler:  # in float64, then the model's dtype
-            return (logits * self.scaler["y_scale"] + self.scaler["y_mean"]).astype(self.dtype, copy=False)
+        if self.scaler is not None and "y_mean" in self.scaler:
+            # float64: in float32 a target offset of 1e7 would leave 16 distinct predictions
+            return logits * self.scaler["y_scale"] + self.scaler["y_mean"]
         return logits
 
     # -- description ----------------------------------------------------------------------------
@@ -1268,7 +1269,8 @@ class MLP(Sequential):
 
     def config(self) -> dict:
         cfg = super().config()
-        cfg.update(kind="MLP", sizes=self.sizes, activation=self.activation, dropout=self.dropout,
+        activation = list(self.activation) if isinstance(self.activation, list) else self.activation
+        cfg.update(kind="MLP", sizes=list(self.sizes), activation=activation, dropout=list(self.dropout),
                    input_dropout=self.input_dropout, batch_norm=self.batch_norm)
         return cfg
 

@@ -356,7 +356,8 @@ class _BaseMLP(BaseEstimator):
             from sklearn.model_selection import train_test_split
 
             # Stratified for single-label classification, as scikit-learn does.
-            stratify = t if loss == "cross_entropy" else None
+            stratify = t if loss == "cross_entropy" else \
+                t[:, 0] if loss == "binary_cross_entropy" and t.shape[1] == 1 else None  # two classes
             sw = sample_weight if sample_weight is not None else np.ones(X.shape[0])
             X_tr, X_val, t_tr, t_val, sw_tr, sw_val = train_test_split(
                 X, t, sw, random_state=self._seed, test_size=self.validation_fraction, stratify=stratify)

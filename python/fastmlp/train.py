@@ -13,6 +13,7 @@ import math
 import signal
 import threading
 import time
+import warnings
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
@@ -25,6 +26,10 @@ from .io import ModelFileError, read_file, write_file
 from .nn import training_guard
 
 __all__ = ["Callback", "History", "NonFiniteLossError", "Trainer", "find_step_size"]
+
+
+#: No unfinished epoch: (batches done, their loss sum, their seconds, rows, batch size).
+_NO_PARTIAL_EPOCH = (0, 0.0, 0.0, None, None)
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -343,7 +348,8 @@ class Trainer:
         self._device_loop = None
         # An epoch stopped part-way (Ctrl-C, a callback, a checkpoint taken between steps): its
         # batches done, their loss sum and seconds. fit resumes it there; checkpoints keep it.
-        self._partial_epoch: Tuple[int, float, float] = (0, 0.0, 0.0)
+        # Also the rows and batch size it ran on: a fit on other data does not continue it.
+        self._partial_epoch: Tuple = _NO_PARTIAL_EPOCH
 
     # -- data -------------------------------------------------------------------------------------
 
@@ -388,8 +394,12 @@ class Trainer:
         # Sparse X: SparseRows for fit's batches and predictions (dense rows on demand); a CUDA
         # model takes it dense.
         x = model._as_host_input(X, sparse_ok=model.device == "cpu")
-        target = _losses.prepare_target(self.loss, y, x.shape[0], model.out_features, model.dtype)
-        if self.loss == "squared" and model.scaler is not None and "y_mean" in model.scaler:
+        scaled_y = self.loss == "squared" and model.scaler is not None and "y_mean" in model.scaler
+        # Standardised in float64, then cast: a float32 y with a large offset (1e8) would lose its
+        # variation before the offset is taken off.
+        target = _losses.prepare_target(self.loss, y, x.shape[0], model.out_features,
+                                        np.float64 if scaled_y else model.dtype)
+        if scaled_y:
             target = np.ascontiguousarray((target - model.scaler["y_mean"]) / model.scaler["y_scale"],
                                           dtype=model.dtype)
         if upload and model.device != "cpu":
@@ -656,8 +666,9 @@ class Trainer:
             self._fit_scaler(Xtr, ytr)
         try:
             return self._fit_prepared(Xtr, ytr, Xva, yva, weights)
-        except NonFiniteLossError:
-            # Rolled back to the weights this fit started from: they go with the scaler they had.
+        except BaseException:
+            # Refused data (a check after the scaler was fitted), or rolled back to the weights this
+            # fit started from: no step is applied, so the model keeps the scaler they went with.
             if self.epoch == 0 and self.step == 0:
                 model.scaler = scaler_before
             raise
@@ -734,27 +745,35 @@ class Trainer:
         opt.current_lr = lr
         n = x.shape[0]
         order = np.random.default_rng([self.seed, epoch]).permutation(n) if self.shuffle else None
-        b0, total, prior_seconds = self._partial_epoch  # resumed part-way: the same order, from batch b0
+        bs = self.batch_size
+        # Resumed part-way: the same order, from batch b0. An unfinished epoch of other data (rows
+        # or batch size changed) is not continued on these: its steps stay applied, the epoch
+        # starts over.
+        b0, total, prior_seconds, rows, batch = self._partial_epoch
+        if b0 and rows is not None and (rows, batch) != (n, bs):
+            warnings.warn(f"epoch {epoch + 1} was stopped after {b0} batches of {rows} rows in batches of {batch}; "
+                          f"this fit has {n} rows in batches of {bs}, so the epoch starts over on them",
+                          RuntimeWarning, stacklevel=5)
+            b0, total, prior_seconds = 0, 0.0, 0.0
+            self._partial_epoch = _NO_PARTIAL_EPOCH
         if self._device_loop is not None:
             start = time.perf_counter()
             try:
                 total, batches, interrupted = self._device_loop.run_epoch(epoch, order, n_batches, sigint, lr, b0, total)
             finally:
-                self._partial_epoch = (self._partial_epoch[0], self._partial_epoch[1],
-                                       prior_seconds + time.perf_counter() - start)
+                p = self._partial_epoch
+                if p[0] > 0:
+                    self._partial_epoch = (p[0], p[1], prior_seconds + time.perf_counter() - start, n, bs)
             if interrupted:
                 self.history.stop_reason = "interrupted"
                 return "interrupted"
-            seconds = self._partial_epoch[2]
-            self._partial_epoch = (0, 0.0, 0.0)
-            return self._end_epoch(epoch, lr, total / max(batches, 1), seconds, n, xv, tv, sigint, bar)
+            return self._end_epoch(epoch, lr, total / max(batches, 1), self._partial_epoch[2], n, xv, tv, sigint, bar)
         # Snapshot for the NaN guard: the weights, optimizer state and progress at the start of
         # the epoch (or of its resumed part).
         snapshot = (model.parameters().copy(), {k: v.copy() for k, v in opt.state.items()},
                     {k: v.copy() for k, v in model.buffers().items()}, opt.step_count, self.step,
                     self._partial_epoch)
         start = time.perf_counter()
-        bs = self.batch_size
         contiguous = order is None
         try:
             for b in range(b0, n_batches):
@@ -770,7 +789,7 @@ class Trainer:
                     loss = self._step(xb, tb, wb)
                     if math.isfinite(loss):
                         total += loss
-                        self._partial_epoch = (b + 1, total, prior_seconds)
+                        self._partial_epoch = (b + 1, total, prior_seconds, n, bs)
                 if not math.isfinite(loss):
                     return self._non_finite(loss, epoch, b, snapshot)
                 for cb in self.callbacks:
@@ -784,12 +803,12 @@ class Trainer:
             if params.size and not (np.isfinite(params.min()) and np.isfinite(params.max())):
                 return self._non_finite(float("nan"), epoch, n_batches - 1, snapshot, weights=True)
         finally:
-            done, done_total, _ = self._partial_epoch
-            if done > 0:
-                self._partial_epoch = (done, done_total, prior_seconds + time.perf_counter() - start)
-        seconds = self._partial_epoch[2]
-        self._partial_epoch = (0, 0.0, 0.0)
-        return self._end_epoch(epoch, lr, total / max(n_batches, 1), seconds, n, xv, tv, sigint, bar)
+            p = self._partial_epoch
+            if p[0] > 0:
+                self._partial_epoch = (p[0], p[1], prior_seconds + time.perf_counter() - start, n, bs)
+        # The record stays until _record_epoch writes the History row: a Ctrl-C or an error in the
+        # validation pass leaves the epoch's batches done, and the next fit only finishes it.
+        return self._end_epoch(epoch, lr, total / max(n_batches, 1), self._partial_epoch[2], n, xv, tv, sigint, bar)
 
     def _end_epoch(self, epoch, lr, train_loss, seconds, n, xv, tv, sigint, bar) -> Optional[str]:
         """Validation, the History row, early stopping, progress and callbacks at an epoch's end."""
@@ -818,6 +837,7 @@ class Trainer:
         model = self.model
         self.history.append(**row)
         self.epoch += 1
+        self._partial_epoch = _NO_PARTIAL_EPOCH  # the epoch is whole now
         self.schedule.observe(monitored)
         reason = None
         if self.early_stopping is not None:
@@ -923,10 +943,13 @@ class Trainer:
                           schedule=_schedules.from_state(header["schedule"]), callbacks=callbacks, **s)
             trainer.epoch, trainer.step = int(header["epoch"]), int(header["step"])
             partial = header.get("partial_epoch", [0, 0.0, 0.0])  # absent from older checkpoints
-            if not (isinstance(partial, list) and len(partial) == 3 and isinstance(partial[0], int)
-                    and 0 <= partial[0] and all(isinstance(v, (int, float)) for v in partial[1:])):
+            if isinstance(partial, list) and len(partial) == 3:  # without the rows and batch size it ran on
+                partial = partial + [None, None]
+            if not (isinstance(partial, list) and len(partial) == 5 and isinstance(partial[0], int)
+                    and 0 <= partial[0] and all(isinstance(v, (int, float)) for v in partial[1:3])
+                    and all(v is None or (isinstance(v, int) and v > 0) for v in partial[3:])):
                 raise ModelFileError(f"{path}: malformed checkpoint (partial_epoch {partial!r})")
-            trainer._partial_epoch = (int(partial[0]), float(partial[1]), float(partial[2]))
+            trainer._partial_epoch = (int(partial[0]), float(partial[1]), float(partial[2]), partial[3], partial[4])
             trainer.base_lr = None if header["base_lr"] is None else float(header["base_lr"])
             trainer.history = History.from_dict(header["history"])
             b = header["best"]
@@ -1050,7 +1073,8 @@ def find_step_size(model, X, y, *, loss: Optional[str] = None, optimizer: Option
         # and with momentum beta also the fraction 1 - beta**steps of its steady state that the
         # momentum buffer reached in the trial (it builds up to 1 / (1 - beta) times the step).
         beta = float(optimizer.hyperparameters().get("momentum", 0.0) or 0.0)
-        best_lr *= 0.5 * (1.0 - beta ** n_steps)
+        # (momentum 1 never reaches a steady state: its buffer grows by one step per step)
+        best_lr *= 0.5 * (1.0 - beta ** n_steps) if beta < 1.0 else 0.5 / n_steps
     finally:
         model.parameters()[...] = saved_params
         for name, b in model.buffers().items():

@@ -562,6 +562,84 @@ def test_a_two_class_file_from_before_logistic_outputs_still_loads(small_digits,
     np.testing.assert_array_equal(loaded.predict(X), loaded.classes_[est.model_.predict(X)])
 
 
+def _same_start_then_train(cls, sk_cls, X, y, epochs=5, **params):
+    """Both estimators fitted one epoch, given the same weights, then trained ``epochs`` more with
+    warm_start (a fresh optimizer each, as scikit-learn's warm start makes) in float64."""
+    common = dict(shuffle=False, random_state=0, max_iter=1, **params)
+    theirs, ours = sk_cls(**common), cls(dtype="float64", **common)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        theirs.fit(X, y)
+        ours.fit(X, y)
+        rng = np.random.RandomState(42)
+        W = [rng.uniform(-0.3, 0.3, c.shape) for c in theirs.coefs_]
+        b = [rng.uniform(-0.3, 0.3, c.shape) for c in theirs.intercepts_]
+        theirs.coefs_, theirs.intercepts_ = [w.copy() for w in W], [v.copy() for v in b]
+        ours.coefs_, ours.intercepts_ = W, b
+        for est in (theirs, ours):
+            est.set_params(warm_start=True, max_iter=epochs).fit(X, y)
+    for a, c in zip(theirs.coefs_ + theirs.intercepts_, ours.coefs_ + ours.intercepts_):
+        np.testing.assert_allclose(c, a, rtol=1e-9, atol=1e-12)
+    return theirs, ours
+
+
+@pytest.mark.parametrize("case", ["adam_epsilon", "regressor_3_outputs_sgd", "momentum_invscaling",
+                                  "momentum_adaptive"])
+def test_training_steps_match_scikit_learns_from_the_same_weights(case, small_digits):
+    """Float64, no shuffling, alpha 0: the weights after five epochs agree with scikit-learn's to
+    rounding. Cases that differed: Adam's epsilon (scikit-learn adds it to the uncorrected sqrt(v)),
+    several regression outputs (scikit-learn's gradient is not divided by their number), SGD
+    momentum with a changing rate (scikit-learn's velocity keeps the rate of its past steps)."""
+    from sklearn import neural_network
+
+    X, y = small_digits
+    X = X[:240]
+    if case == "adam_epsilon":
+        _same_start_then_train(MLPClassifier, neural_network.MLPClassifier, X, y[:240], solver="adam",
+                               learning_rate_init=0.01, hidden_layer_sizes=(20,), alpha=0.0, epsilon=1e-3)
+    elif case == "regressor_3_outputs_sgd":
+        Y = np.c_[X[:, :3].sum(axis=1), X[:, 3] - X[:, 5], X[:, 7]]
+        theirs, ours = _same_start_then_train(MLPRegressor, neural_network.MLPRegressor, X, Y, solver="sgd",
+                                              learning_rate_init=0.01, hidden_layer_sizes=(20,), alpha=0.0)
+        np.testing.assert_allclose(ours.loss_curve_[1:], theirs.loss_curve_[1:], rtol=1e-9)
+    else:
+        schedule = case.split("_")[1]
+        _same_start_then_train(MLPClassifier, neural_network.MLPClassifier, X, y[:240], solver="sgd",
+                               learning_rate=schedule, learning_rate_init=0.1, power_t=0.25, momentum=0.9,
+                               hidden_layer_sizes=(20,), alpha=0.0, epochs=8, tol=0.05, n_iter_no_change=1)
+
+
+def test_coefs_item_assignment_reaches_the_model(small_digits):
+    X, y = small_digits
+    est = MLPClassifier((8,), max_iter=2, random_state=0).fit(X, y)
+    est.coefs_[0] = np.zeros((64, 8))
+    est.intercepts_[0] = np.zeros(8)  # the hidden layer outputs relu(0) = 0
+    est.intercepts_[1] = np.full(10, 0.5)
+    assert np.abs(est.coefs_[0]).max() == 0 and np.all(est.intercepts_[1] == 0.5)
+    np.testing.assert_allclose(est.predict_proba(X), 0.1, rtol=1e-6)  # every logit 0.5 + 0
+    with pytest.raises(ValueError, match=r"coefs_\[0\] has shape"):
+        est.coefs_[0] = np.zeros((8, 64))
+
+
+def test_scikit_learns_other_parameter_values_are_accepted(small_digits):
+    X, y = small_digits
+    MLPClassifier((8,), max_iter=3, max_fun=100, n_iter_no_change=np.inf, validation_fraction=0.0).fit(X, y)
+    MLPRegressor((8,), loss="squared_error", max_iter=2).fit(X, y.astype(float))
+    with pytest.raises(ValueError, match="loss 'poisson' is not supported"):
+        MLPRegressor(loss="poisson").fit(X, y.astype(float))
+    with pytest.raises(ValueError, match="validation_fraction must be > 0 with early_stopping"):
+        MLPClassifier(early_stopping=True, validation_fraction=0.0).fit(X, y)
+    # a class of one row: early stopping splits unstratified, as scikit-learn does for many classes
+    lone = y.copy()
+    lone[0] = 10
+    MLPClassifier((8,), max_iter=2, early_stopping=True, random_state=0).fit(X, lone)
+    # partial_fit takes sample_weight before classes, as scikit-learn 1.9
+    MLPClassifier((8,)).partial_fit(X, y, None, np.arange(10))
+    # a diverged fit is a ValueError, as scikit-learn's
+    with pytest.raises(ValueError):
+        MLPRegressor((8,), solver="sgd", learning_rate_init=1e3, max_iter=5).fit(X, y * 1e6)
+
+
 def test_string_labels_come_back_as_labels(small_digits):
     X, y = small_digits
     names = np.array(["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"])

@@ -318,27 +318,42 @@ class RMSprop(Optimizer):
 
 class Adam(Optimizer):
     """Adam (torch.optim.Adam): bias-corrected moment estimates; ``weight_decay`` is added to the
-    gradient (L2). Use :class:`AdamW` for decoupled weight decay."""
+    gradient (L2). Use :class:`AdamW` for decoupled weight decay.
+
+    ``epsilon_style="torch"`` adds ``eps`` to the bias-corrected ``sqrt(v / (1 - beta2^t))``, as
+    torch.optim.Adam; ``"sklearn"`` adds it to the uncorrected ``sqrt(v)``, as scikit-learn's MLPs
+    (and the Adam paper's efficient form) do, where it weighs ``1 / sqrt(1 - beta2^t)`` times more
+    in early steps. On a CUDA device the style is torch's."""
 
     state_names = ("exp_avg", "exp_avg_sq")
     default_lr = 1e-3
     decoupled = False
 
     def __init__(self, lr: Union[float, str] = 1e-3, betas: Tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
-                 **kw):
+                 *, epsilon_style: str = "torch", **kw):
         super().__init__(lr, **kw)
         b1, b2 = (float(b) for b in betas)
         if not (0.0 <= b1 < 1.0 and 0.0 <= b2 < 1.0):
             raise ValueError(f"betas must be in [0, 1), got {betas}")
+        if epsilon_style not in ("torch", "sklearn"):
+            raise ValueError(f"epsilon_style must be 'torch' or 'sklearn', got {epsilon_style!r}")
         self.betas = (b1, b2)
         self.eps = _check_nonneg("eps", eps)
+        self.epsilon_style = epsilon_style
 
     def hyperparameters(self):
-        return {**super().hyperparameters(), "betas": list(self.betas), "eps": self.eps}
+        hp = {**super().hyperparameters(), "betas": list(self.betas), "eps": self.eps}
+        if self.epsilon_style != "torch":
+            hp["epsilon_style"] = self.epsilon_style
+        return hp
 
     def _update(self, params, grads, lr):
+        eps = self.eps
+        if self.epsilon_style == "sklearn" and getattr(self, "device", "cpu") == "cpu":
+            # eps / sqrt(1 - beta2^t) added to the corrected sqrt(v) is eps added to sqrt(v)
+            eps = eps / math.sqrt(1.0 - self.betas[1] ** self.step_count)
         K.adam_step(params, grads, self.state["exp_avg"], self.state["exp_avg_sq"], **self._kernel_step_lr(lr),
-                    beta1=self.betas[0], beta2=self.betas[1], eps=self.eps, weight_decay=self._scalar_wd(),
+                    beta1=self.betas[0], beta2=self.betas[1], eps=eps, weight_decay=self._scalar_wd(),
                     decoupled=self.decoupled, l1=self._scalar_l1(), segments=self._segments)
 
 

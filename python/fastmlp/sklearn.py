@@ -80,7 +80,7 @@ class _Monitor(Callback):
 
     def on_epoch_end(self, trainer, epoch, logs):
         est = self.est
-        loss = self._loss_sum / max(self._rows, 1) + trainer.penalty()
+        loss = self._loss_sum / max(self._rows, 1) * est._report_scale(est.n_outputs_) + trainer.penalty()
         self._loss_sum, self._rows, self._batch = 0.0, 0, 0
         est.loss_ = float(loss)
         est.loss_curve_.append(float(loss))
@@ -112,24 +112,54 @@ class _Monitor(Callback):
         if est.solver == "sgd" and est.learning_rate == "invscaling":
             est._lr = est._lr_init / (est.t_ + 1) ** est.power_t
         stop = False
+        what = "Validation score" if self.validation is not None else "Training loss"
         if est._no_improvement_count > est.n_iter_no_change:
             if est.solver == "sgd" and est.learning_rate == "adaptive" and est._lr > 1e-6:
                 est._lr /= 5.0
                 if est.verbose:
-                    print(f"Setting learning rate to {est._lr:f}")
+                    print(f"{what} did not improve more than tol={est.tol:f} for {est.n_iter_no_change} "
+                          f"consecutive epochs. Setting learning rate to {est._lr:f}")
                 est._no_improvement_count = 0
             else:
-                what = "Validation score" if self.validation is not None else "Training loss"
                 if est.verbose:
+                    tail = " Learning rate too small." if est.solver == "sgd" and est.learning_rate == "adaptive" else ""
                     print(f"{what} did not improve more than tol={est.tol:f} for {est.n_iter_no_change} "
-                          "consecutive epochs. Stopping.")
-                if self.incremental:
-                    est._no_improvement_count = 0
-                else:
+                          f"consecutive epochs.{tail} Stopping.")
+                if not self.incremental:
                     stop = True
+        _carry_velocity(trainer.optimizer, trainer.base_lr, est._lr)
         trainer.base_lr = est._lr
         self.stopped = stop
         return True if stop else None
+
+
+class _LayerList(list):
+    """coefs_ / intercepts_: a list whose item assignment (``est.coefs_[0] = W``, as on
+    scikit-learn's plain lists) goes through the estimator's setter into the model."""
+
+    def __init__(self, est, name: str, items):
+        super().__init__(items)
+        self._est, self._name = est, name
+
+    def __setitem__(self, index, value):
+        values = list(self)
+        values[index] = value
+        setattr(self._est, self._name, values)  # checked whole, then copied into the model
+        super().__setitem__(slice(None), getattr(self._est, self._name))
+
+    def __reduce__(self):  # pickles and copies as a plain list
+        return (list, (list(self),))
+
+
+def _carry_velocity(optimizer, old_lr, new_lr) -> None:
+    """scikit-learn's momentum keeps a velocity v = momentum·v − lr·g, whose past steps keep the
+    rate they were taken at; the kernel's buffer b (torch's form, v = −lr·b) is scaled by the rate
+    of the step that reads it. When the rate changes (invscaling, adaptive), b is rescaled by
+    old/new so that lr·b, the velocity, carries over unchanged."""
+    buf = getattr(optimizer, "state", {}).get("momentum_buffer")
+    if buf is None or old_lr is None or new_lr == old_lr or not new_lr or not isinstance(buf, np.ndarray):
+        return
+    buf *= buf.dtype.type(old_lr / new_lr)
 
 
 def _json_value(v):
@@ -163,8 +193,8 @@ class _BaseMLP(BaseEstimator):
                  batch_size="auto", learning_rate="constant", learning_rate_init=0.001, power_t=0.5, max_iter=200,
                  shuffle=True, random_state=None, tol=1e-4, verbose=False, warm_start=False, momentum=0.9,
                  nesterovs_momentum=True, early_stopping=False, validation_fraction=0.1, beta_1=0.9, beta_2=0.999,
-                 epsilon=1e-8, n_iter_no_change=10, dropout=0.0, batch_norm=False, init="glorot", l1=0.0,
-                 dtype="float32", device="cpu"):
+                 epsilon=1e-8, n_iter_no_change=10, max_fun=15000, dropout=0.0, batch_norm=False, init="glorot",
+                 l1=0.0, dtype="float32", device="cpu"):
         self.hidden_layer_sizes = hidden_layer_sizes
         self.activation = activation
         self.solver = solver
@@ -187,6 +217,7 @@ class _BaseMLP(BaseEstimator):
         self.beta_2 = beta_2
         self.epsilon = epsilon
         self.n_iter_no_change = n_iter_no_change
+        self.max_fun = max_fun  # lbfgs's budget in scikit-learn: accepted and checked, unused here
         self.dropout = dropout
         self.batch_norm = batch_norm
         self.init = init
@@ -232,10 +263,15 @@ class _BaseMLP(BaseEstimator):
             raise ValueError(f"learning_rate_init must be > 0 or 'auto', got {lr!r}")
         if not (isinstance(self.tol, numbers.Real) and self.tol >= 0):
             raise ValueError(f"tol must be >= 0, got {self.tol!r}")
-        if not (_is_int(self.n_iter_no_change) and self.n_iter_no_change >= 1):
-            raise ValueError(f"n_iter_no_change must be an int >= 1, got {self.n_iter_no_change!r}")
-        if not (isinstance(self.validation_fraction, numbers.Real) and 0.0 < self.validation_fraction < 1.0):
-            raise ValueError(f"validation_fraction must be in (0, 1), got {self.validation_fraction!r}")
+        if not ((_is_int(self.n_iter_no_change) and self.n_iter_no_change >= 1) or
+                (isinstance(self.n_iter_no_change, numbers.Real) and self.n_iter_no_change == math.inf)):
+            raise ValueError(f"n_iter_no_change must be an int >= 1 or np.inf, got {self.n_iter_no_change!r}")
+        if not (_is_int(getattr(self, "max_fun", 15000)) and getattr(self, "max_fun", 15000) >= 1):
+            raise ValueError(f"max_fun must be an int >= 1, got {self.max_fun!r}")
+        if not (isinstance(self.validation_fraction, numbers.Real) and 0.0 <= self.validation_fraction < 1.0):
+            raise ValueError(f"validation_fraction must be in [0, 1), got {self.validation_fraction!r}")
+        if self.early_stopping and self.validation_fraction == 0.0:
+            raise ValueError("validation_fraction must be > 0 with early_stopping=True")
         if not (isinstance(self.momentum, numbers.Real) and 0 <= self.momentum <= 1):
             raise ValueError(f"momentum must be in [0, 1], got {self.momentum!r}")
         for name in ("beta_1", "beta_2"):
@@ -296,7 +332,8 @@ class _BaseMLP(BaseEstimator):
         wd = self._scaled(self.alpha, batch_size)
         l1 = self._scaled(self.l1, batch_size)
         if self.solver == "adam":
-            return _optim.Adam(lr, betas=(self.beta_1, self.beta_2), eps=self.epsilon, weight_decay=wd, l1=l1)
+            return _optim.Adam(lr, betas=(self.beta_1, self.beta_2), eps=self.epsilon, weight_decay=wd, l1=l1,
+                               epsilon_style="sklearn")
         nesterov = bool(self.nesterovs_momentum) and self.momentum > 0
         return _optim.SGD(lr, momentum=self.momentum, nesterov=nesterov, weight_decay=wd, l1=l1)
 
@@ -306,6 +343,11 @@ class _BaseMLP(BaseEstimator):
                       seed=seed, dtype=self.dtype, device=self.device)
 
     def _loss_scale(self, n_out: int) -> float:
+        """Factor on the loss (and so the gradient) the Trainer minimises."""
+        return 1.0
+
+    def _report_scale(self, n_out: int) -> float:
+        """Factor from the Trainer's data loss to the one loss_curve_ reports (with the penalty)."""
         return 1.0
 
     def _first_pass(self, incremental: bool) -> bool:
@@ -358,6 +400,8 @@ class _BaseMLP(BaseEstimator):
             # Stratified for single-label classification, as scikit-learn does.
             stratify = t if loss == "cross_entropy" else \
                 t[:, 0] if loss == "binary_cross_entropy" and t.shape[1] == 1 else None  # two classes
+            if stratify is not None and np.min(np.unique(stratify, return_counts=True)[1]) < 2:
+                stratify = None  # a class with one row cannot be split: as scikit-learn, unstratified
             sw = sample_weight if sample_weight is not None else np.ones(X.shape[0])
             X_tr, X_val, t_tr, t_val, sw_tr, sw_val = train_test_split(
                 X, t, sw, random_state=self._seed, test_size=self.validation_fraction, stratify=stratify)
@@ -415,10 +459,10 @@ class _BaseMLP(BaseEstimator):
     @property
     def coefs_(self):
         """Weight matrices as scikit-learn lays them out, (in, out): views into the model (copies
-        for a model on a CUDA device)."""
+        for a model on a CUDA device). Assigning the list, or an item of it, copies into the model."""
         check_is_fitted(self, "model_")
-        return [_arrays.host_copy(l.weight).T if _arrays.is_device(l.weight) else l.weight.T
-                for l in self.model_.layers if isinstance(l, nn.Dense)]
+        return _LayerList(self, "coefs_", [_arrays.host_copy(l.weight).T if _arrays.is_device(l.weight) else l.weight.T
+                                           for l in self.model_.layers if isinstance(l, nn.Dense)])
 
     @coefs_.setter
     def coefs_(self, values):
@@ -429,9 +473,10 @@ class _BaseMLP(BaseEstimator):
     @property
     def intercepts_(self):
         check_is_fitted(self, "model_")
-        return [_arrays.host_copy(l.bias) if l.bias_enabled and _arrays.is_device(l.bias) else
-                l.bias if l.bias_enabled else np.zeros(l.out_features, self.model_.dtype)
-                for l in self.model_.layers if isinstance(l, nn.Dense)]
+        return _LayerList(self, "intercepts_", [
+            _arrays.host_copy(l.bias) if l.bias_enabled and _arrays.is_device(l.bias) else
+            l.bias if l.bias_enabled else np.zeros(l.out_features, self.model_.dtype)
+            for l in self.model_.layers if isinstance(l, nn.Dense)])
 
     @intercepts_.setter
     def intercepts_(self, values):
@@ -602,7 +647,7 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
         """Fit to (X, y); ``sample_weight`` weights each row's loss. Returns self."""
         return self._fit(X, y, sample_weight, incremental=False)
 
-    def partial_fit(self, X, y, classes=None, sample_weight=None):
+    def partial_fit(self, X, y, sample_weight=None, classes=None):
         """One epoch over (X, y), keeping the weights and optimizer state between calls. The first
         call needs ``classes`` (all labels that will ever appear) for single-label targets."""
         if not hasattr(self, "classes_") and classes is None and type_of_target(y) != "multilabel-indicator":
@@ -637,11 +682,34 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
 
 class MLPRegressor(RegressorMixin, _BaseMLP):
     """Multi-layer perceptron regressor on fastmlp's kernels (scikit-learn's parameters). The loss
-    is ``½·mean((y − ŷ)²)`` over rows and outputs, as in scikit-learn."""
+    is ``½·mean((y − ŷ)²)`` over rows and outputs, as in scikit-learn; ``loss`` takes its one
+    supported value, "squared_error" ("poisson" is not available)."""
 
     _output_kind = "identity"
 
-    def _loss_scale(self, n_out: int) -> float:
+    def __init__(self, hidden_layer_sizes=(100,), activation="relu", *, loss="squared_error", solver="adam",
+                 alpha=0.0001, batch_size="auto", learning_rate="constant", learning_rate_init=0.001, power_t=0.5,
+                 max_iter=200, shuffle=True, random_state=None, tol=1e-4, verbose=False, warm_start=False,
+                 momentum=0.9, nesterovs_momentum=True, early_stopping=False, validation_fraction=0.1, beta_1=0.9,
+                 beta_2=0.999, epsilon=1e-8, n_iter_no_change=10, max_fun=15000, dropout=0.0, batch_norm=False,
+                 init="glorot", l1=0.0, dtype="float32", device="cpu"):
+        super().__init__(hidden_layer_sizes, activation, solver=solver, alpha=alpha, batch_size=batch_size,
+                         learning_rate=learning_rate, learning_rate_init=learning_rate_init, power_t=power_t,
+                         max_iter=max_iter, shuffle=shuffle, random_state=random_state, tol=tol, verbose=verbose,
+                         warm_start=warm_start, momentum=momentum, nesterovs_momentum=nesterovs_momentum,
+                         early_stopping=early_stopping, validation_fraction=validation_fraction, beta_1=beta_1,
+                         beta_2=beta_2, epsilon=epsilon, n_iter_no_change=n_iter_no_change, max_fun=max_fun,
+                         dropout=dropout, batch_norm=batch_norm, init=init, l1=l1, dtype=dtype, device=device)
+        self.loss = loss
+
+    def _check_params(self):
+        if self.loss != "squared_error":
+            raise ValueError(f"loss {self.loss!r} is not supported; MLPRegressor trains 'squared_error'")
+        super()._check_params()
+
+    def _report_scale(self, n_out: int) -> float:
+        # scikit-learn reports the squared loss as a mean over outputs too, but its gradient is
+        # that of the sum over outputs (delta = y_pred - y over the batch): the same steps here.
         return 1.0 / n_out
 
     def _validation_score(self, X_val, t_val, sw_val) -> float:
@@ -752,7 +820,9 @@ class AutoencoderTransformer(TransformerMixin, _BaseMLP):
             raise ValueError(f"an autoencoder's dropout is one value, got {self.dropout!r}")
         super()._check_params()
 
-    _loss_scale = MLPRegressor._loss_scale
+    def _loss_scale(self, n_out: int) -> float:
+        return 1.0 / n_out  # the mean over features, as the loss it reports
+
     _validation_score = MLPRegressor._validation_score
 
     def _new_model(self, n_in: int, n_out: int, seed: int):

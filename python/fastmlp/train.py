@@ -32,7 +32,7 @@ __all__ = ["Callback", "History", "NonFiniteLossError", "Trainer", "find_step_si
 _NO_PARTIAL_EPOCH = (0, 0.0, 0.0, None, None)
 
 
-class NonFiniteLossError(FloatingPointError):
+class NonFiniteLossError(FloatingPointError, ValueError):
     """Training produced a NaN or infinite loss. The model keeps its last good weights."""
 
 

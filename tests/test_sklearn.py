@@ -174,9 +174,15 @@ def test_learning_rate_init_auto_runs_the_step_size_search(digits):
     assert est.score(X_te, y_te) > 0.9
 
 
-def test_early_stopping_stops_on_the_validation_score_and_restores_the_best_weights(digits):
+def test_early_stopping_stops_on_the_validation_score_and_restores_the_best_weights(digits, monkeypatch):
+    import sklearn.model_selection
+
     X, _, y, _ = digits
     tol, patience = 1e-4, 3
+    splits = []
+    original = sklearn.model_selection.train_test_split
+    monkeypatch.setattr(sklearn.model_selection, "train_test_split",
+                        lambda *a, **kw: splits.append(original(*a, **kw)) or splits[-1])
     est = MLPClassifier((32,), early_stopping=True, validation_fraction=0.2, n_iter_no_change=patience, tol=tol,
                         learning_rate_init=0.01, max_iter=200, random_state=0).fit(X, y)
     scores = est.validation_scores_
@@ -193,8 +199,8 @@ def test_early_stopping_stops_on_the_validation_score_and_restores_the_best_weig
     assert epoch == est.n_iter_
     assert scores[-1] < est.best_validation_score_
     # The model holds the best epoch's weights: it scores the best score on the validation split.
-    _, X_val, _, y_val = train_test_split(X, y, random_state=est._seed, test_size=0.2, stratify=y)
-    assert est.score(X_val, y_val) == est.best_validation_score_
+    _, X_val, _, t_val = splits[-1][:4]
+    assert est.score(X_val, est.classes_[t_val]) == est.best_validation_score_
 
 
 def test_without_early_stopping_tol_and_n_iter_no_change_act_on_the_training_loss(small_digits):
@@ -297,9 +303,11 @@ def test_partial_fit_improves_incrementally_and_counts_one_epoch_per_call(small_
 
 
 def test_partial_fit_k_times_equals_fit_with_max_iter_k_bitwise(small_digits):
+    """Without shuffling (each partial_fit call, as scikit-learn's, restarts random_state's stream,
+    so it shuffles alike every call where fit shuffles anew every epoch)."""
     X, y = small_digits
-    fitted = MLPClassifier((16,), max_iter=3, random_state=0).fit(X, y)
-    incremental = MLPClassifier((16,), random_state=0)
+    fitted = MLPClassifier((16,), max_iter=3, random_state=0, shuffle=False).fit(X, y)
+    incremental = MLPClassifier((16,), random_state=0, shuffle=False)
     for _ in range(3):
         incremental.partial_fit(X, y, classes=np.arange(10))
     np.testing.assert_array_equal(incremental.model_.parameters(), fitted.model_.parameters())
@@ -609,6 +617,48 @@ def test_training_steps_match_scikit_learns_from_the_same_weights(case, small_di
                                hidden_layer_sizes=(20,), alpha=0.0, epochs=8, tol=0.05, n_iter_no_change=1)
 
 
+@pytest.mark.parametrize("params", [dict(solver="adam"), dict(solver="sgd", learning_rate="adaptive", tol=0.05,
+                                                                   n_iter_no_change=1),
+                                    dict(solver="adam", early_stopping=True), dict(solver="sgd", batch_size=64),
+                                    dict(solver="adam", activation="logistic", alpha=0.1)],
+                         ids=["adam", "sgd_adaptive", "early_stopping", "short_last_batch", "logistic_alpha"])
+def test_the_same_random_state_trains_scikit_learns_model(params, small_digits):
+    """Defaults (init='sklearn', shuffling on) in float64: the same random_state draws scikit-learn's
+    initial weights, validation split and per-epoch row orders from one stream in its order, alpha
+    is divided by each batch's rows, so fit ends on scikit-learn's weights to rounding."""
+    from sklearn import neural_network
+
+    X, y = small_digits
+    kw = dict(hidden_layer_sizes=(20,), random_state=0, max_iter=8, **params)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        theirs = neural_network.MLPClassifier(**kw).fit(X, y)
+        ours = MLPClassifier(dtype="float64", **kw).fit(X, y)
+    assert ours.n_iter_ == theirs.n_iter_
+    for a, c in zip(theirs.coefs_ + theirs.intercepts_, ours.coefs_ + ours.intercepts_):
+        np.testing.assert_allclose(c, a, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(ours.loss_curve_, theirs.loss_curve_, rtol=1e-3)  # the penalty: see README
+
+
+def test_partial_fit_and_regression_follow_scikit_learns_stream(small_digits):
+    from sklearn import neural_network
+
+    X, y = small_digits
+    theirs, ours = neural_network.MLPClassifier((20,), random_state=2), MLPClassifier((20,), random_state=2,
+                                                                                       dtype="float64")
+    for _ in range(3):
+        theirs.partial_fit(X, y, classes=np.arange(10))
+        ours.partial_fit(X, y, classes=np.arange(10))
+    Y = np.c_[X[:, :3].sum(axis=1), X[:, 5]]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        theirs_r = neural_network.MLPRegressor(hidden_layer_sizes=(20,), random_state=1, max_iter=6).fit(X, Y)
+    ours_r = MLPRegressor((20,), random_state=1, max_iter=6, dtype="float64").fit(X, Y)
+    for (t, o) in ((theirs, ours), (theirs_r, ours_r)):
+        for a, c in zip(t.coefs_ + t.intercepts_, o.coefs_ + o.intercepts_):
+            np.testing.assert_allclose(c, a, rtol=1e-9, atol=1e-12)
+
+
 def test_coefs_item_assignment_reaches_the_model(small_digits):
     X, y = small_digits
     est = MLPClassifier((8,), max_iter=2, random_state=0).fit(X, y)
@@ -704,7 +754,7 @@ def test_pipeline_with_standard_scaler(digits):
     X_tr, X_te, y_tr, y_te = digits
     X_raw_tr, X_raw_te = X_tr * 5 + 8, X_te * 5 + 8  # undo the fixture's scaling, roughly
     pipe = Pipeline([("scale", StandardScaler()), ("mlp", MLPClassifier((32,), max_iter=30, random_state=0))])
-    assert pipe.fit(X_raw_tr, y_tr).score(X_raw_te, y_te) > 0.93
+    assert pipe.fit(X_raw_tr, y_tr).score(X_raw_te, y_te) > 0.91  # scikit-learn's own MLP: 0.920 at this seed
 
 
 @pytest.mark.parametrize("n_jobs", [1, 2])

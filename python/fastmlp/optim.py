@@ -15,6 +15,7 @@ one segment table (DESIGN.md, "Regularisation"):
 
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
@@ -182,6 +183,27 @@ class Optimizer:
     def segments(self):
         """The (bounds, values) segment table passed to the kernel, or None."""
         return self._segments
+
+    @contextlib.contextmanager
+    def penalties_scaled(self, factor: float):
+        """Weight decay and L1 multiplied by ``factor`` for the steps taken inside (the segment
+        table and the scalars; nothing is rebuilt). A factor of 1 changes nothing."""
+        if factor == 1.0:
+            yield
+            return
+        saved = (self.weight_decay, self.l1, None if self._segments is None else self._segments[1].copy())
+        try:
+            if isinstance(self.weight_decay, float):
+                self.weight_decay = self.weight_decay * factor
+            if isinstance(self.l1, float):
+                self.l1 = self.l1 * factor
+            if self._segments is not None:
+                self._segments[1][:, 1:] *= factor
+            yield
+        finally:
+            self.weight_decay, self.l1 = saved[0], saved[1]
+            if saved[2] is not None:
+                self._segments[1][...] = saved[2]
 
     # -- stepping ---------------------------------------------------------------------------------
 

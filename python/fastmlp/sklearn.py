@@ -25,6 +25,7 @@ Requires scikit-learn (``pip install 'fastmlp[sklearn]'``).
 
 from __future__ import annotations
 
+import copy
 import math
 import numbers
 import warnings
@@ -193,7 +194,7 @@ class _BaseMLP(BaseEstimator):
                  batch_size="auto", learning_rate="constant", learning_rate_init=0.001, power_t=0.5, max_iter=200,
                  shuffle=True, random_state=None, tol=1e-4, verbose=False, warm_start=False, momentum=0.9,
                  nesterovs_momentum=True, early_stopping=False, validation_fraction=0.1, beta_1=0.9, beta_2=0.999,
-                 epsilon=1e-8, n_iter_no_change=10, max_fun=15000, dropout=0.0, batch_norm=False, init="glorot",
+                 epsilon=1e-8, n_iter_no_change=10, max_fun=15000, dropout=0.0, batch_norm=False, init="sklearn",
                  l1=0.0, dtype="float32", device="cpu"):
         self.hidden_layer_sizes = hidden_layer_sizes
         self.activation = activation
@@ -306,8 +307,8 @@ class _BaseMLP(BaseEstimator):
             raise ValueError(f"random_state must be None, an int or a numpy RandomState, got {self.random_state!r}")
         if not (isinstance(self.power_t, numbers.Real) and self.power_t >= 0):
             raise ValueError(f"power_t must be >= 0, got {self.power_t!r}")
-        if not (callable(self.init) or self.init in ("glorot", "he", "tiny")):
-            raise ValueError(f"init must be 'glorot', 'he', 'tiny' or a callable, got {self.init!r}")
+        if not (callable(self.init) or self.init in ("sklearn", "glorot", "he", "tiny")):
+            raise ValueError(f"init must be 'sklearn', 'glorot', 'he', 'tiny' or a callable, got {self.init!r}")
         drops = [self.dropout] if np.ndim(self.dropout) == 0 else list(np.ravel(self.dropout))
         if not all(isinstance(p, numbers.Real) and not isinstance(p, bool) and 0 <= p < 1 for p in drops):
             raise ValueError(f"dropout must be in [0, 1) (one value or one per hidden layer), got {self.dropout!r}")
@@ -339,7 +340,8 @@ class _BaseMLP(BaseEstimator):
 
     def _new_model(self, n_in: int, n_out: int, seed: int):
         return nn.MLP([n_in] + self._hidden() + [n_out], activation=_kernel_activation(self.activation),
-                      output=self._output_kind, dropout=self.dropout, batch_norm=self.batch_norm, init=self.init,
+                      output=self._output_kind, dropout=self.dropout, batch_norm=self.batch_norm,
+                      init="tiny" if self.init == "sklearn" else self.init,  # "sklearn": drawn in _initialize
                       seed=seed, dtype=self.dtype, device=self.device)
 
     def _loss_scale(self, n_out: int) -> float:
@@ -356,8 +358,27 @@ class _BaseMLP(BaseEstimator):
 
     def _initialize(self, n_in: int, n_out: int):
         self._random = check_random_state(self.random_state)
-        self._seed = int(self._random.randint(0, 2**31 - 1))
+        # The dropout streams' seed, drawn from a copy: the stream itself goes on to the weights,
+        # the split and the shuffles in scikit-learn's order.
+        self._seed = int(copy.deepcopy(self._random).randint(0, 2**31 - 1))
+        draws = None
+        if self.init == "sklearn":
+            # scikit-learn's _init_coef, drawn from random_state's stream in its order: weights and
+            # biases uniform in +-sqrt(6 / (fan_in + fan_out)) (2 for logistic), layer by layer,
+            # before anything else; the same random_state gives scikit-learn's initial weights.
+            factor = 2.0 if self.activation == "logistic" else 6.0
+            units = [n_in] + self._hidden() + [n_out]
+            draws = []
+            for fan_in, fan_out in zip(units[:-1], units[1:]):
+                bound = math.sqrt(factor / (fan_in + fan_out))
+                draws.append((self._random.uniform(-bound, bound, (fan_in, fan_out)),
+                              self._random.uniform(-bound, bound, fan_out)))
         self.model_ = self._new_model(n_in, n_out, self._seed)
+        if draws is not None:
+            for layer, (W, b) in zip([l for l in self.model_.layers if isinstance(l, nn.Dense)], draws):
+                _arrays.assign(layer.weight, np.ascontiguousarray(W.T, dtype=self.model_.dtype))
+                if layer.bias_enabled:  # (batch norm follows a layer without bias)
+                    _arrays.assign(layer.bias, b.astype(self.model_.dtype))
         self.n_outputs_ = n_out
         self.n_layers_ = len(self._hidden()) + 2
         self.loss_curve_ = []
@@ -387,24 +408,30 @@ class _BaseMLP(BaseEstimator):
         """Train on validated X and encoded targets ``t`` (labels, indicator matrix or values)."""
         if incremental and self.early_stopping:
             raise ValueError("partial_fit does not support early_stopping=True")
+        # One random stream per call, used as scikit-learn uses its _random_state: the initial
+        # weights (first pass), the validation split, then one shuffle of the row order per epoch.
+        # With the same random_state (and dtype="float64") the steps are scikit-learn's.
         if self._first_pass(incremental):
             self._initialize(X.shape[1], n_out)
-        elif self.early_stopping and self.validation_scores_ is None or \
-                not self.early_stopping and self.best_loss_ is None:
-            self._reset_stopping_state()  # early_stopping was switched between warm starts
+            rs = self._random
+        else:
+            rs = check_random_state(self.random_state)
+            if self.early_stopping and self.validation_scores_ is None or \
+                    not self.early_stopping and self.best_loss_ is None:
+                self._reset_stopping_state()  # early_stopping was switched between warm starts
         early_stopping = bool(self.early_stopping)
         X_tr, t_tr, sw_tr, validation = X, t, sample_weight, None
         if early_stopping:
             from sklearn.model_selection import train_test_split
 
-            # Stratified for single-label classification, as scikit-learn does.
-            stratify = t if loss == "cross_entropy" else \
-                t[:, 0] if loss == "binary_cross_entropy" and t.shape[1] == 1 else None  # two classes
+            # Stratified for one output (two classes), as scikit-learn does; not with a class of
+            # one row, which cannot be split.
+            stratify = t[:, 0] if loss == "binary_cross_entropy" and t.shape[1] == 1 else None
             if stratify is not None and np.min(np.unique(stratify, return_counts=True)[1]) < 2:
-                stratify = None  # a class with one row cannot be split: as scikit-learn, unstratified
+                stratify = None
             sw = sample_weight if sample_weight is not None else np.ones(X.shape[0])
             X_tr, X_val, t_tr, t_val, sw_tr, sw_val = train_test_split(
-                X, t, sw, random_state=self._seed, test_size=self.validation_fraction, stratify=stratify)
+                X, t, sw, random_state=rs, test_size=self.validation_fraction, stratify=stratify)
             if X_val.shape[0] < 2:
                 raise ValueError("The validation set is too small. Increase 'validation_fraction' or the size of "
                                  "your dataset.")
@@ -433,7 +460,18 @@ class _BaseMLP(BaseEstimator):
         trainer = Trainer(self.model_, loss=loss, optimizer=optimizer, batch_size=batch_size, epochs=0,
                           shuffle=self.shuffle, progress=False, seed=self._seed, callbacks=[monitor],
                           loss_scale=self._loss_scale(n_out))
-        # Continue the shuffling and dropout streams where the last call stopped.
+        if self.shuffle:
+            from sklearn.utils import shuffle as sk_shuffle
+
+            rows = {"order": np.arange(n_samples, dtype=np.int64)}
+
+            def order(epoch, n):  # scikit-learn's: the previous epoch's order, shuffled again
+                rows["order"] = np.ascontiguousarray(sk_shuffle(rows["order"], random_state=rs), dtype=np.int64)
+                return rows["order"]
+
+            trainer._order = order
+        trainer._penalty_per_batch_rows = trainer.model.device == "cpu"
+        # Continue the dropout streams where the last call stopped.
         trainer.epoch, trainer.step = self._epochs_run, self._steps_run
         trainer.base_lr = self._lr
         trainer.epochs = trainer.epoch + (1 if incremental else int(self.max_iter))
@@ -692,7 +730,7 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
                  max_iter=200, shuffle=True, random_state=None, tol=1e-4, verbose=False, warm_start=False,
                  momentum=0.9, nesterovs_momentum=True, early_stopping=False, validation_fraction=0.1, beta_1=0.9,
                  beta_2=0.999, epsilon=1e-8, n_iter_no_change=10, max_fun=15000, dropout=0.0, batch_norm=False,
-                 init="glorot", l1=0.0, dtype="float32", device="cpu"):
+                 init="sklearn", l1=0.0, dtype="float32", device="cpu"):
         super().__init__(hidden_layer_sizes, activation, solver=solver, alpha=alpha, batch_size=batch_size,
                          learning_rate=learning_rate, learning_rate_init=learning_rate_init, power_t=power_t,
                          max_iter=max_iter, shuffle=shuffle, random_state=random_state, tol=tol, verbose=verbose,
@@ -805,6 +843,9 @@ class AutoencoderTransformer(TransformerMixin, _BaseMLP):
         return depth if self.tied else 2 * depth
 
     def _check_params(self):
+        if isinstance(self.init, str) and self.init == "sklearn":
+            raise ValueError("init='sklearn' is scikit-learn's MLP initialisation; an autoencoder takes 'glorot', "
+                             "'he', 'tiny' or a callable")
         if not self._hidden():
             raise ValueError("hidden_layer_sizes must name at least the code width, e.g. (32,)")
         if self.code_activation not in SK_ACTIVATIONS:

@@ -350,6 +350,8 @@ class Trainer:
         # batches done, their loss sum and seconds. fit resumes it there; checkpoints keep it.
         # Also the rows and batch size it ran on: a fit on other data does not continue it.
         self._partial_epoch: Tuple = _NO_PARTIAL_EPOCH
+        self._order: Optional[Callable[[int, int], np.ndarray]] = None
+        self._penalty_per_batch_rows = False  # the scikit-learn estimators' definition of alpha
 
     # -- data -------------------------------------------------------------------------------------
 
@@ -471,7 +473,14 @@ class Trainer:
                 self._restore_buffers(backup)
                 return loss
             # Raises only before its kernel writes anything (and then takes its step count back).
-            self.optimizer.step(model.parameters(), model.gradients())
+            if self._penalty_per_batch_rows:
+                # scikit-learn's alpha: divided by this batch's rows (or its weights' sum), where the
+                # optimizer holds alpha / batch_size: a short last batch, or weighted rows.
+                rows = float(wb.sum()) if wb is not None else float(xb.shape[0])
+                with self.optimizer.penalties_scaled(self.batch_size / rows if rows > 0 else 1.0):
+                    self.optimizer.step(model.parameters(), model.gradients())
+            else:
+                self.optimizer.step(model.parameters(), model.gradients())
         except BaseException:
             self._restore_buffers(backup)
             model._saved = None
@@ -744,7 +753,10 @@ class Trainer:
         lr = float(self.schedule.lr(epoch, self.base_lr))
         opt.current_lr = lr
         n = x.shape[0]
-        order = np.random.default_rng([self.seed, epoch]).permutation(n) if self.shuffle else None
+        if self._order is not None:  # an estimator's own row order (scikit-learn's shuffles)
+            order = self._order(epoch, n)
+        else:
+            order = np.random.default_rng([self.seed, epoch]).permutation(n) if self.shuffle else None
         bs = self.batch_size
         # Resumed part-way: the same order, from batch b0. An unfinished epoch of other data (rows
         # or batch size changed) is not continued on these: its steps stay applied, the epoch

@@ -73,14 +73,22 @@ class SparseRows:
         return np.ascontiguousarray(dense, dtype=self.dtype)
 
 
+def all_finite(a: np.ndarray) -> bool:
+    """Whether a host array holds no NaN or infinity: a min and a max (NaN and +-inf show in one
+    or the other), so no temporary the size of ``a``. Integer and empty arrays are finite."""
+    if a.size == 0 or a.dtype.kind not in "fc":
+        return True
+    if a.dtype.kind == "c":
+        return bool(np.isfinite(a).all())
+    return bool(np.isfinite(a.min()) and np.isfinite(a.max()))
+
+
 def check_finite(name: str, a) -> None:
-    """ValueError naming the first NaN or infinity in a floating-point ``a``. The test is a min and
-    a max (NaN and +-inf show in one or the other), so it needs no temporary the size of ``a``. A
+    """ValueError naming the first NaN or infinity in ``a`` (tested by :func:`all_finite`). A
     sparse ``a`` is checked on its stored values."""
     if is_sparse(a):
         a = a if getattr(a, "format", None) in ("csr", "csc", "coo") else a.tocsr()  # .data: the stored values
-        data = a.data
-        if data.dtype.kind not in "fc" or data.size == 0 or (np.isfinite(data.min()) and np.isfinite(data.max())):
+        if all_finite(a.data):
             return
         coo = a.tocoo()  # only to name the position
         bad = ~np.isfinite(coo.data)
@@ -90,9 +98,7 @@ def check_finite(name: str, a) -> None:
                              f"{int(coo.col[k])}), value {coo.data[k]}); fastmlp needs finite data: drop or impute "
                              f"those entries")
         return
-    if not (np.issubdtype(a.dtype, np.floating) or np.issubdtype(a.dtype, np.complexfloating)) or a.size == 0:
-        return
-    if np.isfinite(a.min()) and np.isfinite(a.max()) if not np.iscomplexobj(a) else np.isfinite(a).all():
+    if all_finite(a):
         return
     where = tuple(int(i) for i in np.argwhere(~np.isfinite(a))[0])
     raise ValueError(f"{name} contains NaN or infinity (the first at index {where}, value {a[where]}); fastmlp "

@@ -559,8 +559,7 @@ class Trainer:
             if not math.isfinite(loss):
                 # The weights are not checked after each update (a pass over all of them per step);
                 # here, on the failure path, they are, so the message can say which step broke them.
-                params = self.model.parameters()
-                earlier = params.size > 0 and not (np.isfinite(params.min()) and np.isfinite(params.max()))
+                earlier = not _arrays.all_finite(self.model.parameters())
                 raise NonFiniteLossError(
                     f"non-finite loss ({loss}) at step {self.step}; no update was applied" +
                     ("; the weights were already non-finite: the previous step's update overflowed them" if earlier
@@ -773,9 +772,7 @@ class Trainer:
             try:
                 total, batches, interrupted = self._device_loop.run_epoch(epoch, order, n_batches, sigint, lr, b0, total)
             finally:
-                p = self._partial_epoch
-                if p[0] > 0:
-                    self._partial_epoch = (p[0], p[1], prior_seconds + time.perf_counter() - start, n, bs)
+                self._time_partial_epoch(prior_seconds, start, n, bs)
             if interrupted:
                 self.history.stop_reason = "interrupted"
                 return "interrupted"
@@ -811,16 +808,19 @@ class Trainer:
                     return "interrupted"
             # Every loss was finite, but the last update can still have overflowed the weights
             # (a loss is computed before its update): an epoch ends only with finite weights.
-            params = model.parameters()
-            if params.size and not (np.isfinite(params.min()) and np.isfinite(params.max())):
+            if not _arrays.all_finite(model.parameters()):
                 return self._non_finite(float("nan"), epoch, n_batches - 1, snapshot, weights=True)
         finally:
-            p = self._partial_epoch
-            if p[0] > 0:
-                self._partial_epoch = (p[0], p[1], prior_seconds + time.perf_counter() - start, n, bs)
+            self._time_partial_epoch(prior_seconds, start, n, bs)
         # The record stays until _record_epoch writes the History row: a Ctrl-C or an error in the
         # validation pass leaves the epoch's batches done, and the next fit only finishes it.
         return self._end_epoch(epoch, lr, total / max(n_batches, 1), self._partial_epoch[2], n, xv, tv, sigint, bar)
+
+    def _time_partial_epoch(self, prior_seconds: float, start: float, n: int, bs: int) -> None:
+        """On leaving an epoch's batches (done, stopped or raised): the record's seconds."""
+        done, loss_sum = self._partial_epoch[:2]
+        if done > 0:
+            self._partial_epoch = (done, loss_sum, prior_seconds + time.perf_counter() - start, n, bs)
 
     def _end_epoch(self, epoch, lr, train_loss, seconds, n, xv, tv, sigint, bar) -> Optional[str]:
         """Validation, the History row, early stopping, progress and callbacks at an epoch's end."""

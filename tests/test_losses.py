@@ -369,7 +369,8 @@ def test_float32_sigmoid_gradient_is_one_rounding_of_the_scaled_difference(isa, 
 
 
 def test_float32_loss_gradients_agree_bitwise_in_vector_bundles_and_scalar_tails(isa, rng):
-    # Rows of 67 columns run SIMD bundles then a scalar tail; single-column rows are all tail.
+    # Rows of 67 columns run SIMD bundles then a tail (one padded bundle); single-column rows are all
+    # tail.
     # Per-element gradients (rows = 1, so no batch scaling differs) must match bit for bit.
     x = make_logits(rng, (1, 67), np.float32)
     t = rng.uniform(size=(1, 67)).astype(np.float32)
@@ -384,6 +385,33 @@ def test_float32_loss_gradients_agree_bitwise_in_vector_bundles_and_scalar_tails
     _, g_b = K.softmax_cross_entropy(np.concatenate([row, row[:, :1] * 0 - 1e30], axis=1).astype(np.float32),
                                      np.array([0]))
     np.testing.assert_allclose(g_b[:, :67], g_a, rtol=1e-6, atol=1e-9)
+
+
+@pytest.mark.parametrize("shape", [(1, 64), (3, 67), (257, 100), (40, 1000), (5, 4099), (70, 3), (1100, 17)])
+def test_streamed_sigmoid_gradient_is_bitwise_the_plain_one(isa, rng, threads, shape):
+    # A large float gradient is streamed (csrc/cpu/stream.h), one stream per task across its rows
+    # of at least 64 columns. Forced here (threshold 0, 2 threads, several tasks for the larger
+    # shapes) into outputs that start off a cache line: the same loss and gradient bits as plain
+    # stores, nothing written outside out.
+    x = make_logits(rng, shape, np.float32)
+    t = rng.uniform(size=shape).astype(np.float32)
+    fastmlp.set_num_threads(2)
+    previous = fastmlp._core._get_stream_min_bytes()
+    try:
+        fastmlp._core._set_stream_min_bytes(2**63 - 1)
+        loss, grad = K.sigmoid_cross_entropy(x, t)
+        fastmlp._core._set_stream_min_bytes(0)
+        n = x.size
+        for shift in (0, 1, 5):
+            base = np.full(n + 64, -7.25, np.float32)
+            start = (-base.ctypes.data % 64) // 4 + shift
+            out = base[start:start + n].reshape(shape)
+            loss_s, grad_s = K.sigmoid_cross_entropy(x, t, out=out)
+            assert grad_s is out and loss_s == loss
+            np.testing.assert_array_equal(out, grad)
+            assert (base[:start] == -7.25).all() and (base[start + n:] == -7.25).all(), "wrote outside out"
+    finally:
+        fastmlp._core._set_stream_min_bytes(previous)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -17,11 +17,32 @@ constexpr int64_t kColumnSumRun = 16;  // rows summed in T before a conversion t
 
 // Partial sums of rows [r0, r1) (a block of at most kReduceRowBlock rows) for `width` columns
 // starting at src (row stride ld): p[c] = sum over the block's runs, in order, of double(run sum).
+// acc: scratch for 2 * width elements. Two runs are summed side by side, row k of one beside row k
+// of the next (two streams from memory, 16 rows apart, instead of one), and added to p in order:
+// the same sums. Bound by memory latency more than bandwidth on AMD EPYC (Zen 4): one stream per
+// core read 8192 x 4096 floats at ~13 GB/s; two, toggled in one process, 1.12x on two threads and
+// 1.19x on one (four overflowed L1 with 4096-column chunks: 0.84-0.92x).
 template <class T>
 inline void column_block_sums(const T* src, int64_t ld, int64_t r0, int64_t r1, int64_t width, T* __restrict acc,
                               double* __restrict p) {
   for (int64_t c = 0; c < width; ++c) p[c] = 0.0;
-  for (int64_t r = r0; r < r1; r += kColumnSumRun) {
+  int64_t r = r0;
+  T* __restrict acc2 = acc + width;
+  for (; r + 2 * kColumnSumRun <= r1; r += 2 * kColumnSumRun) {
+    for (int64_t c = 0; c < width; ++c) acc[c] = T(0);
+    for (int64_t c = 0; c < width; ++c) acc2[c] = T(0);
+    for (int64_t rr = r; rr < r + kColumnSumRun; ++rr) {
+      const T* __restrict row = src + rr * ld;
+      const T* __restrict row2 = row + kColumnSumRun * ld;
+      for (int64_t c = 0; c < width; ++c) {
+        acc[c] += row[c];
+        acc2[c] += row2[c];
+      }
+    }
+    for (int64_t c = 0; c < width; ++c) p[c] += static_cast<double>(acc[c]);
+    for (int64_t c = 0; c < width; ++c) p[c] += static_cast<double>(acc2[c]);
+  }
+  for (; r < r1; r += kColumnSumRun) {
     const int64_t r_end = min_i64(r1, r + kColumnSumRun);
     for (int64_t c = 0; c < width; ++c) acc[c] = T(0);
     for (int64_t rr = r; rr < r_end; ++rr) {
@@ -37,7 +58,7 @@ inline void column_block_sums(const T* src, int64_t ld, int64_t r0, int64_t r1, 
 template <class T>
 void column_sums(const T* src, int64_t rows, int64_t ld, int64_t c0, int64_t c1, T* out) {
   constexpr int64_t kChunk = 256;
-  T acc[kChunk];
+  T acc[2 * kChunk];
   double p[kChunk], total[kChunk];
   for (int64_t cc = c0; cc < c1; cc += kChunk) {
     const int64_t width = min_i64(kChunk, c1 - cc);

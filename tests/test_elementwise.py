@@ -270,6 +270,37 @@ def test_bias_grad_is_bitwise_identical_on_1_and_2_threads(isa, threads, rng, dt
         np.testing.assert_array_equal(one, two, err_msg=f"shape {shape}")
 
 
+def _bias_grad_in_documented_order(grad):
+    """csrc/cpu/colsum.h's order, emulated: per block of 256 rows, runs of 16 rows summed in the
+    dtype one row after another, each run added to the block's float64 partial in run order; the
+    blocks' partials added in float64 in block order; one rounding to the dtype."""
+    rows, cols = grad.shape
+    total = np.zeros(cols, np.float64)
+    for b0 in range(0, rows, 256):
+        partial = np.zeros(cols, np.float64)
+        for r0 in range(b0, min(rows, b0 + 256), 16):
+            run = np.zeros(cols, grad.dtype)
+            for r in range(r0, min(rows, b0 + 256, r0 + 16)):
+                run = run + grad[r]
+            partial += run.astype(np.float64)
+        total = partial if b0 == 0 else total + partial
+    return total.astype(grad.dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
+def test_bias_grad_sums_in_the_documented_order_bitwise(isa, threads, rng, dtype):
+    # Two runs of 16 rows are read side by side (two memory streams); their sums must still reach
+    # the partial in run order. Row counts around the runs, the pairs and the 256-row blocks.
+    for rows in (1, 15, 16, 17, 31, 32, 33, 48, 255, 256, 257, 600):
+        for cols in (3, 1025):
+            grad = (rng.standard_normal((rows, cols)) * 1e3).astype(dtype)
+            grad[:, ::2] += 1e5  # large offsets make any change of order visible in the low bits
+            expected = _bias_grad_in_documented_order(grad)
+            for n in (1, 2):
+                fastmlp.set_num_threads(n)
+                np.testing.assert_array_equal(kernels.bias_grad(grad), expected, err_msg=f"{rows}x{cols}, {n} threads")
+
+
 @pytest.mark.parametrize("kind", ACTIVATIONS)
 def test_activation_is_bitwise_identical_on_1_and_2_threads(threads, rng, kind):
     x = rng.standard_normal(200_003).astype(np.float32)

@@ -325,7 +325,6 @@ template <class T>
 void bias_grad(const T* grad, T* out, int64_t rows, int64_t cols) {
   if (cols == 0) return;
   constexpr int64_t kMaxColChunk = 4096, kMinColChunk = 256;
-  constexpr int64_t kAccSize = 2 * kMaxColChunk;  // column_block_sums' scratch (GCC 12 failed on 2 * kMaxColChunk in the lambda)
   const int64_t row_blocks = ceil_div(rows, kReduceRowBlock);
   int64_t kColChunk = kMaxColChunk;  // only the split of work depends on the thread count
   while (kColChunk > kMinColChunk && row_blocks * ceil_div(cols, kColChunk) < 4 * static_cast<int64_t>(get_num_threads()))
@@ -342,7 +341,7 @@ void bias_grad(const T* grad, T* out, int64_t rows, int64_t cols) {
     const int64_t c0 = cc * kColChunk, c1 = min_i64(cols, c0 + kColChunk);
     // Runs of kColumnSumRun rows are summed in T (vector-wide, no conversions) and each run is
     // added to the block's double partial: float32 error stays within 16 * eps * sum|g|.
-    T acc[kAccSize];
+    T acc[kMaxColChunk];
     column_block_sums(grad + c0, cols, r0, r1, c1 - c0, acc, partial + rb * cols + c0);
   });
   parallel_for(col_chunks, [&](int64_t cc) {

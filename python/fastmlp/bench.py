@@ -207,8 +207,10 @@ TRIAD = "triad"  # the name of the triad among a memory-bound row's interleaved 
 
 def memory_row(table: "Table", group: str, op: str, shape: str, fns: Dict[str, Callable[[], None]], triad: Triad,
                nbytes: float, repeats: int, target: Optional[str] = None, note: str = "") -> dict:
-    """A memory-bound row: fns and the triad interleaved; the % is against this row's triad."""
-    times = interleaved({**fns, TRIAD: triad}, repeats=repeats)
+    """A memory-bound row: fns and the triad interleaved; the % is against this row's triad. One
+    sample per turn: a VM's memory bandwidth swings over seconds (the triad 25-54 GB/s within one
+    run on Zen 4), so the medians need as many separate turns as they have samples."""
+    times = interleaved({**fns, TRIAD: triad}, repeats=repeats, rounds=repeats)
     bw = triad.gbps(times.pop(TRIAD))
     note = f"{note}; " if note else ""
     row = table.add(group, op, shape, times, nbytes=nbytes, limit=bw, target=target,
@@ -291,7 +293,7 @@ def bench_gemm_epilogue(table: Table, torch, limit: float, quick: bool) -> None:
     if torch is not None:
         tx, tw, tb = torch.from_numpy(x), torch.from_numpy(w), torch.from_numpy(bias)
         fns["torch"] = lambda: torch.relu(torch.addmm(tb, tx, tw.T))
-    times = interleaved(fns, repeats=7 if quick else 21, min_time=0.002, rounds=5 if quick else 7)
+    times = interleaved(fns, repeats=7 if quick else 22, min_time=0.002, rounds=5 if quick else 11)  # as bench_gemm
     table.add("gemm", "gemm+bias+relu (layer)", f"{M}x{N}x{Kd}", times, flops=2.0 * M * N * Kd, limit=limit,
               target=">= 1.2x numpy")
 

@@ -108,10 +108,12 @@ def test_dropout_is_x_times_mask_over_keep_probability(isa, rng, p, dtype):
     assert (err <= dropout_tolerance(expected, dtype)).all()
 
 
-@pytest.mark.parametrize("size", (31, 32, 33, 63, 100, 4099, CHUNK - 1, CHUNK + 37, 3 * CHUNK + 5))
+@pytest.mark.parametrize("size", (31, 32, 33, 63, 100, 127, 128, 129, 161, 255, 4099, CHUNK - 1, CHUNK + 37,
+                                  3 * CHUNK + 5))
 def test_float32_dropout_and_mask_noise_are_bitwise_the_reference_mask(isa, rng, size):
-    # Sizes around the vector paths' 32- and 64-element groups and the parallel chunks: the
-    # register-resident mask of the AVX2 path and the buffered one must give the same bits.
+    # Sizes around the vector paths' groups (AVX2 32 elements a group of vectors, 16 a vector;
+    # AVX-512 128 and 32) and the parallel chunks: the register-resident masks and the buffered
+    # path must give the same bits.
     x = rng.standard_normal(size).astype(np.float32)
     for seed, offset in ((0, 0), (2**64 - 1, 7), (12345, 2**32 + 5)):
         for p in (0.2, 0.5, 0.9):
@@ -197,7 +199,7 @@ def test_dropout_in_place_and_out(rng, dtype):
 @pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
 @pytest.mark.parametrize("seed", (0, 99, 2**64 - 1))
 def test_random_uniform_equals_reference_exactly(isa, seed, dtype):
-    for n, offset in [(1, 0), (7, 2**64 - 1), (3 * CHUNK + 3, 12)]:
+    for n, offset in [(1, 0), (7, 2**64 - 1), (100, 5), (161, 1), (515, 6), (3 * CHUNK + 3, 12)]:
         got = kernels.random_uniform(n, seed=seed, offset=offset, dtype=dtype)
         assert got.dtype == dtype
         # (w >> 8) * 2**-24 is exact in float32, so both dtypes hold exactly the reference values.

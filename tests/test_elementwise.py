@@ -420,11 +420,12 @@ def test_stream_threshold_refuses_a_negative_size():
         fastmlp._core._set_stream_min_bytes(-1)
 
 
-@pytest.mark.parametrize("cols", [1023, 1024, 1029, 4096])
+@pytest.mark.parametrize("cols", [255, 256, 257, 513, 1023, 1024, 1029, 4096, 16384, 16385])
 def test_streamed_softmax_cross_entropy_is_bitwise_the_plain_one(isa, streaming, rng, cols):
-    # AVX-512 streams float gradients with rows of 1024+ columns through a scratch row; every path
-    # must give the plain call's loss and gradient bits, and write nothing outside the gradient.
-    for rows in (1, 3, 17):
+    # AVX2 and AVX-512 stream float gradients with rows of 256-16384 columns through a scratch row,
+    # fencing once per task (300 rows: several tasks); every path must give the plain call's loss
+    # and gradient bits, and write nothing outside the gradient.
+    for rows in (1, 3, 17, 300):
         x = (rng.standard_normal((rows, cols)) * 5).astype(np.float32)
         labels = rng.integers(0, cols, rows)
         labels[0] = cols - 1  # the last column, and (rows > 1) the first: both piece edges

@@ -322,6 +322,14 @@ double squared_error(const T* pred, const T* target, T* grad, int64_t rows, int6
   return 0.5 * total * inv_rows;
 }
 
+// A task's state for rows whose streamed stores it fences once, at its end.
+struct StreamFenceState {
+  bool streamed = false;
+  void finish() const {
+    if (streamed) stream_fence();
+  }
+};
+
 // Row r: m = max(x), e = exp(x - m) (written into grad, or a scratch row when grad is streamed),
 // loss = log(sum e) + m - x[label],
 // grad = e / (sum e · rows) - onehot / rows.
@@ -334,17 +342,19 @@ double softmax_cross_entropy(const T* logits, const int64_t* labels, T* grad, in
   // rows on, 1.13-1.19x against the next row, toggled in one process; 4096: the next row, 1.05x
   // against two), at least the next row and at most 8.
   const int64_t ahead = max_i64(1, min_i64(8, 8192 / max_i64(1, cols * static_cast<int64_t>(sizeof(T)))));
-  // A large float gradient on AVX-512 is streamed (cpu/stream.h): each row's exp goes to a scratch
-  // row in L1/L2, and the scaled row is streamed from there, so grad's lines are never read. Rows
-  // of 1024-16384 columns only: toggled in one process on two Emerald Rapids cores, 4096 columns
-  // 1.22-1.24x, 1024 1.13-1.15x, but 512 0.93x and 256 0.73x (a fence per row); on AVX2 (there,
-  // and on Zen 3) the exp pass is bound by its arithmetic and streaming lost up to 6%.
-#if defined(__AVX512F__)
-  const bool stream = std::is_same_v<T, float> && cols >= 1024 && cols <= 16384 && stream_output(rows * cols, grad, logits);
+  // A large float gradient on AVX2 and AVX-512 is streamed (cpu/stream.h): each row's exp goes to
+  // a scratch row in L1/L2, the scaled row is streamed from there, so grad's lines are never read,
+  // and each task fences once at its end. Rows of 256-16384 columns: toggled in one process on two
+  // AMD EPYC (Zen 4) cores, 8192 x 4096 1.16x through the AVX2 path; AVX-512 1024 columns 1.26-1.28x
+  // and 4096 1.05-1.07x for a fence per task against one per row, 512 and 256 columns streamed
+  // 1.14-1.19x (0.93x and 0.73x on Emerald Rapids with a fence per row), but 128 0.88-0.91x and 64
+  // 0.75-0.84x: there the per-row staging outweighs the traffic saved.
+#if defined(__AVX2__)
+  const bool stream = std::is_same_v<T, float> && cols >= 256 && cols <= 16384 && stream_output(rows * cols, grad, logits);
 #else
   constexpr bool stream = false;
 #endif
-  const double total = sum_row_losses(rows, cols, [&](int64_t r) {
+  const double total = sum_row_losses<StreamFenceState>(rows, cols, [&](int64_t r, [[maybe_unused]] StreamFenceState& fence) {
     const T* x = logits + r * cols;
     T* g = grad + r * cols;
     const int64_t label = labels[r];
@@ -357,18 +367,20 @@ double softmax_cross_entropy(const T* logits, const int64_t* labels, T* grad, in
       // arithmetic).
       const bool fetch = r + ahead < rows;
       if (stream) {
-        // Streamed rows fetch only the next row (they are 4 KiB or more): rows of 1024 floats two
-        // rows on lost on AMD EPYC (Zen 4, 32 KiB 8-way L1), toggled in one process at 16384 and
-        // 32768 x 1024: the next row 1.07-1.16x on two threads, 1.11-1.15x on one; the plain-store
-        // path showed no difference either way (0.97 against 0.97).
+        // Streamed rows fetch only the next row: rows of 1024 floats two rows on lost on AMD EPYC
+        // (Zen 4, 32 KiB 8-way L1), toggled in one process at 16384 and 32768 x 1024: the next row
+        // 1.07-1.16x on two threads, 1.11-1.15x on one; and 8 KiB on, as the plain path, 0.78x at
+        // 256 and 512 columns, 0.76-0.83x at 1024 (the plain-store path showed no difference).
         float* e = static_cast<float*>(thread_scratch(kScratchAcc, sizeof(float) * static_cast<size_t>(cols)));
         s = exp_shifted_and_sum(x, m, e, cols, r + 1 < rows ? x + cols : x, e);
         const T scale = static_cast<T>(inv_rows / s);
-        write_out(g, 0, cols, true, [&](int64_t s0, int64_t len, T* __restrict dst) {
+        auto body = [&](int64_t s0, int64_t len, T* __restrict dst) {
           const T* __restrict es = e + s0;
           for (int64_t c = 0; c < len; ++c) dst[c] = es[c] * scale;
           if (label >= s0 && label < s0 + len) dst[label - s0] -= onehot;
-        });
+        };
+        write_out<false>(g, 0, cols, true, body);  // fenced at the task's end
+        fence.streamed = true;
         return ops::loss_log(s) + (static_cast<double>(m) - static_cast<double>(x_label));
       }
       s = exp_shifted_and_sum(x, m, g, cols, fetch ? x + ahead * cols : x, fetch ? g + ahead * cols : g);

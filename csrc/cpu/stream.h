@@ -77,8 +77,9 @@ inline void stream_fence() {
 // out + s. After a short first piece up to a line boundary of out (NumPy's large arrays start 16
 // bytes past one) the pieces cover whole lines. Small pieces, so that the loads of the next piece
 // overlap the streaming of this one (a page at a time was slower than plain stores). body may
-// read out[s, s + len) (an in-place op): it is written only after body returns.
-template <class T, class Body>
+// read out[s, s + len) (an in-place op): it is written only after body returns. Without Fence the
+// caller fences (stream_fence) before its task ends.
+template <bool Fence = true, class T, class Body>
 inline void write_out(T* out, int64_t b, int64_t e, bool stream, const Body& body) {
   if (!stream) {
     body(b, e - b, out + b);
@@ -94,7 +95,7 @@ inline void write_out(T* out, int64_t b, int64_t e, bool stream, const Body& bod
     body(s, len, buf);
     stream_copy_bytes(out + s, buf, len * static_cast<int64_t>(sizeof(T)));
   }
-  stream_fence();
+  if constexpr (Fence) stream_fence();
 }
 
 // An output range computed in order, a piece at a time, into a staging buffer and streamed out in

@@ -374,12 +374,11 @@ double softmax_cross_entropy(const T* logits, const int64_t* labels, T* grad, in
         float* e = static_cast<float*>(thread_scratch(kScratchAcc, sizeof(float) * static_cast<size_t>(cols)));
         s = exp_shifted_and_sum(x, m, e, cols, r + 1 < rows ? x + cols : x, e);
         const T scale = static_cast<T>(inv_rows / s);
-        auto body = [&](int64_t s0, int64_t len, T* __restrict dst) {
+        write_out<false>(g, 0, cols, true, [&](int64_t s0, int64_t len, T* __restrict dst) {  // fenced at the task's end
           const T* __restrict es = e + s0;
           for (int64_t c = 0; c < len; ++c) dst[c] = es[c] * scale;
           if (label >= s0 && label < s0 + len) dst[label - s0] -= onehot;
-        };
-        write_out<false>(g, 0, cols, true, body);  // fenced at the task's end
+        });
         fence.streamed = true;
         return ops::loss_log(s) + (static_cast<double>(m) - static_cast<double>(x_label));
       }

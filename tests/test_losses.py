@@ -236,18 +236,30 @@ def test_sigmoid_cross_entropy_is_stable_for_logits_of_magnitude_1e4(isa, rng, d
     np.testing.assert_allclose(grad, ref_grad, rtol=0, atol=8 * eps_of(dtype) / 2)
 
 
-@pytest.mark.parametrize("cols", [1, 17, 32, 67])
-def test_sigmoid_cross_entropy_loss_stays_finite_near_the_float_range(isa, cols):
+@pytest.mark.parametrize("cols", [1, 17, 32, 67, 300, 1030])
+@pytest.mark.parametrize("in_place", [False, True])
+def test_sigmoid_cross_entropy_loss_stays_finite_near_the_float_range(isa, cols, in_place):
     # relu(x) - t*x of float32 inputs is finite in float64 even when it exceeds the float range:
     # the SIMD bundles must not overflow where the double formula (and the scalar tail) do not.
-    # Targets outside [0, 1] are accepted, so t = -1 doubles the term.
+    # Targets outside [0, 1] are accepted, so t = -1 doubles the term. Wide rows put such terms in
+    # several bundles of one lane's float sum; in place, the gradient overwrites the logits as
+    # the row goes (with 4 rows the gradient's 1/rows is a float product, stored at once), so the
+    # double formula must not read them back.
+    rng = np.random.default_rng(cols)
     for value, target in ((2e38, 0.0), (3e38, -1.0), (-3e38, 1.0), (1e30, 1e9)):
-        x = np.zeros((1, cols), np.float32)
-        t = np.zeros((1, cols), np.float32)
+        x = rng.standard_normal((4, cols)).astype(np.float32)
+        t = rng.uniform(size=(4, cols)).astype(np.float32)
         x[0, ::16] = value
         t[0, ::16] = target
-        loss, grad = K.sigmoid_cross_entropy(x, t)
+        x[2, cols // 2] = value  # one huge term in the middle of a row
+        t[2, cols // 2] = target
         ref_loss, ref_grad = ref_sigmoid_cross_entropy(x, t)
+        if in_place:
+            grad = x.copy()
+            loss, out = K.sigmoid_cross_entropy(grad, t, out=grad)
+            assert out is grad
+        else:
+            loss, grad = K.sigmoid_cross_entropy(x, t)
         assert np.isfinite(ref_loss) and np.isfinite(loss), (value, target)
         assert loss == pytest.approx(ref_loss, rel=8 * eps_of(np.float32)), (value, target)
         np.testing.assert_allclose(grad, ref_grad, rtol=eps_of(np.float32), atol=8 * eps_of(np.float32))

@@ -86,6 +86,8 @@ FASTMLP_LANEWISE(VecF, lane_abs(const VecF& a), reinterpret_cast<NativeF>(reinte
 FASTMLP_LANEWISE(VecI, lane_to_int(const VecF& a), __builtin_convertvector(a.p[k], NativeI))
 // n / 2 rounded toward zero, as C++ integer division.
 FASTMLP_LANEWISE(VecF, pow2i(const VecI& n), reinterpret_cast<NativeF>((n.p[k] + 127) << 23))
+FASTMLP_LANEWISE(VecF, scale_pow2_normal(const VecF& e, const VecI& n),
+                 reinterpret_cast<NativeF>(reinterpret_cast<NativeU>(e.p[k]) + (reinterpret_cast<NativeU>(n.p[k]) << 23)))
 // vminps/vmaxps return their second operand unless the first is strictly smaller/larger: exactly
 // the scalar a < b ? a : b (NaN and signed zeros included).
 #if defined(__AVX512F__)

@@ -928,14 +928,8 @@ void gemm(const GemmArgs<T>& g) {
   // 256x512x512 1.06-1.08x, 256x784x512 1.04x. Rows 4 KiB or more apart (M = 1024-4096) lost
   // 9-47%, 512x784x1024 (2 MiB) 23%, and the AVX2 path (6-row tiles) 2-7%. The training step's
   // dW GEMMs (a_sums) keep packing: their sums then cost a pass of their own, and the step lost
-  // 1.4-2.7%. On AMD EPYC (Zen 4), the AVX2 path reads it in place while rows are at most 1 KiB
-  // apart (M <= 256 floats): toggled in one process on two threads (24 alternations), 256x512x512
-  // At.B 1.09x and At.Bt 1.08x (1.21-1.26x in a spell when the two vCPUs did not scale: a task
-  // waiting on the other's A pack waits longer), 256x784x512 At.B 1.03x and At.Bt 1.03-1.16x,
-  // 256x512x784 1.01x; 512x784x256 (2 KiB apart) 0.99-1.0x, so not there. On one thread it loses
-  // 2-5% (there is no pack to wait on), but the default is every core.
-  constexpr int64_t kTransARowGap = Simd<T>::W * sizeof(T) >= 64 ? 2048 : 1024;
-  const bool trans_a_narrow = M * static_cast<int64_t>(sizeof(T)) <= kTransARowGap &&
+  // 1.4-2.7%.
+  const bool trans_a_narrow = Simd<T>::W * sizeof(T) >= 64 && M * static_cast<int64_t>(sizeof(T)) <= 2048 &&
                               M * K * static_cast<int64_t>(sizeof(T)) <= (int64_t{1} << 20);
   const bool a_in_place = k_blocks == 1 && !direct_a && (!g.relu_mask || masked_out) && !g.a_sums &&
                           (g.act == Act::identity || g.act == Act::relu) &&

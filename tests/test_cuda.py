@@ -932,6 +932,37 @@ def test_an_array_freed_inside_a_capture_lives_as_long_as_the_graph(rng):
 
 
 @requires_gpu
+def test_old_cyclic_garbage_collected_inside_a_capture_leaves_it_intact(rng, monkeypatch):
+    # graph_capture collects only the young generations before it begins (a full collection costs
+    # 100 ms or more with torch or JAX loaded, once per Trainer.fit): a stream and an array in an
+    # old reference cycle can still die inside the block, where their destruction waits for its end.
+    a = cuda.asarray(rng.standard_normal((64, 1024)).astype(np.float32))
+    h = cuda.empty((64, 64))
+    K.gemm(a, a, trans_b=True, out=h)
+
+    class Cycle:
+        pass
+
+    old = Cycle()
+    old.me, old.stream, old.array = old, cuda.Stream(), cuda.asarray(np.ones(4096, np.float32))
+    K.gemm(a, a, trans_b=True, out=h, stream=old.stream)  # scratch of its own, freed with it
+    old.stream.synchronize()
+    gc.collect()  # reachable: promoted to the oldest generation
+    del old  # now old garbage, which a young collection leaves
+    generations = []
+    real_collect = gc.collect
+    monkeypatch.setattr(gc, "collect", lambda generation=2: generations.append(generation) or real_collect(generation))
+    with cuda.graph_capture() as g:
+        assert all(gen < 2 for gen in generations), generations
+        real_collect()  # the cycle dies here, mid-capture
+        K.gemm(a, a, trans_b=True, out=h, alpha=3.0)
+    g.replay()
+    cuda.synchronize()
+    a64 = a.to_numpy().astype(np.float64)
+    np.testing.assert_allclose(h.to_numpy(), 3 * a64 @ a64.T, rtol=1e-4, atol=1e-3)
+
+
+@requires_gpu
 def test_capture_refuses_allocations_with_a_clear_error():
     x = cuda.zeros(8)
     K.activation(x, "relu")  # warm

@@ -11,9 +11,6 @@
 // so no block sees a half-advanced step and no second kernel is launched. An empty update, or one
 // captured on a stream whose counters do not exist yet, advances it with a one-thread kernel.
 #include <cmath>
-#include <cstdio>
-#include <cstdlib>
-#include <cstring>
 
 #include "cuda/check.cuh"
 #include "ops/optim.h"
@@ -226,7 +223,7 @@ struct AdamLaunch {
 // instructions and more bytes in flight per thread); the last n % 4 elements go one by one. The
 // element math and the per-range coefficients are the scalar path's, so results are identical.
 template <bool Vec>
-__device__ __forceinline__ void adam_body(const AdamLaunch& k) {
+__global__ void adam_kernel(AdamLaunch k) {
   const cpu::AdamArgs& a = k.args;
   // The schedule's values, formed once per block by one thread (pow in double is hundreds of
   // instructions) and read by every thread after the barrier.
@@ -295,32 +292,6 @@ __device__ __forceinline__ void adam_body(const AdamLaunch& k) {
   advance_step_when_last(k.sched, k.ticket);
 }
 
-// The kernel as measured (70 registers on sm_90: 3 blocks of 256 threads per SM), and the same body
-// held to 64 registers for 4 blocks per SM (50% occupancy; no spills since the schedule is formed
-// per block: ptxas -v, sm_90), which FASTMLP_CUDA_ADAM_MIN_BLOCKS=4 selects for A/B runs
-// (tools/gpu_check.sh memab) until a GPU shows which is faster. Either way the same arithmetic, so
-// the same bits.
-template <bool Vec>
-__global__ void adam_kernel(AdamLaunch k) {
-  adam_body<Vec>(k);
-}
-template <bool Vec>
-__global__ void __launch_bounds__(kBlockThreads, 4) adam_kernel_4(AdamLaunch k) {
-  adam_body<Vec>(k);
-}
-
-bool adam_four_blocks() {
-  static const bool four = [] {
-    const char* v = std::getenv("FASTMLP_CUDA_ADAM_MIN_BLOCKS");
-    if (!v || !*v) return false;
-    if (std::strcmp(v, "4") == 0) return true;
-    if (std::strcmp(v, "3") != 0)
-      std::fprintf(stderr, "fastmlp: ignoring FASTMLP_CUDA_ADAM_MIN_BLOCKS=%s (3 or 4 is expected)\n", v);
-    return false;
-  }();
-  return four;
-}
-
 // The update (when there are elements), then the step counter's advance (always: it also feeds
 // the random streams of the next step).
 template <class Launch>
@@ -362,11 +333,10 @@ void adam_step(float* param, const float* grad, float* exp_avg, float* exp_avg_s
   const double step = static_cast<double>(args.step);
   const AdamLaunch launch{param, grad, exp_avg, exp_avg_sq, n, args, 1.0 - std::pow(args.beta1, step),
                           1.0 - std::pow(args.beta2, step), seg, sched};
-  const bool four = adam_four_blocks();
   if (aligned16(param) && aligned16(grad) && aligned16(exp_avg) && aligned16(exp_avg_sq))
-    run_step(four ? adam_kernel_4<true> : adam_kernel<true>, launch, "adam_step", stream, (n + 3) / 4);
+    run_step(adam_kernel<true>, launch, "adam_step", stream, (n + 3) / 4);
   else
-    run_step(four ? adam_kernel_4<false> : adam_kernel<false>, launch, "adam_step", stream, n);
+    run_step(adam_kernel<false>, launch, "adam_step", stream, n);
 }
 
 }  // namespace cuda

@@ -209,14 +209,22 @@ def test_cuda_relu_dropout_backward_shortcut_trains_bitwise_like_the_mask_regene
 def test_cuda_training_streams_large_host_data_like_resident_data(monkeypatch):
     from fastmlp import _device_train
 
+    from fastmlp.train import Callback
+
+    class Where(Callback):  # the fit's device loop, seen while it runs (fit drops it at its end)
+        def on_batch_end(self, trainer, step, loss):
+            resident.add(trainer._device_loop.resident)
+
     X, y = _digits(300)  # 300 = 4 full batches of 64 and a partial one
     params = []
     for fraction in (0.5, 0.0):  # resident on the device, then streamed through pinned buffers
         monkeypatch.setattr(_device_train, "RESIDENT_FRACTION", fraction)
         model = fastmlp.MLP([64, 32, 10], output="softmax", dropout=0.1, seed=0, device="cuda")
-        tr = Trainer(model, optimizer=Adam(1e-3), batch_size=64, epochs=3, progress=False, seed=2)
+        tr = Trainer(model, optimizer=Adam(1e-3), batch_size=64, epochs=3, progress=False, seed=2,
+                     callbacks=[Where()])
+        resident = set()
         tr.fit(X, y)
-        assert tr._device_loop.resident == (fraction > 0)
+        assert resident == {fraction > 0}
         params.append(model.parameters().to_numpy())
     np.testing.assert_array_equal(params[0], params[1])
 
@@ -277,6 +285,39 @@ def test_cuda_fit_stopped_by_a_callback_resumes_at_the_next_batch(stop_at):
     stopped.fit(X, y)
     assert stopped.step == whole.step == 32
     np.testing.assert_array_equal(stopped.model.parameters().to_numpy(), whole.model.parameters().to_numpy())
+
+
+@needs_gpu
+@pytest.mark.parametrize("stop", [False, True])
+def test_a_cuda_fit_leaves_no_reference_cycle_behind(stop):
+    # The device loop refers to its Trainer; kept after fit, it held the model, the uploaded
+    # training set and the captured graph in a cycle until Python's cyclic collector ran.
+    import gc
+    import weakref
+
+    from fastmlp.train import Callback
+
+    class Stop(Callback):
+        def on_batch_end(self, trainer, step, loss):
+            if stop and step == 6:
+                raise KeyboardInterrupt
+
+    X, y = _digits(256)
+    gc.collect()
+    gc.disable()
+    try:
+        model = fastmlp.MLP([64, 32, 10], output="softmax", dropout=0.1, seed=0, device="cuda")
+        tr = Trainer(model, optimizer=Adam(1e-3), batch_size=32, epochs=2, progress=False, check_every=4,
+                     callbacks=[Stop()])
+        try:
+            tr.fit(X, y)
+        except KeyboardInterrupt:
+            assert stop
+        refs = [weakref.ref(model), weakref.ref(tr), weakref.ref(model.parameters())]
+        del model, tr
+        assert [r() is None for r in refs] == [True] * 3
+    finally:
+        gc.enable()
 
 
 @needs_gpu

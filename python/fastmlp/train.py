@@ -727,6 +727,11 @@ class Trainer:
         finally:
             if bar is not None:
                 bar.close()
+            # The device loop (an uploaded copy of the training set, pinned buffers, the captured
+            # graph, the rollback snapshot) goes with the fit: a later fit builds its own, and the
+            # loop refers back to this Trainer, so keeping it would hold all of that, the model
+            # too, until Python's cyclic collector happened to run.
+            self._device_loop = None
         if self.history.stop_reason in ("early_stopping", "completed", "callback") and self.restore_best \
                 and self.early_stopping is not None and self._best["params"] is not None:
             _arrays.assign(model.parameters(), self._best["params"])

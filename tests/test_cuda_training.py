@@ -288,7 +288,7 @@ def test_cuda_fit_stopped_by_a_callback_resumes_at_the_next_batch(stop_at):
 
 
 @needs_gpu
-@pytest.mark.parametrize("stop", [False, True])
+@pytest.mark.parametrize("stop", ["no", "during", "at_begin"])
 def test_a_cuda_fit_leaves_no_reference_cycle_behind(stop):
     # The device loop refers to its Trainer; kept after fit, it held the model, the uploaded
     # training set and the captured graph in a cycle until Python's cyclic collector ran.
@@ -298,8 +298,12 @@ def test_a_cuda_fit_leaves_no_reference_cycle_behind(stop):
     from fastmlp.train import Callback
 
     class Stop(Callback):
+        def on_train_begin(self, trainer):
+            if stop == "at_begin":
+                raise KeyboardInterrupt
+
         def on_batch_end(self, trainer, step, loss):
-            if stop and step == 6:
+            if stop == "during" and step == 6:
                 raise KeyboardInterrupt
 
     X, y = _digits(256)
@@ -312,12 +316,65 @@ def test_a_cuda_fit_leaves_no_reference_cycle_behind(stop):
         try:
             tr.fit(X, y)
         except KeyboardInterrupt:
-            assert stop
+            assert stop != "no"
         refs = [weakref.ref(model), weakref.ref(tr), weakref.ref(model.parameters())]
         del model, tr
         assert [r() is None for r in refs] == [True] * 3
     finally:
         gc.enable()
+
+
+@needs_gpu
+@pytest.mark.parametrize("presses", (1, 2), ids=("ctrl-c", "ctrl-c-twice"))
+def test_cuda_fit_interrupted_inside_a_step_resumes_without_repeating_a_batch(monkeypatch, presses):
+    """Ctrl-C while step 6 runs: once, the fit stops at the next check (step 8); twice, right
+    after step 6, whose loss and those since the last check are read and recorded first. Either
+    way a resumed fit runs each remaining batch once and ends where an uninterrupted one does."""
+    import signal
+
+    from fastmlp import _device_train
+
+    X, y = _digits(512)
+
+    def trainer():
+        model = fastmlp.MLP([64, 32, 10], output="softmax", dropout=0.1, seed=0, device="cuda")
+        return Trainer(model, optimizer=Adam(1e-3), batch_size=32, epochs=2, progress=False, check_every=4)
+
+    whole = trainer()
+    whole.fit(X, y)
+    stopped = trainer()
+    real_step = _device_train.DeviceLoop.step
+
+    def step(self, lo, hi):
+        real_step(self, lo, hi)
+        if self.trainer.step == 6:
+            for _ in range(presses):
+                signal.raise_signal(signal.SIGINT)
+
+    monkeypatch.setattr(_device_train.DeviceLoop, "step", step)
+    with pytest.raises(KeyboardInterrupt):
+        stopped.fit(X, y)
+    monkeypatch.undo()
+    assert stopped.step == stopped.optimizer.step_count == (8 if presses == 1 else 6)
+    assert stopped.history.stop_reason == "interrupted"
+    stopped.fit(X, y)
+    assert stopped.step == whole.step == 32
+    np.testing.assert_array_equal(stopped.model.parameters().to_numpy(), whole.model.parameters().to_numpy())
+
+
+@needs_gpu
+def test_cuda_fit_replays_its_captured_step_by_the_raw_launch_path(monkeypatch):
+    from fastmlp import _device_train
+
+    calls = []
+    real = _device_train.DeviceLoop._replay_step
+    monkeypatch.setattr(_device_train.DeviceLoop, "_replay_step",
+                        lambda self, lo, hi: calls.append(hi - lo) or real(self, lo, hi))
+    X, y = _digits(300)  # 9 full batches of 32 and one of 12 per epoch
+    model = fastmlp.MLP([64, 32, 10], output="softmax", dropout=0.1, seed=0, device="cuda")
+    Trainer(model, optimizer=Adam(1e-3), batch_size=32, epochs=2, progress=False, use_graphs=True).fit(X, y)
+    # every full batch after the first two (run eagerly, then captured), none of the partial ones
+    assert calls == [32] * (2 * 9 - 2)
 
 
 @needs_gpu

@@ -254,18 +254,30 @@ class DeviceLoop:
             self.take_snapshot()
         batches = start_batch
         bs = tr.batch_size
+
+        def record():
+            """Read the pending losses (the check) and record their steps as done."""
+            nonlocal total, batches
+            losses = self.check(epoch)
+            for loss in losses:
+                total += loss
+            batches += len(losses)
+            # Every step up to here is applied: recorded before a callback can stop the fit.
+            tr._partial_epoch = (batches, total, tr._partial_epoch[2], self.n_rows, bs)
+            return losses
+
         for b in range(start_batch, n_batches):
             lo, hi = b * bs, min(self.n_rows, (b + 1) * bs)
-            self.step(lo, hi)
+            try:
+                with sigint.atomic():  # a second Ctrl-C stops the fit after this step, not inside it
+                    self.step(lo, hi)
+            except KeyboardInterrupt:
+                record()  # the steps since the last check ran: a resumed fit must not run them again
+                raise
             last = b == n_batches - 1
             if self.pending == self.every or last:
-                losses = self.check(epoch)
+                losses = record()
                 first_step = tr.step - len(losses) + 1
-                for loss in losses:
-                    total += loss
-                batches += len(losses)
-                # Every step up to here is applied: recorded before a callback can stop the fit.
-                tr._partial_epoch = (batches, total, tr._partial_epoch[2], self.n_rows, bs)
                 for i, loss in enumerate(losses):
                     for cb in tr.callbacks:
                         cb.on_batch_end(tr, first_step + i, loss)

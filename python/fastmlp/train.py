@@ -696,11 +696,6 @@ class Trainer:
                                              seed=self.seed, _prepared=True, batch_size=self.batch_size)
             self.optimizer.current_lr = self.base_lr
         self._ensure_bound()
-        self._device_loop = None
-        if model.device != "cpu":
-            from ._device_train import DeviceLoop
-
-            self._device_loop = DeviceLoop(self, x, t, weights)
         self.schedule.set_horizon(self.epochs)
         n = x.shape[0]
         has_bn = any(type(l).__name__ == "BatchNorm" for l in model.layers)
@@ -708,11 +703,17 @@ class Trainer:
         n_batches = n // self.batch_size if drop_last else -(-n // self.batch_size)
         if n_batches == 0:
             raise ValueError(f"no full batch: {n} training rows with batch_size={self.batch_size} and drop_last")
-        for cb in self.callbacks:
-            cb.on_train_begin(self)
-        bar = self._progress_bar()
-        self.history.stop_reason = None
+        self._device_loop = None
+        bar = None
         try:
+            if model.device != "cpu":
+                from ._device_train import DeviceLoop
+
+                self._device_loop = DeviceLoop(self, x, t, weights)
+            for cb in self.callbacks:
+                cb.on_train_begin(self)
+            bar = self._progress_bar()
+            self.history.stop_reason = None
             with _SigintDeferral() as sigint:
                 while self.epoch < self.epochs:
                     reason = self._run_epoch(x, t, xv, tv, n_batches, sigint, bar)

@@ -140,8 +140,12 @@ class DeviceLoop:
 
     def step(self, lo: int, hi: int) -> None:
         """One training step on rows order[lo:hi]; its loss lands in the next loss slot."""
-        if hi - lo == self.graph_rows and self.native.get_device() == self.device:
-            self._replay_step(lo, hi)
+        if hi - lo == self.graph_rows:  # captured: replayed (on the loop's device)
+            if self.native.get_device() == self.device:
+                self._replay_step(lo, hi)
+            else:
+                with _cuda._on_device(self.device):
+                    self._replay_step(lo, hi)
             return
         with _cuda.stream(self.stream):  # every launch on self.stream (the model may fork from it)
             self._step(lo, hi)
@@ -177,12 +181,7 @@ class DeviceLoop:
         else:
             self._upload_batch(lo, hi)
         full = rows == self.xb.shape[0]
-        if full and self.graph is not None and self.graph_rows == rows:
-            if opt._device_step_mirror != opt.step_count - 1:  # a rollback moved the host counter
-                opt._kernel_step_lr(None)
-            opt._device_step_mirror = opt.step_count
-            self.graph.replay(s)
-        elif full and self.trainer.use_graphs and self.graph is None and self._warm:
+        if full and self.trainer.use_graphs and self.graph is None and self._warm:  # (replays: _replay_step)
             with _cuda.graph_capture(s) as graph:
                 self._body(rows)
             # Every buffer the graph reads or writes must live as long as the graph.

@@ -26,7 +26,7 @@ import numpy as np
 KERNELS = ("gemm", "activation", "activation_backward", "bias_grad", "dropout", "dropout_backward", "dropout_mask",
            "add_noise", "random_uniform", "random_normal", "squared_error", "softmax_cross_entropy",
            "sigmoid_cross_entropy", "batch_norm", "batch_norm_backward", "sgd_step", "adagrad_step", "rmsprop_step",
-           "adam_step")
+           "adam_step", "clip_grad_norm")
 DIMS = (0, 1, 2, 3, 4, 5, 7, 8, 9, 15, 16, 17, 31, 33, 64, 65)
 FLOATS = (0.0, -0.0, 1.0, 0.5, 0.1, 0.9, 0.999, 1e-8, 1e-30, 5e-324, -1.0, -1e-8, 2.0, 1e6, 1e30, 1e300,
           math.inf, -math.inf, math.nan, 1 - 2**-53, 1.0 + 2**-52, 3.4e38, 3.5e38)
@@ -449,7 +449,29 @@ def build_optim(g, K, name):
     return call, check
 
 
+def build_clip(g, K):
+    dt = g.pick((np.float32, np.float64))
+    shape = tuple(g.dim() for _ in range(g.fdp.ConsumeIntInRange(0, 2)))
+    grad = g.array(shape, g.dtype(dt), written=True)
+    max_norm, eps = g.scalar(1.0), g.scalar(1e-6)
+    g0 = grad.astype(np.float64) if grad.dtype.kind == "f" else None
+
+    def call():
+        return K.clip_grad_norm(grad, max_norm, eps=eps)
+
+    def check(r):
+        assert isinstance(r, float)
+        if _finite(g0) and np.abs(g0).max(initial=0) < 1e100:
+            ref = float(np.sqrt(np.sum(g0 ** 2)))
+            assert abs(r - ref) <= 1e-6 * ref, ("clip_grad_norm norm", r, ref)
+            factor = max_norm / (ref + eps) if ref > max_norm else 1.0
+            _close(grad, g0 * factor, dt, np.abs(g0).max(initial=0), "clip_grad_norm")
+    return call, check
+
+
 def build(g, K, name):
+    if name == "clip_grad_norm":
+        return build_clip(g, K)
     if name == "gemm":
         return build_gemm(g, K)
     if name in ("activation", "activation_backward", "bias_grad", "dropout", "dropout_backward", "add_noise"):

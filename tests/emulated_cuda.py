@@ -346,6 +346,15 @@ class Fake:
             self._store(step_ptr, t)
         _launch(stream, run)
 
+    def clip_grad_norm(self, g, n, max_norm, eps, norm_out, stream):
+        if not (max_norm > 0 and np.isfinite(max_norm)):
+            raise ValueError(f"clip_grad_norm: max_norm must be a finite number > 0, got {max_norm}")
+        def run():
+            norm = _core.clip_grad_norm(_view(g, (n,), np.float32), max_norm, eps=eps)
+            if norm_out:
+                _view(norm_out, (1,), np.float32)[0] = norm
+        _launch(stream, run)
+
 
     # -- helpers of device training and the probes --
     def gather_rows(self, src, idx, out, rows, row_bytes, stream):

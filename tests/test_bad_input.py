@@ -81,6 +81,8 @@ KERNELS = [
     Kernel("adam_step", lambda d: dict(param=_r((4, 3), d), grad=_r((4, 3), d), exp_avg=_r((4, 3), d),
                                        exp_avg_sq=_r((4, 3), d)),
            lambda **a: kernels.adam_step(**a, step=1, lr=1e-3), ("param", "grad", "exp_avg", "exp_avg_sq")),
+    Kernel("clip_grad_norm", lambda d: dict(grad=_r((4, 3), d)),
+           lambda grad: kernels.clip_grad_norm(grad, 0.5), ("grad",)),
 ]
 BY_NAME = {k.name: k for k in KERNELS}
 KERNEL_ARGS = [(k, arg) for k in KERNELS for arg in k.float_args]

@@ -97,6 +97,7 @@ def _kernel_jobs(rng):
             f"softmax-ce-{tag}": lambda x=x, labels=labels: K.softmax_cross_entropy(x, labels),
             f"sigmoid-ce-{tag}": lambda x=x, targets=targets: K.sigmoid_cross_entropy(x, targets),
             f"batch-norm-{tag}": batch_norm_train,
+            f"clip-grad-norm-{tag}": lambda big=big: (lambda g: (K.clip_grad_norm(g, 10.0), g))(big.copy()),
             **{f"{kind}-step-{tag}": (lambda kind=kind: steps(kind)) for kind in ("adam", "sgd", "adagrad", "rmsprop")},
         })
     jobs["dropout-mask"] = lambda: K.dropout_mask((513, 9), 0.4, seed=9, offset=1)

@@ -187,6 +187,29 @@ def test_captured_graph_training_matches_eager_training_bitwise():
 
 @needs_gpu
 @pytest.mark.parametrize("graphs", [False, True])
+def test_cuda_fit_and_train_step_clip_the_gradient_norm_like_the_cpu(graphs):
+    # A bound far under the gradients' norm: every SGD step is clipped, so each moves the
+    # parameters by lr * clip_norm (less eps's share) in L2, on either device and in a graph too.
+    X, y = _digits(128)
+    lr, bound = 0.5, 0.05
+    got = {}
+    for device in ("cpu", "cuda"):
+        model = fastmlp.MLP([64, 32, 10], output="softmax", seed=0, device=device)
+        start = np.array(model.parameters().to_numpy() if device == "cuda" else model.parameters())
+        trainer = Trainer(model, optimizer=SGD(lr, clip_norm=bound), batch_size=64, epochs=3, progress=False,
+                          seed=3, shuffle=False, use_graphs=graphs)
+        trainer.fit(X, y)
+        trainer.train_step(X[:64], y[:64])  # Optimizer.step's path
+        end = model.parameters().to_numpy() if device == "cuda" else model.parameters()
+        got[device] = (start, np.array(end))
+    start, end = got["cuda"]
+    assert np.linalg.norm(end - start) <= 7 * lr * bound * (1 + 1e-5)
+    assert np.linalg.norm(end - start) >= 0.5 * lr * bound  # it trained
+    np.testing.assert_allclose(got["cuda"][1], got["cpu"][1], rtol=1e-4, atol=1e-5)
+
+
+@needs_gpu
+@pytest.mark.parametrize("graphs", [False, True])
 def test_cuda_relu_dropout_backward_shortcut_trains_bitwise_like_the_mask_regenerating_path(graphs):
     # As on the CPU (test_nn): a dropout after Dense+ReLU takes its gradient from its own output in
     # one kernel instead of drawing the mask again and then applying relu's backward (two kernels).

@@ -13,6 +13,8 @@ start away from zero so that sign(p) (the L1 term) is the same in both precision
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 
@@ -615,3 +617,126 @@ def test_trajectory_matches_torch_optim(opt, hp):
         topt.step()
         run_kernel(opt, p, grads[t - 1], state, t, dict(hp, l1=l1))
     np.testing.assert_allclose(p, tp.detach().numpy(), rtol=1e-12, atol=1e-14)
+
+
+# ----------------------------------------------------------------------------------------------
+# clip_grad_norm (global-norm clipping, torch.nn.utils.clip_grad_norm_ on one flat array)
+
+CLIP_SIZES = (1, 7, 16, 17, 97, CHUNK - 1, CHUNK + 1, BIG)
+
+
+def _device_norm(backend, norm):
+    """The returned norm as a float: a Python float on the CPU, a 0-d device array on CUDA."""
+    if backend == "cuda":
+        assert not isinstance(norm, float) and tuple(norm.shape) == ()
+        return float(norm)
+    assert isinstance(norm, float)
+    return norm
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("n", CLIP_SIZES)
+@pytest.mark.parametrize("ratio", [0.25, 0.999, 4.0], ids=["clipped", "just-clipped", "under"])
+def test_clip_grad_norm_matches_the_float64_reference(backend, n, dtype, ratio):
+    rng = np.random.default_rng(n)
+    g0 = (rng.standard_normal(n) * rng.uniform(0.1, 10.0, n)).astype(dtype)
+    ref_norm = float(np.sqrt(np.sum(g0.astype(np.float64) ** 2)))
+    max_norm = ratio * ref_norm
+    g = backend.put(g0.copy())
+    norm = _device_norm(backend, K.clip_grad_norm(g, max_norm))
+    got = backend.get(g)
+    if backend == "cuda":  # the norm comes back as float32; the device's sum order is its own
+        assert norm == pytest.approx(ref_norm, rel=2 * EPS32)
+        expected = g0 * dtype(max_norm / (ref_norm + 1e-6)) if ratio < 1 else g0
+        np.testing.assert_allclose(got, expected, rtol=4 * EPS32, atol=0)
+        return
+    assert norm == pytest.approx(ref_norm, rel=1e-13)
+    if ratio < 1:  # the one rounding of max_norm / (norm + eps) to the dtype, then one product
+        np.testing.assert_array_equal(got, g0 * dtype(max_norm / (norm + 1e-6)))
+        clipped = float(np.sqrt(np.sum(got.astype(np.float64) ** 2)))  # eps keeps it just under max_norm
+        assert clipped == pytest.approx(max_norm * norm / (norm + 1e-6), rel=(1e-12 if dtype == np.float64 else 1e-6))
+    else:
+        np.testing.assert_array_equal(got, g0)  # at or under the bound: untouched
+
+
+def test_clip_grad_norm_eps_and_the_bound_itself():
+    g = np.array([3.0, 4.0])
+    assert K.clip_grad_norm(g, 5.0) == 5.0  # norm == max_norm: not clipped
+    np.testing.assert_array_equal(g, [3.0, 4.0])
+    assert K.clip_grad_norm(g, 1.0, eps=1.0) == 5.0
+    np.testing.assert_array_equal(g, [3.0 / 6.0, 4.0 / 6.0])
+    assert K.clip_grad_norm(np.zeros((0, 3), np.float32), 1.0) == 0.0
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_clip_grad_norm_is_bitwise_the_same_on_one_and_two_threads(isa, threads, dtype):
+    rng = np.random.default_rng(8)
+    g0 = rng.standard_normal(BIG).astype(dtype) * 3
+    out = []
+    for n_threads in (1, 2):
+        fastmlp.set_num_threads(n_threads)
+        g = g0.copy()
+        out.append((K.clip_grad_norm(g, 10.0), g.tobytes()))
+    assert out[0] == out[1]
+
+
+def test_clip_grad_norm_treats_any_shape_as_flat():
+    rng = np.random.default_rng(9)
+    g_flat = rng.standard_normal(120)
+    g_3d = g_flat.reshape(4, 5, 6).copy()
+    assert K.clip_grad_norm(g_flat, 1.0) == K.clip_grad_norm(g_3d, 1.0)
+    np.testing.assert_array_equal(g_3d.reshape(-1), g_flat)
+
+
+def test_clip_grad_norm_non_finite_gradients_behave_as_torch(backend):
+    g = backend.put(np.array([1.0, np.nan, 2.0], np.float32))
+    assert math.isnan(_device_norm(backend, K.clip_grad_norm(g, 1.0)))  # NaN: nothing scaled
+    np.testing.assert_array_equal(backend.get(g), [1.0, np.nan, 2.0])
+    g = backend.put(np.array([1.0, np.inf, -2.0], np.float32))
+    assert _device_norm(backend, K.clip_grad_norm(g, 1.0)) == np.inf  # factor 0: finite -> 0, inf -> NaN
+    np.testing.assert_array_equal(backend.get(g), [0.0, np.nan, -0.0])
+
+
+def test_clip_grad_norm_matches_torch_clip_grad_norm():
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(10)
+    for scale in (0.1, 10.0):
+        g0 = rng.standard_normal(3001).astype(np.float32) * scale
+        t = torch.nn.Parameter(torch.zeros(3001))
+        t.grad = torch.from_numpy(g0.copy())
+        expected_norm = float(torch.nn.utils.clip_grad_norm_([t], 1.0, foreach=False))
+        g = g0.copy()
+        assert K.clip_grad_norm(g, 1.0) == pytest.approx(expected_norm, rel=1e-6)
+        # torch forms the norm and the factor in float32: its factor may differ from ours (formed
+        # in float64, rounded once) by an ulp or two
+        np.testing.assert_allclose(g, t.grad.numpy(), rtol=3 * EPS32, atol=0)
+
+
+@pytest.mark.parametrize("bad,exc,match", [
+    (dict(max_norm=0.0), ValueError, "max_norm must be a finite number > 0"),
+    (dict(max_norm=-1.0), ValueError, "max_norm must be a finite number > 0"),
+    (dict(max_norm=float("inf")), ValueError, "max_norm must be a finite number > 0"),
+    (dict(max_norm=float("nan")), ValueError, "max_norm must be a finite number > 0"),
+    (dict(eps=-1e-6), ValueError, "eps must be a finite number >= 0"),
+    (dict(stream=2), ValueError, "stream= applies to CUDA arrays only"),
+    (dict(norm_out=np.zeros(1, np.float32)), ValueError, "norm_out= applies to CUDA arrays only"),
+])
+def test_clip_grad_norm_bad_arguments_raise_and_leave_grad_unchanged(bad, exc, match):
+    g = np.arange(1.0, 7.0, dtype=np.float32)
+    kw = dict(max_norm=1.0)
+    kw.update(bad)
+    max_norm = kw.pop("max_norm")
+    with pytest.raises(exc, match=match):
+        K.clip_grad_norm(g, max_norm, **kw)
+    np.testing.assert_array_equal(g, np.arange(1.0, 7.0, dtype=np.float32))
+
+
+def test_clip_grad_norm_refuses_int_read_only_and_strided_grads():
+    with pytest.raises(TypeError, match="clip_grad_norm: grad"):
+        K.clip_grad_norm(np.arange(6), 1.0)
+    g = np.ones(6, np.float32)
+    g.setflags(write=False)
+    with pytest.raises(ValueError, match="clip_grad_norm: grad"):
+        K.clip_grad_norm(g, 1.0)
+    with pytest.raises(ValueError, match="clip_grad_norm: grad"):
+        K.clip_grad_norm(np.ones((4, 6), np.float32)[:, ::2], 1.0)

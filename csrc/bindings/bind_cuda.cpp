@@ -616,6 +616,18 @@ void register_kernels(py::module_& m) {
      py::arg("decoupled"), py::arg("seg_bounds"), py::arg("seg_values"), py::arg("seg_count"), py::arg("step_ptr"),
      py::arg("lr_ptr"), py::arg("stream"));
 
+  m.def("clip_grad_norm", [](Ptr grad, int64_t n, double max_norm, double eps, Ptr norm_out, Ptr stream) {
+    const char* fn = "clip_grad_norm";
+    size_arg(n, fn, "n");
+    require_ptr(grad, n, fn, "grad");
+    if (!(max_norm > 0.0) || !std::isfinite(max_norm))
+      value_error(pre(fn) + "max_norm must be a finite number > 0, got " + std::to_string(max_norm));
+    if (!(eps >= 0.0) || !std::isfinite(eps))
+      value_error(pre(fn) + "eps must be a finite number >= 0, got " + std::to_string(eps));
+    py::gil_scoped_release release;
+    cu::clip_grad_norm(ptr<float>(grad), n, max_norm, eps, ptr<float>(norm_out), stream_arg(stream));
+  }, py::arg("grad"), py::arg("n"), py::arg("max_norm"), py::arg("eps"), py::arg("norm_out"), py::arg("stream"));
+
   // ---- data movement and probes ----
   m.def("gather_rows", [](Ptr src, Ptr idx, Ptr out, int64_t rows, int64_t row_bytes, Ptr stream) {
     const char* fn = "gather_rows";

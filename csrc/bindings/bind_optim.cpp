@@ -1,6 +1,7 @@
 // Bindings of the fused optimizer steps: validate every array (one float dtype, C-contiguous,
 // state writeable, the shape of param, no shared memory), every hyper-parameter and the segment
 // table, then update in place without the GIL. Returns param.
+#include <cmath>
 #include <limits>
 #include <string>
 #include <utility>
@@ -264,6 +265,22 @@ py::object adam_step(py::handle param_obj, py::handle grad_obj, py::handle m_obj
   return arrays.param.arr;
 }
 
+// Global-norm clipping in place; returns the norm before clipping as a Python float.
+double clip_grad_norm(py::handle grad_obj, double max_norm, double eps) {
+  const char* fn = "clip_grad_norm";
+  FloatArray grad = float_arg(grad_obj, fn, "grad", /*writeable=*/true);
+  if (!(max_norm > 0.0) || !std::isfinite(max_norm))
+    value_error(std::string(fn) + ": max_norm must be a finite number > 0, got " + py::str(py::float_(max_norm)).cast<std::string>());
+  nonneg_arg(eps, fn, "eps");
+  const int64_t n = grad.size;
+  return dispatch(grad.dtype, [&](auto zero) {
+    using T = decltype(zero);
+    T* g = grad.data<T>();
+    py::gil_scoped_release release;
+    return cpu::active_for<T>().clip_grad_norm(g, n, max_norm, eps);
+  });
+}
+
 }  // namespace
 
 // Every argument is required here: the defaults live in fastmlp.kernels (one place for each
@@ -282,6 +299,7 @@ void register_optim(py::module_& m) {
   m.def("adam_step", &adam_step, py::arg("param"), py::arg("grad"), py::arg("exp_avg"), py::arg("exp_avg_sq"),
         py::kw_only(), py::arg("step"), py::arg("lr"), py::arg("beta1"), py::arg("beta2"), py::arg("eps"),
         py::arg("weight_decay"), py::arg("decoupled"), py::arg("l1"), py::arg("segments").none(true));
+  m.def("clip_grad_norm", &clip_grad_norm, py::arg("grad"), py::arg("max_norm"), py::kw_only(), py::arg("eps"));
 }
 
 }  // namespace bind

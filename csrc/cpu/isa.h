@@ -47,6 +47,8 @@ template <class T>
 void adam_step(T* param, const T* grad, T* exp_avg, T* exp_avg_sq, int64_t n, const AdamArgs& args,
                const Segments& seg);
 
+template <class T> double clip_grad_norm(T* grad, int64_t n, double max_norm, double eps);
+
 double fma_probe(int64_t iterations, float* sink);
 template <class T> void triad(T* a, const T* b, const T* c, T s, int64_t n);
 

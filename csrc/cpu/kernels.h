@@ -101,6 +101,9 @@ struct KernelsT {
   void (*adam_step)(T* param, const T* grad, T* exp_avg, T* exp_avg_sq, int64_t n, const AdamArgs& args,
                     const Segments& seg);
 
+  // Global-norm clipping in place (ops::clip_factor); returns the norm before clipping.
+  double (*clip_grad_norm)(T* grad, int64_t n, double max_norm, double eps);
+
   // STREAM triad a = b + s * c (benchmark probe).
   void (*triad)(T* a, const T* b, const T* c, T s, int64_t n);
 };

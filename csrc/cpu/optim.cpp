@@ -6,6 +6,7 @@
 #include <cmath>
 
 #include "core/parallel.h"
+#include "core/scratch.h"
 #include "cpu/isa.h"
 #include "ops/optim.h"
 
@@ -248,11 +249,60 @@ void adam_step(T* param, const T* grad, T* exp_avg, T* exp_avg_sq, int64_t n, co
   });
 }
 
+// The norm: fixed chunks of kElementwiseChunk elements in parallel, each with kNormLanes double
+// accumulators taking the elements at each offset mod kNormLanes from the chunk's start (v * v then
+// an add: -ffp-contract=off, so every ISA path rounds alike) combined in a fixed tree, the elements
+// past the last multiple of kNormLanes added after it; the chunks' partials added in chunk order.
+// So the norm is bitwise the same on any thread count (and on every ISA path). The scaling pass
+// runs only when the norm exceeds max_norm.
+template <class T>
+double clip_grad_norm(T* grad, int64_t n, double max_norm, double eps) {
+  const int64_t chunks = ceil_div(n, kElementwiseChunk);
+  if (chunks == 0) return 0.0;
+  constexpr int kNormLanes = 16;
+  double* partial = static_cast<double*>(thread_scratch(kScratchReduce, sizeof(double) * static_cast<size_t>(chunks)));
+  parallel_for(chunks, [&](int64_t chunk) {
+    const int64_t b = chunk * kElementwiseChunk, e = min_i64(n, b + kElementwiseChunk);
+    const T* __restrict g = grad;
+    double acc[kNormLanes] = {};
+    int64_t i = b;
+    for (; i + kNormLanes <= e; i += kNormLanes)
+#pragma GCC unroll 16
+      for (int k = 0; k < kNormLanes; ++k) {
+        const double v = static_cast<double>(g[i + k]);
+        acc[k] += v * v;
+      }
+    double tail = 0.0;
+    for (; i < e; ++i) {
+      const double v = static_cast<double>(g[i]);
+      tail += v * v;
+    }
+#pragma GCC unroll 4
+    for (int width = kNormLanes / 2; width >= 1; width /= 2)
+#pragma GCC unroll 8
+      for (int k = 0; k < width; ++k) acc[k] += acc[k + width];
+    partial[chunk] = acc[0] + tail;
+  });
+  double total = 0.0;
+  for (int64_t c = 0; c < chunks; ++c) total += partial[c];
+  const double norm = std::sqrt(total);
+  const double factor = ops::clip_factor(norm, max_norm, eps);
+  if (factor != 1.0) {
+    const T f = static_cast<T>(factor);
+    for_chunks(n, [&](int64_t b, int64_t e) {
+      T* __restrict g = grad;
+      for (int64_t i = b; i < e; ++i) g[i] *= f;
+    });
+  }
+  return norm;
+}
+
 #define FASTMLP_INSTANTIATE(T)                                                                                   \
   template void sgd_step<T>(T*, const T*, T*, int64_t, const SgdArgs&, const Segments&);                         \
   template void adagrad_step<T>(T*, const T*, T*, int64_t, const AdagradArgs&, const Segments&);                 \
   template void rmsprop_step<T>(T*, const T*, T*, T*, T*, int64_t, const RmspropArgs&, const Segments&);         \
-  template void adam_step<T>(T*, const T*, T*, T*, int64_t, const AdamArgs&, const Segments&);
+  template void adam_step<T>(T*, const T*, T*, T*, int64_t, const AdamArgs&, const Segments&);                   \
+  template double clip_grad_norm<T>(T*, int64_t, double, double);
 FASTMLP_INSTANTIATE(float)
 FASTMLP_INSTANTIATE(double)
 #undef FASTMLP_INSTANTIATE

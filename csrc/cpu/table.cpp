@@ -27,6 +27,7 @@ KernelsT<T> make_table() {
   k.adagrad_step = &adagrad_step<T>;
   k.rmsprop_step = &rmsprop_step<T>;
   k.adam_step = &adam_step<T>;
+  k.clip_grad_norm = &clip_grad_norm<T>;
   k.triad = &triad<T>;
   return k;
 }

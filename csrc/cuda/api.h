@@ -142,6 +142,10 @@ void rmsprop_step(float* param, const float* grad, float* square_avg, float* mom
 void adam_step(float* param, const float* grad, float* exp_avg, float* exp_avg_sq, int64_t n,
                const cpu::AdamArgs& args, const DeviceSegments& seg, const DeviceSchedule& sched, Stream stream);
 
+// Global-norm clipping in place (ops::clip_factor): the norm of grad's n floats, summed in double in
+// a fixed order, stored in norm_out (a device float; may be null); grad scaled when it exceeds max_norm.
+void clip_grad_norm(float* grad, int64_t n, double max_norm, double eps, float* norm_out, Stream stream);
+
 // out[r] = src[idx[r]] for rows of row_bytes bytes; idx is a device int64 array (trusted).
 void gather_rows(const void* src, const int64_t* idx, void* out, int64_t rows, int64_t row_bytes, Stream stream);
 void triad(float* a, const float* b, const float* c, float s, int64_t n, Stream stream);  // a = b + s*c

@@ -309,6 +309,55 @@ void run_step(void (*kernel)(Launch), Launch launch, const char* name, cudaStrea
   }
 }
 
+// ---- global-norm clipping ----
+// The sum of squares over a partition that depends on n alone: at most kClipMaxPartials blocks of
+// at least kClipMinPerBlock consecutive elements each; a block's threads sum their elements (in
+// double, in order) and a shared-memory tree adds the threads' sums in a fixed order. The scaling
+// kernel's blocks each add the partials the same way (so every block has the same norm, bitwise),
+// block 0 stores it, and when it exceeds max_norm they scale the gradient by ops::clip_factor.
+// No atomics: the norm is bitwise the same run to run.
+constexpr int64_t kClipMaxPartials = 1024;
+constexpr int64_t kClipMinPerBlock = 16 * kBlockThreads;
+
+// The sum of v over the block's threads in a fixed order (every thread gets it).
+__device__ double block_sum(double v) {
+  __shared__ double sums[kBlockThreads];
+  sums[threadIdx.x] = v;
+  __syncthreads();
+  for (int half = kBlockThreads / 2; half > 0; half /= 2) {
+    if (threadIdx.x < half) sums[threadIdx.x] += sums[threadIdx.x + half];
+    __syncthreads();
+  }
+  return sums[0];
+}
+
+__global__ void __launch_bounds__(kBlockThreads)
+    sum_squares_kernel(const float* grad, int64_t n, int64_t per_block, double* partial) {
+  const int64_t b0 = static_cast<int64_t>(blockIdx.x) * per_block;
+  const int64_t b1 = n < b0 + per_block ? n : b0 + per_block;
+  double acc = 0.0;
+#pragma unroll 4
+  for (int64_t i = b0 + threadIdx.x; i < b1; i += kBlockThreads) {
+    const double v = static_cast<double>(grad[i]);
+    acc += v * v;
+  }
+  const double total = block_sum(acc);
+  if (threadIdx.x == 0) partial[blockIdx.x] = total;
+}
+
+__global__ void __launch_bounds__(kBlockThreads)
+    clip_scale_kernel(float* grad, int64_t n, const double* partial, int64_t count, double max_norm, double eps,
+                      float* norm_out) {
+  double s = 0.0;
+  for (int64_t i = threadIdx.x; i < count; i += kBlockThreads) s += partial[i];
+  const double norm = sqrt(block_sum(s));
+  if (norm_out != nullptr && blockIdx.x == 0 && threadIdx.x == 0) *norm_out = static_cast<float>(norm);
+  const double factor = ops::clip_factor(norm, max_norm, eps);
+  if (factor == 1.0) return;  // the same in every thread
+  const float f = static_cast<float>(factor);
+  for (int64_t i = grid_start(); i < n; i += grid_stride()) grad[i] *= f;
+}
+
 }  // namespace
 
 void sgd_step(float* param, const float* grad, float* momentum_buffer, int64_t n, const cpu::SgdArgs& args,
@@ -337,6 +386,25 @@ void adam_step(float* param, const float* grad, float* exp_avg, float* exp_avg_s
     run_step(adam_kernel<true>, launch, "adam_step", stream, (n + 3) / 4);
   else
     run_step(adam_kernel<false>, launch, "adam_step", stream, n);
+}
+
+void clip_grad_norm(float* grad, int64_t n, double max_norm, double eps, float* norm_out, Stream stream) {
+  const char* name = "clip_grad_norm";
+  if (n == 0) {
+    if (norm_out != nullptr) check(cudaMemsetAsync(norm_out, 0, sizeof(float), stream), "cudaMemsetAsync");
+    return;
+  }
+  int64_t blocks = ceil_div(n, kClipMinPerBlock);
+  blocks = blocks < kClipMaxPartials ? blocks : kClipMaxPartials;
+  const int64_t per_block = ceil_div(n, blocks);
+  blocks = ceil_div(n, per_block);
+  double* partial = static_cast<double*>(scratch(sizeof(double) * static_cast<size_t>(blocks), stream, name));
+  sum_squares_kernel<<<static_cast<unsigned>(blocks), kBlockThreads, 0, stream>>>(grad, n, per_block, partial);
+  check_launch(name);
+  // One resident wave: each block adds up the partials again, so no more blocks than run at once.
+  clip_scale_kernel<<<resident_blocks(clip_scale_kernel, n), kBlockThreads, 0, stream>>>(grad, n, partial, blocks,
+                                                                                           max_norm, eps, norm_out);
+  check_launch(name);
 }
 
 }  // namespace cuda

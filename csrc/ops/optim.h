@@ -36,6 +36,15 @@ FASTMLP_HD T regularised_grad(T grad, T p, const Regularisation<T>& r) {
   return g;
 }
 
+// Global-norm clipping (torch.nn.utils.clip_grad_norm_ with error_if_nonfinite=False, except
+// that a norm at or below max_norm leaves the gradient untouched): from the sum of squares of
+// every element (in double), norm = sqrt(sum); when norm > max_norm each element is multiplied by
+// T(max_norm / (norm + eps)). A NaN norm scales nothing (the NaN is already in the gradient); an
+// infinite one gives factor 0. clip_factor is 1 when nothing is to be scaled.
+FASTMLP_HD double clip_factor(double norm, double max_norm, double eps) {
+  return norm > max_norm ? max_norm / (norm + eps) : 1.0;
+}
+
 // SGD (torch.optim.SGD). On the first step (`first`) the momentum buffer starts as g; its old
 // contents are read but not used, so it may hold anything.
 template <class T>

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import collections
 import math
+import numbers
 import threading
 from typing import Optional, Sequence, Tuple
 
@@ -84,6 +85,16 @@ def _host_only(fn: str, stream, **device_only) -> None:
 
 
 # -- scalar checks (the CPU bindings' rules) ------------------------------------------------------
+
+
+def _real(v, fn: str, name: str) -> float:
+    """A real number as a float (TypeError for other types, ValueError beyond float's range)."""
+    if isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Real):
+        raise TypeError(f"{fn}: {name} must be a real number, got {type(v).__name__}")
+    try:
+        return float(v)
+    except OverflowError:
+        raise ValueError(f"{fn}: {name} = {v} is out of float64's range") from None
 
 
 def _finite(v, fn: str, name: str) -> float:
@@ -1037,3 +1048,31 @@ def adam_step(param, grad, exp_avg, exp_avg_sq, *, step, lr, beta1, beta2, eps, 
     c.launch(c.native.adam_step, arr.param.ptr, G.ptr, M.ptr, V.ptr, n, step_v, lr_v, beta1, beta2, eps, weight_decay,
              l1, bool(decoupled), *seg, step_ptr, lr_ptr)
     return param
+
+
+def clip_grad_norm(grad, max_norm, *, eps, norm_out, stream):
+    fn = "clip_grad_norm"
+    arrays = (("grad", grad), ("norm_out", norm_out))
+    if not _classify(fn, arrays):
+        _host_only(fn, stream, norm_out=norm_out)
+        return _core.clip_grad_norm(grad, max_norm, eps=eps)
+    max_norm, eps = _real(max_norm, fn, "max_norm"), _real(eps, fn, "eps")
+    if not (0.0 < max_norm < math.inf):
+        raise ValueError(f"{fn}: max_norm must be a finite number > 0, got {max_norm}")
+    eps = _nonneg(eps, fn, "eps")
+    c = _Call(fn, stream, arrays)
+    G = c.f32("grad", writeable=True)
+    if norm_out is None:
+        N = c.out("norm", (), G)
+    else:
+        N = c.args["norm_out"]
+        if N.dtype != _F32 or N.size != 1:
+            raise TypeError(f"{fn}: norm_out must be a one-element float32 device array, got shape {N.shape} and "
+                            f"dtype {N.dtype.name}")
+        if N.readonly:
+            raise ValueError(f"{fn}: norm_out is read-only")
+        c.no_overlap(N, G, False)
+        c.writes(N)
+    c.writes(G)
+    c.launch(c.native.clip_grad_norm, G.ptr, G.size, max_norm, eps, N.ptr)
+    return N.obj

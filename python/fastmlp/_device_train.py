@@ -24,6 +24,7 @@ import numpy as np
 
 from . import cuda as _cuda
 from . import kernels as K
+from . import optim as _optim
 
 __all__ = ["DEFAULT_CHECK_EVERY", "DeviceLoop", "unsupported"]
 
@@ -38,9 +39,6 @@ _LOSS_KERNEL = {"squared": K.squared_error, "cross_entropy": K.softmax_cross_ent
 
 def unsupported(trainer) -> Optional[str]:
     """Why this Trainer cannot train on the device (None when it can)."""
-    opt = trainer.optimizer
-    if opt.clip_norm is not None:
-        return "clip_norm (the global gradient norm) is not implemented on CUDA yet"
     if trainer.loss_scale != 1.0:
         return "loss_scale != 1 is not implemented on CUDA yet"
     return None
@@ -79,6 +77,7 @@ class DeviceLoop:
         self.tb = _cuda.empty((bs,) + t.shape[1:], t.dtype)
         self.grad = _cuda.empty((bs, self.model.out_features), self.model.dtype)
         self.loss_now = _cuda.empty((), np.float32)
+        self.norm_now = _cuda.empty((), np.float32)  # clip_norm's gradient norm (unread)
         self.every = trainer.check_every if trainer.check_every is not None else DEFAULT_CHECK_EVERY
         self.loss_slots = _cuda.empty((self.every,), np.float32)
         self.pending = 0  # steps whose losses sit in loss_slots, not yet read
@@ -136,7 +135,10 @@ class DeviceLoop:
         logits = model._forward(xb, True, tr.seed, device_step=tr.optimizer.device_step)
         _LOSS_KERNEL[tr.loss](logits, tb, out=grad, loss_out=self.loss_now, stream=s)
         model._backward(grad)
-        tr.optimizer._update(model.parameters(), model.gradients(), None)
+        opt = tr.optimizer
+        if opt.clip_norm is not None:  # as Optimizer.step does before its update
+            K.clip_grad_norm(model.gradients(), opt.clip_norm, eps=_optim.CLIP_EPS, norm_out=self.norm_now, stream=s)
+        opt._update(model.parameters(), model.gradients(), None)
 
     def step(self, lo: int, hi: int) -> None:
         """One training step on rows order[lo:hi]; its loss lands in the next loss slot."""
@@ -233,7 +235,7 @@ class DeviceLoop:
                 f"non-finite training loss ({losses[bad]}) at epoch {epoch + 1}, in steps {first}..{first + len(losses) - 1} "
                 f"(first at step {first + bad}); the device checks every {self.every} steps, so training rolled "
                 f"back to step {last_good}, the last check with finite losses. Lower the learning rate, enable "
-                f"clip_norm on the CPU, or standardize the inputs.")
+                f"clip_norm, or standardize the inputs.")
         self.take_snapshot()
         return losses
 

@@ -327,6 +327,18 @@ def bench_optimizers(table: Table, torch, triad: Triad, quick: bool) -> None:
             ("adagrad_step", lambda: K.adagrad_step(p, g, m2, step=2, lr=1e-6), 16.0)):
         memory_row(table, "optimizer", name, f"{n // (1024 * 1024)}M params", {"fastmlp": fn}, triad, nbytes * n,
                    repeats=5 if quick else 9, note=f"{nbytes:.0f} B/param")
+    # Global-norm clipping where the norm is under the bound (the common step): one read pass.
+    # torch's clip_grad_norm_ multiplies by the clamped factor (1) anyway; NumPy's expression is
+    # the float64 norm.
+    bound = 1e9
+    fns = {"fastmlp": lambda: K.clip_grad_norm(g, bound),
+           "numpy": lambda: np.sqrt(np.sum(np.square(g, dtype=np.float64)))}
+    if torch is not None:
+        tg = torch.nn.Parameter(torch.zeros(n))
+        tg.grad = torch.from_numpy(g.copy())
+        fns["torch"] = lambda: torch.nn.utils.clip_grad_norm_([tg], bound)
+    memory_row(table, "optimizer", "clip_grad_norm", f"{n // (1024 * 1024)}M params", fns, triad, 4.0 * n,
+               repeats=5 if quick else 9, note="4 B/param, norm under the bound")
 
 
 def bench_memory_bound(table: Table, torch, triad: Triad, quick: bool) -> None:

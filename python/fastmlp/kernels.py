@@ -44,6 +44,7 @@ __all__ = [
     "batch_norm",
     "batch_norm_backward",
     "bias_grad",
+    "clip_grad_norm",
     "dropout",
     "dropout_backward",
     "dropout_mask",
@@ -412,3 +413,21 @@ def adam_step(param: Array, grad: Array, exp_avg: Array, exp_avg_sq: Array, *, s
             raise
     return _cuda.adam_step(param, grad, exp_avg, exp_avg_sq, step=step, lr=lr, beta1=beta1, beta2=beta2, eps=eps,
                            weight_decay=weight_decay, decoupled=decoupled, l1=l1, segments=segments, stream=stream)
+
+
+def clip_grad_norm(grad: Array, max_norm: float, *, eps: float = 1e-6, norm_out=None, stream=None):
+    """Clip a gradient by its global L2 norm, in place (``torch.nn.utils.clip_grad_norm_`` on one
+    flat array, such as a model's gradient arena).
+
+    ``norm = sqrt(sum(grad ** 2))``, accumulated in float64; when ``norm > max_norm`` every element
+    is multiplied by ``max_norm / (norm + eps)`` (rounded once to ``grad``'s dtype), otherwise
+    ``grad`` is left as it is. Returns the norm before clipping: a Python float, or on the GPU a
+    0-d device float32 array (``norm_out`` when given, a one-element device float32 array: needed
+    inside graph capture, where nothing may be allocated; the host never waits). The sum runs over
+    fixed blocks in a fixed order, so the norm is bitwise the same on any thread count. A NaN norm
+    leaves ``grad`` unchanged (the NaN is already in it); an infinite one multiplies by 0, so the
+    finite elements become 0 and the infinite ones NaN, as in torch.
+    """
+    if type(grad) is _ndarray and stream is None and norm_out is None:
+        return _core.clip_grad_norm(grad, max_norm, eps=eps)
+    return _cuda.clip_grad_norm(grad, max_norm, eps=eps, norm_out=norm_out, stream=stream)

@@ -28,6 +28,9 @@ __all__ = ["AdaGrad", "Adagrad", "Adam", "AdamW", "Optimizer", "RMSprop", "SGD",
 
 PerLayer = Union[float, Sequence[float]]
 
+#: clip_norm's scale is ``clip_norm / (norm + CLIP_EPS)`` (torch.nn.utils.clip_grad_norm_'s 1e-6).
+CLIP_EPS = 1e-6
+
 
 def global_norm(grads: np.ndarray) -> float:
     """The L2 norm of a flat gradient array, accumulated in float64 (pairwise, deterministic)."""
@@ -209,19 +212,16 @@ class Optimizer:
 
     def step(self, params: np.ndarray, grads: np.ndarray, lr: Optional[float] = None) -> float:
         """One update of ``params`` in place from ``grads``; returns the gradient norm before
-        clipping (NaN when clipping is off, to skip the extra pass)."""
+        clipping (NaN when clipping is off, to skip the extra pass; on a CUDA model a 0-d device
+        array, read only when asked)."""
         if self._size != params.size:
             raise RuntimeError("optimizer is not bound to this model; call optimizer.bind(model)")
         lr = self.current_lr if lr is None else float(lr)
         if lr is None:
             raise RuntimeError("lr='auto' has not been resolved; the Trainer does it at the start of fit")
         norm = float("nan")
-        if self.clip_norm is not None and _arrays.is_device(grads):
-            raise NotImplementedError("clip_norm is not implemented for CUDA models yet")
-        if self.clip_norm is not None:
-            norm = global_norm(grads)
-            if norm > self.clip_norm:
-                grads *= grads.dtype.type(self.clip_norm / (norm + 1e-6))
+        if self.clip_norm is not None:  # one kernel: the norm in float64, then the scaling if needed
+            norm = K.clip_grad_norm(grads, self.clip_norm, eps=CLIP_EPS)
         self.step_count += 1
         try:
             self._update(params, grads, lr)

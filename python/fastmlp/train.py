@@ -263,8 +263,9 @@ class Trainer:
     device, and the host reads the losses only every ``check_every`` steps (default 50 there;
     callbacks' ``on_batch_end`` runs at those checks). A non-finite loss rolls the model back to the
     last check and the error names the step range. With ``use_graphs`` (default) a full-batch step
-    is captured once as a CUDA graph and replayed. ``clip_norm``, ``loss_scale``,
-    ``sample_weight`` and ``lr="auto"`` are CPU-only for now and raise ``NotImplementedError`` there.
+    is captured once as a CUDA graph and replayed (the optimizer's ``clip_norm`` included).
+    ``loss_scale``, ``sample_weight`` and ``lr="auto"`` are CPU-only for now and raise
+    ``NotImplementedError`` there.
 
     Threads: one thread at a time trains a model. ``fit`` or ``train_step`` on a model that
     another thread is training (through this Trainer or another) raises ``RuntimeError`` at once

@@ -209,6 +209,19 @@ def test_cuda_fit_and_train_step_clip_the_gradient_norm_like_the_cpu(graphs):
 
 
 @needs_gpu
+def test_cuda_fit_with_lr_auto_picks_the_cpu_models_step_size():
+    X, y = _digits(512)
+    got = {}
+    for device in ("cpu", "cuda"):
+        model = fastmlp.MLP([64, 32, 10], output="softmax", dropout=0.1, seed=0, device=device)
+        trainer = Trainer(model, optimizer=SGD("auto", momentum=0.9), batch_size=64, epochs=2, progress=False, seed=4)
+        trainer.fit(*((cuda.asarray(X), cuda.asarray(y)) if device == "cuda" else (X, y)))  # device data too
+        got[device] = (trainer.base_lr, model.parameters().to_numpy() if device == "cuda" else model.parameters())
+    assert got["cuda"][0] == got["cpu"][0] > 0  # the search ran on the host copy, from the same weights
+    np.testing.assert_allclose(got["cuda"][1], got["cpu"][1], rtol=1e-3, atol=1e-4)
+
+
+@needs_gpu
 @pytest.mark.parametrize("graphs", [False, True])
 def test_cuda_relu_dropout_backward_shortcut_trains_bitwise_like_the_mask_regenerating_path(graphs):
     # As on the CPU (test_nn): a dropout after Dense+ReLU takes its gradient from its own output in

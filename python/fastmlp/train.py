@@ -264,8 +264,8 @@ class Trainer:
     callbacks' ``on_batch_end`` runs at those checks). A non-finite loss rolls the model back to the
     last check and the error names the step range. With ``use_graphs`` (default) a full-batch step
     is captured once as a CUDA graph and replayed (the optimizer's ``clip_norm`` included).
-    ``loss_scale``, ``sample_weight`` and ``lr="auto"`` are CPU-only for now and raise
-    ``NotImplementedError`` there.
+    ``lr="auto"`` searches on a CPU copy of the model. ``loss_scale`` and ``sample_weight`` are
+    CPU-only for now and raise ``NotImplementedError`` there.
 
     Threads: one thread at a time trains a model. ``fit`` or ``train_step`` on a model that
     another thread is training (through this Trainer or another) raises ``RuntimeError`` at once
@@ -690,8 +690,6 @@ class Trainer:
         if Xva is not None:
             xv, tv = self._prepare(Xva, yva)
         self.history.metric_name = metric_name(self.loss)
-        if self.base_lr is None and model.device != "cpu":
-            raise NotImplementedError("lr='auto' (the step-size search) is CPU-only for now; give a numeric lr")
         if self.base_lr is None:  # lr="auto": the Bottou trick on a subset
             self.base_lr, _ = find_step_size(model, x, t, loss=self.loss, optimizer=self.optimizer,
                                              seed=self.seed, _prepared=True, batch_size=self.batch_size)
@@ -1003,7 +1001,15 @@ def find_step_size(model, X, y, *, loss: Optional[str] = None, optimizer: Option
     optimizer with momentum β (the part of its steady state the momentum buffer reached in the
     short run). The model is left unchanged. Returns ``(lr, {lr tried: loss after the short
     run})``.
+
+    A CUDA model is searched on a CPU copy (a few hundred rows and short runs; the dropout masks
+    are bit-identical to the device's), with ``X`` and ``y`` brought to the host.
     """
+    if getattr(model, "device", "cpu") != "cpu":
+        from .serialize import model_from_parts, model_to_parts
+
+        model = model_from_parts(*model_to_parts(model))
+        X, y = (_arrays.host_copy(a) if _arrays.is_device(a) else a for a in (X, y))
     optimizer = optimizer if optimizer is not None else _optim.SGD()
     loss = _losses.resolve(loss, model.output)
     if _prepared:

@@ -461,12 +461,16 @@ class _BaseMLP(BaseEstimator):
                           shuffle=self.shuffle, progress=False, seed=self._seed, callbacks=[monitor],
                           loss_scale=self._loss_scale(n_out))
         if self.shuffle:
-            from sklearn.utils import shuffle as sk_shuffle
-
             rows = {"order": np.arange(n_samples, dtype=np.int64)}
 
-            def order(epoch, n):  # scikit-learn's: the previous epoch's order, shuffled again
-                rows["order"] = np.ascontiguousarray(sk_shuffle(rows["order"], random_state=rs), dtype=np.int64)
+            def order(epoch, n):
+                # scikit-learn's: the previous epoch's order, shuffled again. sklearn.utils.shuffle
+                # is resample(replace=False), which permutes by rs.shuffle(arange(n)); done here
+                # directly (the same draws), without its argument validation: 0.8 ms an epoch,
+                # a fifth of a fit on the digits.
+                perm = np.arange(n_samples)
+                rs.shuffle(perm)
+                rows["order"] = rows["order"][perm]
                 return rows["order"]
 
             trainer._order = order

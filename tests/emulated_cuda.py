@@ -373,6 +373,12 @@ class Fake:
             _view(a, (n,), np.float32)[:] = _view(b, (n,), np.float32) + np.float32(s) * _view(c, (n,), np.float32)
         _launch(stream, run)
 
+    def scale(self, x, s, n, stream):
+        def run():
+            v = _view(x, (n,), np.float32)
+            v *= np.float32(s)
+        _launch(stream, run)
+
     def is_finite(self, x, n, flag, stream):
         def run():
             if not np.all(np.isfinite(_view(x, (n,), np.float32))):

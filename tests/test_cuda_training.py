@@ -209,6 +209,43 @@ def test_cuda_fit_and_train_step_clip_the_gradient_norm_like_the_cpu(graphs):
 
 
 @needs_gpu
+@pytest.mark.parametrize("graphs", [False, True])
+def test_cuda_loss_scale_scales_the_loss_and_the_gradient_like_the_cpu(graphs):
+    X, y = _digits(128)
+    got = {}
+    for device in ("cpu", "cuda"):
+        model = fastmlp.MLP([64, 32, 10], output="softmax", seed=0, device=device)
+        trainer = Trainer(model, optimizer=SGD(0.05), batch_size=64, epochs=2, progress=False, seed=3, shuffle=False,
+                          loss_scale=8.0, use_graphs=graphs)
+        history = trainer.fit(X, y)
+        loss = float(trainer.train_step(X[:64], y[:64]))
+        params = model.parameters().to_numpy() if device == "cuda" else model.parameters()
+        got[device] = (history.train_loss, loss, np.array(params))
+    np.testing.assert_allclose(got["cuda"][0], got["cpu"][0], rtol=1e-5)  # losses reported scaled
+    assert got["cuda"][1] == pytest.approx(got["cpu"][1], rel=1e-5)
+    np.testing.assert_allclose(got["cuda"][2], got["cpu"][2], rtol=1e-4, atol=1e-5)
+    # Plain SGD on a loss scaled by 8 (a power of two) takes the steps of 8 times the step size.
+    unscaled = Trainer(fastmlp.MLP([64, 32, 10], output="softmax", seed=0), optimizer=SGD(0.4), batch_size=64,
+                       epochs=2, progress=False, seed=3, shuffle=False).fit(X, y)
+    np.testing.assert_allclose(got["cuda"][0], 8.0 * np.array(unscaled.train_loss), rtol=1e-5)
+
+
+@needs_gpu
+@pytest.mark.filterwarnings("ignore:Stochastic Optimizer")
+def test_cuda_autoencoder_transformer_trains_on_the_device_like_the_cpu():
+    pytest.importorskip("sklearn")
+    from fastmlp.sklearn import AutoencoderTransformer
+
+    X, _ = _digits(256)
+    codes = {}
+    for device in ("cpu", "cuda"):  # its loss is the mean over features: a loss_scale of 1/64
+        est = AutoencoderTransformer((16,), max_iter=5, random_state=0, device=device).fit(X)
+        codes[device] = (est.transform(X), est.loss_curve_)
+    np.testing.assert_allclose(codes["cuda"][1], codes["cpu"][1], rtol=1e-4)
+    np.testing.assert_allclose(codes["cuda"][0], codes["cpu"][0], rtol=1e-3, atol=1e-3)
+
+
+@needs_gpu
 def test_cuda_fit_with_lr_auto_picks_the_cpu_models_step_size():
     X, y = _digits(512)
     got = {}

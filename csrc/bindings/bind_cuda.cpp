@@ -658,6 +658,13 @@ void register_kernels(py::module_& m) {
     py::gil_scoped_release release;
     cu::copy(ptr<float>(dst), ptr<const float>(src), n, stream_arg(stream));
   }, py::arg("dst"), py::arg("src"), py::arg("n"), py::arg("stream"));
+  m.def("scale", [](Ptr x, double s, int64_t n, Ptr stream) {
+    const char* fn = "scale";
+    size_arg(n, fn, "n");
+    require_ptr(x, n, fn, "x");
+    py::gil_scoped_release release;
+    cu::scale(ptr<float>(x), static_cast<float>(s), n, stream_arg(stream));
+  }, py::arg("x"), py::arg("s"), py::arg("n"), py::arg("stream"));
   m.def("is_finite", [](Ptr x, int64_t n, Ptr flag, Ptr stream) {
     const char* fn = "is_finite";
     size_arg(n, fn, "n");

@@ -150,6 +150,7 @@ void clip_grad_norm(float* grad, int64_t n, double max_norm, double eps, float* 
 void gather_rows(const void* src, const int64_t* idx, void* out, int64_t rows, int64_t row_bytes, Stream stream);
 void triad(float* a, const float* b, const float* c, float s, int64_t n, Stream stream);  // a = b + s*c
 void copy(float* dst, const float* src, int64_t n, Stream stream);                       // n floats
+void scale(float* x, float s, int64_t n, Stream stream);                                 // x *= s, in place
 void is_finite(const float* x, int64_t n, int32_t* flag, Stream stream);  // flag = 1 if any is not finite
 
 }  // namespace cuda

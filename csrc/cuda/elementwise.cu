@@ -211,6 +211,17 @@ __global__ void copy_kernel(float* dst, const float* src, int64_t n) {
   }
 }
 
+template <bool Vec>
+__global__ void scale_kernel(float* x, float s, int64_t n) {
+  for (int64_t g = grid_start(); g < ceil_div(n, 4); g += grid_stride()) {
+    float v[4];
+    load4<Vec>(x, 4 * g, n, v);
+#pragma unroll
+    for (int j = 0; j < 4; ++j) v[j] = v[j] * s;
+    store4<Vec>(x, 4 * g, n, v);
+  }
+}
+
 __global__ void is_finite_kernel(const float* x, int64_t n, int32_t* flag) {
   bool bad = false;
   for (int64_t i = grid_start(); i < n; i += grid_stride())
@@ -409,6 +420,14 @@ void copy(float* dst, const float* src, int64_t n, Stream stream) {
   if (aligned16(dst) && aligned16(src)) copy_kernel<true><<<blocks, kBlockThreads, 0, stream>>>(dst, src, n);
   else copy_kernel<false><<<blocks, kBlockThreads, 0, stream>>>(dst, src, n);
   check_launch("copy");
+}
+
+void scale(float* x, float s, int64_t n, Stream stream) {
+  if (n == 0) return;
+  const unsigned blocks = grid_blocks(groups_of_4(n));
+  if (aligned16(x)) scale_kernel<true><<<blocks, kBlockThreads, 0, stream>>>(x, s, n);
+  else scale_kernel<false><<<blocks, kBlockThreads, 0, stream>>>(x, s, n);
+  check_launch("scale");
 }
 
 void is_finite(const float* x, int64_t n, int32_t* flag, Stream stream) {

@@ -1076,3 +1076,13 @@ def clip_grad_norm(grad, max_norm, *, eps, norm_out, stream):
     c.writes(G)
     c.launch(c.native.clip_grad_norm, G.ptr, G.size, max_norm, eps, N.ptr)
     return N.obj
+
+
+def scale_(x, s, *, stream=None):
+    """``x *= float32(s)`` in place on the device (private: the Trainer's ``loss_scale``)."""
+    fn = "scale"
+    c = _Call(fn, stream, (("x", x),))
+    X = c.f32("x", writeable=True)
+    c.writes(X)
+    c.launch(c.native.scale, X.ptr, float(s), X.size)
+    return x

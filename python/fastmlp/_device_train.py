@@ -22,11 +22,12 @@ from typing import List, Optional
 
 import numpy as np
 
+from . import _cuda_kernels
 from . import cuda as _cuda
 from . import kernels as K
 from . import optim as _optim
 
-__all__ = ["DEFAULT_CHECK_EVERY", "DeviceLoop", "unsupported"]
+__all__ = ["DEFAULT_CHECK_EVERY", "DeviceLoop", "scale_loss"]
 
 #: Steps between host checks of the device losses when the Trainer is left at its default.
 DEFAULT_CHECK_EVERY = 50
@@ -37,22 +38,21 @@ _LOSS_KERNEL = {"squared": K.squared_error, "cross_entropy": K.softmax_cross_ent
                 "binary_cross_entropy": K.sigmoid_cross_entropy}
 
 
-def unsupported(trainer) -> Optional[str]:
-    """Why this Trainer cannot train on the device (None when it can)."""
+def scale_loss(trainer, loss, grad, stream) -> None:
+    """The Trainer's ``loss_scale`` on a device step, as ``Trainer._forward_backward`` applies it
+    on the CPU: the loss and its gradient multiplied in place (nothing when it is 1)."""
     if trainer.loss_scale != 1.0:
-        return "loss_scale != 1 is not implemented on CUDA yet"
-    return None
+        _cuda_kernels.scale_(grad, trainer.loss_scale, stream=stream)
+        _cuda_kernels.scale_(loss, trainer.loss_scale, stream=stream)
 
 
 class DeviceLoop:
     """Runs the Trainer's epochs for a model whose arena lives on a CUDA device."""
 
     def __init__(self, trainer, x: np.ndarray, t: np.ndarray, weights: Optional[np.ndarray]):
-        why = unsupported(trainer)
-        if why is None and weights is not None:
-            why = "sample_weight is not implemented on CUDA yet"
-        if why is not None:
-            raise NotImplementedError(f"Trainer.fit on device {trainer.model.device!r}: {why}")
+        if weights is not None:
+            raise NotImplementedError(f"Trainer.fit on device {trainer.model.device!r}: sample_weight is not "
+                                      "implemented on CUDA yet")
         self.trainer = trainer
         self.model = trainer.model
         self.stream = _cuda.current_stream()
@@ -134,6 +134,7 @@ class DeviceLoop:
                                     handle)
         logits = model._forward(xb, True, tr.seed, device_step=tr.optimizer.device_step)
         _LOSS_KERNEL[tr.loss](logits, tb, out=grad, loss_out=self.loss_now, stream=s)
+        scale_loss(tr, self.loss_now, grad, s)
         model._backward(grad)
         opt = tr.optimizer
         if opt.clip_norm is not None:  # as Optimizer.step does before its update

@@ -264,8 +264,8 @@ class Trainer:
     callbacks' ``on_batch_end`` runs at those checks). A non-finite loss rolls the model back to the
     last check and the error names the step range. With ``use_graphs`` (default) a full-batch step
     is captured once as a CUDA graph and replayed (the optimizer's ``clip_norm`` included).
-    ``lr="auto"`` searches on a CPU copy of the model. ``loss_scale`` and ``sample_weight`` are
-    CPU-only for now and raise ``NotImplementedError`` there.
+    ``lr="auto"`` searches on a CPU copy of the model. ``sample_weight`` is CPU-only for now and
+    raises ``NotImplementedError`` there.
 
     Threads: one thread at a time trains a model. ``fit`` or ``train_step`` on a model that
     another thread is training (through this Trainer or another) raises ``RuntimeError`` at once
@@ -573,14 +573,12 @@ class Trainer:
         model = self.model
         from . import _device_train
 
-        why = _device_train.unsupported(self)
-        if why is not None:
-            raise NotImplementedError(f"Trainer.train_step on device {model.device!r}: {why}")
         logits = model._forward(x, True, self.seed, device_step=self.optimizer.device_step)
         grad = self._grad_buf
         if grad is None or tuple(grad.shape) != tuple(logits.shape) or not _arrays.is_device(grad):
             grad = self._grad_buf = _arrays.empty(tuple(logits.shape), model.dtype, model.device)
         loss, grad = _losses.compute(self.loss, logits, t, out=grad)
+        _device_train.scale_loss(self, loss, grad, None)
         model._backward(grad)
         self.optimizer.step(model.parameters(), model.gradients())
         self.step += 1

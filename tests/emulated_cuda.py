@@ -373,6 +373,26 @@ class Fake:
             _view(a, (n,), np.float32)[:] = _view(b, (n,), np.float32) + np.float32(s) * _view(c, (n,), np.float32)
         _launch(stream, run)
 
+    def weighted_loss(self, kind, logits, target, itemsize, weights, total, grad, loss, rows, cols, stream):
+        from fastmlp import losses
+
+        def run():
+            z = _view(logits, (rows, cols), np.float32)
+            if kind == "cross_entropy":
+                t = _view(target, (rows,), np.int64 if itemsize == 8 else np.int32).astype(np.int64)
+            else:
+                t = _view(target, (rows, cols), np.float32)
+            w = _view(weights, (rows,), np.float64)
+            per_row = losses.per_row(kind, z, t) if rows else np.zeros(0)  # before the gradient is written
+            g = _view(grad, (rows, cols), np.float32)
+            if rows:
+                losses.compute(kind, z, t, out=g)
+            w_total = float(w.sum())
+            _view(total, (1,), np.float64)[0] = w_total
+            g *= (w * (rows / w_total if w_total > 0 else 0.0)).astype(np.float32)[:, None]
+            _view(loss, (1,), np.float32)[0] = float(per_row @ w) / w_total if w_total > 0 else 0.0
+        _launch(stream, run)
+
     def scale(self, x, s, n, stream):
         def run():
             v = _view(x, (n,), np.float32)

@@ -303,6 +303,40 @@ def test_cuda_training_streams_large_host_data_like_resident_data(monkeypatch):
 
 
 @needs_gpu
+@pytest.mark.parametrize("loss,out", [("cross_entropy", 10), ("squared", 3), ("binary_cross_entropy", 4)])
+@pytest.mark.parametrize("where", ["resident", "streamed", "device-data"])
+def test_cuda_fit_with_sample_weight_matches_the_cpu(monkeypatch, loss, out, where):
+    from fastmlp import _device_train
+
+    X, labels = _digits(300)  # 4 full batches of 64 and a partial one
+    rng = np.random.default_rng(1)
+    y = {"cross_entropy": labels, "squared": X[:, :3] * 2.0 - 1.0,
+         "binary_cross_entropy": (X[:, 10:14] > 0.3).astype(np.float32)}[loss]
+    weights = rng.uniform(0.0, 3.0, 300)
+    weights[:64] = 0.0  # a batch whose weights sum to 0 (no shuffling): no loss, no gradient
+    if where == "streamed":
+        monkeypatch.setattr(_device_train, "RESIDENT_FRACTION", 0.0)
+    got = {}
+    for device in ("cpu", "cuda"):
+        output = "softmax" if loss == "cross_entropy" else "sigmoid" if loss == "binary_cross_entropy" else "identity"
+        model = fastmlp.MLP([64, 32, out], output=output, dropout=0.1, seed=0, device=device)
+        tr = Trainer(model, loss=loss, optimizer=Adam(1e-2), batch_size=64, epochs=3, progress=False, seed=2,
+                     shuffle=False)
+        data = (cuda.asarray(X), cuda.asarray(y)) if device == "cuda" and where == "device-data" else (X, y)
+        history = tr.fit(*data, sample_weight=weights)
+        params = model.parameters().to_numpy() if device == "cuda" else model.parameters()
+        got[device] = (np.array(history.train_loss), np.array(params))
+    np.testing.assert_allclose(got["cuda"][0], got["cpu"][0], rtol=2e-5)
+    np.testing.assert_allclose(got["cuda"][1], got["cpu"][1], rtol=1e-4, atol=1e-5)
+    # the weights matter: unweighted training ends elsewhere
+    model = fastmlp.MLP([64, 32, out], output=got and ("softmax" if loss == "cross_entropy" else "sigmoid"
+                        if loss == "binary_cross_entropy" else "identity"), dropout=0.1, seed=0, device="cuda")
+    Trainer(model, loss=loss, optimizer=Adam(1e-2), batch_size=64, epochs=3, progress=False, seed=2,
+            shuffle=False).fit(X, y)
+    assert np.abs(model.parameters().to_numpy() - got["cuda"][1]).max() > 1e-3
+
+
+@needs_gpu
 def test_cuda_fit_takes_device_arrays():
     X, y = _digits(256)
     model = fastmlp.MLP([64, 32, 10], output="softmax", seed=0, device="cuda")
@@ -311,6 +345,8 @@ def test_cuda_fit_takes_device_arrays():
     assert float(np.mean(model.predict(X) == y)) > 0.8
     with pytest.raises(NotImplementedError, match="standardize"):
         Trainer(model, standardize=True, progress=False).fit(cuda.asarray(X), cuda.asarray(y))
+    with pytest.raises(TypeError, match="sample_weight must be host data"):
+        Trainer(model, progress=False).fit(cuda.asarray(X), cuda.asarray(y), sample_weight=cuda.asarray(np.ones(256, np.float32)))
     with pytest.raises(TypeError, match="both"):
         Trainer(model, progress=False).fit(cuda.asarray(X), y)
 

@@ -487,6 +487,34 @@ void register_kernels(py::module_& m) {
   }, py::arg("logits"), py::arg("targets"), py::arg("grad"), py::arg("loss"), py::arg("rows"), py::arg("cols"),
      py::arg("stream"));
 
+  m.def("weighted_loss", [](const std::string& kind, Ptr logits, Ptr target, int labels_itemsize, Ptr weights,
+                            Ptr total, Ptr grad, Ptr loss, int64_t rows, int64_t cols, Ptr stream) {
+    const char* fn = "weighted_loss";
+    size_arg(rows, fn, "rows");
+    size_arg(cols, fn, "cols");
+    cu::LossKind k;
+    if (kind == "squared") k = cu::LossKind::squared;
+    else if (kind == "cross_entropy") k = cu::LossKind::softmax_cross_entropy;
+    else if (kind == "binary_cross_entropy") k = cu::LossKind::sigmoid_cross_entropy;
+    else value_error(pre(fn) + "kind must be 'squared', 'cross_entropy' or 'binary_cross_entropy', got '" + kind + "'");
+    if (k == cu::LossKind::softmax_cross_entropy) {
+      if (labels_itemsize != 4 && labels_itemsize != 8)
+        value_error(pre(fn) + "labels_itemsize must be 4 (int32) or 8 (int64), got " + std::to_string(labels_itemsize));
+      if (rows > 0 && cols == 0) value_error(pre(fn) + "cols must be >= 1 when rows > 0 (no class to label)");
+    }
+    const int64_t n = checked_product(rows, cols, fn);
+    require_ptr(logits, n, fn, "logits");
+    require_ptr(target, k == cu::LossKind::softmax_cross_entropy ? rows : n, fn, "target");
+    require_ptr(weights, rows, fn, "weights");
+    require_ptr(total, 1, fn, "total");
+    require_ptr(grad, n, fn, "grad");
+    require_ptr(loss, 1, fn, "loss");
+    py::gil_scoped_release release;
+    cu::weighted_loss(k, ptr<const float>(logits), ptr<const void>(target), labels_itemsize, ptr<const double>(weights),
+                      ptr<double>(total), ptr<float>(grad), ptr<float>(loss), rows, cols, stream_arg(stream));
+  }, py::arg("kind"), py::arg("logits"), py::arg("target"), py::arg("labels_itemsize"), py::arg("weights"),
+     py::arg("total"), py::arg("grad"), py::arg("loss"), py::arg("rows"), py::arg("cols"), py::arg("stream"));
+
   // ---- batch norm ----
   m.def("batch_norm", [](Ptr x, Ptr gamma, Ptr beta, Ptr running_mean, Ptr running_var, Ptr out, Ptr save_mean,
                          Ptr save_invstd, int64_t rows, int64_t cols, bool training, double momentum, double eps,

@@ -112,6 +112,13 @@ void softmax_cross_entropy(const float* logits, const void* labels /*(rows) int3
                            float* grad, float* loss, int64_t rows, int64_t cols, Stream stream);
 void sigmoid_cross_entropy(const float* logits, const float* targets, float* grad, float* loss, int64_t rows,
                            int64_t cols, Stream stream);
+// The same losses with per-row sample weights (float64, rows of them): the weighted mean
+// sum(w_r l_r) / W, and row r's gradient times float(w_r * rows / W), where W = sum(w) goes to the
+// device double `total` (scratch the caller owns). `target` is the float targets, or the labels
+// (labels_itemsize 4 or 8) for the softmax cross-entropy.
+enum class LossKind { squared, softmax_cross_entropy, sigmoid_cross_entropy };
+void weighted_loss(LossKind kind, const float* logits, const void* target, int labels_itemsize, const double* weights,
+                   double* total, float* grad, float* loss, int64_t rows, int64_t cols, Stream stream);
 
 void batch_norm(const float* x /*(rows,cols)*/, const float* gamma, const float* beta, float* running_mean,
                 float* running_var, float* out, float* save_mean, float* save_invstd, int64_t rows, int64_t cols,

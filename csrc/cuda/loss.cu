@@ -297,16 +297,17 @@ void zero_loss(float* loss, cudaStream_t stream) {
 
 // Rows held in registers where they fit (at most 1024 columns, cols % 4 == 0, aligned), else the
 // three-pass row loss.
-template <class Label>
+// wrap(row) is the row loss launched: the row itself, or a WeightedRow around it.
+template <class Label, class Wrap>
 void softmax_ce_typed(const float* logits, const Label* labels, float* grad, float* loss, int64_t rows, int64_t cols,
-                      double inv_rows, float onehot, cudaStream_t stream) {
+                      double inv_rows, float onehot, cudaStream_t stream, const Wrap& wrap) {
   const char* name = "softmax_cross_entropy";
   const SoftmaxArgs<Label> args{logits, labels, grad, cols, inv_rows, onehot};
   if (cols % 4 == 0 && cols <= 1024 && aligned16(logits) && aligned16(grad)) {
     const auto go = [&](auto chunks) {
       constexpr int kChunks = decltype(chunks)::value;
       const SoftmaxCrossEntropyRowRegs<Label, kChunks> row{{args}};
-      launch_loss(row, rows, inv_rows, loss, stream, name);
+      launch_loss(wrap(row), rows, inv_rows, loss, stream, name);
     };
     if (cols <= 128) go(std::integral_constant<int, 1>{});
     else if (cols <= 256) go(std::integral_constant<int, 2>{});
@@ -314,8 +315,61 @@ void softmax_ce_typed(const float* logits, const Label* labels, float* grad, flo
     else go(std::integral_constant<int, 8>{});
     return;
   }
-  launch_loss(SoftmaxCrossEntropyRow<Label>{{args}}, rows, inv_rows, loss, stream, name);
+  launch_loss(wrap(SoftmaxCrossEntropyRow<Label>{{args}}), rows, inv_rows, loss, stream, name);
 }
+
+struct Unweighted {
+  template <class RowLoss>
+  const RowLoss& operator()(const RowLoss& row) const { return row; }
+};
+
+// Sample weights (the Trainer's, as Trainer._forward_backward applies them on the CPU): with W the
+// sum of the batch's weights, row r's gradient (already divided by rows) is multiplied by
+// float(w_r * (rows / W)) and its loss counts w_r * l_r * (rows / W), so the mean the finish forms
+// is sum(w_r * l_r) / W. W == 0 gives a zero loss and multiplies every gradient by 0.
+__global__ void __launch_bounds__(kBlockThreads) weight_sum_kernel(const double* w, int64_t rows, double* total) {
+  __shared__ double sums[kBlockThreads];
+  double s = 0.0;
+  for (int64_t i = threadIdx.x; i < rows; i += kBlockThreads) s += w[i];
+  sums[threadIdx.x] = s;
+  __syncthreads();
+  for (int half = kBlockThreads / 2; half > 0; half /= 2) {
+    if (threadIdx.x < half) sums[threadIdx.x] += sums[threadIdx.x + half];
+    __syncthreads();
+  }
+  if (threadIdx.x == 0) *total = sums[0];
+}
+
+template <class RowLoss>
+struct WeightedRow {
+  RowLoss inner;
+  const double* weights;
+  const double* total;  // weight_sum_kernel's W, written before this kernel starts
+  float* grad;
+  int64_t cols;
+  double rows;
+  __device__ double operator()(int64_t r, int lane) const {
+    const double l = inner(r, lane);
+    __syncwarp();  // the row's gradient, written by every lane, is complete before it is rescaled
+    const double w_total = *total;
+    const double k = w_total > 0.0 ? weights[r] * (rows / w_total) : 0.0;
+    const float f = static_cast<float>(k);
+    float* g = grad + r * cols;
+    for (int64_t c = lane; c < cols; c += 32) g[c] = g[c] * f;
+    return w_total > 0.0 ? l * k : 0.0;
+  }
+};
+
+struct Weighted {
+  const double* weights;
+  const double* total;
+  float* grad;
+  int64_t cols, rows;
+  template <class RowLoss>
+  WeightedRow<RowLoss> operator()(const RowLoss& row) const {
+    return WeightedRow<RowLoss>{row, weights, total, grad, cols, static_cast<double>(rows)};
+  }
+};
 
 }  // namespace
 
@@ -333,9 +387,11 @@ void softmax_cross_entropy(const float* logits, const void* labels, int labels_i
   const double inv_rows = 1.0 / static_cast<double>(rows);
   const float onehot = static_cast<float>(inv_rows);
   if (labels_itemsize == 8)
-    softmax_ce_typed(logits, static_cast<const int64_t*>(labels), grad, loss, rows, cols, inv_rows, onehot, stream);
+    softmax_ce_typed(logits, static_cast<const int64_t*>(labels), grad, loss, rows, cols, inv_rows, onehot, stream,
+                     Unweighted{});
   else
-    softmax_ce_typed(logits, static_cast<const int32_t*>(labels), grad, loss, rows, cols, inv_rows, onehot, stream);
+    softmax_ce_typed(logits, static_cast<const int32_t*>(labels), grad, loss, rows, cols, inv_rows, onehot, stream,
+                     Unweighted{});
 }
 
 void sigmoid_cross_entropy(const float* logits, const float* targets, float* grad, float* loss, int64_t rows,
@@ -344,6 +400,37 @@ void sigmoid_cross_entropy(const float* logits, const float* targets, float* gra
   const double inv_rows = 1.0 / static_cast<double>(rows);
   launch_loss(SigmoidCrossEntropyRow{logits, targets, grad, cols, inv_rows}, rows, inv_rows, loss, stream,
               "sigmoid_cross_entropy");
+}
+
+void weighted_loss(LossKind kind, const float* logits, const void* target, int labels_itemsize,
+                   const double* weights, double* total, float* grad, float* loss, int64_t rows, int64_t cols,
+                   Stream stream) {
+  const char* name = "weighted_loss";
+  if (rows == 0) return zero_loss(loss, stream);
+  weight_sum_kernel<<<1, kBlockThreads, 0, stream>>>(weights, rows, total);
+  check_launch(name);
+  const double inv_rows = 1.0 / static_cast<double>(rows);
+  const Weighted wrap{weights, total, grad, cols, rows};
+  switch (kind) {
+    case LossKind::squared:
+      launch_loss(wrap(SquaredErrorRow{logits, static_cast<const float*>(target), grad, cols, inv_rows}), rows,
+                  0.5 * inv_rows, loss, stream, name);
+      break;
+    case LossKind::sigmoid_cross_entropy:
+      launch_loss(wrap(SigmoidCrossEntropyRow{logits, static_cast<const float*>(target), grad, cols, inv_rows}), rows,
+                  inv_rows, loss, stream, name);
+      break;
+    case LossKind::softmax_cross_entropy: {
+      const float onehot = static_cast<float>(inv_rows);
+      if (labels_itemsize == 8)
+        softmax_ce_typed(logits, static_cast<const int64_t*>(target), grad, loss, rows, cols, inv_rows, onehot, stream,
+                         wrap);
+      else
+        softmax_ce_typed(logits, static_cast<const int32_t*>(target), grad, loss, rows, cols, inv_rows, onehot, stream,
+                         wrap);
+      break;
+    }
+  }
 }
 
 }  // namespace cuda

@@ -1086,3 +1086,31 @@ def scale_(x, s, *, stream=None):
     c.writes(X)
     c.launch(c.native.scale, X.ptr, float(s), X.size)
     return x
+
+
+def weighted_loss(kind: str, logits, target, weights, *, out, loss_out, total, stream):
+    """The Trainer's sample-weighted loss on device arrays (private: ``Trainer.fit`` with
+    ``sample_weight`` on a CUDA model): ``kind`` is the Trainer's loss name; ``target`` the float
+    targets or the device class labels; ``weights`` one float64 per row; ``total`` a one-element
+    float64 device array that receives their sum. The loss is ``sum(w_r l_r) / W`` and row r's
+    gradient ``grad_r * float32(w_r * rows / W)``, as ``Trainer._forward_backward`` forms them on
+    the CPU. Returns ``(loss, grad)``."""
+    fn = "weighted_loss"
+    c = _Call(fn, stream, (("logits", logits), ("out", out), ("weights", weights), ("total", total)))
+    X, G = _logits_and_grad(c, "logits")
+    rows, cols = X.shape
+    if kind == "cross_entropy":
+        T, itemsize = _labels(c, target, rows, cols)
+    else:
+        c.add("target", target)
+        T, itemsize = _float_target(c, "target", X, G), 0
+    c.no_overlap(G, T, False)
+    W, S = c.args["weights"], c.args["total"]
+    if W.dtype != np.float64 or W.shape != (rows,):
+        raise ValueError(f"{fn}: weights must be float64 of shape ({rows},), got {W.dtype.name} {W.shape}")
+    if S.dtype != np.float64 or S.size != 1:
+        raise ValueError(f"{fn}: total must be a one-element float64 device array")
+    L = _loss_scalar(c, loss_out, X)
+    c.writes(S)
+    c.launch(c.native.weighted_loss, kind, X.ptr, T.ptr, itemsize, W.ptr, S.ptr, G.ptr, L.ptr, rows, cols)
+    return L.obj, G.obj

@@ -50,9 +50,6 @@ class DeviceLoop:
     """Runs the Trainer's epochs for a model whose arena lives on a CUDA device."""
 
     def __init__(self, trainer, x: np.ndarray, t: np.ndarray, weights: Optional[np.ndarray]):
-        if weights is not None:
-            raise NotImplementedError(f"Trainer.fit on device {trainer.model.device!r}: sample_weight is not "
-                                      "implemented on CUDA yet")
         self.trainer = trainer
         self.model = trainer.model
         self.stream = _cuda.current_stream()
@@ -62,19 +59,25 @@ class DeviceLoop:
         on_device = _cuda.is_device_array(x)
         total = int(_cuda.get_device_properties().get("total_memory") or 0)
         self.resident = on_device or total == 0 or x.nbytes + t.nbytes <= RESIDENT_FRACTION * total
+        # sample_weight: one float64 per row, gathered with its batch (Trainer._forward_backward's
+        # weighted mean, formed on the device by the weighted loss kernel).
+        self.weighted = weights is not None
         if self.resident:  # the whole training set on the device, uploaded once per fit
             self.x = _cuda.asarray(x)
             self.t = _cuda.asarray(t)
+            self.w = _cuda.asarray(weights, dtype=np.float64) if self.weighted else None
             self.order = _cuda.empty((self.n_rows,), np.int64)
         else:  # streamed from the host through two pinned buffers
-            self.host_x, self.host_t = x, t
-            self.pinned = [(_pinned((bs,) + x.shape[1:], x.dtype), _pinned((bs,) + t.shape[1:], t.dtype))
-                           for _ in range(2)]
+            self.host_x, self.host_t, self.host_w = x, t, weights
+            self.pinned = [[_pinned((bs,) + x.shape[1:], x.dtype), _pinned((bs,) + t.shape[1:], t.dtype)]
+                           + ([_pinned((bs,), np.float64)] if self.weighted else []) for _ in range(2)]
             self.pinned_used = [False, False]
             self.host_order = None
         self.idx = _cuda.empty((bs,), np.int64)
         self.xb = _cuda.empty((bs,) + x.shape[1:], x.dtype)
         self.tb = _cuda.empty((bs,) + t.shape[1:], t.dtype)
+        self.wb = _cuda.empty((bs,), np.float64) if self.weighted else None
+        self.w_total = _cuda.empty((1,), np.float64) if self.weighted else None
         self.grad = _cuda.empty((bs, self.model.out_features), self.model.dtype)
         self.loss_now = _cuda.empty((), np.float32)
         self.norm_now = _cuda.empty((), np.float32)  # clip_norm's gradient norm (unread)
@@ -126,14 +129,18 @@ class DeviceLoop:
         xb = self.xb if rows == self.xb.shape[0] else self.xb[:rows]
         tb = self.tb if rows == self.tb.shape[0] else self.tb[:rows]
         grad = self.grad if rows == self.grad.shape[0] else self.grad[:rows]
+        wb = None if not self.weighted else self.wb if rows == self.wb.shape[0] else self.wb[:rows]
         if self.resident:
             handle = s.handle
-            self.native.gather_rows(self.x.ptr, self.idx.ptr, xb.ptr, rows, self.x.nbytes // max(self.n_rows, 1),
-                                    handle)
-            self.native.gather_rows(self.t.ptr, self.idx.ptr, tb.ptr, rows, self.t.nbytes // max(self.n_rows, 1),
-                                    handle)
+            sources = ((self.x, xb), (self.t, tb)) + (((self.w, wb),) if self.weighted else ())
+            for src, dst in sources:
+                self.native.gather_rows(src.ptr, self.idx.ptr, dst.ptr, rows, src.nbytes // max(self.n_rows, 1), handle)
         logits = model._forward(xb, True, tr.seed, device_step=tr.optimizer.device_step)
-        _LOSS_KERNEL[tr.loss](logits, tb, out=grad, loss_out=self.loss_now, stream=s)
+        if self.weighted:
+            _cuda_kernels.weighted_loss(tr.loss, logits, tb, wb, out=grad, loss_out=self.loss_now, total=self.w_total,
+                                        stream=s)
+        else:
+            _LOSS_KERNEL[tr.loss](logits, tb, out=grad, loss_out=self.loss_now, stream=s)
         scale_loss(tr, self.loss_now, grad, s)
         model._backward(grad)
         opt = tr.optimizer
@@ -206,13 +213,13 @@ class DeviceLoop:
         k = self.trainer.step % 2
         if self.pinned_used[k]:  # its previous copy must be done before the host overwrites it
             self.native.stream_synchronize(self.stream.handle)
-        (px, pxa), (pt, pta) = self.pinned[k]
         idx = self.host_order[lo:hi]
-        np.take(self.host_x, idx, axis=0, out=pxa[:rows])
-        np.take(self.host_t, idx, axis=0, out=pta[:rows])
         handle = self.stream.handle
-        self.native.memcpy_async(self.xb.ptr, px.ptr, rows * pxa[0].nbytes, handle)
-        self.native.memcpy_async(self.tb.ptr, pt.ptr, rows * pta[0].nbytes, handle)
+        sources = (self.host_x, self.host_t) + ((self.host_w,) if self.weighted else ())
+        targets = (self.xb, self.tb) + ((self.wb,) if self.weighted else ())
+        for src, (buf, view), dst in zip(sources, self.pinned[k], targets):
+            np.take(src, idx, axis=0, out=view[:rows])
+            self.native.memcpy_async(dst.ptr, buf.ptr, rows * view[0].nbytes, handle)
         self.pinned_used[k] = True
 
     # -- checks -----------------------------------------------------------------------------------

@@ -67,8 +67,9 @@ LEGACY_DEFAULT_STREAM = 1
 PER_THREAD_DEFAULT_STREAM = 2
 
 #: The dtypes a DeviceArray holds. The CUDA kernels compute in float32; the integer types carry
-#: labels, row indices and step counters, bool the dropout masks.
-DTYPES = tuple(np.dtype(t) for t in ("float32", "int32", "int64", "uint8", "bool"))
+#: labels, row indices and step counters, bool the dropout masks, float64 the Trainer's sample
+#: weights (asarray uploads float64 host data only when ``dtype=numpy.float64`` is asked for).
+DTYPES = tuple(np.dtype(t) for t in ("float32", "int32", "int64", "uint8", "bool", "float64"))
 _DLPACK_DTYPES = {np.dtype(t): t for t in ("float32", "int32", "int64", "uint8")}
 _KDLCUDA = 2  # DLPack's device type for CUDA memory
 

@@ -264,8 +264,7 @@ class Trainer:
     callbacks' ``on_batch_end`` runs at those checks). A non-finite loss rolls the model back to the
     last check and the error names the step range. With ``use_graphs`` (default) a full-batch step
     is captured once as a CUDA graph and replayed (the optimizer's ``clip_norm`` included).
-    ``lr="auto"`` searches on a CPU copy of the model. ``sample_weight`` is CPU-only for now and
-    raises ``NotImplementedError`` there.
+    ``lr="auto"`` searches on a CPU copy of the model.
 
     Threads: one thread at a time trains a model. ``fit`` or ``train_step`` on a model that
     another thread is training (through this Trainer or another) raises ``RuntimeError`` at once
@@ -358,17 +357,19 @@ class Trainer:
 
     def _check_device_data(self, X, y, sample_weight) -> None:
         """fit on arrays already on the device: the model must be there too, and the host-side
-        preparations (standardising, a validation fraction, sample weights) are not offered."""
+        preparations (standardising, a validation fraction) are not offered. Sample weights come
+        from the host and are uploaded."""
         model = self.model
         if model.device == "cpu":
             raise TypeError("fit: X or y is a CUDA array but the model is on the CPU; use model.to('cuda') or pass "
                             "NumPy arrays")
         if not (_arrays.is_device(X) and _arrays.is_device(y)):
             raise TypeError("fit: X and y must both be CUDA arrays, or both host arrays")
-        if self.standardize or sample_weight is not None or \
-                (self.validation is not None and not isinstance(self.validation, tuple)):
-            raise NotImplementedError("fit on CUDA arrays: standardize, sample_weight and a validation fraction "
-                                      "need host data; pass NumPy arrays, or validation=(X_val, y_val)")
+        if sample_weight is not None and _arrays.is_device(sample_weight):
+            raise TypeError("fit: sample_weight must be host data (one float per row); it is uploaded")
+        if self.standardize or (self.validation is not None and not isinstance(self.validation, tuple)):
+            raise NotImplementedError("fit on CUDA arrays: standardize and a validation fraction need host data; "
+                                      "pass NumPy arrays, or validation=(X_val, y_val)")
 
     def _prepare_device(self, X, y):
         """Device (X, y) checked for the model and the loss, used as they are (zero-copy)."""

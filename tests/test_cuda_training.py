@@ -255,6 +255,12 @@ def test_cuda_fit_with_lr_auto_picks_the_cpu_models_step_size():
         trainer.fit(*((cuda.asarray(X), cuda.asarray(y)) if device == "cuda" else (X, y)))  # device data too
         got[device] = (trainer.base_lr, model.parameters().to_numpy() if device == "cuda" else model.parameters())
     assert got["cuda"][0] == got["cpu"][0] > 0  # the search ran on the host copy, from the same weights
+    # find_step_size itself on a CUDA model and device arrays (not prepared by a Trainer)
+    model = fastmlp.MLP([64, 32, 10], output="softmax", seed=0, device="cuda")
+    before = model.parameters().to_numpy()
+    lr, _ = fastmlp.find_step_size(model, cuda.asarray(X), cuda.asarray(y))
+    assert lr == fastmlp.find_step_size(fastmlp.MLP([64, 32, 10], output="softmax", seed=0), X, y)[0]
+    np.testing.assert_array_equal(model.parameters().to_numpy(), before)  # the model is left unchanged
     np.testing.assert_allclose(got["cuda"][1], got["cpu"][1], rtol=1e-3, atol=1e-4)
 
 

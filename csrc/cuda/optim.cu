@@ -319,7 +319,8 @@ void run_step(void (*kernel)(Launch), Launch launch, const char* name, cudaStrea
 constexpr int64_t kClipMaxPartials = 1024;
 constexpr int64_t kClipMinPerBlock = 16 * kBlockThreads;
 
-// The sum of v over the block's threads in a fixed order (every thread gets it).
+// The sum of v over the block's threads in a fixed order (every thread gets it). Once per kernel:
+// there is no barrier after the read of sums[0], so a second call could overwrite it early.
 __device__ double block_sum(double v) {
   __shared__ double sums[kBlockThreads];
   sums[threadIdx.x] = v;

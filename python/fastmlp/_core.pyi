@@ -56,6 +56,7 @@ def rmsprop_step(param: Array, grad: Array, square_avg: Array, *, lr: float, alp
 def adam_step(param: Array, grad: Array, exp_avg: Array, exp_avg_sq: Array, *, step: int, lr: float,
               beta1: float = ..., beta2: float = ..., eps: float = ..., weight_decay: float = ...,
               decoupled: bool = ..., l1: float = ..., segments: Segments = ...) -> Array: ...
+def clip_grad_norm(grad: Array, max_norm: float, *, eps: float) -> float: ...
 
 # Whether this build has the CUDA backend; the submodule `cuda` exists only when it is True
 # (its stub is _core_cuda.pyi; the contract is csrc/cuda/INTERFACE.md).

@@ -27,7 +27,7 @@ from . import cuda as _cuda
 from . import kernels as K
 from . import optim as _optim
 
-__all__ = ["DEFAULT_CHECK_EVERY", "DeviceLoop", "scale_loss"]
+__all__ = ["DEFAULT_CHECK_EVERY", "DeviceLoop", "host_rows", "scale_loss"]
 
 #: Steps between host checks of the device losses when the Trainer is left at its default.
 DEFAULT_CHECK_EVERY = 50
@@ -293,6 +293,21 @@ class DeviceLoop:
                 if sigint.requested and not last:
                     return total, batches, True
         return total, batches, False
+
+
+def host_rows(a, idx: np.ndarray) -> np.ndarray:
+    """Rows ``idx`` of the device array ``a`` as a NumPy array: gathered on the device, then one
+    download of just those rows."""
+    arr = _cuda.asarray(a)
+    rows = len(idx)
+    with _cuda._on_device(arr.device):
+        out = _cuda.empty((rows,) + tuple(arr.shape[1:]), arr.dtype, arr.device)
+        if rows:
+            dev_idx = _cuda.asarray(np.ascontiguousarray(idx, dtype=np.int64))  # the upload waits
+            native, handle = _cuda._native(), _cuda.current_stream().handle
+            native.gather_rows(arr.ptr, dev_idx.ptr, out.ptr, rows, arr.nbytes // max(arr.shape[0], 1), handle)
+            native.stream_synchronize(handle)
+        return out.to_numpy()
 
 
 def _pinned(shape, dtype):

@@ -210,7 +210,7 @@ class Optimizer:
 
     # -- stepping ---------------------------------------------------------------------------------
 
-    def step(self, params: np.ndarray, grads: np.ndarray, lr: Optional[float] = None) -> float:
+    def step(self, params: np.ndarray, grads: np.ndarray, lr: Optional[float] = None):
         """One update of ``params`` in place from ``grads``; returns the gradient norm before
         clipping (NaN when clipping is off, to skip the extra pass; on a CUDA model a 0-d device
         array, read only when asked)."""

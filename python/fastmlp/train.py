@@ -1001,14 +1001,15 @@ def find_step_size(model, X, y, *, loss: Optional[str] = None, optimizer: Option
     short run). The model is left unchanged. Returns ``(lr, {lr tried: loss after the short
     run})``.
 
-    A CUDA model is searched on a CPU copy (a few hundred rows and short runs; the dropout masks
-    are bit-identical to the device's), with ``X`` and ``y`` brought to the host.
+    A CUDA model is searched on a CPU copy (the subset and short runs; the dropout masks are
+    bit-identical to the device's): from device data only the subset's rows come to the host.
     """
     if getattr(model, "device", "cpu") != "cpu":
         from .serialize import model_from_parts, model_to_parts
 
         model = model_from_parts(*model_to_parts(model))
-        X, y = (_arrays.host_copy(a) if _arrays.is_device(a) else a for a in (X, y))
+        if not _prepared:  # prepared (converted, checked) on the host
+            X, y = (_arrays.host_copy(a) if _arrays.is_device(a) else a for a in (X, y))
     optimizer = optimizer if optimizer is not None else _optim.SGD()
     loss = _losses.resolve(loss, model.output)
     if _prepared:
@@ -1020,7 +1021,12 @@ def find_step_size(model, X, y, *, loss: Optional[str] = None, optimizer: Option
     rng = np.random.default_rng([seed, 0xB077])
     k = min(n, max(int(min_rows), int(math.ceil(subset * n))))
     idx = np.sort(rng.choice(n, size=k, replace=False))
-    xs, ts = x[idx], t[idx]
+    if _arrays.is_device(x) or _arrays.is_device(t):  # a CUDA model's device data (the Trainer's)
+        from ._device_train import host_rows
+
+        xs, ts = host_rows(x, idx), host_rows(t, idx)
+    else:
+        xs, ts = x[idx], t[idx]
     bs = min(batch_size, k)
     n_steps = int(steps) if steps is not None else max(1, k // bs)
     saved_params = model.parameters().copy()

@@ -1011,6 +1011,15 @@ def bench_cuda(args) -> int:
             fns["torch"] = opt.step
         table.add("optimizer", "adam_step (fused)", f"{n >> 20}M params", _gpu_times(fns, timer, repeats),
                   nbytes=28.0 * n, limit=bw, target=">= 90% of triad", note="28 B/param")
+        # Global-norm clipping with the norm under the bound (one read pass; torch multiplies anyway).
+        norm = cuda.empty((), np.float32)
+        fns = {"fastmlp": lambda: K.clip_grad_norm(p, 1e30, norm_out=norm)}
+        if torch is not None:
+            tc = torch.nn.Parameter(torch.zeros(n, device="cuda"))
+            tc.grad = torch.from_dlpack(p.copy())
+            fns["torch"] = lambda: torch.nn.utils.clip_grad_norm_([tc], 1e30)
+        table.add("optimizer", "clip_grad_norm", f"{n >> 20}M params", _gpu_times(fns, timer, repeats),
+                  nbytes=4.0 * n, limit=bw, note="4 B/param, norm under the bound")
     if "training" in groups:
         bench_cuda_training(table, torch, jax, timer, repeats, args.quick)
     if args.json:

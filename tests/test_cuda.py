@@ -1147,3 +1147,70 @@ def test_cupy_arrays_in_give_cupy_arrays_out_and_dlpack_round_trips():
     c = cupy.from_dlpack(dev)
     assert c.data.ptr == dev.ptr
     np.testing.assert_array_equal(cupy.asnumpy(cupy.asarray(dev)), np.arange(6, dtype=np.float32))
+
+
+# -- clip_grad_norm, the weighted losses, scale (device training's sample_weight, loss_scale) ------
+
+@requires_gpu
+@pytest.mark.parametrize("n", [0, 1, 97, 4096 * 16 + 5, 1_000_003])
+def test_clip_grad_norm_on_the_device_matches_the_cpu_and_replays_in_a_graph(n, rng):
+    g0 = rng.standard_normal(n).astype(np.float32)
+    ref = float(np.sqrt(np.sum(g0.astype(np.float64) ** 2)))
+    for bound in (max(ref, 1.0) / 3, 2 * ref + 1):
+        g, norm = cuda.asarray(g0), cuda.empty((), np.float32)
+        assert K.clip_grad_norm(g, bound, norm_out=norm) is norm
+        assert float(norm) == pytest.approx(ref, rel=1e-6, abs=1e-30)
+        host = g0.copy()
+        K.clip_grad_norm(host, bound)
+        np.testing.assert_allclose(g.to_numpy(), host, rtol=4 * EPS32, atol=0)
+    g = cuda.asarray(g0)
+    K.clip_grad_norm(g, 1.0, norm_out=norm)  # scratch exists before the capture
+    with cuda.graph_capture() as graph:
+        K.clip_grad_norm(g, 1.0, norm_out=norm)
+    for _ in range(2):
+        cuda.copy_(g, g0)
+        graph.replay()
+        cuda.synchronize()
+        host = g0.copy()
+        K.clip_grad_norm(host, 1.0)
+        np.testing.assert_allclose(g.to_numpy(), host, rtol=4 * EPS32, atol=0)
+
+
+@requires_gpu
+@pytest.mark.parametrize("kind", ["squared", "cross_entropy", "binary_cross_entropy"])
+@pytest.mark.parametrize("rows,cols", [(1, 1), (64, 10), (33, 130), (256, 1030)])
+def test_weighted_loss_forms_the_cpu_trainers_weighted_mean(kind, rows, cols, rng):
+    from fastmlp import _cuda_kernels, losses
+
+    z = rng.standard_normal((rows, cols)).astype(np.float32) * 3
+    if kind == "cross_entropy":
+        t = rng.integers(0, cols, rows).astype(np.int64)
+    elif kind == "squared":
+        t = rng.standard_normal((rows, cols)).astype(np.float32)
+    else:
+        t = (rng.random((rows, cols)) < 0.4).astype(np.float32)
+    for w in (rng.uniform(0, 3, rows), np.zeros(rows)):
+        # what Trainer._forward_backward forms on the CPU
+        grad_ref = losses.compute(kind, z, t)[1].copy()
+        total = float(w.sum())
+        loss_ref = float(losses.per_row(kind, z, t) @ w) / total if total > 0 else 0.0
+        grad_ref *= (w * (rows / total if total > 0 else 0.0)).astype(np.float32)[:, None]
+        dz, dt = cuda.asarray(z), cuda.asarray(t)
+        dw, dtotal = cuda.asarray(w, dtype=np.float64), cuda.empty((1,), np.float64)
+        loss, grad = _cuda_kernels.weighted_loss(kind, dz, dt, dw, out=None, loss_out=None, total=dtotal, stream=None)
+        assert float(loss) == pytest.approx(loss_ref, rel=1e-5, abs=1e-7)
+        assert dtotal.to_numpy()[0] == pytest.approx(total, rel=1e-12)
+        np.testing.assert_allclose(grad.to_numpy(), grad_ref, rtol=1e-4, atol=1e-7)
+
+
+@requires_gpu
+@pytest.mark.parametrize("n", [1, 3, 4, 4097])
+def test_scale_multiplies_in_place_like_the_cpu(n, rng):
+    from fastmlp import _cuda_kernels
+
+    x0 = rng.standard_normal(n + 1).astype(np.float32)
+    x = cuda.asarray(x0)
+    _cuda_kernels.scale_(x[1:], 1.0 / 3.0)  # a misaligned view: the scalar path
+    want = x0.copy()
+    want[1:] *= np.float32(1.0 / 3.0)
+    np.testing.assert_array_equal(x.to_numpy(), want)

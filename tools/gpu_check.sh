@@ -146,7 +146,7 @@ if want sanitize; then
   # test that launches from several host threads runs on its own, with Python tracebacks after
   # 45 s: inside the long run it stalled twice under a sanitizer (once under each tool, 2026-11-26),
   # yet passed under both, and 8 times of 8 without them, when run alone.
-  subset="${SANITIZE_K:-gemm or activation or bias_grad or dropout or random or loss or entropy or squared or batch_norm or adam or sgd or rmsprop or adagrad or graph}"
+  subset="${SANITIZE_K:-gemm or activation or bias_grad or dropout or random or loss or entropy or squared or batch_norm or adam or sgd or rmsprop or adagrad or graph or clip or weighted or scale}"
   threaded="from_threads"
   for tool in ${SANITIZE_TOOLS:-memcheck racecheck}; do
     for part in ${SANITIZE_PARTS:-main threaded}; do

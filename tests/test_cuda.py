@@ -1178,8 +1178,9 @@ def test_clip_grad_norm_on_the_device_matches_the_cpu_and_replays_in_a_graph(n, 
 
 @requires_gpu
 @pytest.mark.parametrize("kind", ["squared", "cross_entropy", "binary_cross_entropy"])
-@pytest.mark.parametrize("rows,cols", [(1, 1), (64, 10), (33, 130), (256, 1030)])
+@pytest.mark.parametrize("rows,cols", [(1, 1), (64, 10), (33, 130), (256, 1030), (40, 12), (64, 128), (9, 1024)])
 def test_weighted_loss_forms_the_cpu_trainers_weighted_mean(kind, rows, cols, rng):
+    # cols % 4 == 0 up to 1024: the softmax's register path (float4 rows) under the weighted rescale
     from fastmlp import _cuda_kernels, losses
 
     z = rng.standard_normal((rows, cols)).astype(np.float32) * 3
@@ -1201,6 +1202,16 @@ def test_weighted_loss_forms_the_cpu_trainers_weighted_mean(kind, rows, cols, rn
         assert float(loss) == pytest.approx(loss_ref, rel=1e-5, abs=1e-7)
         assert dtotal.to_numpy()[0] == pytest.approx(total, rel=1e-12)
         np.testing.assert_allclose(grad.to_numpy(), grad_ref, rtol=1e-4, atol=1e-7)
+        # in place over the logits, and replayed from a captured graph
+        loss_out = cuda.empty((), np.float32)
+        with cuda.graph_capture() as graph:
+            _cuda_kernels.weighted_loss(kind, dz, dt, dw, out=dz, loss_out=loss_out, total=dtotal, stream=None)
+        for _ in range(2):
+            cuda.copy_(dz, z)
+            graph.replay()
+            cuda.synchronize()
+            assert float(loss_out) == pytest.approx(loss_ref, rel=1e-5, abs=1e-7)
+            np.testing.assert_allclose(dz.to_numpy(), grad_ref, rtol=1e-4, atol=1e-7)
 
 
 @requires_gpu
@@ -1213,4 +1224,7 @@ def test_scale_multiplies_in_place_like_the_cpu(n, rng):
     _cuda_kernels.scale_(x[1:], 1.0 / 3.0)  # a misaligned view: the scalar path
     want = x0.copy()
     want[1:] *= np.float32(1.0 / 3.0)
+    np.testing.assert_array_equal(x.to_numpy(), want)
+    _cuda_kernels.scale_(x, 7.0)  # aligned: float4 groups and the tail
+    want *= np.float32(7.0)
     np.testing.assert_array_equal(x.to_numpy(), want)

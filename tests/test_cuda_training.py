@@ -335,8 +335,7 @@ def test_cuda_fit_with_sample_weight_matches_the_cpu(monkeypatch, loss, out, whe
     np.testing.assert_allclose(got["cuda"][0], got["cpu"][0], rtol=2e-5)
     np.testing.assert_allclose(got["cuda"][1], got["cpu"][1], rtol=1e-4, atol=1e-5)
     # the weights matter: unweighted training ends elsewhere
-    model = fastmlp.MLP([64, 32, out], output=got and ("softmax" if loss == "cross_entropy" else "sigmoid"
-                        if loss == "binary_cross_entropy" else "identity"), dropout=0.1, seed=0, device="cuda")
+    model = fastmlp.MLP([64, 32, out], output=output, dropout=0.1, seed=0, device="cuda")
     Trainer(model, loss=loss, optimizer=Adam(1e-2), batch_size=64, epochs=3, progress=False, seed=2,
             shuffle=False).fit(X, y)
     assert np.abs(model.parameters().to_numpy() - got["cuda"][1]).max() > 1e-3

@@ -1096,6 +1096,9 @@ def weighted_loss(kind: str, logits, target, weights, *, out, loss_out, total, s
     gradient ``grad_r * float32(w_r * rows / W)``, as ``Trainer._forward_backward`` forms them on
     the CPU. Returns ``(loss, grad)``."""
     fn = "weighted_loss"
+    for name, a in (("weights", weights), ("total", total)):
+        if not is_device_array(a):
+            raise TypeError(f"{fn}: {name} must be a device array, got {type(a).__name__}")
     c = _Call(fn, stream, (("logits", logits), ("out", out), ("weights", weights), ("total", total)))
     X, G = _logits_and_grad(c, "logits")
     rows, cols = X.shape
@@ -1110,6 +1113,9 @@ def weighted_loss(kind: str, logits, target, weights, *, out, loss_out, total, s
         raise ValueError(f"{fn}: weights must be float64 of shape ({rows},), got {W.dtype.name} {W.shape}")
     if S.dtype != np.float64 or S.size != 1:
         raise ValueError(f"{fn}: total must be a one-element float64 device array")
+    for a in (X, G, T, W):
+        c.no_overlap(S, a, False)
+    c.no_overlap(W, G, False)
     L = _loss_scalar(c, loss_out, X)
     c.writes(S)
     c.launch(c.native.weighted_loss, kind, X.ptr, T.ptr, itemsize, W.ptr, S.ptr, G.ptr, L.ptr, rows, cols)

@@ -300,6 +300,7 @@ def host_rows(a, idx: np.ndarray) -> np.ndarray:
     download of just those rows."""
     arr = _cuda.asarray(a)
     rows = len(idx)
+    _cuda.synchronize()  # whichever stream (torch's, CuPy's) wrote a, it is done
     with _cuda._on_device(arr.device):
         out = _cuda.empty((rows,) + tuple(arr.shape[1:]), arr.dtype, arr.device)
         if rows:

@@ -62,6 +62,12 @@ class DeviceLoop:
         # sample_weight: one float64 per row, gathered with its batch (Trainer._forward_backward's
         # weighted mean, formed on the device by the weighted loss kernel).
         self.weighted = weights is not None
+        self.host_weights = weights
+        # The scikit-learn estimators' alpha (Trainer._step): the optimizer holds alpha / batch_size,
+        # scaled for a batch of fewer rows or of weights summing to another total. Such a step runs
+        # eagerly (its penalties differ from the captured step's); the others replay the graph.
+        self.penalty_rows = bool(getattr(trainer, "_penalty_per_batch_rows", False))
+        self.host_order = None
         if self.resident:  # the whole training set on the device, uploaded once per fit
             self.x = _cuda.asarray(x)
             self.t = _cuda.asarray(t)
@@ -72,7 +78,6 @@ class DeviceLoop:
             self.pinned = [[_pinned((bs,) + x.shape[1:], x.dtype), _pinned((bs,) + t.shape[1:], t.dtype)]
                            + ([_pinned((bs,), np.float64)] if self.weighted else []) for _ in range(2)]
             self.pinned_used = [False, False]
-            self.host_order = None
         self.idx = _cuda.empty((bs,), np.int64)
         self.xb = _cuda.empty((bs,) + x.shape[1:], x.dtype)
         self.tb = _cuda.empty((bs,) + t.shape[1:], t.dtype)
@@ -122,7 +127,7 @@ class DeviceLoop:
 
     # -- one step ---------------------------------------------------------------------------------
 
-    def _body(self, rows: int) -> None:
+    def _body(self, rows: int, factor: float = 1.0) -> None:
         """gather → forward → loss → backward → optimizer, all launched on self.stream."""
         model, tr = self.model, self.trainer
         s = self.stream
@@ -146,11 +151,24 @@ class DeviceLoop:
         opt = tr.optimizer
         if opt.clip_norm is not None:  # as Optimizer.step does before its update
             K.clip_grad_norm(model.gradients(), opt.clip_norm, eps=_optim.CLIP_EPS, norm_out=self.norm_now, stream=s)
-        opt._update(model.parameters(), model.gradients(), None)
+        if factor == 1.0:
+            opt._update(model.parameters(), model.gradients(), None)
+        else:
+            with opt.penalties_scaled(factor):
+                opt._update(model.parameters(), model.gradients(), None)
+
+    def _penalty_factor(self, lo: int, hi: int) -> float:
+        """The factor on the optimizer's penalties for rows order[lo:hi], as Trainer._step forms it
+        on the CPU (1 unless the Trainer divides them by each batch's rows)."""
+        if not self.penalty_rows:
+            return 1.0
+        rows = float(self.host_weights[self.host_order[lo:hi]].sum()) if self.weighted else float(hi - lo)
+        return self.trainer.batch_size / rows if rows > 0 else 1.0
 
     def step(self, lo: int, hi: int) -> None:
         """One training step on rows order[lo:hi]; its loss lands in the next loss slot."""
-        if hi - lo == self.graph_rows:  # captured: replayed (on the loop's device)
+        factor = self._penalty_factor(lo, hi)
+        if hi - lo == self.graph_rows and factor == 1.0:  # captured: replayed (on the loop's device)
             if self.native.get_device() == self.device:
                 self._replay_step(lo, hi)
             else:
@@ -158,7 +176,7 @@ class DeviceLoop:
                     self._replay_step(lo, hi)
             return
         with _cuda.stream(self.stream):  # every launch on self.stream (the model may fork from it)
-            self._step(lo, hi)
+            self._step(lo, hi, factor)
 
     def _replay_step(self, lo: int, hi: int) -> None:
         """_step once its graph is captured, by raw launches on known pointers: a step replays in
@@ -181,7 +199,7 @@ class DeviceLoop:
         self.pending += 1
         self.trainer.step += 1
 
-    def _step(self, lo: int, hi: int) -> None:
+    def _step(self, lo: int, hi: int, factor: float = 1.0) -> None:
         rows = hi - lo
         s = self.stream
         opt = self.trainer.optimizer
@@ -191,15 +209,15 @@ class DeviceLoop:
         else:
             self._upload_batch(lo, hi)
         full = rows == self.xb.shape[0]
-        if full and self.trainer.use_graphs and self.graph is None and self._warm:  # (replays: _replay_step)
-            with _cuda.graph_capture(s) as graph:
+        if full and factor == 1.0 and self.trainer.use_graphs and self.graph is None and self._warm:
+            with _cuda.graph_capture(s) as graph:  # (its replays: _replay_step)
                 self._body(rows)
             # Every buffer the graph reads or writes must live as long as the graph.
             graph.keepalive.extend(self.model._workspace_arrays())
             self.graph, self.graph_rows = graph, rows
             self.graph.replay(s)
         else:
-            self._body(rows)
+            self._body(rows, factor)
             self._warm = full
         _cuda.copy_(self.loss_slots[self.pending], self.loss_now, stream=s)
         self.pending += 1
@@ -257,8 +275,7 @@ class DeviceLoop:
         host_order = np.ascontiguousarray(order if order is not None else np.arange(self.n_rows), dtype=np.int64)
         if self.resident:
             _cuda.copy_(self.order, host_order, stream=self.stream)
-        else:
-            self.host_order = host_order
+        self.host_order = host_order
         if self.snapshot is None:
             self.take_snapshot()
         batches = start_batch

@@ -474,7 +474,7 @@ class _BaseMLP(BaseEstimator):
                 return rows["order"]
 
             trainer._order = order
-        trainer._penalty_per_batch_rows = trainer.model.device == "cpu"
+        trainer._penalty_per_batch_rows = True
         # Continue the dropout streams where the last call stopped.
         trainer.epoch, trainer.step = self._epochs_run, self._steps_run
         trainer.base_lr = self._lr

@@ -581,7 +581,11 @@ class Trainer:
         loss, grad = _losses.compute(self.loss, logits, t, out=grad)
         _device_train.scale_loss(self, loss, grad, None)
         model._backward(grad)
-        self.optimizer.step(model.parameters(), model.gradients())
+        if self._penalty_per_batch_rows and x.shape[0] != self.batch_size:  # as _step on the CPU
+            with self.optimizer.penalties_scaled(self.batch_size / x.shape[0] if x.shape[0] > 0 else 1.0):
+                self.optimizer.step(model.parameters(), model.gradients())
+        else:
+            self.optimizer.step(model.parameters(), model.gradients())
         self.step += 1
         return loss
 

@@ -530,8 +530,9 @@ def test_cuda_autoencoder_and_estimators_train_on_the_device():
 
 @needs_gpu
 @pytest.mark.filterwarnings("ignore:Stochastic Optimizer")
-@pytest.mark.parametrize("weighted", [False, True])
-def test_cuda_estimators_divide_alpha_by_each_batchs_rows_or_weights_like_the_cpu(weighted):
+@pytest.mark.parametrize("weighted,rate", [(False, "constant"), (True, "constant"), (False, "invscaling")])
+def test_cuda_estimators_divide_alpha_by_each_batchs_rows_or_weights_like_the_cpu(weighted, rate):
+    # invscaling with momentum: the velocity carried across the rate changes (sklearn._carry_velocity)
     # scikit-learn's alpha per batch: over a short last batch's rows, or a batch's weight sum.
     pytest.importorskip("sklearn")
     from fastmlp.sklearn import MLPClassifier
@@ -540,8 +541,9 @@ def test_cuda_estimators_divide_alpha_by_each_batchs_rows_or_weights_like_the_cp
     w = np.random.default_rng(0).uniform(0.2, 5.0, 300) if weighted else None
     coefs = {}
     for device in ("cpu", "cuda"):  # sgd: Adam's epsilon is placed as torch places it on the device
-        est = MLPClassifier((32,), solver="sgd", alpha=0.5, learning_rate_init=0.05, batch_size=64, max_iter=4,
-                            random_state=0, device=device).fit(X, y, sample_weight=w)
+        est = MLPClassifier((32,), solver="sgd", alpha=0.5, learning_rate_init=0.05, learning_rate=rate,
+                            momentum=0.9, batch_size=64, max_iter=4, random_state=0, device=device)
+        est.fit(X, y, sample_weight=w)
         coefs[device] = est.coefs_ + est.intercepts_
     for a, b in zip(coefs["cpu"], coefs["cuda"]):
         np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-6)

@@ -158,9 +158,14 @@ def _carry_velocity(optimizer, old_lr, new_lr) -> None:
     of the step that reads it. When the rate changes (invscaling, adaptive), b is rescaled by
     old/new so that lr·b, the velocity, carries over unchanged."""
     buf = getattr(optimizer, "state", {}).get("momentum_buffer")
-    if buf is None or old_lr is None or new_lr == old_lr or not new_lr or not isinstance(buf, np.ndarray):
+    if buf is None or old_lr is None or new_lr == old_lr or not new_lr:
         return
-    buf *= buf.dtype.type(old_lr / new_lr)
+    if isinstance(buf, np.ndarray):
+        buf *= buf.dtype.type(old_lr / new_lr)
+    else:  # a CUDA model's buffer: the same float32 product, on the device
+        from . import _cuda_kernels
+
+        _cuda_kernels.scale_(buf, old_lr / new_lr)
 
 
 def _json_value(v):

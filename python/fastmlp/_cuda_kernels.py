@@ -693,15 +693,17 @@ def random_fill(fn, shape, *, seed, offset, a, b, dtype, out, device, stream):
 # -- losses ---------------------------------------------------------------------------------------
 
 
-def _loss_scalar(c: _Call, loss_out, ref: _DevArg) -> _DevArg:
+def _loss_scalar(c: _Call, loss_out, ref: _DevArg, name: str = "loss") -> _DevArg:
+    """The kernel's scalar result: ``<name>_out`` (a one-element float32 device array, written in
+    place; it overlaps no other argument) or a new 0-d array like ``ref``."""
     if loss_out is None:
-        return c.out("loss", (), ref)
-    L = c.add("loss_out", loss_out)
+        return c.out(name, (), ref)
+    L = c.add(f"{name}_out", loss_out)
     if L.dtype != _F32 or L.size != 1:
-        raise TypeError(f"{c.fn}: loss_out must be a one-element float32 device array, got shape {L.shape} and "
+        raise TypeError(f"{c.fn}: {name}_out must be a one-element float32 device array, got shape {L.shape} and "
                         f"dtype {L.dtype.name}")
     if L.readonly:
-        raise ValueError(f"{c.fn}: loss_out is read-only")
+        raise ValueError(f"{c.fn}: {name}_out is read-only")
     for a in list(c.args.values()):  # the kernel writes the loss while it reads and writes these
         if a is not L:
             c.no_overlap(L, a, False)
@@ -1060,19 +1062,9 @@ def clip_grad_norm(grad, max_norm, *, eps, norm_out, stream):
     if not (0.0 < max_norm < math.inf):
         raise ValueError(f"{fn}: max_norm must be a finite number > 0, got {max_norm}")
     eps = _nonneg(eps, fn, "eps")
-    c = _Call(fn, stream, arrays)
+    c = _Call(fn, stream, (("grad", grad),))
     G = c.f32("grad", writeable=True)
-    if norm_out is None:
-        N = c.out("norm", (), G)
-    else:
-        N = c.args["norm_out"]
-        if N.dtype != _F32 or N.size != 1:
-            raise TypeError(f"{fn}: norm_out must be a one-element float32 device array, got shape {N.shape} and "
-                            f"dtype {N.dtype.name}")
-        if N.readonly:
-            raise ValueError(f"{fn}: norm_out is read-only")
-        c.no_overlap(N, G, False)
-        c.writes(N)
+    N = _loss_scalar(c, norm_out, G, "norm")
     c.writes(G)
     c.launch(c.native.clip_grad_norm, G.ptr, G.size, max_norm, eps, N.ptr)
     return N.obj

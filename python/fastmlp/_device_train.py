@@ -74,7 +74,7 @@ class DeviceLoop:
             self.w = _cuda.asarray(weights, dtype=np.float64) if self.weighted else None
             self.order = _cuda.empty((self.n_rows,), np.int64)
         else:  # streamed from the host through two pinned buffers
-            self.host_x, self.host_t, self.host_w = x, t, weights
+            self.host_x, self.host_t = x, t
             self.pinned = [[_pinned((bs,) + x.shape[1:], x.dtype), _pinned((bs,) + t.shape[1:], t.dtype)]
                            + ([_pinned((bs,), np.float64)] if self.weighted else []) for _ in range(2)]
             self.pinned_used = [False, False]
@@ -163,7 +163,7 @@ class DeviceLoop:
         if not self.penalty_rows:
             return 1.0
         rows = float(self.host_weights[self.host_order[lo:hi]].sum()) if self.weighted else float(hi - lo)
-        return self.trainer.batch_size / rows if rows > 0 else 1.0
+        return self.trainer._penalty_factor(rows)
 
     def step(self, lo: int, hi: int) -> None:
         """One training step on rows order[lo:hi]; its loss lands in the next loss slot."""
@@ -233,7 +233,7 @@ class DeviceLoop:
             self.native.stream_synchronize(self.stream.handle)
         idx = self.host_order[lo:hi]
         handle = self.stream.handle
-        sources = (self.host_x, self.host_t) + ((self.host_w,) if self.weighted else ())
+        sources = (self.host_x, self.host_t) + ((self.host_weights,) if self.weighted else ())
         targets = (self.xb, self.tb) + ((self.wb,) if self.weighted else ())
         for src, (buf, view), dst in zip(sources, self.pinned[k], targets):
             np.take(src, idx, axis=0, out=view[:rows])

@@ -462,6 +462,11 @@ class Trainer:
                                    "give a numeric lr")
             self.optimizer.current_lr = self.base_lr
 
+    def _penalty_factor(self, rows: float) -> float:
+        """The factor on the optimizer's penalties (held as alpha / batch_size) for a batch of
+        ``rows`` rows, or of weights summing to it (_penalty_per_batch_rows)."""
+        return self.batch_size / rows if rows > 0 else 1.0
+
     def _step(self, xb: np.ndarray, yb: np.ndarray, wb: Optional[np.ndarray] = None) -> float:
         """One update; returns the batch's data loss. All or nothing: when the forward or backward
         pass raises (a KeyboardInterrupt from a callback or data hook included) or the loss is not
@@ -479,7 +484,7 @@ class Trainer:
                 # scikit-learn's alpha: divided by this batch's rows (or its weights' sum), where the
                 # optimizer holds alpha / batch_size: a short last batch, or weighted rows.
                 rows = float(wb.sum()) if wb is not None else float(xb.shape[0])
-                with self.optimizer.penalties_scaled(self.batch_size / rows if rows > 0 else 1.0):
+                with self.optimizer.penalties_scaled(self._penalty_factor(rows)):
                     self.optimizer.step(model.parameters(), model.gradients())
             else:
                 self.optimizer.step(model.parameters(), model.gradients())
@@ -582,7 +587,7 @@ class Trainer:
         _device_train.scale_loss(self, loss, grad, None)
         model._backward(grad)
         if self._penalty_per_batch_rows and x.shape[0] != self.batch_size:  # as _step on the CPU
-            with self.optimizer.penalties_scaled(self.batch_size / x.shape[0] if x.shape[0] > 0 else 1.0):
+            with self.optimizer.penalties_scaled(self._penalty_factor(float(x.shape[0]))):
                 self.optimizer.step(model.parameters(), model.gradients())
         else:
             self.optimizer.step(model.parameters(), model.gradients())
